@@ -1,0 +1,285 @@
+//! The constrained multi-day travel-planning environment (the flagship): a seeded synthetic world,
+//! TravelPlanner's commonsense and hard constraints plus DeepSeek-V3.2-style conditional ones, a
+//! planted and certified reference plan, the agent's tools and the verifier.
+//!
+//! Generation is a pure function of (seed, index, level, overrides, attempt); verification of
+//! (task, submission). Nothing here does I/O.
+
+pub mod data;
+pub mod date;
+pub mod generate;
+pub mod mutate;
+pub mod params;
+pub mod plan;
+pub mod query;
+pub mod tools;
+pub mod verify;
+pub mod world;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use envsynth_core::env::Difficulty;
+use envsynth_core::model::{EnvironmentSpec, Message, Task, ToolCall, ToolResult, ToolSpec};
+use envsynth_core::{
+    Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest, Verdict, certify, hash,
+    seed,
+};
+use envsynth_prompts::Templates;
+
+use crate::params::{Knobs, LEVELS};
+use crate::plan::Plan;
+use crate::query::Query;
+use crate::world::World;
+
+pub const ENV_ID: &str = "travel-planning";
+/// Bump whenever generated tasks or verdicts change for the same inputs.
+pub const VERSION: &str = "0.1.0";
+
+const SYSTEM_TEMPLATE: &str = include_str!("../../../prompts/travel/system.j2");
+const USER_TEMPLATE: &str = include_str!("../../../prompts/travel/user.j2");
+
+pub struct TravelPlanning {
+    spec: EnvironmentSpec,
+    templates: Templates,
+}
+
+impl Default for TravelPlanning {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TravelPlanning {
+    pub fn new() -> TravelPlanning {
+        let content_hash = hash::sha256_parts([
+            ("version", VERSION.as_bytes()),
+            (
+                "data/travel/geography.json",
+                data::GEOGRAPHY_JSON.as_bytes(),
+            ),
+            ("data/travel/catalog.json", data::CATALOG_JSON.as_bytes()),
+            ("data/travel/names.json", data::NAMES_JSON.as_bytes()),
+            ("prompts/travel/system.j2", SYSTEM_TEMPLATE.as_bytes()),
+            ("prompts/travel/user.j2", USER_TEMPLATE.as_bytes()),
+            ("schema/plan.schema.json", plan::PLAN_SCHEMA_JSON.as_bytes()),
+            ("schema/tools.json", tools::TOOLS_JSON.as_bytes()),
+        ]);
+        let templates = Templates::new(&[("system", SYSTEM_TEMPLATE), ("user", USER_TEMPLATE)])
+            .expect("prompts/travel templates compile (covered by tests)");
+        TravelPlanning {
+            spec: EnvironmentSpec {
+                id: ENV_ID.into(),
+                version: VERSION.into(),
+                content_hash,
+                description: "Constrained multi-day travel planning over a seeded synthetic world \
+                    (TravelPlanner's constraints plus DeepSeek-V3.2-style conditional rules)."
+                    .into(),
+                levels: LEVELS.iter().map(|s| s.to_string()).collect(),
+            },
+            templates,
+        }
+    }
+
+    /// Everything generation produces before the task record is assembled; used by tests and
+    /// benchmarks that need the typed parts.
+    pub fn generate_parts(&self, request: &TaskRequest, attempt: u32) -> Result<Parts, Rejection> {
+        let knobs = Knobs::resolve(&request.level, &request.overrides)
+            .map_err(|e| Rejection::new(Stage::SampleParams, "invalid_request", e.to_string()))?;
+        let rng = |stream: &str| {
+            seed::task_rng(
+                ENV_ID,
+                VERSION,
+                request.seed,
+                request.index,
+                attempt,
+                stream,
+            )
+        };
+        let sampled = generate::sample_params(&mut rng("params"), &knobs);
+        let world = generate::world(&mut rng("world"), &sampled);
+        let mut query = generate::compose(&mut rng("compose"), &sampled, &world);
+        let plan = generate::plant(&sampled, &world, &mut query)?;
+        Ok(Parts {
+            knobs,
+            sampled,
+            world,
+            query,
+            plan,
+        })
+    }
+
+    fn render(
+        &self,
+        world: &World,
+        q: &Query,
+        constraints: &[envsynth_core::model::Constraint],
+    ) -> Result<Vec<Message>, Rejection> {
+        #[derive(Serialize)]
+        struct Ctx<'a> {
+            days: u32,
+            people: u32,
+            origin: &'a world::City,
+            start_date: String,
+            end_date: String,
+            destination_city: Option<&'a world::City>,
+            destination_state: &'a str,
+            visiting_cities: u32,
+            budget: u32,
+            constraints: &'a [envsynth_core::model::Constraint],
+        }
+        let ctx = Ctx {
+            days: q.days,
+            people: q.people,
+            origin: &world.cities[0],
+            start_date: q.date(1),
+            end_date: q.date(q.days),
+            destination_city: q.destination_city.as_deref().and_then(|c| world.city(c)),
+            destination_state: &q.destination_state,
+            visiting_cities: q.visiting_cities,
+            budget: q.budget,
+            constraints,
+        };
+        let render = |name| {
+            self.templates
+                .render(name, &ctx)
+                .map_err(|e| Rejection::new(Stage::Render, "template", e.to_string()))
+        };
+        Ok(vec![
+            Message {
+                role: "system".into(),
+                content: render("system")?,
+            },
+            Message {
+                role: "user".into(),
+                content: render("user")?,
+            },
+        ])
+    }
+}
+
+/// The typed products of the generator stages for one attempt.
+pub struct Parts {
+    pub knobs: Knobs,
+    pub sampled: generate::Sampled,
+    pub world: World,
+    pub query: Query,
+    pub plan: Plan,
+}
+
+fn raw(v: &impl Serialize) -> Box<RawValue> {
+    // Plain data always serializes.
+    RawValue::from_string(serde_json::to_string(v).expect("serializable")).expect("valid JSON")
+}
+
+impl Environment for TravelPlanning {
+    fn spec(&self) -> &EnvironmentSpec {
+        &self.spec
+    }
+
+    fn tool_specs(&self) -> &[ToolSpec] {
+        &tools::toolset().specs
+    }
+
+    fn validate_request(&self, request: &TaskRequest) -> Result<(), TaskError> {
+        Knobs::resolve(&request.level, &request.overrides).map(|_| ())
+    }
+
+    fn generate_attempt(&self, request: &TaskRequest, attempt: u32) -> Result<Task, Rejection> {
+        let Parts {
+            knobs,
+            sampled,
+            world,
+            query,
+            plan,
+        } = self.generate_parts(request, attempt)?;
+        let mutants = mutate::mutants(&world, &query, &plan);
+        let required = query.check_ids();
+        let certificate = certify(
+            |p| verify::verify_plan(&world, &query, "", p),
+            &plan,
+            &mutants,
+            &required,
+        )?;
+        let names = |id: &str| {
+            world
+                .city(id)
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
+        let constraints = query.to_constraints(&names);
+        let prompt = self.render(&world, &query, &constraints)?;
+        let mut params = serde_json::to_value(&knobs).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut params {
+            m.insert(
+                "realized".into(),
+                json!({
+                    "days": query.days,
+                    "people": query.people,
+                    "visiting_cities": query.visiting_cities,
+                    "hard_constraints": required.iter().filter(|id| id.starts_with("hard.")).count(),
+                    "budget_slack": (sampled.slack * 1000.0).round() / 1000.0,
+                    "search_space": world.routes.len() + world.accommodations.len() + world.restaurants.len() + world.attractions.len(),
+                }),
+            );
+        }
+        let mut task = Task {
+            id: String::new(),
+            environment: self.spec.env_ref(),
+            seed: request.seed,
+            index: request.index,
+            difficulty: Difficulty {
+                level: request.level.clone(),
+                params,
+            },
+            prompt,
+            tools: tools::toolset().specs.clone(),
+            constraints,
+            world: raw(&world),
+            reference_solution: raw(&plan),
+            certificate,
+        };
+        task.id = task.compute_id();
+        Ok(task)
+    }
+
+    fn prepare(&self, task: &Task) -> Result<Box<dyn PreparedTask>, TaskError> {
+        if task.environment != self.spec.env_ref() {
+            return Err(TaskError::WrongEnvironment {
+                expected: self.spec.env_ref().to_string(),
+                found: task.environment.to_string(),
+            });
+        }
+        let world: World = serde_json::from_str(task.world.get())
+            .map_err(|e| TaskError::Malformed(format!("world: {e}")))?;
+        let query = Query::from_constraints(&task.constraints)?;
+        if world.city(&query.origin).is_none() {
+            return Err(TaskError::Malformed(format!(
+                "origin {} is not a city of the world",
+                query.origin
+            )));
+        }
+        Ok(Box::new(Prepared {
+            task_id: task.id.clone(),
+            world,
+            query,
+        }))
+    }
+}
+
+/// A parsed travel task, ready to verify submissions and serve tool calls.
+pub struct Prepared {
+    pub task_id: String,
+    pub world: World,
+    pub query: Query,
+}
+
+impl PreparedTask for Prepared {
+    fn verify(&self, submission: &Value) -> Verdict {
+        verify::verify_submission(&self.world, &self.query, &self.task_id, submission)
+    }
+    fn call_tool(&self, call: &ToolCall) -> ToolResult {
+        tools::call(&self.world, &self.query, &call.name, &call.arguments)
+    }
+}

@@ -1,0 +1,124 @@
+//! The contract between an environment family and the pipeline.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{EnvironmentSpec, Task, ToolCall, ToolResult, ToolSpec};
+use crate::verdict::Verdict;
+
+/// A difficulty: a named level and the numeric parameters it resolved to (or was overridden with).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Difficulty {
+    pub level: String,
+    pub params: Value,
+}
+
+/// Ask an environment for the task at (seed, index) at a difficulty level, optionally overriding
+/// some of the level's numeric parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRequest {
+    pub seed: u64,
+    pub index: u64,
+    pub level: String,
+    /// JSON object of numeric parameters that replace the level's defaults.
+    pub overrides: Value,
+}
+
+/// The generator stage a rejection came from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    SampleParams,
+    BuildWorld,
+    Compose,
+    Plant,
+    Certify,
+    Render,
+}
+
+/// Why one generation attempt produced no task. Rejections are normal (the generator retries with
+/// the next attempt); they are counted by (stage, code) and reported.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{stage:?}/{code}: {detail}")]
+pub struct Rejection {
+    pub stage: Stage,
+    /// Short stable reason key, used for counting.
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(stage: Stage, code: &'static str, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            stage,
+            code,
+            detail: detail.into(),
+        }
+    }
+    /// `stage/code`, the key rejections are counted under.
+    pub fn key(&self) -> String {
+        let stage = serde_json::to_value(self.stage)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        format!("{stage}/{}", self.code)
+    }
+}
+
+/// Errors about the request or the task record rather than about an answer.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    #[error("malformed task record: {0}")]
+    Malformed(String),
+    #[error("task id {stated} does not match its content (computed {computed})")]
+    IdMismatch { stated: String, computed: String },
+    #[error("task belongs to {found}, not {expected}")]
+    WrongEnvironment { expected: String, found: String },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// An environment family. Generation and verification are pure functions of their inputs.
+pub trait Environment: Send + Sync {
+    fn spec(&self) -> &EnvironmentSpec;
+    fn tool_specs(&self) -> &[ToolSpec];
+    /// Check a request before any work is done (unknown level, out-of-range parameter).
+    fn validate_request(&self, request: &TaskRequest) -> Result<(), TaskError>;
+    /// One generation attempt: a certified task, or the reason this attempt was rejected.
+    fn generate_attempt(&self, request: &TaskRequest, attempt: u32) -> Result<Task, Rejection>;
+    /// Parse a task record once so that many submissions and tool calls can be served from it.
+    fn prepare(&self, task: &Task) -> Result<Box<dyn PreparedTask>, TaskError>;
+}
+
+/// A task parsed and indexed for fast verification and tool calls.
+pub trait PreparedTask: Send + Sync {
+    fn verify(&self, submission: &Value) -> Verdict;
+    fn call_tool(&self, call: &ToolCall) -> ToolResult;
+}
+
+/// The outcome of generating one task: the task and every rejected attempt before it.
+pub struct Generated {
+    pub task: Task,
+    pub rejections: Vec<Rejection>,
+}
+
+/// How many attempts an index gets before generation gives up on it.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// Generate the task for one index, retrying rejected attempts deterministically.
+pub fn generate(env: &dyn Environment, request: &TaskRequest) -> Result<Generated, TaskError> {
+    env.validate_request(request)?;
+    let mut rejections = Vec::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        match env.generate_attempt(request, attempt) {
+            Ok(task) => return Ok(Generated { task, rejections }),
+            Err(r) => rejections.push(r),
+        }
+    }
+    let last = rejections.last().map(|r| r.to_string()).unwrap_or_default();
+    Err(TaskError::InvalidRequest(format!(
+        "no certified task after {MAX_ATTEMPTS} attempts for index {} (last rejection: {last}); \
+         the difficulty parameters are probably unsatisfiable",
+        request.index
+    )))
+}

@@ -1,0 +1,16 @@
+//! The task model every stage shares: environments, tasks, tools, submissions and verdicts,
+//! plus deterministic seeding, content hashing, certification and the TravelPlanner-style
+//! metric groups. Pure data and pure functions: nothing here does I/O.
+
+pub mod certify;
+pub mod env;
+pub mod hash;
+pub mod metrics;
+pub mod model;
+pub mod seed;
+pub mod verdict;
+
+pub use certify::{Certificate, Mutant, certify};
+pub use env::{Difficulty, Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest};
+pub use model::{EnvRef, EnvironmentSpec, Message, Task, ToolCall, ToolResult, ToolSpec};
+pub use verdict::{Check, CheckStatus, FailureKind, Verdict};

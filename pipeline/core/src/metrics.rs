@@ -1,0 +1,125 @@
+//! TravelPlanner's metric groups over a set of verdicts: delivery rate, commonsense and hard
+//! constraint micro/macro pass rates, and final pass rate. Check groups come from check ids
+//! (`commonsense.*`, `hard.*`).
+
+use serde::Serialize;
+
+use crate::verdict::{FailureKind, Verdict};
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Metrics {
+    /// Number of verdicts.
+    pub n: usize,
+    /// Verdicts masked as infrastructure or task failures (excluded from every rate below).
+    pub masked: usize,
+    pub delivery_rate: f64,
+    pub commonsense_micro: f64,
+    pub commonsense_macro: f64,
+    pub hard_micro: f64,
+    pub hard_macro: f64,
+    pub final_pass_rate: f64,
+    pub mean_reward: f64,
+}
+
+fn ratio(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+/// Aggregate verdicts. Masked verdicts are counted but excluded from the rates.
+pub fn aggregate<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> Metrics {
+    let (mut n, mut masked, mut scored, mut delivered, mut final_pass) = (0, 0, 0, 0, 0);
+    let (mut cs_pass, mut cs_total, mut cs_all) = (0, 0, 0);
+    let (mut hard_pass, mut hard_total, mut hard_all) = (0, 0, 0);
+    let mut reward = 0.0;
+    for v in verdicts {
+        n += 1;
+        if v.mask {
+            masked += 1;
+            continue;
+        }
+        scored += 1;
+        reward += v.reward;
+        if !matches!(
+            v.failure_kind,
+            FailureKind::EmptySubmission | FailureKind::MalformedSubmission
+        ) {
+            delivered += 1;
+        }
+        let (mut cs_ok, mut hard_ok) = (true, true);
+        for c in &v.checks {
+            match c.group() {
+                "commonsense" => {
+                    cs_total += 1;
+                    cs_pass += c.passed() as usize;
+                    cs_ok &= c.passed();
+                }
+                "hard" => {
+                    hard_total += 1;
+                    hard_pass += c.passed() as usize;
+                    hard_ok &= c.passed();
+                }
+                _ => {}
+            }
+        }
+        cs_all += cs_ok as usize;
+        hard_all += hard_ok as usize;
+        final_pass += v.passed as usize;
+    }
+    Metrics {
+        n,
+        masked,
+        delivery_rate: ratio(delivered, scored),
+        commonsense_micro: ratio(cs_pass, cs_total),
+        commonsense_macro: ratio(cs_all, scored),
+        hard_micro: ratio(hard_pass, hard_total),
+        hard_macro: ratio(hard_all, scored),
+        final_pass_rate: ratio(final_pass, scored),
+        mean_reward: if scored == 0 {
+            0.0
+        } else {
+            reward / scored as f64
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::Check;
+
+    #[test]
+    fn groups_and_masking() {
+        let ok = Verdict::from_checks(
+            "a",
+            vec![
+                Check::new("commonsense.x", true, String::new()),
+                Check::new("hard.y", true, String::new()),
+            ],
+        );
+        let bad = Verdict::from_checks(
+            "b",
+            vec![
+                Check::new("commonsense.x", true, String::new()),
+                Check::new("hard.y", false, String::new()),
+            ],
+        );
+        let empty = Verdict::rejected(
+            "c",
+            FailureKind::EmptySubmission,
+            "empty".into(),
+            ["commonsense.x".into(), "hard.y".into()],
+        );
+        let broken = Verdict::rejected("d", FailureKind::InvalidTask, "bad".into(), []);
+        let m = aggregate([&ok, &bad, &empty, &broken]);
+        assert_eq!((m.n, m.masked), (4, 1));
+        assert!((m.delivery_rate - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.commonsense_micro - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.hard_micro - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m.hard_macro - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m.final_pass_rate - 1.0 / 3.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,173 @@
+//! The records that travel between stages and out to trainers.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::certify::Certificate;
+use crate::env::Difficulty;
+
+/// What identifies an environment family and everything that determines its output.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EnvironmentSpec {
+    /// Stable name, e.g. `travel-planning`.
+    pub id: String,
+    /// Semantic version; bumped whenever generated tasks or verdicts would change.
+    pub version: String,
+    /// `sha256:` of the generator's code version, data files, prompt templates and tool specs.
+    pub content_hash: String,
+    pub description: String,
+    /// Named difficulty levels, easiest first.
+    pub levels: Vec<String>,
+}
+
+impl EnvironmentSpec {
+    pub fn env_ref(&self) -> EnvRef {
+        EnvRef {
+            id: self.id.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// `id@version`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EnvRef {
+    pub id: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for EnvRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
+}
+
+/// One chat message of the user-facing prompt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A tool the agent may call: OpenAI-style function description plus the schema of its result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+    /// JSON Schema of a successful result.
+    pub result: Value,
+}
+
+/// A call the agent made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// What a tool returned: a result, or a structured error the agent can read and recover from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ToolResult {
+    Ok {
+        result: Value,
+    },
+    Error {
+        code: ToolErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolErrorCode {
+    /// No tool of that name.
+    UnknownTool,
+    /// Arguments do not match the tool's JSON Schema.
+    InvalidArguments,
+    /// Arguments are well-formed but name something that does not exist.
+    NotFound,
+}
+
+/// A constraint of a task, keyed by a stable id that is also the id of the check that tests it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Constraint {
+    pub id: String,
+    /// Human-readable statement, as shown to the agent.
+    pub description: String,
+    /// Machine-readable parameters (budget amount, required cuisines, ...).
+    pub params: Value,
+}
+
+/// A complete, certified task: everything a trainer, tool server or remote verifier needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Task {
+    /// `sha256:` of every other field, serialized canonically.
+    pub id: String,
+    pub environment: EnvRef,
+    pub seed: u64,
+    pub index: u64,
+    pub difficulty: Difficulty,
+    pub prompt: Vec<Message>,
+    pub tools: Vec<ToolSpec>,
+    pub constraints: Vec<Constraint>,
+    /// The world the tools run against (environment-specific JSON).
+    pub world: Box<RawValue>,
+    /// The planted solution, in the submission format.
+    pub reference_solution: Box<RawValue>,
+    pub certificate: Certificate,
+}
+
+/// The content of a task without its id, in field order; its hash is the task id.
+#[derive(Serialize)]
+struct TaskContent<'a> {
+    environment: &'a EnvRef,
+    seed: u64,
+    index: u64,
+    difficulty: &'a Difficulty,
+    prompt: &'a [Message],
+    tools: &'a [ToolSpec],
+    constraints: &'a [Constraint],
+    world: &'a RawValue,
+    reference_solution: &'a RawValue,
+    certificate: &'a Certificate,
+}
+
+impl Task {
+    /// The content-addressed id this task should carry.
+    pub fn compute_id(&self) -> String {
+        let content = TaskContent {
+            environment: &self.environment,
+            seed: self.seed,
+            index: self.index,
+            difficulty: &self.difficulty,
+            prompt: &self.prompt,
+            tools: &self.tools,
+            constraints: &self.constraints,
+            world: &self.world,
+            reference_solution: &self.reference_solution,
+            certificate: &self.certificate,
+        };
+        let mut w = crate::hash::HashWriter::default();
+        // Serializing plain data into a hasher cannot fail.
+        serde_json::to_writer(&mut w, &content).expect("task content serializes");
+        w.finish()
+    }
+
+    /// Parse a task record and check that its id matches its content.
+    pub fn from_json(text: &str) -> Result<Task, crate::env::TaskError> {
+        let task: Task = serde_json::from_str(text)
+            .map_err(|e| crate::env::TaskError::Malformed(e.to_string()))?;
+        let expected = task.compute_id();
+        if task.id != expected {
+            return Err(crate::env::TaskError::IdMismatch {
+                stated: task.id,
+                computed: expected,
+            });
+        }
+        Ok(task)
+    }
+}
