@@ -96,9 +96,10 @@ pub fn parse_submission(submission: &Value) -> Result<Option<Plan>, String> {
     match value {
         Value::Object(o) if o.is_empty() => return Ok(None),
         Value::Object(o)
-            if o.get("days")
-                .and_then(Value::as_array)
-                .is_some_and(|d| d.is_empty()) =>
+            if o.len() == 1
+                && o.get("days")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| d.is_empty()) =>
         {
             return Ok(None);
         }

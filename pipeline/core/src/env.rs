@@ -96,6 +96,20 @@ pub trait PreparedTask: Send + Sync {
     fn call_tool(&self, call: &ToolCall) -> ToolResult;
 }
 
+/// Verify one submission against a task record. A task the environment cannot read yields a
+/// masked `invalid_task` verdict rather than a zero the trainer would learn from.
+pub fn verify_task(env: &dyn Environment, task: &Task, submission: &Value) -> Verdict {
+    match env.prepare(task) {
+        Ok(prepared) => prepared.verify(submission),
+        Err(e) => Verdict::rejected(
+            &task.id,
+            crate::verdict::FailureKind::InvalidTask,
+            e.to_string(),
+            [],
+        ),
+    }
+}
+
 /// The outcome of generating one task: the task and every rejected attempt before it.
 pub struct Generated {
     pub task: Task,
