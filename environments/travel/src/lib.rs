@@ -244,6 +244,50 @@ impl Environment for TravelPlanning {
         Ok(task)
     }
 
+    fn describe_solution(&self, task: &Task) -> String {
+        let (Ok(world), Ok(plan)) = (
+            serde_json::from_str::<World>(task.world.get()),
+            serde_json::from_str::<Plan>(task.reference_solution.get()),
+        ) else {
+            return task.reference_solution.get().to_string();
+        };
+        let city = |id: &str| world.city(id).map(|c| format!("{} ({id})", c.name)).unwrap_or_else(|| id.to_string());
+        let venue = |id: Option<&String>| -> String {
+            let Some(id) = id else { return "-".into() };
+            let name = world
+                .restaurant(id)
+                .map(|r| format!("{}, {} ${}", r.name, r.cuisines.join("/"), r.average_cost))
+                .or_else(|| world.attraction(id).map(|a| format!("{}, ${}", a.name, a.ticket_price)))
+                .or_else(|| world.accommodation(id).map(|h| format!("{}, {} ${}/night", h.name, h.room_type, h.nightly_price)))
+                .unwrap_or_else(|| "?".into());
+            format!("{name} [{id}]")
+        };
+        let mut out = String::new();
+        for d in &plan.days {
+            out.push_str(&format!("Day {}: {}\n", d.day, city(&d.city)));
+            if let Some(t) = &d.travel {
+                let how = world
+                    .route(&t.transport)
+                    .map(|r| format!("{} {} ${}", r.mode.name(), r.service.clone().unwrap_or_default(), r.price))
+                    .unwrap_or_default();
+                out.push_str(&format!("  travel     {} -> {} by {how} [{}]\n", city(&t.from), city(&t.to), t.transport));
+            }
+            out.push_str(&format!("  breakfast  {}\n  lunch      {}\n  dinner     {}\n", venue(d.breakfast.as_ref()), venue(d.lunch.as_ref()), venue(d.dinner.as_ref())));
+            for a in &d.attractions {
+                out.push_str(&format!("  attraction {}\n", venue(Some(a))));
+            }
+            out.push_str(&format!("  stay       {}\n", venue(d.accommodation.as_ref())));
+        }
+        if let Ok(q) = Query::from_constraints(&task.constraints) {
+            let cost = plan::plan_cost(&world, q.people, &plan);
+            out.push_str(&format!(
+                "Cost: transport ${} + meals ${} + attractions ${} + stays ${} = ${} (budget ${})\n",
+                cost.transport, cost.meals, cost.attractions, cost.accommodation, cost.total, q.budget
+            ));
+        }
+        out
+    }
+
     fn prepare(&self, task: &Task) -> Result<Box<dyn PreparedTask>, TaskError> {
         if task.environment != self.spec.env_ref() {
             return Err(TaskError::WrongEnvironment {

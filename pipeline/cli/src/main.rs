@@ -1,1 +1,62 @@
-fn main() {}
+//! `envsynth`: generate certified task shards, verify submissions, inspect tasks, benchmark.
+
+mod bench;
+mod envs;
+mod generate;
+mod show;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "envsynth", version, about = "Manufacture verifiable environments for training LLM agents with RL.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate certified tasks and write them as training shards.
+    Generate(generate::Args),
+    /// Verify submissions against the tasks of a shard; write verdicts and print aggregate metrics.
+    Verify(verify::Args),
+    /// Print one task readably.
+    Show(show::Args),
+    /// List the environments with their versions and content hashes.
+    Envs,
+    /// Measure certified tasks/s and verdicts/s on one core, against baselines.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Envs => {
+            envs::print();
+            Ok(())
+        }
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A path argument that must exist.
+pub fn existing(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+    if !path.exists() {
+        anyhow::bail!("{what} {} does not exist", path.display());
+    }
+    Ok(())
+}

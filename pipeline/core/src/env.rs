@@ -88,6 +88,12 @@ pub trait Environment: Send + Sync {
     fn generate_attempt(&self, request: &TaskRequest, attempt: u32) -> Result<Task, Rejection>;
     /// Parse a task record once so that many submissions and tool calls can be served from it.
     fn prepare(&self, task: &Task) -> Result<Box<dyn PreparedTask>, TaskError>;
+    /// The reference solution in a form a person can read (used by `envsynth show`).
+    fn describe_solution(&self, task: &Task) -> String {
+        serde_json::from_str::<Value>(task.reference_solution.get())
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| task.reference_solution.get().to_string())
+    }
 }
 
 /// A task parsed and indexed for fast verification and tool calls.

@@ -1,0 +1,116 @@
+//! `envsynth bench`: single-threaded throughput of generation and verification, each against a
+//! baseline measured in the same run.
+//!
+//! - certified tasks/s: the full pipeline per task (sample → world → compose → plant → certify →
+//!   render → content-addressed record), retries included. Baseline: the same stages without
+//!   certification, rendering or the record (what an uncertified generator would cost).
+//! - verdicts/s: a prepared task verifying JSON submissions (planted plans and every mutant).
+//!   Baseline: a stateless verifier that parses the task record for every submission, as a
+//!   reward function handed the task JSON per call would.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use envsynth_core::{Environment, Task, TaskRequest, env::generate};
+use envsynth_travel::{TravelPlanning, mutate};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Difficulty level to measure.
+    #[arg(long, default_value = "medium")]
+    pub level: String,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `f` repeatedly for about `secs`; returns operations per second.
+fn rate(secs: f64, mut f: impl FnMut(u64) -> u64) -> f64 {
+    let budget = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let (mut ops, mut i) = (0u64, 0u64);
+    while start.elapsed() < budget {
+        ops += f(i);
+        i += 1;
+    }
+    ops as f64 / start.elapsed().as_secs_f64()
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.seconds > 0.0) {
+        bail!("--seconds must be positive");
+    }
+    let env = TravelPlanning::new();
+    let req = |index: u64| TaskRequest { seed: 0xBE7C, index, level: a.level.clone(), overrides: Value::Null };
+    env.validate_request(&req(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let certified = rate(a.seconds, |i| {
+        black_box(generate(&env, &req(i)).map(|g| g.task.id).ok());
+        1
+    });
+    let uncertified = rate(a.seconds, |i| {
+        (0..envsynth_core::env::MAX_ATTEMPTS).find(|&k| black_box(env.generate_parts(&req(i), k)).is_ok());
+        1
+    });
+
+    // A pool of tasks with their planted plans and every mutant, as JSON submissions.
+    let mut pool: Vec<(Task, String, Vec<Value>)> = Vec::new();
+    for i in 0..64 {
+        let g = generate(&env, &req(1_000_000 + i)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let parts = env.generate_parts(&req(1_000_000 + i), g.rejections.len() as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut subs: Vec<Value> = vec![serde_json::from_str(g.task.reference_solution.get())?];
+        for m in mutate::mutants(&parts.world, &parts.query, &parts.plan) {
+            subs.push(serde_json::to_value(&m.solution)?);
+        }
+        let text = serde_json::to_string(&g.task)?;
+        pool.push((g.task, text, subs));
+    }
+    let prepared: Vec<_> = pool.iter().map(|(t, _, _)| env.prepare(t)).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let submissions: usize = pool.iter().map(|p| p.2.len()).sum();
+    let verdicts = rate(a.seconds, |i| {
+        let k = (i as usize) % pool.len();
+        for s in &pool[k].2 {
+            black_box(prepared[k].verify(black_box(s)));
+        }
+        pool[k].2.len() as u64
+    });
+    let stateless = rate(a.seconds, |i| {
+        let k = (i as usize) % pool.len();
+        let s = &pool[k].2[(i as usize / pool.len()) % pool[k].2.len()];
+        let task = Task::from_json(&pool[k].1).expect("pool task parses");
+        black_box(env.prepare(&task).map(|p| p.verify(s)).ok());
+        1
+    });
+
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let results = json!({
+        "level": a.level,
+        "threads": 1,
+        "cpu": cpu,
+        "certified_tasks_per_s": certified.round(),
+        "baseline_uncertified_tasks_per_s": uncertified.round(),
+        "verdicts_per_s": verdicts.round(),
+        "baseline_stateless_verdicts_per_s": stateless.round(),
+        "verdict_pool": {"tasks": pool.len(), "submissions": submissions},
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!("envsynth bench — {} level, one thread, {cpu}", a.level);
+        println!("  certified tasks/s                 {:>12.0}", certified);
+        println!("  baseline: uncertified tasks/s     {:>12.0}", uncertified);
+        println!("  verdicts/s (prepared task)        {:>12.0}", verdicts);
+        println!("  baseline: stateless verdicts/s    {:>12.0}", stateless);
+        println!("  (verdict pool: {} tasks, {submissions} planted+mutant submissions)", pool.len());
+    }
+    Ok(())
+}
