@@ -286,11 +286,11 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
         .filter_map(|d| l.from[d].map(|f| (d, f, l.end[d])))
         .collect();
     let options = &|d: usize, f: usize, t: usize, driving: bool| {
-        let (fid, tid, dt) = (city_id(f), city_id(t), date(d));
+        let (fid, tid, dt) = (&w.cities[f].id, &w.cities[t].id, date(d));
         w.routes
             .iter()
             .filter(move |r| {
-                r.from == fid && r.to == tid && r.date.as_ref().is_none_or(|x| *x == dt)
+                r.from == *fid && r.to == *tid && r.date.as_ref().is_none_or(|x| *x == dt)
             })
             .filter(move |r| {
                 (r.mode == Mode::SelfDriving) == driving && !q.excluded_modes.contains(&r.mode)
@@ -418,10 +418,10 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
         }
         let mut best: Option<(u32, usize, usize)> = None;
         for (k, &(d, slot)) in open.iter().enumerate() {
-            let city = city_id(meal_city(&l, d, slot));
+            let city = &w.cities[meal_city(&l, d, slot)].id;
             for (i, r) in w.restaurants.iter().enumerate() {
                 if !used_r[i]
-                    && r.city == city
+                    && r.city == *city
                     && r.cuisines.contains(cuisine)
                     && best.is_none_or(|b| r.average_cost < b.0)
                 {
@@ -440,9 +440,9 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
         used_r[i] = true;
     }
     for (d, slot) in open {
-        let city = city_id(meal_city(&l, d, slot));
+        let city = &w.cities[meal_city(&l, d, slot)].id;
         let pick = (0..w.restaurants.len())
-            .filter(|&i| !used_r[i] && w.restaurants[i].city == city)
+            .filter(|&i| !used_r[i] && w.restaurants[i].city == *city)
             .min_by_key(|&i| (w.restaurants[i].average_cost, i));
         let Some(i) = pick else {
             return Err(reject(
@@ -459,9 +459,9 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
         if l.from[d].is_some() || !plan.days[d].attractions.is_empty() {
             continue;
         }
-        let city = city_id(l.end[d]);
+        let city = &w.cities[l.end[d]].id;
         let pick = (0..w.attractions.len())
-            .filter(|&i| !used_a[i] && w.attractions[i].city == city)
+            .filter(|&i| !used_a[i] && w.attractions[i].city == *city)
             .min_by_key(|&i| (w.attractions[i].ticket_price, i));
         let Some(i) = pick else {
             return Err(reject(
@@ -489,10 +489,10 @@ fn plant_tier_day(
 ) -> bool {
     let mut picks: Vec<usize> = Vec::with_capacity(3);
     for slot in 0..3 {
-        let city = city_id(meal_city(l, d, slot));
+        let city = &w.cities[meal_city(l, d, slot)].id;
         let need_rating = tier.quantifier == Quantifier::All || (slot == 0);
         let pick = (0..w.restaurants.len())
-            .filter(|&i| !used_r[i] && !picks.contains(&i) && w.restaurants[i].city == city)
+            .filter(|&i| !used_r[i] && !picks.contains(&i) && w.restaurants[i].city == *city)
             .filter(|&i| !need_rating || w.restaurants[i].rating >= tier.min_rating)
             .min_by_key(|&i| (w.restaurants[i].average_cost, i));
         match pick {
@@ -506,9 +506,9 @@ fn plant_tier_day(
     }
     let mut attraction = None;
     if l.from[d].is_none() {
-        let city = city_id(l.end[d]);
+        let city = &w.cities[l.end[d]].id;
         attraction = (0..w.attractions.len())
-            .filter(|&i| !used_a[i] && w.attractions[i].city == city)
+            .filter(|&i| !used_a[i] && w.attractions[i].city == *city)
             .filter(|&i| {
                 tier.max_ticket
                     .is_none_or(|m| w.attractions[i].ticket_price < m)

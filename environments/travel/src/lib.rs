@@ -169,8 +169,8 @@ pub struct Parts {
 }
 
 fn raw(v: &impl Serialize) -> Box<RawValue> {
-    // Plain data always serializes.
-    RawValue::from_string(serde_json::to_string(v).expect("serializable")).expect("valid JSON")
+    // Plain data always serializes (and to_raw_value does not re-parse what it wrote).
+    serde_json::value::to_raw_value(v).expect("serializable")
 }
 
 impl Environment for TravelPlanning {
@@ -251,14 +251,27 @@ impl Environment for TravelPlanning {
         ) else {
             return task.reference_solution.get().to_string();
         };
-        let city = |id: &str| world.city(id).map(|c| format!("{} ({id})", c.name)).unwrap_or_else(|| id.to_string());
+        let city = |id: &str| {
+            world
+                .city(id)
+                .map(|c| format!("{} ({id})", c.name))
+                .unwrap_or_else(|| id.to_string())
+        };
         let venue = |id: Option<&String>| -> String {
             let Some(id) = id else { return "-".into() };
             let name = world
                 .restaurant(id)
                 .map(|r| format!("{}, {} ${}", r.name, r.cuisines.join("/"), r.average_cost))
-                .or_else(|| world.attraction(id).map(|a| format!("{}, ${}", a.name, a.ticket_price)))
-                .or_else(|| world.accommodation(id).map(|h| format!("{}, {} ${}/night", h.name, h.room_type, h.nightly_price)))
+                .or_else(|| {
+                    world
+                        .attraction(id)
+                        .map(|a| format!("{}, ${}", a.name, a.ticket_price))
+                })
+                .or_else(|| {
+                    world
+                        .accommodation(id)
+                        .map(|h| format!("{}, {} ${}/night", h.name, h.room_type, h.nightly_price))
+                })
                 .unwrap_or_else(|| "?".into());
             format!("{name} [{id}]")
         };
@@ -268,15 +281,35 @@ impl Environment for TravelPlanning {
             if let Some(t) = &d.travel {
                 let how = world
                     .route(&t.transport)
-                    .map(|r| format!("{} {} ${}", r.mode.name(), r.service.clone().unwrap_or_default(), r.price))
+                    .map(|r| {
+                        format!(
+                            "{} {} ${}",
+                            r.mode.name(),
+                            r.service.clone().unwrap_or_default(),
+                            r.price
+                        )
+                    })
                     .unwrap_or_default();
-                out.push_str(&format!("  travel     {} -> {} by {how} [{}]\n", city(&t.from), city(&t.to), t.transport));
+                out.push_str(&format!(
+                    "  travel     {} -> {} by {how} [{}]\n",
+                    city(&t.from),
+                    city(&t.to),
+                    t.transport
+                ));
             }
-            out.push_str(&format!("  breakfast  {}\n  lunch      {}\n  dinner     {}\n", venue(d.breakfast.as_ref()), venue(d.lunch.as_ref()), venue(d.dinner.as_ref())));
+            out.push_str(&format!(
+                "  breakfast  {}\n  lunch      {}\n  dinner     {}\n",
+                venue(d.breakfast.as_ref()),
+                venue(d.lunch.as_ref()),
+                venue(d.dinner.as_ref())
+            ));
             for a in &d.attractions {
                 out.push_str(&format!("  attraction {}\n", venue(Some(a))));
             }
-            out.push_str(&format!("  stay       {}\n", venue(d.accommodation.as_ref())));
+            out.push_str(&format!(
+                "  stay       {}\n",
+                venue(d.accommodation.as_ref())
+            ));
         }
         if let Ok(q) = Query::from_constraints(&task.constraints) {
             let cost = plan::plan_cost(&world, q.people, &plan);

@@ -6,7 +6,7 @@ use envsynth_core::Mutant;
 
 use crate::plan::{Plan, plan_cost};
 use crate::query::{Query, ids, room_type_ok};
-use crate::world::{Accommodation, Mode, World};
+use crate::world::{Accommodation, Mode, World, id_index};
 
 fn mutant(target: &'static str, solution: Option<Plan>) -> Option<Mutant<Plan>> {
     solution.map(|solution| Mutant { target, solution })
@@ -21,12 +21,24 @@ fn still_days(p: &Plan) -> impl Iterator<Item = usize> + '_ {
         .map(|(i, _)| i)
 }
 
-fn used_restaurants(p: &Plan) -> Vec<&str> {
-    p.days
-        .iter()
-        .flat_map(|d| d.meals().into_iter().flatten())
-        .map(String::as_str)
-        .collect()
+/// Which restaurants (by index) the plan already uses.
+fn taken_restaurants(w: &World, p: &Plan) -> Vec<bool> {
+    let mut taken = vec![false; w.restaurants.len()];
+    for m in p.days.iter().flat_map(|d| d.meals().into_iter().flatten()) {
+        if let Some(i) = id_index(m, b'R').filter(|&i| i < taken.len()) {
+            taken[i] = true;
+        }
+    }
+    taken
+}
+
+/// Index of a world restaurant (its id encodes it).
+fn ri(r: &crate::world::Restaurant) -> usize {
+    id_index(&r.id, b'R').unwrap_or(usize::MAX)
+}
+
+fn is_taken(taken: &[bool], r: &crate::world::Restaurant) -> bool {
+    taken.get(ri(r)).copied().unwrap_or(true)
 }
 
 /// Replace every stay at one accommodation with `pick(city, nights, current)`, trying each stay.
@@ -291,11 +303,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
             i = j;
         }
         if plan_cost(w, q.people, &m).total <= q.budget as u64 {
-            let used: Vec<String> = used_restaurants(&m)
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            let mut taken = used.clone();
+            let mut taken = taken_restaurants(w, &m);
             for d in &mut m.days {
                 for slot in 0..3 {
                     let Some(cur) = d.meal_mut(slot).as_ref().and_then(|r| w.restaurant(r)) else {
@@ -306,7 +314,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
                         .iter()
                         .filter(|r| {
                             r.city == cur.city
-                                && !taken.contains(&r.id)
+                                && !is_taken(&taken, r)
                                 && r.average_cost > cur.average_cost
                         })
                         .filter(|r| {
@@ -316,7 +324,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
                         })
                         .max_by_key(|r| (r.average_cost, r.id.clone()));
                     if let Some(dear) = dear {
-                        taken.push(dear.id.clone());
+                        taken[ri(dear)] = true;
                         *d.meal_mut(slot) = Some(dear.id.clone());
                     }
                 }
@@ -357,10 +365,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
     if let Some(c) = q.cuisines.first() {
         push(mutant(ids::CUISINE, {
             let mut m = p.clone();
-            let mut taken: Vec<String> = used_restaurants(p)
-                .into_iter()
-                .map(str::to_string)
-                .collect();
+            let mut taken = taken_restaurants(w, p);
             let mut ok = true;
             for d in &mut m.days {
                 for slot in 0..3 {
@@ -377,7 +382,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
                         .collect();
                     let candidates = || {
                         w.restaurants.iter().filter(|r| {
-                            r.city == cur.city && !taken.contains(&r.id) && !r.cuisines.contains(c)
+                            r.city == cur.city && !is_taken(&taken, r) && !r.cuisines.contains(c)
                         })
                     };
                     let sub = candidates()
@@ -390,7 +395,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
                         });
                     match sub {
                         Some(r) => {
-                            taken.push(r.id.clone());
+                            taken[ri(r)] = true;
                             *d.meal_mut(slot) = Some(r.id.clone());
                         }
                         None => ok = false,
@@ -433,7 +438,7 @@ fn tier_mutant(w: &World, q: &Query, p: &Plan, rule: &crate::query::TierRule) ->
     let day = p.days.get(k)?;
     let hotel = w.accommodation(day.accommodation.as_ref()?)?;
     let tier = rule.tier_for(hotel.nightly_price)?;
-    let taken: Vec<&str> = used_restaurants(p);
+    let taken = taken_restaurants(w, p);
     // Which meals to replace: one is enough under "all", every one under "any".
     let slots: Vec<usize> = match tier.quantifier {
         crate::query::Quantifier::All => vec![0],
@@ -457,7 +462,7 @@ fn tier_mutant(w: &World, q: &Query, p: &Plan, rule: &crate::query::TierRule) ->
                 .restaurants
                 .iter()
                 .filter(|r| r.city == cur.city && r.rating < tier.min_rating)
-                .filter(|r| !taken.contains(&r.id.as_str()) && !fresh.contains(&r.id))
+                .filter(|r| !is_taken(&taken, r) && !fresh.contains(&r.id))
                 .filter(|r| {
                     !keep_cuisines
                         || cur

@@ -31,10 +31,15 @@ pub struct DayPlan {
     pub travel: Option<Travel>,
     /// City id where the day ends.
     pub city: String,
+    #[serde(default)]
     pub breakfast: Option<String>,
+    #[serde(default)]
     pub lunch: Option<String>,
+    #[serde(default)]
     pub dinner: Option<String>,
+    #[serde(default)]
     pub attractions: Vec<String>,
+    #[serde(default)]
     pub accommodation: Option<String>,
 }
 
@@ -107,17 +112,71 @@ pub fn parse_submission(submission: &Value) -> Result<Option<Plan>, String> {
     }
     match Plan::deserialize(value) {
         Ok(plan) => {
-            // serde accepts what the schema's size limits reject; the schema is the contract.
-            if let Some(e) = plan_validator().iter_errors(value).next() {
-                return Err(format!("at `{}`: {e}", e.instance_path()));
+            // serde accepts what the schema's size limits reject; check those without the
+            // (slower) schema validator, which only runs to explain a failure.
+            match size_violation(&plan) {
+                None => Ok(Some(plan)),
+                Some(e) => Err(e),
             }
-            Ok(Some(plan))
         }
         Err(serde_err) => match plan_validator().iter_errors(value).next() {
             Some(e) => Err(format!("at `{}`: {e}", e.instance_path())),
             None => Err(serde_err.to_string()),
         },
     }
+}
+
+/// The schema's size limits (`maxItems`, `maxLength`, day range), checked on a parsed plan.
+fn size_violation(plan: &Plan) -> Option<String> {
+    const MAX_ID: usize = 64;
+    if plan.days.len() > 31 {
+        return Some(format!(
+            "at `/days`: {} days, at most 31 allowed",
+            plan.days.len()
+        ));
+    }
+    for (i, d) in plan.days.iter().enumerate() {
+        if !(1..=31).contains(&d.day) {
+            return Some(format!("at `/days/{i}/day`: {} is outside 1..=31", d.day));
+        }
+        if d.attractions.len() > 16 {
+            return Some(format!(
+                "at `/days/{i}/attractions`: {} attractions, at most 16 allowed",
+                d.attractions.len()
+            ));
+        }
+        let mut fields: Vec<(&str, &str)> = vec![("city", &d.city)];
+        for (name, v) in [
+            ("breakfast", &d.breakfast),
+            ("lunch", &d.lunch),
+            ("dinner", &d.dinner),
+            ("accommodation", &d.accommodation),
+        ] {
+            if let Some(v) = v {
+                fields.push((name, v));
+            }
+        }
+        if let Some(t) = &d.travel {
+            fields.extend([
+                ("travel/from", t.from.as_str()),
+                ("travel/to", &t.to),
+                ("travel/transport", &t.transport),
+            ]);
+        }
+        for (j, a) in d.attractions.iter().enumerate() {
+            if a.len() > MAX_ID {
+                return Some(format!(
+                    "at `/days/{i}/attractions/{j}`: longer than {MAX_ID} characters"
+                ));
+            }
+        }
+        if let Some((name, _)) = fields.iter().find(|(_, v)| v.len() > MAX_ID) {
+            return Some(format!(
+                "at `/days/{i}/{name}`: longer than {MAX_ID} characters"
+            ));
+        }
+    }
+    None
 }
 
 /// Cost of a plan, by category. Unknown ids cost nothing here; the sandbox check rejects them.

@@ -3,7 +3,7 @@
 //! number is its index (`H007` is `accommodations[7]`), so lookups are O(1).
 
 use rand::Rng;
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +170,47 @@ impl World {
 }
 
 pub fn city_id(i: usize) -> String {
-    format!("C{i:02}")
+    code("C", i, 2)
+}
+
+/// `prefix` followed by `n` zero-padded to `width` digits. World building formats thousands of
+/// ids per task; this avoids the general formatting machinery.
+pub fn code(prefix: &str, n: usize, width: usize) -> String {
+    let mut digits = [0u8; 20];
+    let (mut k, mut m) = (0, n);
+    loop {
+        digits[k] = b'0' + (m % 10) as u8;
+        m /= 10;
+        k += 1;
+        if m == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(prefix.len() + width.max(k));
+    s.push_str(prefix);
+    for _ in k..width {
+        s.push('0');
+    }
+    for d in digits[..k].iter().rev() {
+        s.push(*d as char);
+    }
+    s
+}
+
+/// `HH:MM` of minutes after midnight.
+fn hhmm(minutes: u32) -> String {
+    let mut s = code("", (minutes / 60) as usize, 2);
+    s.push(':');
+    s.push_str(&code("", (minutes % 60) as usize, 2));
+    s
+}
+
+fn join2(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len() + 1);
+    s.push_str(a);
+    s.push(' ');
+    s.push_str(b);
+    s
 }
 
 /// What the world builder needs to know about the trip it is building for.
@@ -190,20 +230,30 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Draw `n` distinct names `prefix noun` (falls back to numbered names if combinations run out).
+/// Draw `n` distinct (i, j) pairs from an `a` × `b` grid (rejection sampling; n is small).
+fn distinct_pairs(rng: &mut ChaCha8Rng, a: usize, b: usize, n: usize) -> Vec<(usize, usize)> {
+    let n = n.min(a * b);
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(n);
+    while out.len() < n {
+        let pair = (rng.random_range(0..a), rng.random_range(0..b));
+        if !out.contains(&pair) {
+            out.push(pair);
+        }
+    }
+    out
+}
+
+/// Draw `n` distinct names `prefix noun` (numbered once the combinations run out).
 fn distinct_names(
     rng: &mut ChaCha8Rng,
     prefixes: &[String],
     nouns: &[String],
     n: usize,
 ) -> Vec<String> {
-    let mut combos: Vec<(usize, usize)> = (0..prefixes.len())
-        .flat_map(|p| (0..nouns.len()).map(move |q| (p, q)))
-        .collect();
-    combos.shuffle(rng);
+    let pairs = distinct_pairs(rng, prefixes.len(), nouns.len(), n);
     (0..n)
-        .map(|i| match combos.get(i) {
-            Some(&(p, q)) => format!("{} {}", prefixes[p], nouns[q]),
+        .map(|i| match pairs.get(i) {
+            Some(&(p, q)) => join2(&prefixes[p], &nouns[q]),
             None => format!(
                 "{} {} {}",
                 prefixes[i % prefixes.len()],
@@ -252,10 +302,13 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
         ((dx * dx + dy * dy).sqrt() * 1.25).round().max(12.0) as u32
     };
 
+    let dates: Vec<String> = (0..plan.days)
+        .map(|d| date::iso(plan.start_day + d as i64))
+        .collect();
     // Routes between every ordered pair of cities.
     let mut routes: Vec<Route> = Vec::new();
     let push = |routes: &mut Vec<Route>, r: Route| {
-        let id = format!("T{:04}", routes.len());
+        let id = code("T", routes.len(), 4);
         routes.push(Route { id, ..r });
     };
     for a in 0..cities.len() {
@@ -287,8 +340,7 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
                     ..base.clone()
                 },
             );
-            for day in 0..plan.days {
-                let date = date::iso(plan.start_day + day as i64);
+            for date in &dates {
                 if dist >= 150 && rng.random::<f64>() < knobs.flight_density {
                     for _ in 0..rng.random_range(1..=2) {
                         let airline = cat.airlines.choose(rng).map(String::as_str).unwrap_or("NV");
@@ -298,8 +350,8 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
                             Route {
                                 mode: Mode::Flight,
                                 date: Some(date.clone()),
-                                service: Some(format!("{airline}{}", rng.random_range(100..9999))),
-                                departure: Some(format!("{:02}:{:02}", dep / 60, dep % 60)),
+                                service: Some(code(airline, rng.random_range(100..9999), 0)),
+                                departure: Some(hhmm(dep)),
                                 duration_min: dist * 60 / 700 + 40,
                                 price: 40
                                     + (dist as f64 * rng.random_range(0.08..0.20)).round() as u32,
@@ -318,7 +370,7 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
                                 mode,
                                 date: Some(date.clone()),
                                 service: ops.choose(rng).cloned(),
-                                departure: Some(format!("{:02}:{:02}", dep / 60, dep % 60)),
+                                departure: Some(hhmm(dep)),
                                 duration_min: dist * 60
                                     / if mode == Mode::Train { 110 } else { 70 }
                                     + 10,
@@ -378,7 +430,7 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
                 .cloned()
                 .collect();
             accommodations.push(Accommodation {
-                id: format!("H{:03}", accommodations.len()),
+                id: code("H", accommodations.len(), 3),
                 name,
                 city: city.id.clone(),
                 room_type: cat.room_types[t].clone(),
@@ -400,7 +452,7 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
             let mut cuisines: Vec<String> = cat.cuisines.choose_multiple(rng, k).cloned().collect();
             cuisines.sort();
             restaurants.push(Restaurant {
-                id: format!("R{:03}", restaurants.len()),
+                id: code("R", restaurants.len(), 3),
                 name,
                 city: city.id.clone(),
                 cuisines,
@@ -409,15 +461,17 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
             });
         }
         let n_attr = (knobs.attractions_per_city as usize).max(plan.max_nights as usize + 3);
-        let mut picks: Vec<(usize, usize)> = (0..names.attraction_prefixes.len())
-            .flat_map(|p| (0..all_nouns.len()).map(move |q| (p, q)))
-            .collect();
-        picks.shuffle(rng);
-        for &(p, q) in picks.iter().take(n_attr) {
+        let picks = distinct_pairs(
+            rng,
+            names.attraction_prefixes.len(),
+            all_nouns.len(),
+            n_attr,
+        );
+        for &(p, q) in &picks {
             let (category, noun) = &all_nouns[q];
             attractions.push(Attraction {
-                id: format!("A{:03}", attractions.len()),
-                name: format!("{} {}", names.attraction_prefixes[p], noun),
+                id: code("A", attractions.len(), 3),
+                name: join2(&names.attraction_prefixes[p], noun),
                 city: city.id.clone(),
                 category: category.clone(),
                 ticket_price: if rng.random::<f64>() < 0.3 {
@@ -436,5 +490,17 @@ pub fn build_world(rng: &mut ChaCha8Rng, knobs: &Knobs, plan: &WorldPlan) -> Wor
         accommodations,
         restaurants,
         attractions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn codes_match_format() {
+        for n in [0usize, 7, 42, 999, 1000, 123_456] {
+            assert_eq!(super::code("T", n, 4), format!("T{n:04}"));
+            assert_eq!(super::code("NV", n, 0), format!("NV{n}"));
+        }
+        assert_eq!(super::hhmm(6 * 60 + 5), "06:05");
     }
 }

@@ -25,6 +25,9 @@ pub struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
+    /// Measure only generation or only verification.
+    #[arg(long, value_parser = ["generate", "verify"])]
+    pub only: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -32,6 +35,9 @@ pub struct Args {
 
 /// Run `f` repeatedly for about `secs`; returns operations per second.
 fn rate(secs: f64, mut f: impl FnMut(u64) -> u64) -> f64 {
+    if secs == 0.0 {
+        return 0.0;
+    }
     let budget = Duration::from_secs_f64(secs);
     let start = Instant::now();
     let (mut ops, mut i) = (0u64, 0u64);
@@ -47,15 +53,25 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--seconds must be positive");
     }
     let env = TravelPlanning::new();
-    let req = |index: u64| TaskRequest { seed: 0xBE7C, index, level: a.level.clone(), overrides: Value::Null };
-    env.validate_request(&req(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let req = |index: u64| TaskRequest {
+        seed: 0xBE7C,
+        index,
+        level: a.level.clone(),
+        overrides: Value::Null,
+    };
+    env.validate_request(&req(0))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let certified = rate(a.seconds, |i| {
+    let run_gen = a.only.as_deref() != Some("verify");
+    let run_verify = a.only.as_deref() != Some("generate");
+    let secs = |on: bool| if on { a.seconds } else { 0.0 };
+    let certified = rate(secs(run_gen), |i| {
         black_box(generate(&env, &req(i)).map(|g| g.task.id).ok());
         1
     });
-    let uncertified = rate(a.seconds, |i| {
-        (0..envsynth_core::env::MAX_ATTEMPTS).find(|&k| black_box(env.generate_parts(&req(i), k)).is_ok());
+    let uncertified = rate(secs(run_gen), |i| {
+        (0..envsynth_core::env::MAX_ATTEMPTS)
+            .find(|&k| black_box(env.generate_parts(&req(i), k)).is_ok());
         1
     });
 
@@ -63,7 +79,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut pool: Vec<(Task, String, Vec<Value>)> = Vec::new();
     for i in 0..64 {
         let g = generate(&env, &req(1_000_000 + i)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let parts = env.generate_parts(&req(1_000_000 + i), g.rejections.len() as u32).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let parts = env
+            .generate_parts(&req(1_000_000 + i), g.rejections.len() as u32)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut subs: Vec<Value> = vec![serde_json::from_str(g.task.reference_solution.get())?];
         for m in mutate::mutants(&parts.world, &parts.query, &parts.plan) {
             subs.push(serde_json::to_value(&m.solution)?);
@@ -71,16 +89,20 @@ pub fn run(a: Args) -> Result<()> {
         let text = serde_json::to_string(&g.task)?;
         pool.push((g.task, text, subs));
     }
-    let prepared: Vec<_> = pool.iter().map(|(t, _, _)| env.prepare(t)).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prepared: Vec<_> = pool
+        .iter()
+        .map(|(t, _, _)| env.prepare(t))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let submissions: usize = pool.iter().map(|p| p.2.len()).sum();
-    let verdicts = rate(a.seconds, |i| {
+    let verdicts = rate(secs(run_verify), |i| {
         let k = (i as usize) % pool.len();
         for s in &pool[k].2 {
             black_box(prepared[k].verify(black_box(s)));
         }
         pool[k].2.len() as u64
     });
-    let stateless = rate(a.seconds, |i| {
+    let stateless = rate(secs(run_verify), |i| {
         let k = (i as usize) % pool.len();
         let s = &pool[k].2[(i as usize / pool.len()) % pool[k].2.len()];
         let task = Task::from_json(&pool[k].1).expect("pool task parses");
@@ -90,7 +112,11 @@ pub fn run(a: Args) -> Result<()> {
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let results = json!({
         "level": a.level,
@@ -110,7 +136,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("  baseline: uncertified tasks/s     {:>12.0}", uncertified);
         println!("  verdicts/s (prepared task)        {:>12.0}", verdicts);
         println!("  baseline: stateless verdicts/s    {:>12.0}", stateless);
-        println!("  (verdict pool: {} tasks, {submissions} planted+mutant submissions)", pool.len());
+        println!(
+            "  (verdict pool: {} tasks, {submissions} planted+mutant submissions)",
+            pool.len()
+        );
     }
     Ok(())
 }

@@ -16,12 +16,18 @@ pub fn find(name: &str) -> Result<Box<dyn Environment>> {
         None => (name, None),
     };
     let envs = all();
-    let known: Vec<String> = envs.iter().map(|e| format!("{}@{}", e.spec().id, e.spec().version)).collect();
+    let known: Vec<String> = envs
+        .iter()
+        .map(|e| format!("{}@{}", e.spec().id, e.spec().version))
+        .collect();
     for env in envs {
         if env.spec().id == id {
             if let Some(v) = version {
                 if env.spec().version != v {
-                    bail!("environment {id} is at version {}, not {v}", env.spec().version);
+                    bail!(
+                        "environment {id} is at version {}, not {v}",
+                        env.spec().version
+                    );
                 }
             }
             return Ok(env);
@@ -36,7 +42,14 @@ pub fn print() {
         println!("{}@{}", s.id, s.version);
         println!("  content hash  {}", s.content_hash);
         println!("  levels        {}", s.levels.join(", "));
-        println!("  tools         {}", env.tool_specs().iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "  tools         {}",
+            env.tool_specs()
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("  {}", s.description);
     }
 }

@@ -12,7 +12,9 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use envsynth_core::{Environment, Task, TaskRequest, env::generate, hash, seed};
-use envsynth_shards::{Format, Manifest, ShardMeta, remove_stale_tmp, shard_stem, write_jsonl, write_parquet};
+use envsynth_shards::{
+    Format, Manifest, ShardMeta, remove_stale_tmp, shard_stem, write_jsonl, write_parquet,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,13 +66,19 @@ impl Mix {
         for item in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
             let (level, w) = match item.split_once('=') {
                 Some((l, w)) => {
-                    let w: f64 = w.trim().parse().with_context(|| format!("--mix: weight of `{l}` is not a number: `{w}`"))?;
+                    let w: f64 = w.trim().parse().with_context(|| {
+                        format!("--mix: weight of `{l}` is not a number: `{w}`")
+                    })?;
                     (l.trim(), w)
                 }
                 None => (item, 1.0),
             };
             if !levels.iter().any(|x| x == level) {
-                bail!("--mix: unknown level `{level}` (levels of {}: {})", env.spec().id, levels.join(", "));
+                bail!(
+                    "--mix: unknown level `{level}` (levels of {}: {})",
+                    env.spec().id,
+                    levels.join(", ")
+                );
             }
             if !(w.is_finite() && w > 0.0) {
                 bail!("--mix: weight of `{level}` must be a positive number");
@@ -82,21 +90,37 @@ impl Mix {
         }
         let total: f64 = parts.iter().map(|p| p.1).sum();
         let mut acc = 0.0;
-        Ok(Mix(parts.into_iter().map(|(l, w)| { acc += w / total; (l, acc) }).collect()))
+        Ok(Mix(parts
+            .into_iter()
+            .map(|(l, w)| {
+                acc += w / total;
+                (l, acc)
+            })
+            .collect()))
     }
 
     /// The level of one index: a deterministic draw, independent of how the work is split.
     fn level(&self, env: &dyn Environment, seed: u64, index: u64) -> &str {
-        let u: f64 = seed::task_rng(&env.spec().id, &env.spec().version, seed, index, 0, "mix").random();
-        self.0.iter().find(|(_, c)| u < *c).or(self.0.last()).map(|(l, _)| l.as_str()).unwrap_or("")
+        let u: f64 =
+            seed::task_rng(&env.spec().id, &env.spec().version, seed, index, 0, "mix").random();
+        self.0
+            .iter()
+            .find(|(_, c)| u < *c)
+            .or(self.0.last())
+            .map(|(l, _)| l.as_str())
+            .unwrap_or("")
     }
 }
 
 fn formats(s: &str) -> Result<Vec<Format>> {
     let mut out = Vec::new();
     for f in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
-        let f = if f == "both" { vec![Format::Parquet, Format::Jsonl] } else {
-            vec![Format::parse(f).with_context(|| format!("--format: unknown format `{f}` (parquet, jsonl, both)"))?]
+        let f = if f == "both" {
+            vec![Format::Parquet, Format::Jsonl]
+        } else {
+            vec![Format::parse(f).with_context(|| {
+                format!("--format: unknown format `{f}` (parquet, jsonl, both)")
+            })?]
         };
         out.extend(f);
     }
@@ -118,7 +142,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--shard-size must be at least 1");
     }
     if a.num_shards == 0 || a.shard_index >= a.num_shards {
-        bail!("--shard-index must be less than --num-shards (got {} of {})", a.shard_index, a.num_shards);
+        bail!(
+            "--shard-index must be less than --num-shards (got {} of {})",
+            a.shard_index,
+            a.num_shards
+        );
     }
     let overrides: Value = match &a.overrides {
         Some(s) => serde_json::from_str(s).context("--overrides is not JSON")?,
@@ -126,8 +154,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mix = Mix::parse(&a.mix, env)?;
     for (level, _) in &mix.0 {
-        env.validate_request(&TaskRequest { seed: a.seed, index: 0, level: level.clone(), overrides: overrides.clone() })
-            .map_err(|e| anyhow::anyhow!("--overrides: {e}"))?;
+        env.validate_request(&TaskRequest {
+            seed: a.seed,
+            index: 0,
+            level: level.clone(),
+            overrides: overrides.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("--overrides: {e}"))?;
     }
     let formats = formats(&a.format)?;
     let parts = a.count.div_ceil(a.shard_size);
@@ -163,7 +196,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         todo.push(part);
     }
-    let tasks_todo: u64 = todo.iter().map(|&p| part_range(p, a.shard_size, a.count).count() as u64).sum();
+    let tasks_todo: u64 = todo
+        .iter()
+        .map(|&p| part_range(p, a.shard_size, a.count).count() as u64)
+        .sum();
     let bar = ProgressBar::new(tasks_todo);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} tasks  {per_sec}  eta {eta}")
@@ -172,7 +208,14 @@ pub fn run(a: Args) -> Result<()> {
 
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
     std::thread::scope(|s| {
         for _ in 0..jobs.min(todo.len().max(1)) {
             s.spawn(|| {
@@ -182,7 +225,17 @@ pub fn run(a: Args) -> Result<()> {
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         break;
                     }
-                    let r = write_part(env, &a, &mix, &overrides, &formats, &request_hash, part, parts, &bar);
+                    let r = write_part(
+                        env,
+                        &a,
+                        &mix,
+                        &overrides,
+                        &formats,
+                        &request_hash,
+                        part,
+                        parts,
+                        &bar,
+                    );
                     if let Err(e) = r {
                         if let Ok(mut f) = failure.lock() {
                             f.get_or_insert(e);
@@ -236,10 +289,17 @@ pub fn run(a: Args) -> Result<()> {
         envsynth_shards::atomic_write(&path, &bytes)?;
         eprintln!(
             "dataset complete: {} tasks in {} part(s); {} generation attempt(s) rejected {:?}; manifest {}",
-            manifest.rows, parts, manifest.rejected_attempts, manifest.rejections, path.display()
+            manifest.rows,
+            parts,
+            manifest.rejected_attempts,
+            manifest.rejections,
+            path.display()
         );
     } else {
-        eprintln!("{} of {parts} parts present; the manifest is written when all are", metas.len());
+        eprintln!(
+            "{} of {parts} parts present; the manifest is written when all are",
+            metas.len()
+        );
     }
     Ok(())
 }
@@ -265,7 +325,12 @@ fn write_part(
     let mut tasks: Vec<Task> = Vec::with_capacity(range.clone().count());
     let mut rejections: BTreeMap<String, u64> = BTreeMap::new();
     for index in range.clone() {
-        let req = TaskRequest { seed: a.seed, index, level: mix.level(env, a.seed, index).to_string(), overrides: overrides.clone() };
+        let req = TaskRequest {
+            seed: a.seed,
+            index,
+            level: mix.level(env, a.seed, index).to_string(),
+            overrides: overrides.clone(),
+        };
         let g = generate(env, &req)?;
         for r in &g.rejections {
             *rejections.entry(r.key()).or_default() += 1;

@@ -23,7 +23,12 @@ pub fn run(a: Args) -> Result<()> {
         for t in envsynth_shards::read_tasks(&file)? {
             let hit = match (&a.index, &a.id) {
                 (Some(i), _) => t.index == *i,
-                (_, Some(id)) => t.id == *id || t.id.trim_start_matches("sha256:").starts_with(id.trim_start_matches("sha256:")),
+                (_, Some(id)) => {
+                    t.id == *id
+                        || t.id
+                            .trim_start_matches("sha256:")
+                            .starts_with(id.trim_start_matches("sha256:"))
+                }
                 _ => true,
             };
             if hit {
@@ -42,7 +47,15 @@ pub fn run(a: Args) -> Result<()> {
     println!("task        {}", t.id);
     println!("environment {}", t.environment);
     println!("seed/index  {} / {}", t.seed, t.index);
-    println!("difficulty  {} {}", t.difficulty.level, t.difficulty.params.get("realized").map(|r| r.to_string()).unwrap_or_default());
+    println!(
+        "difficulty  {} {}",
+        t.difficulty.level,
+        t.difficulty
+            .params
+            .get("realized")
+            .map(|r| r.to_string())
+            .unwrap_or_default()
+    );
     for m in &t.prompt {
         println!("\n--- {} ---\n{}", m.role, m.content);
     }
@@ -50,8 +63,21 @@ pub fn run(a: Args) -> Result<()> {
     for c in &t.constraints {
         println!("{:<40} {}", c.id, c.description);
     }
-    println!("\n--- tools ---\n{}", t.tools.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", "));
-    println!("\n--- reference solution ---\n{}", env.describe_solution(&t));
-    println!("--- certificate ---\nmutants rejected: {}", t.certificate.mutants_rejected.join(", "));
+    println!(
+        "\n--- tools ---\n{}",
+        t.tools
+            .iter()
+            .map(|x| x.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "\n--- reference solution ---\n{}",
+        env.describe_solution(&t)
+    );
+    println!(
+        "--- certificate ---\nmutants rejected: {}",
+        t.certificate.mutants_rejected.join(", ")
+    );
     Ok(())
 }

@@ -42,23 +42,37 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     // Read and check every submission before verifying any.
-    let text = std::fs::read_to_string(&a.submissions).with_context(|| format!("reading {}", a.submissions.display()))?;
+    let text = std::fs::read_to_string(&a.submissions)
+        .with_context(|| format!("reading {}", a.submissions.display()))?;
     let mut subs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let s: SubmissionLine = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: expected {{\"task_id\": ..., \"submission\": ...}}", a.submissions.display(), i + 1))?;
+        let s: SubmissionLine = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: expected {{\"task_id\": ..., \"submission\": ...}}",
+                a.submissions.display(),
+                i + 1
+            )
+        })?;
         if !tasks.contains_key(&s.task_id) {
-            bail!("{} line {}: task_id {} is not in {}", a.submissions.display(), i + 1, s.task_id, a.tasks.display());
+            bail!(
+                "{} line {}: task_id {} is not in {}",
+                a.submissions.display(),
+                i + 1,
+                s.task_id,
+                a.tasks.display()
+            );
         }
         subs.push(s);
     }
 
     let mut prepared: BTreeMap<String, Result<Box<dyn PreparedTask>, String>> = BTreeMap::new();
     let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(subs.len());
-    let verify = |prepared: &mut BTreeMap<String, Result<Box<dyn PreparedTask>, String>>, task: &Task, sub: &Value| {
+    let verify = |prepared: &mut BTreeMap<String, Result<Box<dyn PreparedTask>, String>>,
+                  task: &Task,
+                  sub: &Value| {
         let p = prepared.entry(task.id.clone()).or_insert_with(|| {
             crate::envs::find(&task.environment.to_string())
                 .map_err(|e| e.to_string())
@@ -71,12 +85,22 @@ pub fn run(a: Args) -> Result<()> {
     };
     for s in &subs {
         let task = &tasks[&s.task_id];
-        verdicts.push((task.difficulty.level.clone(), verify(&mut prepared, task, &s.submission)));
+        verdicts.push((
+            task.difficulty.level.clone(),
+            verify(&mut prepared, task, &s.submission),
+        ));
     }
-    let answered: std::collections::BTreeSet<&str> = subs.iter().map(|s| s.task_id.as_str()).collect();
-    let unanswered: Vec<&Task> = tasks.values().filter(|t| !answered.contains(t.id.as_str())).collect();
+    let answered: std::collections::BTreeSet<&str> =
+        subs.iter().map(|s| s.task_id.as_str()).collect();
+    let unanswered: Vec<&Task> = tasks
+        .values()
+        .filter(|t| !answered.contains(t.id.as_str()))
+        .collect();
     for t in &unanswered {
-        verdicts.push((t.difficulty.level.clone(), verify(&mut prepared, t, &Value::Null)));
+        verdicts.push((
+            t.difficulty.level.clone(),
+            verify(&mut prepared, t, &Value::Null),
+        ));
     }
 
     let mut out = Vec::new();
@@ -103,7 +127,10 @@ pub fn run(a: Args) -> Result<()> {
         submissions: subs.len(),
         unanswered_tasks: unanswered.len(),
         overall: aggregate(verdicts.iter().map(|(_, v)| v)),
-        by_level: by_level.into_iter().map(|(l, vs)| (l, aggregate(vs))).collect(),
+        by_level: by_level
+            .into_iter()
+            .map(|(l, vs)| (l, aggregate(vs)))
+            .collect(),
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -22,7 +22,10 @@ pub use parquet_io::{read_parquet_tasks, write_parquet};
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("{0}")]
@@ -31,10 +34,16 @@ pub enum ShardError {
 
 impl ShardError {
     pub fn io(path: &Path, source: std::io::Error) -> ShardError {
-        ShardError::Io { path: path.to_path_buf(), source }
+        ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     pub fn corrupt(path: &Path, message: impl Into<String>) -> ShardError {
-        ShardError::Corrupt { path: path.to_path_buf(), message: message.into() }
+        ShardError::Corrupt {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 
@@ -113,7 +122,10 @@ impl<'a> Row<'a> {
             agent_name: "tool_agent",
             prompt: &task.prompt,
             ability: format!("agent/{}", task.environment.id),
-            reward_model: RewardModel { style: "rule", ground_truth: task.reference_solution.get() },
+            reward_model: RewardModel {
+                style: "rule",
+                ground_truth: task.reference_solution.get(),
+            },
             extra_info: ExtraInfo {
                 split,
                 index: task.index,
@@ -191,20 +203,30 @@ pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ShardError> {
     for entry in std::fs::read_dir(path).map_err(|e| ShardError::io(path, e))? {
         let p = entry.map_err(|e| ShardError::io(path, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(stem) = name.strip_suffix(".parquet").or_else(|| name.strip_suffix(".jsonl")) {
+        if let Some(stem) = name
+            .strip_suffix(".parquet")
+            .or_else(|| name.strip_suffix(".jsonl"))
+        {
             if stem.starts_with("part-") {
                 stems.insert(stem.to_string());
             }
         }
     }
     if stems.is_empty() {
-        return Err(ShardError::corrupt(path, "no part-*.parquet or part-*.jsonl files here"));
+        return Err(ShardError::corrupt(
+            path,
+            "no part-*.parquet or part-*.jsonl files here",
+        ));
     }
     Ok(stems
         .into_iter()
         .map(|stem| {
             let pq = path.join(format!("{stem}.parquet"));
-            if pq.is_file() { pq } else { path.join(format!("{stem}.jsonl")) }
+            if pq.is_file() {
+                pq
+            } else {
+                path.join(format!("{stem}.jsonl"))
+            }
         })
         .collect())
 }
@@ -221,7 +243,11 @@ pub struct FileEntry {
 impl FileEntry {
     pub fn of(path: &Path, bytes: &[u8], rows: u64) -> FileEntry {
         FileEntry {
-            name: path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+            name: path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string(),
             rows,
             bytes: bytes.len() as u64,
             sha256: envsynth_core::hash::sha256_id(bytes),

@@ -50,7 +50,11 @@ pub fn schema() -> Schema {
         utf8("agent_name"),
         Field::new(
             "prompt",
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(message_fields()), false))),
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(message_fields()),
+                false,
+            ))),
             false,
         ),
         utf8("ability"),
@@ -64,7 +68,8 @@ fn strings<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
 }
 
 fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let messages: Vec<&envsynth_core::Message> = rows.iter().flat_map(|r| r.prompt.iter()).collect();
+    let messages: Vec<&envsynth_core::Message> =
+        rows.iter().flat_map(|r| r.prompt.iter()).collect();
     let prompt_values = StructArray::try_new(
         message_fields(),
         vec![
@@ -74,7 +79,11 @@ fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::e
         None,
     )?;
     let prompt = ListArray::try_new(
-        Arc::new(Field::new("item", DataType::Struct(message_fields()), false)),
+        Arc::new(Field::new(
+            "item",
+            DataType::Struct(message_fields()),
+            false,
+        )),
         OffsetBuffer::from_lengths(rows.iter().map(|r| r.prompt.len())),
         Arc::new(prompt_values),
         None,
@@ -91,10 +100,14 @@ fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::e
         extra_fields(),
         vec![
             strings(rows.iter().map(|r| r.extra_info.split)),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.extra_info.index as i64))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.extra_info.index as i64),
+            )),
             strings(rows.iter().map(|r| r.extra_info.task_id)),
             strings(rows.iter().map(|r| r.extra_info.environment.as_str())),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.extra_info.seed as i64))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.extra_info.seed as i64),
+            )),
             strings(rows.iter().map(|r| r.extra_info.level)),
             strings(rows.iter().map(|r| r.extra_info.tools.as_str())),
             strings(task_json.iter().map(String::as_str)),
@@ -117,19 +130,23 @@ fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::e
 /// Encode tasks as one Parquet file in memory.
 pub fn parquet_bytes(tasks: &[Task], split: &str) -> Result<Vec<u8>, String> {
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| e.to_string())?))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
+        ))
         .set_max_row_group_size(ROW_GROUP)
         .build();
     let mut out = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut out, Arc::new(schema()), Some(props)).map_err(|e| e.to_string())?;
+    let mut writer = ArrowWriter::try_new(&mut out, Arc::new(schema()), Some(props))
+        .map_err(|e| e.to_string())?;
     for chunk in tasks.chunks(ROW_GROUP) {
         let rows: Vec<Row> = chunk.iter().map(|t| Row::new(t, split)).collect();
         let json: Vec<String> = chunk
             .iter()
             .map(|t| serde_json::to_string(t).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        writer.write(&batch(&rows, &json).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        writer
+            .write(&batch(&rows, &json).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
     writer.close().map_err(|e| e.to_string())?;
     Ok(out)
