@@ -1,0 +1,584 @@
+//! End-to-end tests of the `envsynth` binary: reproducible shards, worker splits, resume after a
+//! kill, a second Parquet reader, verification and bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+
+fn envsynth(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("runs envsynth")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = envsynth(args);
+    assert!(
+        out.status.success(),
+        "envsynth {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and must fail with a message containing `needle`.
+fn fails(args: &[&str], needle: &str) {
+    let out = envsynth(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "envsynth {args:?} should fail");
+    assert!(
+        err.contains(needle),
+        "envsynth {args:?}: `{needle}` not in: {err}"
+    );
+}
+
+/// Every file in a directory, by name, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn gen_args<'a>(out: &'a str, count: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "generate",
+        "--count",
+        count,
+        "--seed",
+        "11",
+        "--mix",
+        "easy=1,medium=2,hard=1",
+        "--out",
+        out,
+        "--shard-size",
+        "10",
+        "--format",
+        "both",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn same_command_same_bytes_and_worker_splits_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c, d) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+        tmp.path().join("d"),
+    );
+    let (a, b, c, d) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+        d.to_str().unwrap(),
+    );
+    ok(&gen_args(a, "35", &[]));
+    ok(&gen_args(b, "35", &["--jobs", "1"]));
+    // Two workers writing into one directory, in either order.
+    ok(&gen_args(
+        c,
+        "35",
+        &["--num-shards", "2", "--shard-index", "1"],
+    ));
+    assert!(
+        !Path::new(c).join("manifest.json").exists(),
+        "no manifest before every part exists"
+    );
+    ok(&gen_args(
+        c,
+        "35",
+        &["--num-shards", "2", "--shard-index", "0"],
+    ));
+    let fa = files(Path::new(a));
+    assert_eq!(fa.keys().filter(|k| k.ends_with(".parquet")).count(), 4);
+    assert!(fa.contains_key("part-00003-of-00004.jsonl") && fa.contains_key("manifest.json"));
+    assert!(!fa.keys().any(|k| k.ends_with(".tmp")));
+    assert_eq!(fa, files(Path::new(b)));
+    assert_eq!(fa, files(Path::new(c)));
+
+    ok(&[
+        "generate",
+        "--count",
+        "35",
+        "--seed",
+        "12",
+        "--mix",
+        "easy=1,medium=2,hard=1",
+        "--out",
+        d,
+        "--shard-size",
+        "10",
+        "--format",
+        "both",
+    ]);
+    let fd = files(Path::new(d));
+    assert_ne!(
+        fa["part-00000-of-00004.parquet"],
+        fd["part-00000-of-00004.parquet"]
+    );
+
+    let manifest: Value = serde_json::from_slice(&fa["manifest.json"]).unwrap();
+    assert_eq!(manifest["rows"], 35);
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 8);
+    assert_eq!(manifest["environment"]["id"], "travel-planning");
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = &fa[f["name"].as_str().unwrap()];
+        assert_eq!(f["bytes"], bytes.len());
+        assert_eq!(
+            f["sha256"].as_str().unwrap(),
+            envsynth_core::hash::sha256_id(bytes)
+        );
+    }
+    assert!(manifest["rejections"].is_object() && manifest["rejected_attempts"].is_u64());
+}
+
+fn read_back(dir: &Path) -> Vec<envsynth_core::Task> {
+    envsynth_shards::shard_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| envsynth_shards::read_tasks(f).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_without_duplicates_or_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    let crashed = tmp.path().join("crashed");
+    let (clean_s, crashed_s) = (clean.to_str().unwrap(), crashed.to_str().unwrap());
+    let common = [
+        "--count",
+        "600",
+        "--seed",
+        "5",
+        "--mix",
+        "hard",
+        "--shard-size",
+        "20",
+        "--format",
+        "both",
+        "--jobs",
+        "1",
+    ];
+
+    let mut child = Command::new(BIN)
+        .arg("generate")
+        .args(common)
+        .args(["--out", crashed_s])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let metas = std::fs::read_dir(&crashed)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".meta.json")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if metas >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "generation never progressed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup runs
+    child.wait().unwrap();
+    let before = files(&crashed);
+    assert!(
+        !before.contains_key("manifest.json"),
+        "the run was killed before finishing"
+    );
+    let done = before.keys().filter(|k| k.ends_with(".meta.json")).count();
+    assert!(
+        done < 30,
+        "kill came too late to test resume ({done} parts done)"
+    );
+    // Damage the state a crash can leave: a half-written temp file and a torn data file.
+    std::fs::write(
+        crashed.join("part-00029-of-00030.parquet.tmp"),
+        b"PAR1 torn",
+    )
+    .unwrap();
+    std::fs::write(
+        crashed.join("part-00000-of-00030.jsonl"),
+        b"{\"truncated\":",
+    )
+    .unwrap();
+
+    let out = Command::new(BIN)
+        .arg("generate")
+        .args(common)
+        .args(["--out", crashed_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&[&["generate"][..], &common[..], &["--out", clean_s][..]].concat());
+    assert_eq!(
+        files(&crashed),
+        files(&clean),
+        "resumed output differs from an uninterrupted run"
+    );
+
+    let tasks = read_back(&crashed);
+    let indices: Vec<u64> = tasks.iter().map(|t| t.index).collect();
+    assert_eq!(indices, (0..600).collect::<Vec<u64>>());
+}
+
+#[test]
+fn parquet_is_read_back_by_pyarrow_with_verl_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pq");
+    ok(&[
+        "generate",
+        "--count",
+        "12",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--shard-size",
+        "5",
+    ]);
+    let script = r#"
+import json, sys, glob
+import pyarrow.parquet as pq
+files = sorted(glob.glob(sys.argv[1] + "/part-*.parquet"))
+table = pq.read_table(files)
+assert table.num_rows == 12, table.num_rows
+for col in ["data_source", "prompt", "ability", "reward_model", "extra_info"]:
+    assert col in table.column_names, col
+rows = table.to_pylist()
+r = rows[0]
+assert r["data_source"] == "envsynth/travel-planning"
+assert [m["role"] for m in r["prompt"]] == ["system", "user"]
+assert r["reward_model"]["style"] == "rule"
+assert json.loads(r["reward_model"]["ground_truth"])["days"]
+assert [x["extra_info"]["index"] for x in rows] == list(range(12))
+assert {x["extra_info"]["split"] for x in rows} == {"train"}
+task = json.loads(r["extra_info"]["task"])
+assert task["id"] == r["extra_info"]["task_id"] and task["world"]["cities"]
+tools = json.loads(r["extra_info"]["tools"])
+assert all(t["type"] == "function" for t in tools) and len(tools) >= 10
+print("ok", len(files))
+"#;
+    let py = Command::new("python3")
+        .args(["-c", script, out.to_str().unwrap()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "pyarrow check failed: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "ok 3");
+}
+
+#[test]
+fn verify_scores_submissions_and_reports_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    ok(&[
+        "generate",
+        "--count",
+        "8",
+        "--seed",
+        "9",
+        "--mix",
+        "medium",
+        "--out",
+        dir.to_str().unwrap(),
+        "--shard-size",
+        "4",
+        "--format",
+        "jsonl",
+    ]);
+    let tasks = read_back(&dir);
+    let mut lines = Vec::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let planted: Value = serde_json::from_str(t.reference_solution.get()).unwrap();
+        match i % 4 {
+            0 => lines.push(json!({"task_id": t.id, "submission": planted})),
+            1 => {
+                lines.push(json!({"task_id": t.id, "submission": planted.to_string()}));
+                lines.push(json!({"task_id": t.id, "submission": "I could not find a plan."}));
+            }
+            2 => lines.push(json!({"task_id": t.id, "submission": null})),
+            _ => {} // unanswered
+        }
+    }
+    let subs = tmp.path().join("subs.jsonl");
+    std::fs::write(
+        &subs,
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let verdicts = tmp.path().join("verdicts.jsonl");
+    let report: Value = serde_json::from_str(&ok(&[
+        "verify",
+        "--tasks",
+        dir.to_str().unwrap(),
+        "--submissions",
+        subs.to_str().unwrap(),
+        "--out",
+        verdicts.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let vs: Vec<Value> = std::fs::read_to_string(&verdicts)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(vs.len(), 8 + 2); // one per submission plus one per unanswered task
+    assert_eq!(report["submissions"], 8);
+    assert_eq!(report["unanswered_tasks"], 2);
+    let m = &report["overall"];
+    assert_eq!(m["n"], 10);
+    assert!(
+        (m["final_pass_rate"].as_f64().unwrap() - 0.4).abs() < 1e-9,
+        "{m}"
+    );
+    assert!(
+        (m["delivery_rate"].as_f64().unwrap() - 0.4).abs() < 1e-9,
+        "{m}"
+    );
+    let kinds: Vec<&str> = vs
+        .iter()
+        .map(|v| v["failure_kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "none").count(), 4);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "malformed_submission")
+            .count(),
+        2
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "empty_submission").count(),
+        4
+    );
+    assert!(report["by_level"]["medium"].is_object());
+
+    // Bad submissions files are refused with the line named, and nothing is written.
+    let bad = tmp.path().join("bad.jsonl");
+    let out2 = tmp.path().join("v2.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"task_id\": \"sha256:nope\", \"submission\": 1}}\n",
+            lines[0]
+        ),
+    )
+    .unwrap();
+    fails(
+        &[
+            "verify",
+            "--tasks",
+            dir.to_str().unwrap(),
+            "--submissions",
+            bad.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        "line 2: task_id sha256:nope",
+    );
+    std::fs::write(&bad, "{not json\n").unwrap();
+    fails(
+        &[
+            "verify",
+            "--tasks",
+            dir.to_str().unwrap(),
+            "--submissions",
+            bad.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        "line 1",
+    );
+    assert!(!out2.exists());
+}
+
+#[test]
+fn show_and_envs_print_readably() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    ok(&["generate", "--count", "3", "--out", dir.to_str().unwrap()]);
+    let text = ok(&["show", dir.to_str().unwrap(), "--index", "2"]);
+    for needle in [
+        "seed/index  0 / 2",
+        "--- user ---",
+        "hard.budget",
+        "Day 1:",
+        "breakfast",
+        "Cost:",
+        "mutants rejected",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`{needle}` not in show output:\n{text}"
+        );
+    }
+    fails(
+        &["show", dir.to_str().unwrap(), "--index", "99"],
+        "no matching task",
+    );
+    let envs = ok(&["envs"]);
+    assert!(envs.contains("travel-planning@0.1.0") && envs.contains("content hash  sha256:"));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap();
+    fails(
+        &["generate", "--count", "5", "--out", o, "--env", "chess"],
+        "unknown environment `chess`",
+    );
+    fails(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--out",
+            o,
+            "--env",
+            "travel-planning@9.0.0",
+        ],
+        "not 9.0.0",
+    );
+    fails(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--out",
+            o,
+            "--mix",
+            "medium=2,insane=1",
+        ],
+        "unknown level `insane`",
+    );
+    fails(
+        &["generate", "--count", "5", "--out", o, "--mix", "medium=-1"],
+        "positive",
+    );
+    fails(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--out",
+            o,
+            "--overrides",
+            "{\"people_max\": 99}",
+        ],
+        "people_max",
+    );
+    fails(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--out",
+            o,
+            "--overrides",
+            "{\"budget\": 1}",
+        ],
+        "unknown difficulty parameter `budget`",
+    );
+    fails(
+        &["generate", "--count", "5", "--out", o, "--overrides", "[1"],
+        "--overrides is not JSON",
+    );
+    fails(
+        &[
+            "generate",
+            "--count",
+            "5",
+            "--out",
+            o,
+            "--shard-index",
+            "2",
+            "--num-shards",
+            "2",
+        ],
+        "--shard-index must be less than --num-shards",
+    );
+    fails(
+        &["generate", "--count", "0", "--out", o],
+        "--count must be at least 1",
+    );
+    fails(
+        &["generate", "--count", "5", "--out", o, "--format", "csv"],
+        "unknown format `csv`",
+    );
+    // A directory holding another request's shards is not overwritten.
+    ok(&["generate", "--count", "5", "--out", o, "--seed", "1"]);
+    fails(
+        &["generate", "--count", "5", "--out", o, "--seed", "2"],
+        "different request",
+    );
+    // A corrupt shard is named.
+    let part = PathBuf::from(o).join("part-00000-of-00001.parquet");
+    std::fs::write(&part, b"PAR1 garbage").unwrap();
+    fails(&["show", o], "part-00000-of-00001.parquet");
+    let subs = tmp.path().join("s.jsonl");
+    std::fs::write(&subs, "").unwrap();
+    fails(
+        &[
+            "verify",
+            "--tasks",
+            o,
+            "--submissions",
+            subs.to_str().unwrap(),
+            "--out",
+            tmp.path().join("v").to_str().unwrap(),
+        ],
+        "not a readable Parquet file",
+    );
+    fails(
+        &[
+            "verify",
+            "--tasks",
+            "/nonexistent",
+            "--submissions",
+            subs.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+        "does not exist",
+    );
+}
