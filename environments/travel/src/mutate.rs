@@ -57,14 +57,14 @@ fn swap_stay(
         while j < p.days.len() && p.days[j].accommodation.as_ref() == Some(&h) {
             j += 1;
         }
-        if let Some(cur) = w.accommodation(&h) {
-            if let Some(new) = pick(cur, (j - i) as u32) {
-                let mut m = p.clone();
-                for d in &mut m.days[i..j] {
-                    d.accommodation = Some(new.clone());
-                }
-                return Some(m);
+        if let Some(cur) = w.accommodation(&h)
+            && let Some(new) = pick(cur, (j - i) as u32)
+        {
+            let mut m = p.clone();
+            for d in &mut m.days[i..j] {
+                d.accommodation = Some(new.clone());
             }
+            return Some(m);
         }
         i = j;
     }
@@ -115,9 +115,9 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
     // Hallucinated restaurant id.
     push(mutant(ids::WITHIN_SANDBOX, {
         let mut m = p.clone();
-        m.days
-            .last_mut()
-            .map(|d| d.lunch = Some(format!("R{}", w.restaurants.len() + 100)));
+        if let Some(d) = m.days.last_mut() {
+            d.lunch = Some(format!("R{}", w.restaurants.len() + 100));
+        }
         Some(m)
     }));
     // An attraction-less day without travel.

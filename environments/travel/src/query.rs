@@ -311,20 +311,20 @@ impl Query {
                 "constraints give an empty trip (days, people or visiting_cities is 0)".into(),
             ));
         }
-        if let Some(rule) = &q.tiered {
-            if rule.day == 0 || rule.day >= q.days || rule.tiers.is_empty() {
-                return Err(TaskError::Malformed(format!(
-                    "constraint {TIERED_DINING}: params.day must be a day with a night's stay (1..{}) and tiers non-empty",
-                    q.days - 1
-                )));
-            }
+        if let Some(rule) = &q.tiered
+            && (rule.day == 0 || rule.day >= q.days || rule.tiers.is_empty())
+        {
+            return Err(TaskError::Malformed(format!(
+                "constraint {TIERED_DINING}: params.day must be a day with a night's stay (1..{}) and tiers non-empty",
+                q.days - 1
+            )));
         }
-        if let Some(t) = &q.room_type {
-            if !ROOM_TYPE_REQUIREMENTS.contains(&t.as_str()) {
-                return Err(TaskError::Malformed(format!(
-                    "constraint {ROOM_TYPE}: unknown room type `{t}`"
-                )));
-            }
+        if let Some(t) = &q.room_type
+            && !ROOM_TYPE_REQUIREMENTS.contains(&t.as_str())
+        {
+            return Err(TaskError::Malformed(format!(
+                "constraint {ROOM_TYPE}: unknown room type `{t}`"
+            )));
         }
         Ok(q)
     }

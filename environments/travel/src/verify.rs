@@ -65,14 +65,14 @@ pub fn verify_plan(world: &World, q: &Query, task_id: &str, plan: &Plan) -> Verd
                             r.id, r.from, r.to, t.from, t.to
                         ));
                     }
-                    if let Some(date) = &r.date {
-                        if *date != q.date(k) {
-                            bad.push(format!(
-                                "day {k}: {} runs on {date}, not {}",
-                                r.id,
-                                q.date(k)
-                            ));
-                        }
+                    if let Some(date) = &r.date
+                        && *date != q.date(k)
+                    {
+                        bad.push(format!(
+                            "day {k}: {} runs on {date}, not {}",
+                            r.id,
+                            q.date(k)
+                        ));
                     }
                 }
             }
@@ -87,10 +87,10 @@ pub fn verify_plan(world: &World, q: &Query, task_id: &str, plan: &Plan) -> Verd
                 bad.push(format!("day {k}: unknown attraction {a}"));
             }
         }
-        if let Some(h) = &d.accommodation {
-            if world.accommodation(h).is_none() {
-                bad.push(format!("day {k}: unknown accommodation {h}"));
-            }
+        if let Some(h) = &d.accommodation
+            && world.accommodation(h).is_none()
+        {
+            bad.push(format!("day {k}: unknown accommodation {h}"));
         }
     }
     let sandbox_ok = bad.is_empty();
@@ -157,30 +157,29 @@ pub fn verify_plan(world: &World, q: &Query, task_id: &str, plan: &Plan) -> Verd
             ));
         }
         for m in d.meals().into_iter().flatten() {
-            if let Some(r) = world.restaurant(m) {
-                if !d.touches(&r.city) {
-                    bad.push(format!("day {k}: restaurant {m} is in {}", r.city));
-                }
+            if let Some(r) = world.restaurant(m)
+                && !d.touches(&r.city)
+            {
+                bad.push(format!("day {k}: restaurant {m} is in {}", r.city));
             }
         }
         for a in &d.attractions {
-            if let Some(x) = world.attraction(a) {
-                if !d.touches(&x.city) {
-                    bad.push(format!("day {k}: attraction {a} is in {}", x.city));
-                }
+            if let Some(x) = world.attraction(a)
+                && !d.touches(&x.city)
+            {
+                bad.push(format!("day {k}: attraction {a} is in {}", x.city));
             }
         }
         if let Some(h) = d
             .accommodation
             .as_ref()
             .and_then(|h| world.accommodation(h))
+            && h.city != d.city
         {
-            if h.city != d.city {
-                bad.push(format!(
-                    "day {k}: accommodation {} is in {}, the day ends in {}",
-                    h.id, h.city, d.city
-                ));
-            }
+            bad.push(format!(
+                "day {k}: accommodation {} is in {}, the day ends in {}",
+                h.id, h.city, d.city
+            ));
         }
     }
     checks.push(check(ids::WITHIN_CURRENT_CITY, bad, || {
@@ -307,15 +306,15 @@ pub fn verify_plan(world: &World, q: &Query, task_id: &str, plan: &Plan) -> Verd
         while j < n && plan.days[j].accommodation.as_ref() == Some(h) {
             j += 1;
         }
-        if let Some(acc) = world.accommodation(h) {
-            if ((j - i) as u32) < acc.min_nights {
-                bad.push(format!(
-                    "{h}: {} nights from day {}, minimum {}",
-                    j - i,
-                    i + 1,
-                    acc.min_nights
-                ));
-            }
+        if let Some(acc) = world.accommodation(h)
+            && ((j - i) as u32) < acc.min_nights
+        {
+            bad.push(format!(
+                "{h}: {} nights from day {}, minimum {}",
+                j - i,
+                i + 1,
+                acc.min_nights
+            ));
         }
         i = j;
     }

@@ -49,7 +49,7 @@ fn rate(secs: f64, mut f: impl FnMut(u64) -> u64) -> f64 {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if !(a.seconds > 0.0) {
+    if a.seconds.is_nan() || a.seconds <= 0.0 {
         bail!("--seconds must be positive");
     }
     let env = TravelPlanning::new();

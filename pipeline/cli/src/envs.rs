@@ -22,13 +22,13 @@ pub fn find(name: &str) -> Result<Box<dyn Environment>> {
         .collect();
     for env in envs {
         if env.spec().id == id {
-            if let Some(v) = version {
-                if env.spec().version != v {
-                    bail!(
-                        "environment {id} is at version {}, not {v}",
-                        env.spec().version
-                    );
-                }
+            if let Some(v) = version
+                && env.spec().version != v
+            {
+                bail!(
+                    "environment {id} is at version {}, not {v}",
+                    env.spec().version
+                );
             }
             return Ok(env);
         }

@@ -6,7 +6,6 @@ mod generate;
 mod show;
 mod verify;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -63,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 /// A path argument that must exist.
-pub fn existing(path: &PathBuf, what: &str) -> anyhow::Result<()> {
+pub fn existing(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!("{what} {} does not exist", path.display());
     }

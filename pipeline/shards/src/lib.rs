@@ -206,10 +206,9 @@ pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ShardError> {
         if let Some(stem) = name
             .strip_suffix(".parquet")
             .or_else(|| name.strip_suffix(".jsonl"))
+            && stem.starts_with("part-")
         {
-            if stem.starts_with("part-") {
-                stems.insert(stem.to_string());
-            }
+            stems.insert(stem.to_string());
         }
     }
     if stems.is_empty() {
