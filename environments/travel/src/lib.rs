@@ -356,6 +356,9 @@ impl PreparedTask for Prepared {
     fn verify(&self, submission: &Value) -> Verdict {
         verify::verify_submission(&self.world, &self.query, &self.task_id, submission)
     }
+    fn verify_text(&self, text: &str) -> Verdict {
+        verify::verify_submission_text(&self.world, &self.query, &self.task_id, text)
+    }
     fn call_tool(&self, call: &ToolCall) -> ToolResult {
         tools::call(&self.world, &self.query, &call.name, &call.arguments)
     }

@@ -77,6 +77,24 @@ pub fn plan_validator() -> &'static jsonschema::Validator {
     })
 }
 
+/// Parse a submission given as text. Well-formed plans take a direct path (no intermediate
+/// JSON tree); anything else goes through [`parse_submission`] for its diagnosis.
+pub fn parse_submission_text(text: &str) -> Result<Option<Plan>, String> {
+    if let Ok(plan) = serde_json::from_str::<Plan>(text) {
+        if plan.days.is_empty() {
+            return Ok(None);
+        }
+        return match size_violation(&plan) {
+            None => Ok(Some(plan)),
+            Some(e) => Err(e),
+        };
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => parse_submission(&v),
+        Err(_) => parse_submission(&Value::String(text.to_string())),
+    }
+}
+
 /// Parse a submission into a plan. `Ok(None)` means nothing was delivered.
 pub fn parse_submission(submission: &Value) -> Result<Option<Plan>, String> {
     let parsed;

@@ -14,8 +14,17 @@ use crate::world::{Mode, World};
 
 /// Verify an arbitrary JSON submission (a plan object, or text containing one).
 pub fn verify_submission(world: &World, q: &Query, task_id: &str, submission: &Value) -> Verdict {
+    verdict_of(world, q, task_id, parse_submission(submission))
+}
+
+fn verdict_of(
+    world: &World,
+    q: &Query,
+    task_id: &str,
+    parsed: Result<Option<Plan>, String>,
+) -> Verdict {
     let all_ids = || q.check_ids().into_iter().map(Cow::Borrowed);
-    match parse_submission(submission) {
+    match parsed {
         Ok(Some(plan)) => verify_plan(world, q, task_id, &plan),
         Ok(None) => Verdict::rejected(
             task_id,
@@ -25,6 +34,11 @@ pub fn verify_submission(world: &World, q: &Query, task_id: &str, submission: &V
         ),
         Err(e) => Verdict::rejected(task_id, FailureKind::MalformedSubmission, e, all_ids()),
     }
+}
+
+/// Verify a submission given as text (see [`crate::plan::parse_submission_text`]).
+pub fn verify_submission_text(world: &World, q: &Query, task_id: &str, text: &str) -> Verdict {
+    verdict_of(world, q, task_id, crate::plan::parse_submission_text(text))
 }
 
 /// Up to three offenders, for reasons.

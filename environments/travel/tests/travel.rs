@@ -487,3 +487,37 @@ fn difficulty_knobs_change_the_task() {
     .unwrap();
     assert!(err.to_string().contains("dayz"));
 }
+
+#[test]
+fn text_and_value_submissions_get_identical_verdicts() {
+    let env = TravelPlanning::new();
+    for index in 0..20 {
+        let (t, attempt) = task(&env, 12, index, "hard");
+        let p = env.prepare(&t).unwrap();
+        let parts = env
+            .generate_parts(&request(12, index, "hard"), attempt)
+            .unwrap();
+        let mut subs: Vec<Value> = vec![serde_json::from_str(t.reference_solution.get()).unwrap()];
+        subs.extend(
+            mutate::mutants(&parts.world, &parts.query, &parts.plan)
+                .iter()
+                .map(|m| serde_json::to_value(&m.solution).unwrap()),
+        );
+        subs.extend([
+            json!({}),
+            json!({"days": []}),
+            json!({"days": [], "x": 1}),
+            json!({"days": [{"day": 40, "city": "C01"}]}),
+            json!([1]),
+        ]);
+        for s in &subs {
+            assert_eq!(p.verify(s), p.verify_text(&s.to_string()), "{s}");
+        }
+        // Free text is a string submission.
+        assert_eq!(p.verify_text("I give up"), p.verify(&json!("I give up")));
+        assert_eq!(
+            p.verify_text("  ").failure_kind,
+            FailureKind::EmptySubmission
+        );
+    }
+}

@@ -4,7 +4,8 @@
 //! - certified tasks/s: the full pipeline per task (sample → world → compose → plant → certify →
 //!   render → content-addressed record), retries included. Baseline: the same stages without
 //!   certification, rendering or the record (what an uncertified generator would cost).
-//! - verdicts/s: a prepared task verifying JSON submissions (planted plans and every mutant).
+//! - verdicts/s: a prepared task verifying JSON submissions (planted plans and every mutant),
+//!   given as parsed JSON values and, separately, as JSON text.
 //!   Baseline: a stateless verifier that parses the task record for every submission, as a
 //!   reward function handed the task JSON per call would.
 
@@ -102,6 +103,17 @@ pub fn run(a: Args) -> Result<()> {
         }
         pool[k].2.len() as u64
     });
+    let texts: Vec<Vec<String>> = pool
+        .iter()
+        .map(|p| p.2.iter().map(Value::to_string).collect())
+        .collect();
+    let from_text = rate(secs(run_verify), |i| {
+        let k = (i as usize) % pool.len();
+        for s in &texts[k] {
+            black_box(prepared[k].verify_text(black_box(s)));
+        }
+        texts[k].len() as u64
+    });
     let stateless = rate(secs(run_verify), |i| {
         let k = (i as usize) % pool.len();
         let s = &pool[k].2[(i as usize / pool.len()) % pool[k].2.len()];
@@ -125,6 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         "certified_tasks_per_s": certified.round(),
         "baseline_uncertified_tasks_per_s": uncertified.round(),
         "verdicts_per_s": verdicts.round(),
+        "verdicts_from_text_per_s": from_text.round(),
         "baseline_stateless_verdicts_per_s": stateless.round(),
         "verdict_pool": {"tasks": pool.len(), "submissions": submissions},
     });
@@ -135,6 +148,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("  certified tasks/s                 {:>12.0}", certified);
         println!("  baseline: uncertified tasks/s     {:>12.0}", uncertified);
         println!("  verdicts/s (prepared task)        {:>12.0}", verdicts);
+        println!("  verdicts/s (from JSON text)       {:>12.0}", from_text);
         println!("  baseline: stateless verdicts/s    {:>12.0}", stateless);
         println!(
             "  (verdict pool: {} tasks, {submissions} planted+mutant submissions)",

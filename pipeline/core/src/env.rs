@@ -99,6 +99,14 @@ pub trait Environment: Send + Sync {
 /// A task parsed and indexed for fast verification and tool calls.
 pub trait PreparedTask: Send + Sync {
     fn verify(&self, submission: &Value) -> Verdict;
+    /// Verify a submission given as text: a JSON document, or free text (treated as a JSON
+    /// string). Environments may override this with a faster direct parse.
+    fn verify_text(&self, text: &str) -> Verdict {
+        match serde_json::from_str::<Value>(text) {
+            Ok(v) => self.verify(&v),
+            Err(_) => self.verify(&Value::String(text.to_string())),
+        }
+    }
     fn call_tool(&self, call: &ToolCall) -> ToolResult;
 }
 
