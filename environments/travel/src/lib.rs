@@ -234,7 +234,7 @@ impl Environment for TravelPlanning {
                 params,
             },
             prompt,
-            tools: tools::toolset().specs.clone(),
+            tools: std::sync::Arc::clone(&tools::toolset().specs),
             constraints,
             world: raw(&world),
             reference_solution: raw(&plan),

@@ -15,7 +15,7 @@ use crate::world::{Route, World};
 pub const TOOLS_JSON: &str = include_str!("../schema/tools.json");
 
 pub struct Toolset {
-    pub specs: Vec<ToolSpec>,
+    pub specs: std::sync::Arc<Vec<ToolSpec>>,
     validators: Vec<jsonschema::Validator>,
 }
 
@@ -37,7 +37,7 @@ pub fn toolset() -> &'static Toolset {
             })
             .collect();
         Toolset {
-            specs: file.tools,
+            specs: std::sync::Arc::new(file.tools),
             validators,
         }
     })

@@ -112,7 +112,9 @@ pub struct Task {
     pub index: u64,
     pub difficulty: Difficulty,
     pub prompt: Vec<Message>,
-    pub tools: Vec<ToolSpec>,
+    /// Shared between tasks of one environment (they are identical), so a shard of tasks holds
+    /// one copy in memory.
+    pub tools: std::sync::Arc<Vec<ToolSpec>>,
     pub constraints: Vec<Constraint>,
     /// The world the tools run against (environment-specific JSON).
     pub world: Box<RawValue>,

@@ -11,6 +11,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use envsynth_core::Task;
 
@@ -64,7 +65,15 @@ pub fn schema() -> Schema {
 }
 
 fn strings<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(it))
+    // Sized up front: task records are tens of kilobytes each, and growing the buffer by
+    // doubling costs more than encoding them.
+    let items: Vec<&str> = it.collect();
+    let bytes = items.iter().map(|s| s.len()).sum();
+    let mut b = arrow::array::StringBuilder::with_capacity(items.len(), bytes);
+    for s in items {
+        b.append_value(s);
+    }
+    Arc::new(b.finish())
 }
 
 fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -129,11 +138,17 @@ fn batch(rows: &[Row<'_>], task_json: &[String]) -> Result<RecordBatch, arrow::e
 
 /// Encode tasks as one Parquet file in memory.
 pub fn parquet_bytes(tasks: &[Task], split: &str) -> Result<Vec<u8>, String> {
+    // Dictionary encoding pays for repeated values (data source, system prompt, tool list) but
+    // not for per-task unique records, where it only costs time.
+    let unique = |path: &[&str]| ColumnPath::new(path.iter().map(|s| s.to_string()).collect());
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).map_err(|e| e.to_string())?,
         ))
         .set_max_row_group_size(ROW_GROUP)
+        .set_column_dictionary_enabled(unique(&["extra_info", "task"]), false)
+        .set_column_dictionary_enabled(unique(&["extra_info", "task_id"]), false)
+        .set_column_dictionary_enabled(unique(&["reward_model", "ground_truth"]), false)
         .build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, Arc::new(schema()), Some(props))

@@ -24,7 +24,7 @@ fn task(index: u64) -> Task {
             role: "user".into(),
             content: format!("task {index} — ünïcode ✓"),
         }],
-        tools: vec![],
+        tools: Default::default(),
         constraints: vec![],
         world: RawValue::from_string(format!("{{\"x\":{index}}}")).unwrap(),
         reference_solution: RawValue::from_string("\"answer\"".into()).unwrap(),
