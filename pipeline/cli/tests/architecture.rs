@@ -10,7 +10,10 @@ fn manifests() -> Vec<(String, String)> {
         for e in std::fs::read_dir(Path::new(ROOT).join(group)).unwrap() {
             let m = e.unwrap().path().join("Cargo.toml");
             if m.is_file() {
-                out.push((m.display().to_string(), std::fs::read_to_string(&m).unwrap()));
+                out.push((
+                    m.display().to_string(),
+                    std::fs::read_to_string(&m).unwrap(),
+                ));
             }
         }
     }
@@ -19,15 +22,30 @@ fn manifests() -> Vec<(String, String)> {
 }
 
 fn depends_on(manifest: &str, krate: &str) -> bool {
-    manifest.lines().any(|l| l.trim_start().starts_with(&format!("{krate} ")) || l.trim_start().starts_with(&format!("{krate}.")))
+    manifest.lines().any(|l| {
+        l.trim_start().starts_with(&format!("{krate} "))
+            || l.trim_start().starts_with(&format!("{krate}."))
+    })
 }
 
 #[test]
 fn heavy_dependencies_stay_in_their_crates() {
-    for (krate, owner) in [("arrow", "pipeline/shards"), ("parquet", "pipeline/shards"), ("minijinja", "pipeline/prompts"), ("clap", "pipeline/cli"), ("mimalloc", "pipeline/cli"), ("wasmtime", "pipeline/sandbox"), ("sqlx", "pipeline/registry"), ("cudarc", "pipeline/policy")] {
+    for (krate, owner) in [
+        ("arrow", "pipeline/shards"),
+        ("parquet", "pipeline/shards"),
+        ("minijinja", "pipeline/prompts"),
+        ("clap", "pipeline/cli"),
+        ("mimalloc", "pipeline/cli"),
+        ("wasmtime", "pipeline/sandbox"),
+        ("sqlx", "pipeline/registry"),
+        ("cudarc", "pipeline/policy"),
+    ] {
         for (path, text) in manifests() {
             if depends_on(&text, krate) {
-                assert!(path.contains(owner), "{path} depends on {krate}; only {owner} may");
+                assert!(
+                    path.contains(owner),
+                    "{path} depends on {krate}; only {owner} may"
+                );
             }
         }
     }
@@ -39,7 +57,13 @@ fn generation_uses_no_unseeded_randomness_or_clock() {
         for e in std::fs::read_dir(Path::new(ROOT).join(dir)).unwrap() {
             let p = e.unwrap().path();
             let text = std::fs::read_to_string(&p).unwrap();
-            for banned in ["thread_rng", "StdRng", "SystemTime", "Instant::now", "HashMap"] {
+            for banned in [
+                "thread_rng",
+                "StdRng",
+                "SystemTime",
+                "Instant::now",
+                "HashMap",
+            ] {
                 assert!(!text.contains(banned), "{} uses {banned}", p.display());
             }
         }
