@@ -22,11 +22,12 @@ use serde_json::{Value, json};
 
 use envsynth_core::env::Difficulty;
 use envsynth_core::model::{EnvironmentSpec, Message, Task, ToolCall, ToolResult, ToolSpec};
+use envsynth_core::stages::{self, Draft, Stages};
 use envsynth_core::{
-    Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest, Verdict, certify, hash,
-    seed,
+    Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest, Verdict, hash,
 };
 use envsynth_prompts::Templates;
+use rand_chacha::ChaCha8Rng;
 
 use crate::params::{Knobs, LEVELS};
 use crate::plan::Plan;
@@ -82,32 +83,9 @@ impl TravelPlanning {
         }
     }
 
-    /// Everything generation produces before the task record is assembled; used by tests and
-    /// benchmarks that need the typed parts.
+    /// The typed products of the stages up to planting (used by tests and benchmarks).
     pub fn generate_parts(&self, request: &TaskRequest, attempt: u32) -> Result<Parts, Rejection> {
-        let knobs = Knobs::resolve(&request.level, &request.overrides)
-            .map_err(|e| Rejection::new(Stage::SampleParams, "invalid_request", e.to_string()))?;
-        let rng = |stream: &str| {
-            seed::task_rng(
-                ENV_ID,
-                VERSION,
-                request.seed,
-                request.index,
-                attempt,
-                stream,
-            )
-        };
-        let sampled = generate::sample_params(&mut rng("params"), &knobs);
-        let world = generate::world(&mut rng("world"), &sampled);
-        let mut query = generate::compose(&mut rng("compose"), &sampled, &world);
-        let plan = generate::plant(&sampled, &world, &mut query)?;
-        Ok(Parts {
-            knobs,
-            sampled,
-            world,
-            query,
-            plan,
-        })
+        stages::draft(self, request, attempt)
     }
 
     fn render(
@@ -160,12 +138,54 @@ impl TravelPlanning {
 }
 
 /// The typed products of the generator stages for one attempt.
-pub struct Parts {
-    pub knobs: Knobs,
-    pub sampled: generate::Sampled,
-    pub world: World,
-    pub query: Query,
-    pub plan: Plan,
+pub type Parts = Draft<TravelPlanning>;
+
+impl Stages for TravelPlanning {
+    type Params = generate::Sampled;
+    type World = World;
+    type Query = Query;
+    type Solution = Plan;
+
+    fn key(&self) -> (&str, &str) {
+        (ENV_ID, VERSION)
+    }
+    fn sample_params(
+        &self,
+        rng: &mut ChaCha8Rng,
+        request: &TaskRequest,
+    ) -> Result<generate::Sampled, Rejection> {
+        let knobs = Knobs::resolve(&request.level, &request.overrides)
+            .map_err(|e| Rejection::new(Stage::SampleParams, "invalid_request", e.to_string()))?;
+        Ok(generate::sample_params(rng, &knobs))
+    }
+    fn build_world(&self, rng: &mut ChaCha8Rng, params: &generate::Sampled) -> World {
+        generate::world(rng, params)
+    }
+    fn compose(&self, rng: &mut ChaCha8Rng, params: &generate::Sampled, world: &World) -> Query {
+        generate::compose(rng, params, world)
+    }
+    fn plant(
+        &self,
+        params: &generate::Sampled,
+        world: &World,
+        query: &mut Query,
+    ) -> Result<Plan, Rejection> {
+        generate::plant(params, world, query)
+    }
+    fn check_ids(&self, query: &Query) -> Vec<&'static str> {
+        query.check_ids()
+    }
+    fn verify(&self, world: &World, query: &Query, plan: &Plan) -> Verdict {
+        verify::verify_plan(world, query, "", plan)
+    }
+    fn mutants(
+        &self,
+        world: &World,
+        query: &Query,
+        plan: &Plan,
+    ) -> Vec<envsynth_core::Mutant<Plan>> {
+        mutate::mutants(world, query, plan)
+    }
 }
 
 fn raw(v: &impl Serialize) -> Box<RawValue> {
@@ -187,21 +207,16 @@ impl Environment for TravelPlanning {
     }
 
     fn generate_attempt(&self, request: &TaskRequest, attempt: u32) -> Result<Task, Rejection> {
-        let Parts {
-            knobs,
-            sampled,
+        let draft = stages::draft(self, request, attempt)?;
+        let certificate = stages::certify_draft(self, &draft)?;
+        let Draft {
+            params: sampled,
             world,
             query,
-            plan,
-        } = self.generate_parts(request, attempt)?;
-        let mutants = mutate::mutants(&world, &query, &plan);
+            solution: plan,
+        } = draft;
+        let knobs = &sampled.knobs;
         let required = query.check_ids();
-        let certificate = certify(
-            |p| verify::verify_plan(&world, &query, "", p),
-            &plan,
-            &mutants,
-            &required,
-        )?;
         let names = |id: &str| {
             world
                 .city(id)

@@ -71,7 +71,7 @@ fn planted_passes_and_every_single_constraint_mutant_is_named() {
             let parts = env
                 .generate_parts(&request(3, index, level), attempt)
                 .unwrap();
-            let mutants = mutate::mutants(&parts.world, &parts.query, &parts.plan);
+            let mutants = mutate::mutants(&parts.world, &parts.query, &parts.solution);
             for id in parts.query.check_ids() {
                 let m = mutants
                     .iter()
@@ -424,7 +424,7 @@ fn metrics_follow_travelplanner_groups() {
         let parts = env
             .generate_parts(&request(6, index, "medium"), attempt)
             .unwrap();
-        let m = mutate::mutants(&parts.world, &parts.query, &parts.plan)
+        let m = mutate::mutants(&parts.world, &parts.query, &parts.solution)
             .into_iter()
             .find(|m| m.target == ids::BUDGET)
             .unwrap();
@@ -499,7 +499,7 @@ fn text_and_value_submissions_get_identical_verdicts() {
             .unwrap();
         let mut subs: Vec<Value> = vec![serde_json::from_str(t.reference_solution.get()).unwrap()];
         subs.extend(
-            mutate::mutants(&parts.world, &parts.query, &parts.plan)
+            mutate::mutants(&parts.world, &parts.query, &parts.solution)
                 .iter()
                 .map(|m| serde_json::to_value(&m.solution).unwrap()),
         );
@@ -520,4 +520,53 @@ fn text_and_value_submissions_get_identical_verdicts() {
             FailureKind::EmptySubmission
         );
     }
+}
+
+#[test]
+fn any_valid_plan_passes_not_only_the_planted_one() {
+    let env = TravelPlanning::new();
+    let mut exercised = 0;
+    for index in 0..30 {
+        let (t, attempt) = task(&env, 21, index, "easy");
+        let p = env.prepare(&t).unwrap();
+        let parts = env
+            .generate_parts(&request(21, index, "easy"), attempt)
+            .unwrap();
+        let (w, plan) = (&parts.world, &parts.solution);
+        // Swap the first day-without-travel's dinner for another free restaurant in that city.
+        let Some(k) = plan.days.iter().position(|d| d.travel.is_none()) else {
+            continue;
+        };
+        let used: Vec<&String> = plan
+            .days
+            .iter()
+            .flat_map(|d| d.meals().into_iter().flatten())
+            .collect();
+        let city = &plan.days[k].city;
+        let Some(alt) = w
+            .restaurants
+            .iter()
+            .find(|r| r.city == *city && !used.contains(&&r.id))
+        else {
+            continue;
+        };
+        let mut other = plan.clone();
+        other.days[k].dinner = Some(alt.id.clone());
+        let cost = envsynth_travel::plan::plan_cost(w, parts.query.people, &other).total;
+        let v = p.verify(&serde_json::to_value(&other).unwrap());
+        if cost <= parts.query.budget as u64 {
+            assert!(
+                v.passed,
+                "{index}: a different valid plan was rejected: {:?}",
+                v.failed_checks().collect::<Vec<_>>()
+            );
+            exercised += 1;
+        } else {
+            assert_eq!(v.failed_checks().collect::<Vec<_>>(), vec![ids::BUDGET]);
+        }
+    }
+    assert!(
+        exercised >= 20,
+        "only {exercised} alternative plans fit the budget"
+    );
 }

@@ -84,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
             .generate_parts(&req(1_000_000 + i), g.rejections.len() as u32)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut subs: Vec<Value> = vec![serde_json::from_str(g.task.reference_solution.get())?];
-        for m in mutate::mutants(&parts.world, &parts.query, &parts.plan) {
+        for m in mutate::mutants(&parts.world, &parts.query, &parts.solution) {
             subs.push(serde_json::to_value(&m.solution)?);
         }
         let text = serde_json::to_string(&g.task)?;

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use serde_json::Value;
 
 use envsynth_core::metrics::{Metrics, aggregate};
-use envsynth_core::{FailureKind, PreparedTask, Task, Verdict};
+use envsynth_core::{FailureKind, PreparedTask, Submission, Task, Verdict};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,14 +21,6 @@ pub struct Args {
     /// Where to write the verdicts (JSONL, one per submission, then one per task without any).
     #[arg(long)]
     pub out: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmissionLine {
-    task_id: String,
-    #[serde(default)]
-    submission: Value,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -49,7 +40,7 @@ pub fn run(a: Args) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let s: SubmissionLine = serde_json::from_str(line).with_context(|| {
+        let s: Submission = serde_json::from_str(line).with_context(|| {
             format!(
                 "{} line {}: expected {{\"task_id\": ..., \"submission\": ...}}",
                 a.submissions.display(),

@@ -8,9 +8,13 @@ pub mod hash;
 pub mod metrics;
 pub mod model;
 pub mod seed;
+pub mod stages;
 pub mod verdict;
 
 pub use certify::{Certificate, Mutant, certify};
 pub use env::{Difficulty, Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest};
-pub use model::{EnvRef, EnvironmentSpec, Message, Task, ToolCall, ToolResult, ToolSpec};
+pub use model::{
+    EnvRef, EnvironmentSpec, Message, Submission, Task, ToolCall, ToolResult, ToolSpec,
+};
+pub use stages::{Draft, Stages};
 pub use verdict::{Check, CheckStatus, FailureKind, Verdict};

@@ -92,6 +92,17 @@ pub enum ToolErrorCode {
     NotFound,
 }
 
+/// An answer to a task: whatever the agent delivered (for travel planning, a plan object or text
+/// holding one). Many submissions may answer one task (k rollouts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub task_id: String,
+    /// Missing or null means nothing was delivered.
+    #[serde(default)]
+    pub submission: Value,
+}
+
 /// A constraint of a task, keyed by a stable id that is also the id of the check that tests it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Constraint {
