@@ -225,7 +225,7 @@ impl Environment for TravelPlanning {
         };
         let constraints = query.to_constraints(&names);
         let prompt = self.render(&world, &query, &constraints)?;
-        let mut params = serde_json::to_value(&knobs).unwrap_or(Value::Null);
+        let mut params = serde_json::to_value(knobs).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut params {
             m.insert(
                 "realized".into(),
