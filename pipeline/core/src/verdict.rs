@@ -20,16 +20,33 @@ pub enum FailureKind {
     /// The task record itself is broken (bad id, unparsable world, unknown environment version).
     /// Not the agent's fault: mask.
     InvalidTask,
-    /// The verifier or its host failed. Not the agent's fault: mask.
+    /// The verifier or its host failed, or a plugin reported that it could not evaluate.
+    /// Not the agent's fault: mask.
     EnvironmentError,
+    /// A sandboxed plugin used up its fuel. Mask.
+    SandboxFuelExhausted,
+    /// A sandboxed plugin ran past its wall-clock limit. Mask.
+    SandboxTimeout,
+    /// A sandboxed plugin tried to grow a memory past its cap. Mask.
+    SandboxMemoryExceeded,
+    /// A sandboxed plugin returned more than the output limit. Mask.
+    SandboxOutputTooLarge,
+    /// A sandboxed plugin trapped (including stack overflow). Mask.
+    SandboxTrap,
+    /// The plugin is not a loadable component of the right world, or returned something that is
+    /// not a verdict. Mask.
+    InvalidPlugin,
 }
 
 impl FailureKind {
     /// True when the sample says nothing about the agent and must be masked out of training.
     pub fn is_masked(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            FailureKind::InvalidTask | FailureKind::EnvironmentError
+            FailureKind::None
+                | FailureKind::WrongAnswer
+                | FailureKind::EmptySubmission
+                | FailureKind::MalformedSubmission
         )
     }
 }
