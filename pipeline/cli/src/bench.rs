@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
     /// Measure only generation or only verification.
-    #[arg(long, value_parser = ["generate", "verify"])]
+    #[arg(long, value_parser = ["generate", "verify", "sandbox"])]
     pub only: Option<String>,
     /// Print the results as JSON.
     #[arg(long)]
@@ -63,8 +63,9 @@ pub fn run(a: Args) -> Result<()> {
     env.validate_request(&req(0))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let run_gen = a.only.as_deref() != Some("verify");
-    let run_verify = a.only.as_deref() != Some("generate");
+    let run_gen = a.only.is_none() || a.only.as_deref() == Some("generate");
+    let run_verify = a.only.is_none() || a.only.as_deref() == Some("verify");
+    let run_sandbox = a.only.is_none() || a.only.as_deref() == Some("sandbox");
     let secs = |on: bool| if on { a.seconds } else { 0.0 };
     let certified = rate(secs(run_gen), |i| {
         black_box(generate(&env, &req(i)).map(|g| g.task.id).ok());
@@ -122,6 +123,12 @@ pub fn run(a: Args) -> Result<()> {
         1
     });
 
+    let sandbox = if run_sandbox {
+        Some(sandbox_bench(a.seconds)?)
+    } else {
+        None
+    };
+
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -140,20 +147,78 @@ pub fn run(a: Args) -> Result<()> {
         "verdicts_from_text_per_s": from_text.round(),
         "baseline_stateless_verdicts_per_s": stateless.round(),
         "verdict_pool": {"tasks": pool.len(), "submissions": submissions},
+        "sandbox": sandbox,
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         println!("envsynth bench — {} level, one thread, {cpu}", a.level);
-        println!("  certified tasks/s                 {:>12.0}", certified);
-        println!("  baseline: uncertified tasks/s     {:>12.0}", uncertified);
-        println!("  verdicts/s (prepared task)        {:>12.0}", verdicts);
-        println!("  verdicts/s (from JSON text)       {:>12.0}", from_text);
-        println!("  baseline: stateless verdicts/s    {:>12.0}", stateless);
-        println!(
-            "  (verdict pool: {} tasks, {submissions} planted+mutant submissions)",
-            pool.len()
-        );
+        if run_gen {
+            println!("  certified tasks/s                 {certified:>12.0}");
+            println!("  baseline: uncertified tasks/s     {uncertified:>12.0}");
+        }
+        if run_verify {
+            println!("  verdicts/s (prepared task)        {verdicts:>12.0}");
+            println!("  verdicts/s (from JSON text)       {from_text:>12.0}");
+            println!("  baseline: stateless verdicts/s    {stateless:>12.0}");
+            println!(
+                "  (verdict pool: {} tasks, {submissions} planted+mutant submissions)",
+                pool.len()
+            );
+        }
+        if let Some(sb) = &sandbox {
+            let f = |k: &str| sb[k].as_f64().unwrap_or(0.0);
+            println!("  sandbox, trivial WAT verifier:");
+            println!(
+                "    fresh-instance call             {:>10.1} µs  ({:.0} calls/s)",
+                f("trivial_call_us"),
+                f("trivial_calls_per_s")
+            );
+            println!(
+                "    compile (cold, into the cache)  {:>10.2} ms",
+                f("compile_ms")
+            );
+            println!(
+                "    load from the precompiled cache {:>10.2} ms",
+                f("cached_load_ms")
+            );
+        }
     }
     Ok(())
+}
+
+/// Sandbox costs for the trivial WAT verifier: cold compile, cached load, fresh-instance call.
+fn sandbox_bench(seconds: f64) -> Result<Value> {
+    use envsynth_sandbox::{Limits, Sandbox, World, trivial_verifier_wat};
+    let dir = std::env::temp_dir().join(format!("envsynth-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let wat = trivial_verifier_wat();
+    let sb = Sandbox::new(Some(&dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = Instant::now();
+    let plugin = sb
+        .load(wat.as_bytes(), World::Verifier)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut loads = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        black_box(
+            sb.load(wat.as_bytes(), World::Verifier)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        loads.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    loads.sort_by(f64::total_cmp);
+    let limits = Limits::default();
+    let calls = rate(seconds, |_| {
+        black_box(plugin.verify(&limits, "{}", "{}").is_ok());
+        1
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "trivial_call_us": (1e7 / calls).round() / 10.0,
+        "trivial_calls_per_s": calls.round(),
+        "compile_ms": (compile_ms * 100.0).round() / 100.0,
+        "cached_load_ms": (loads[loads.len() / 2] * 100.0).round() / 100.0,
+    }))
 }

@@ -112,6 +112,9 @@ pub struct Verdict {
     /// For malformed, empty or invalid input: what was wrong and where.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// WebAssembly fuel the verifier used (sandboxed verifiers only); deterministic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 impl Verdict {
@@ -131,6 +134,7 @@ impl Verdict {
             mask: false,
             checks,
             error: None,
+            fuel: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl Verdict {
                 .map(|id| Check::skipped(id, reason))
                 .collect(),
             error: Some(error),
+            fuel: None,
         }
     }
 

@@ -33,6 +33,19 @@ use wasmtime_wasi::{
 
 use envsynth_core::FailureKind;
 
+/// A hand-written WAT component of the `verifier` world with two placeholders, `@BODY@` (the
+/// core `verify` function's body) and `@EXTRA@` (more core functions). With `(call $ok)` as the
+/// body it returns a fixed passing verdict for task `t`. Used by the hostile-guest tests and by
+/// `envsynth bench` as the trivial guest.
+pub const VERIFIER_TEMPLATE_WAT: &str = include_str!("../fixtures/verifier.wat.in");
+
+/// The trivial verifier guest: [`VERIFIER_TEMPLATE_WAT`] answering at once.
+pub fn trivial_verifier_wat() -> String {
+    VERIFIER_TEMPLATE_WAT
+        .replace("@BODY@", "(call $ok)")
+        .replace("@EXTRA@", "")
+}
+
 /// Per-call limits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
@@ -589,4 +602,54 @@ impl Plugin {
         };
         Ok((out, result))
     }
+}
+
+/// Verify one submission with a verifier plugin and turn whatever happens into a verdict. A limit
+/// breach, trap or guest error becomes a masked verdict of the matching `failure_kind`; so does
+/// output that is not a valid verdict for this task (`invalid_plugin`). The fuel used is recorded.
+pub fn plugin_verdict(
+    plugin: &Plugin,
+    limits: &Limits,
+    task_id: &str,
+    task_json: &str,
+    submission_json: &str,
+) -> envsynth_core::Verdict {
+    use envsynth_core::Verdict;
+    let out = match plugin.verify(limits, task_json, submission_json) {
+        Ok(out) => out,
+        Err(e) => return Verdict::rejected(task_id, e.failure_kind(), e.to_string(), []),
+    };
+    let invalid = |why: String| {
+        let mut v = Verdict::rejected(task_id, FailureKind::InvalidPlugin, why, []);
+        v.fuel = Some(out.fuel_used);
+        v
+    };
+    let mut v: Verdict = match serde_json::from_str(&out.value) {
+        Ok(v) => v,
+        Err(e) => {
+            return invalid(format!(
+                "the plugin returned something that is not a verdict: {e}"
+            ));
+        }
+    };
+    if v.task_id != task_id {
+        return invalid(format!(
+            "the plugin's verdict is for task {}, not {task_id}",
+            v.task_id
+        ));
+    }
+    if !(0.0..=1.0).contains(&v.reward) {
+        return invalid(format!(
+            "the plugin's reward {} is outside [0, 1]",
+            v.reward
+        ));
+    }
+    if v.mask != v.failure_kind.is_masked() || v.passed != (v.failure_kind == FailureKind::None) {
+        return invalid(format!(
+            "the plugin's verdict is inconsistent: passed={}, mask={}, failure_kind={:?}",
+            v.passed, v.mask, v.failure_kind
+        ));
+    }
+    v.fuel = Some(out.fuel_used);
+    v
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use envsynth_core::{FailureKind, Verdict};
 use envsynth_sandbox::{Limits, Sandbox, SandboxError, World};
 
-const TEMPLATE: &str = include_str!("fixtures/verifier.wat.in");
+use envsynth_sandbox::VERIFIER_TEMPLATE_WAT as TEMPLATE;
 
 /// A verifier component whose `verify` has `body`, with `extra` core functions beside it.
 fn guest(body: &str, extra: &str) -> Vec<u8> {
@@ -18,7 +18,7 @@ fn guest(body: &str, extra: &str) -> Vec<u8> {
 }
 
 fn trivial() -> Vec<u8> {
-    guest("(call $ok)", "")
+    envsynth_sandbox::trivial_verifier_wat().into_bytes()
 }
 
 fn sandbox() -> Sandbox {
@@ -345,4 +345,47 @@ fn compiled_components_are_cached_on_disk() {
         .load(&trivial(), World::Verifier)
         .unwrap();
     assert!(third.verify(&Limits::default(), "{}", "{}").is_ok());
+}
+
+#[test]
+fn plugin_output_becomes_a_checked_verdict() {
+    use envsynth_sandbox::plugin_verdict;
+    let sb = sandbox();
+    let l = Limits::default();
+    let ok = sb.load(&trivial(), World::Verifier).unwrap();
+    let v = plugin_verdict(&ok, &l, "t", "{}", "{}");
+    assert!(
+        v.passed && !v.mask && v.fuel.is_some_and(|f| f > 0),
+        "{v:?}"
+    );
+    // The fixture's verdict names task "t": for any other task it is refused, masked.
+    let v = plugin_verdict(&ok, &l, "u", "{}", "{}");
+    assert_eq!(
+        (v.failure_kind, v.mask, v.reward),
+        (FailureKind::InvalidPlugin, true, 0.0)
+    );
+    assert!(v.error.unwrap().contains("not u"));
+    // Output that is not a verdict.
+    let text = String::from_utf8(trivial())
+        .unwrap()
+        .replace("\\\"reward\\\":1.0", "\\\"reward\\\":7.0");
+    let v = plugin_verdict(
+        &sb.load(text.as_bytes(), World::Verifier).unwrap(),
+        &l,
+        "t",
+        "{}",
+        "{}",
+    );
+    assert_eq!(v.failure_kind, FailureKind::InvalidPlugin, "{v:?}");
+    let looped = sb
+        .load(
+            &guest("(loop $l (br $l)) (unreachable)", ""),
+            World::Verifier,
+        )
+        .unwrap();
+    let v = plugin_verdict(&looped, &Limits { fuel: 10_000, ..l }, "t", "{}", "{}");
+    assert_eq!(
+        (v.failure_kind, v.mask),
+        (FailureKind::SandboxFuelExhausted, true)
+    );
 }
