@@ -24,7 +24,8 @@ use envsynth_core::env::Difficulty;
 use envsynth_core::model::{EnvironmentSpec, Message, Task, ToolCall, ToolResult, ToolSpec};
 use envsynth_core::stages::{self, Draft, Stages};
 use envsynth_core::{
-    Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest, Verdict, hash,
+    Environment, Expect, FailureKind, PreparedTask, Probe, Rejection, Stage, TaskError,
+    TaskRequest, Verdict, hash,
 };
 use envsynth_prompts::Templates;
 use rand_chacha::ChaCha8Rng;
@@ -257,6 +258,75 @@ impl Environment for TravelPlanning {
         };
         task.id = task.compute_id();
         Ok(task)
+    }
+
+    fn probes(&self, task: &Task) -> Result<Vec<Probe>, TaskError> {
+        let world: World = serde_json::from_str(task.world.get())
+            .map_err(|e| TaskError::Malformed(format!("world: {e}")))?;
+        let query = Query::from_constraints(&task.constraints)?;
+        let plan: Plan = serde_json::from_str(task.reference_solution.get())
+            .map_err(|e| TaskError::Malformed(format!("reference_solution: {e}")))?;
+        let value = |p: &Plan| serde_json::to_value(p).unwrap_or(Value::Null);
+        let probe = |name: &str, submission: Value, expect: Expect| Probe {
+            name: name.to_string(),
+            submission,
+            expect,
+        };
+        let mut out = vec![probe("planted", value(&plan), Expect::Pass)];
+        for m in mutate::mutants(&world, &query, &plan) {
+            out.push(probe(
+                &format!("mutant:{}", m.target),
+                value(&m.solution),
+                Expect::FailCheck(m.target.to_string()),
+            ));
+        }
+        let empty = Expect::Zero(FailureKind::EmptySubmission);
+        let malformed = Expect::Zero(FailureKind::MalformedSubmission);
+        out.push(probe("empty:null", Value::Null, empty.clone()));
+        out.push(probe("empty:days", json!({"days": []}), empty));
+        out.push(probe(
+            "garbage:text",
+            json!("I booked everything, trust me."),
+            malformed.clone(),
+        ));
+        out.push(probe("garbage:number", json!(42), malformed.clone()));
+        out.push(probe(
+            "garbage:wrong-types",
+            json!({"days": [{"day": "one", "city": 7}]}),
+            malformed.clone(),
+        ));
+        out.push(probe(
+            "garbage:huge-string",
+            json!({"days": [{"day": 1, "city": "C".repeat(1 << 20)}]}),
+            malformed,
+        ));
+        // Listing every option: every attraction of the world on every day.
+        let mut greedy = plan.clone();
+        let all: Vec<String> = world
+            .attractions
+            .iter()
+            .take(16)
+            .map(|a| a.id.clone())
+            .collect();
+        for d in &mut greedy.days {
+            d.attractions = all.clone();
+        }
+        out.push(probe(
+            "adversarial:every-attraction",
+            value(&greedy),
+            Expect::FailCheck(query::ids::DIVERSE_ATTRACTIONS.into()),
+        ));
+        // Hallucinated ids.
+        let mut fake = plan.clone();
+        for d in &mut fake.days {
+            d.breakfast = Some("R999".into());
+        }
+        out.push(probe(
+            "adversarial:hallucinated-ids",
+            value(&fake),
+            Expect::FailCheck(query::ids::WITHIN_SANDBOX.into()),
+        ));
+        Ok(out)
     }
 
     fn describe_solution(&self, task: &Task) -> String {

@@ -570,3 +570,22 @@ fn any_valid_plan_passes_not_only_the_planted_one() {
         "only {exercised} alternative plans fit the budget"
     );
 }
+
+#[test]
+fn the_native_verifier_passes_its_own_integrity_suite() {
+    let env = TravelPlanning::new();
+    for level in ["easy", "medium", "hard"] {
+        for index in 0..40 {
+            let (t, _) = task(&env, 31, index, level);
+            let p = env.prepare(&t).unwrap();
+            let probes = env.probes(&t).unwrap();
+            assert!(probes.len() >= 9 + 8, "{} probes", probes.len());
+            for probe in probes {
+                let v = p.verify(&probe.submission);
+                if let Err(e) = probe.expect.check(&v) {
+                    panic!("{level}/{index} {}: {e}", probe.name);
+                }
+            }
+        }
+    }
+}

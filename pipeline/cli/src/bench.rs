@@ -29,6 +29,10 @@ pub struct Args {
     /// Measure only generation or only verification.
     #[arg(long, value_parser = ["generate", "verify", "sandbox"])]
     pub only: Option<String>,
+    /// Also measure this verifier component (e.g. one built by `envsynth plugin build`) on a
+    /// medium travel task's planted plan.
+    #[arg(long)]
+    pub plugin: Option<std::path::PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -124,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     });
 
     let sandbox = if run_sandbox {
-        Some(sandbox_bench(a.seconds)?)
+        Some(sandbox_bench(a.seconds, a.plugin.as_deref(), &pool[0])?)
     } else {
         None
     };
@@ -182,13 +186,35 @@ pub fn run(a: Args) -> Result<()> {
                 "    load from the precompiled cache {:>10.2} ms",
                 f("cached_load_ms")
             );
+            if let Some(p) = sb.get("plugin") {
+                let g = |k: &str| p[k].as_f64().unwrap_or(0.0);
+                println!("  sandbox, {}:", p["path"].as_str().unwrap_or(""));
+                println!(
+                    "    fresh-instance verify call      {:>10.1} µs  ({:.1} calls/s, {} fuel)",
+                    g("call_us"),
+                    g("calls_per_s"),
+                    p["fuel_per_call"]
+                );
+                println!(
+                    "    compile (cold, into the cache)  {:>10.0} ms",
+                    g("compile_ms")
+                );
+                println!(
+                    "    load from the precompiled cache {:>10.2} ms",
+                    g("cached_load_ms")
+                );
+            }
         }
     }
     Ok(())
 }
 
 /// Sandbox costs for the trivial WAT verifier: cold compile, cached load, fresh-instance call.
-fn sandbox_bench(seconds: f64) -> Result<Value> {
+fn sandbox_bench(
+    seconds: f64,
+    plugin_path: Option<&std::path::Path>,
+    sample: &(Task, String, Vec<Value>),
+) -> Result<Value> {
     use envsynth_sandbox::{Limits, Sandbox, World, trivial_verifier_wat};
     let dir = std::env::temp_dir().join(format!("envsynth-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -214,11 +240,49 @@ fn sandbox_bench(seconds: f64) -> Result<Value> {
         black_box(plugin.verify(&limits, "{}", "{}").is_ok());
         1
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(json!({
+    let mut measured = json!({
         "trivial_call_us": (1e7 / calls).round() / 10.0,
         "trivial_calls_per_s": calls.round(),
         "compile_ms": (compile_ms * 100.0).round() / 100.0,
         "cached_load_ms": (loads[loads.len() / 2] * 100.0).round() / 100.0,
-    }))
+    });
+    if let Some(path) = plugin_path {
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let start = Instant::now();
+        sb.load(&bytes, World::Verifier)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cold_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut loads = Vec::new();
+        let mut plugin = None;
+        for _ in 0..5 {
+            let sb = Sandbox::new(Some(&dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let start = Instant::now();
+            let p = sb
+                .load(&bytes, World::Verifier)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            loads.push(start.elapsed().as_secs_f64() * 1e3);
+            plugin = Some((sb, p));
+        }
+        loads.sort_by(f64::total_cmp);
+        let (_sb, p) = plugin.expect("loaded five times");
+        let (task, task_json, subs) = sample;
+        let sub = subs[0].to_string();
+        let calls = rate(seconds, |_| {
+            black_box(envsynth_sandbox::plugin_verdict(
+                &p, &limits, &task.id, task_json, &sub,
+            ));
+            1
+        });
+        let fuel = envsynth_sandbox::plugin_verdict(&p, &limits, &task.id, task_json, &sub).fuel;
+        measured["plugin"] = json!({
+            "path": path.display().to_string(),
+            "call_us": (1e7 / calls).round() / 10.0,
+            "calls_per_s": (calls * 10.0).round() / 10.0,
+            "fuel_per_call": fuel,
+            "compile_ms": cold_ms.round(),
+            "cached_load_ms": (loads[loads.len() / 2] * 100.0).round() / 100.0,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(measured)
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod envs;
 mod generate;
+mod plugin;
 mod show;
 mod verify;
 
@@ -38,6 +39,9 @@ enum Command {
     Envs,
     /// Measure certified tasks/s and verdicts/s on one core, against baselines.
     Bench(bench::Args),
+    /// Build plugins and check them against an environment's integrity suite.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Bench(a) => bench::run(a),
+        Command::Plugin(c) => plugin::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -582,3 +582,67 @@ fn bad_input_is_refused_with_a_clear_message() {
         "does not exist",
     );
 }
+
+#[test]
+fn plugin_check_catches_a_verifier_that_passes_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("lenient.py");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sandbox/fixtures/python/probe.py"
+        ),
+        &src,
+    )
+    .unwrap();
+    let wasm = tmp.path().join("lenient.wasm");
+    let cache = tmp.path().join("cache");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("ENVSYNTH_CACHE", &cache)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "plugin",
+        "build",
+        src.to_str().unwrap(),
+        "--world",
+        "verifier",
+        "-o",
+        wasm.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wasm.is_file());
+
+    // It says every plan passes, so the mutants, garbage and adversarial probes must catch it.
+    let out = run(&["plugin", "check", wasm.to_str().unwrap(), "--count", "1"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("FAIL easy/0 mutant:commonsense.within_sandbox"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("garbage:text") || stdout.contains("more"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("integrity probes"), "{stderr}");
+
+    let js = tmp.path().join("v.js");
+    std::fs::write(&js, "export function verify() {}").unwrap();
+    fails(&["plugin", "build", js.to_str().unwrap()], "JavaScript");
+    fails(
+        &["plugin", "check", src.to_str().unwrap()],
+        "not a loadable WebAssembly component",
+    );
+    fails(&["plugin", "check", "/nonexistent.wasm"], "does not exist");
+}

@@ -88,6 +88,9 @@ pub trait Environment: Send + Sync {
     fn generate_attempt(&self, request: &TaskRequest, attempt: u32) -> Result<Task, Rejection>;
     /// Parse a task record once so that many submissions and tool calls can be served from it.
     fn prepare(&self, task: &Task) -> Result<Box<dyn PreparedTask>, TaskError>;
+    /// The integrity suite for one task: submissions with the verdict each must get. A correct
+    /// verifier (native or plugin) passes every probe (`envsynth plugin check`).
+    fn probes(&self, task: &Task) -> Result<Vec<Probe>, TaskError>;
     /// The reference solution in a form a person can read (used by `envsynth show`).
     fn describe_solution(&self, task: &Task) -> String {
         serde_json::from_str::<Value>(task.reference_solution.get())
@@ -121,6 +124,60 @@ pub fn verify_task(env: &dyn Environment, task: &Task, submission: &Value) -> Ve
             e.to_string(),
             [],
         ),
+    }
+}
+
+/// One integrity-suite case: a named submission and what its verdict must be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub name: String,
+    pub submission: Value,
+    pub expect: Expect,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// Passes with reward 1.
+    Pass,
+    /// Fails with this check failed.
+    FailCheck(String),
+    /// Scores 0 with this (agent-attributable, unmasked) failure kind.
+    Zero(crate::verdict::FailureKind),
+}
+
+impl Expect {
+    /// Whether `v` meets the expectation; `Err` says how it does not.
+    pub fn check(&self, v: &Verdict) -> Result<(), String> {
+        use crate::verdict::FailureKind;
+        match self {
+            Expect::Pass if v.passed && v.reward == 1.0 && v.failure_kind == FailureKind::None => {
+                Ok(())
+            }
+            Expect::Pass => Err(format!(
+                "should pass, got {:?} failing {:?}",
+                v.failure_kind,
+                v.failed_checks().collect::<Vec<_>>()
+            )),
+            Expect::FailCheck(id) => match v.check(id) {
+                Some(c) if !c.passed() && !v.passed && v.reward == 0.0 && !v.mask => Ok(()),
+                Some(_) => Err(format!(
+                    "should fail {id}, got reward {} ({:?})",
+                    v.reward, v.failure_kind
+                )),
+                None => Err(format!(
+                    "should fail {id}, but the verdict has no such check"
+                )),
+            },
+            Expect::Zero(kind)
+                if v.reward == 0.0 && !v.passed && v.failure_kind == *kind && !v.mask =>
+            {
+                Ok(())
+            }
+            Expect::Zero(kind) => Err(format!(
+                "should score 0 as {kind:?}, got reward {} as {:?}",
+                v.reward, v.failure_kind
+            )),
+        }
     }
 }
 

@@ -12,7 +12,9 @@ pub mod stages;
 pub mod verdict;
 
 pub use certify::{Certificate, Mutant, certify};
-pub use env::{Difficulty, Environment, PreparedTask, Rejection, Stage, TaskError, TaskRequest};
+pub use env::{
+    Difficulty, Environment, Expect, PreparedTask, Probe, Rejection, Stage, TaskError, TaskRequest,
+};
 pub use model::{
     EnvRef, EnvironmentSpec, Message, Submission, Task, ToolCall, ToolResult, ToolSpec,
 };
