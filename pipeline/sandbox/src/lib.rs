@@ -313,7 +313,8 @@ impl Sandbox {
             }
         }
         let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
-        let tmp = path.with_extension("cwasm.tmp");
+        // A per-process temporary name: concurrent loaders of one component never share it.
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         std::fs::write(&tmp, &compiled)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| SandboxError::Host(format!("{}: {e}", path.display())))?;
