@@ -11,7 +11,7 @@ use crate::data::data;
 use crate::date;
 use crate::params::Knobs;
 use crate::plan::{DayPlan, Plan, Travel, plan_cost, route_cost, vehicles};
-use crate::query::{Quantifier, Query, ROOM_TYPE_REQUIREMENTS, Tier, TierRule, room_type_ok};
+use crate::query::{Quantifier, Query, ROOM_TYPE_REQUIREMENTS, Tier, TierRule};
 use crate::world::{Accommodation, Mode, World, WorldPlan, build_world, city_id};
 
 /// Which optional hard constraints a task carries.
@@ -344,14 +344,6 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
 
     // Accommodation per visited city: cheapest eligible; for the tier day's city, the cheapest one
     // whose tier rules the day's meals can then meet.
-    let eligible = |h: &&Accommodation, nights: u32| {
-        h.min_nights <= nights
-            && q.room_rule.as_ref().is_none_or(|r| !h.forbids.contains(r))
-            && q.room_type
-                .as_ref()
-                .is_none_or(|t| room_type_ok(t, &h.room_type))
-            && q.min_accommodation_rating.is_none_or(|m| h.rating >= m)
-    };
     let tier_day = q.tiered.as_ref().map(|t| t.day as usize - 1);
     let mut used_r: Vec<bool> = vec![false; w.restaurants.len()];
     let mut used_a: Vec<bool> = vec![false; w.attractions.len()];
@@ -362,7 +354,7 @@ fn plant_plan(s: &Sampled, w: &World, q: &Query) -> Result<Plan, Rejection> {
             .accommodations
             .iter()
             .filter(|h| h.city == cid)
-            .filter(|h| eligible(h, n))
+            .filter(|h| q.accepts_stay(h, n, None))
             .collect();
         candidates.sort_by_key(|h| {
             (

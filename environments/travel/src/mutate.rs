@@ -83,20 +83,7 @@ fn alternative<'w>(
     w.accommodations
         .iter()
         .filter(|h| h.city == cur.city && h.id != cur.id && bad(h))
-        .filter(|h| skip == ids::MINIMUM_NIGHTS || h.min_nights <= nights)
-        .filter(|h| {
-            skip == ids::ROOM_RULE || q.room_rule.as_ref().is_none_or(|r| !h.forbids.contains(r))
-        })
-        .filter(|h| {
-            skip == ids::ROOM_TYPE
-                || q.room_type
-                    .as_ref()
-                    .is_none_or(|t| room_type_ok(t, &h.room_type))
-        })
-        .filter(|h| {
-            skip == ids::ACCOMMODATION_RATING
-                || q.min_accommodation_rating.is_none_or(|m| h.rating >= m)
-        })
+        .filter(|h| q.accepts_stay(h, nights, Some(skip)))
         .min_by_key(|h| (h.nightly_price, h.id.clone()))
         // No listing breaks only the target: accept one that breaks others too (still names it).
         .or_else(|| {
@@ -279,14 +266,7 @@ pub fn mutants(w: &World, q: &Query, p: &Plan) -> Vec<Mutant<Plan>> {
                 let dear = w
                     .accommodations
                     .iter()
-                    .filter(|x| x.city == cur.city && x.min_nights <= nights)
-                    .filter(|x| q.room_rule.as_ref().is_none_or(|r| !x.forbids.contains(r)))
-                    .filter(|x| {
-                        q.room_type
-                            .as_ref()
-                            .is_none_or(|t| room_type_ok(t, &x.room_type))
-                    })
-                    .filter(|x| q.min_accommodation_rating.is_none_or(|r| x.rating >= r))
+                    .filter(|x| x.city == cur.city && q.accepts_stay(x, nights, None))
                     .max_by_key(|x| {
                         (
                             x.nightly_price as u64

@@ -329,6 +329,30 @@ impl Query {
         Ok(q)
     }
 
+    /// Whether a stay of `nights` nights at `h` meets every stay constraint of this query
+    /// (minimum nights, room rule, room type, rating), except the one whose check id is `skip`.
+    pub fn accepts_stay(
+        &self,
+        h: &crate::world::Accommodation,
+        nights: u32,
+        skip: Option<&str>,
+    ) -> bool {
+        let on = |id: &str| skip != Some(id);
+        (!on(ids::MINIMUM_NIGHTS) || h.min_nights <= nights)
+            && (!on(ids::ROOM_RULE)
+                || self
+                    .room_rule
+                    .as_ref()
+                    .is_none_or(|r| !h.forbids.contains(r)))
+            && (!on(ids::ROOM_TYPE)
+                || self
+                    .room_type
+                    .as_ref()
+                    .is_none_or(|t| room_type_ok(t, &h.room_type)))
+            && (!on(ids::ACCOMMODATION_RATING)
+                || self.min_accommodation_rating.is_none_or(|m| h.rating >= m))
+    }
+
     /// Ids of every check the verifier reports for this query, in report order.
     pub fn check_ids(&self) -> Vec<&'static str> {
         use ids::*;

@@ -162,11 +162,6 @@ impl World {
     lookup!(accommodation, accommodations, Accommodation, b'H');
     lookup!(restaurant, restaurants, Restaurant, b'R');
     lookup!(attraction, attractions, Attraction, b'A');
-
-    pub fn city_index(&self, id: &str) -> Option<usize> {
-        let i = id_index(id, b'C')?;
-        (self.cities.get(i)?.id == id).then_some(i)
-    }
 }
 
 pub fn city_id(i: usize) -> String {

@@ -394,6 +394,15 @@ fn verify_scores_submissions_and_reports_metrics() {
     // Bad submissions files are refused with the line named, and nothing is written.
     let bad = tmp.path().join("bad.jsonl");
     let out2 = tmp.path().join("v2.jsonl");
+    let verify_bad = [
+        "verify",
+        "--tasks",
+        dir.to_str().unwrap(),
+        "--submissions",
+        bad.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ];
     std::fs::write(
         &bad,
         format!(
@@ -402,31 +411,9 @@ fn verify_scores_submissions_and_reports_metrics() {
         ),
     )
     .unwrap();
-    fails(
-        &[
-            "verify",
-            "--tasks",
-            dir.to_str().unwrap(),
-            "--submissions",
-            bad.to_str().unwrap(),
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-        "line 2: task_id sha256:nope",
-    );
+    fails(&verify_bad, "line 2: task_id sha256:nope");
     std::fs::write(&bad, "{not json\n").unwrap();
-    fails(
-        &[
-            "verify",
-            "--tasks",
-            dir.to_str().unwrap(),
-            "--submissions",
-            bad.to_str().unwrap(),
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-        "line 1",
-    );
+    fails(&verify_bad, "line 1");
     assert!(!out2.exists());
 }
 
