@@ -260,6 +260,141 @@ impl Environment for TravelPlanning {
         Ok(task)
     }
 
+    fn tool_probes(&self, task: &Task) -> Result<Vec<ToolCall>, TaskError> {
+        let world: World = serde_json::from_str(task.world.get())
+            .map_err(|e| TaskError::Malformed(format!("world: {e}")))?;
+        let query = Query::from_constraints(&task.constraints)?;
+        let plan: Value = serde_json::from_str(task.reference_solution.get())
+            .map_err(|e| TaskError::Malformed(format!("reference_solution: {e}")))?;
+        let parsed: Plan = serde_json::from_value(plan.clone())
+            .map_err(|e| TaskError::Malformed(format!("reference_solution: {e}")))?;
+        let mut calls = Vec::new();
+        let mut call = |name: &str, arguments: Value| {
+            calls.push(ToolCall {
+                name: name.into(),
+                arguments,
+            })
+        };
+        call("list_states", json!({}));
+        for s in world.states.iter().take(2) {
+            call("list_cities", json!({"state": s.name}));
+        }
+        call("list_cities", json!({"state": "Atlantis"}));
+        // Valid searches along the planted route, with and without filters.
+        let cities: Vec<&str> = {
+            let mut c: Vec<&str> = parsed.days.iter().map(|d| d.city.as_str()).collect();
+            c.dedup();
+            c
+        };
+        for d in &parsed.days {
+            if let Some(t) = &d.travel {
+                let args =
+                    json!({"origin": t.from, "destination": t.to, "date": query.date(d.day)});
+                call("search_flights", args.clone());
+                call("search_ground_transport", args);
+                call(
+                    "get_distance",
+                    json!({"origin": t.from, "destination": t.to}),
+                );
+            }
+        }
+        for (i, c) in cities.iter().enumerate().take(3) {
+            call("get_city", json!({"city": c}));
+            call("search_accommodations", json!({"city": c}));
+            call(
+                "search_accommodations",
+                json!({"city": c, "max_price": 150 + 50 * i, "min_rating": 3.5, "allows": "pets"}),
+            );
+            call(
+                "search_accommodations",
+                json!({"city": c, "room_type": "entire home", "max_price": 200.0}),
+            );
+            call("search_restaurants", json!({"city": c}));
+            call("search_attractions", json!({"city": c}));
+        }
+        if let Some(r) = world.restaurants.iter().find(|r| !r.cuisines.is_empty()) {
+            call(
+                "search_restaurants",
+                json!({"city": r.city, "cuisine": r.cuisines[0].to_uppercase(), "max_cost": 40, "min_rating": 4}),
+            );
+        }
+        if let Some(a) = world.attractions.first() {
+            call(
+                "search_attractions",
+                json!({"city": a.city, "category": a.category.to_lowercase(), "max_price": 20}),
+            );
+        }
+        // One record of each kind the plan names, and hallucinated ones.
+        let mut ids: Vec<String> = Vec::new();
+        for d in &parsed.days {
+            ids.extend(d.travel.iter().map(|t| t.transport.clone()));
+            ids.extend(d.meals().into_iter().flatten().cloned());
+            ids.extend(d.attractions.iter().cloned());
+            ids.extend(d.accommodation.iter().cloned());
+            ids.push(d.city.clone());
+        }
+        let mut kinds = std::collections::BTreeSet::new();
+        ids.retain(|id| kinds.insert(id.bytes().next()));
+        ids.extend(["H99999", "R0x", "Z1", "", "T", "héllo"].map(String::from));
+        for id in ids {
+            call("get_details", json!({"id": id}));
+        }
+        call("estimate_cost", json!({"plan": plan}));
+        call("submit_plan", json!({"plan": plan}));
+        let mut hallucinated = plan.clone();
+        if let Some(day) = hallucinated.pointer_mut("/days/0") {
+            day["breakfast"] = json!("R99999");
+            day["attractions"] = json!(["A99999", "nonsense"]);
+        }
+        call("estimate_cost", json!({"plan": hallucinated}));
+        // Not found, invalid arguments, unknown tools.
+        let c0 = world.cities[0].id.clone();
+        call("get_city", json!({"city": "C99999"}));
+        call(
+            "search_flights",
+            json!({"origin": "C99999", "destination": c0, "date": query.date(1)}),
+        );
+        call(
+            "search_ground_transport",
+            json!({"origin": c0, "destination": "nowhere", "date": query.date(1)}),
+        );
+        call(
+            "search_flights",
+            json!({"origin": c0, "destination": c0, "date": "2027-02-30"}),
+        );
+        call(
+            "search_flights",
+            json!({"origin": c0, "destination": c0, "date": "2027-2-3"}),
+        );
+        call("get_city", json!({"city": c0, "verbose": true}));
+        call("get_city", json!({}));
+        call("get_city", json!({"city": 7}));
+        call("get_city", json!({"city": "C".repeat(65)}));
+        call("get_city", json!(["C00"]));
+        call(
+            "search_accommodations",
+            json!({"city": c0, "room_type": "castle"}),
+        );
+        call(
+            "search_accommodations",
+            json!({"city": c0, "max_price": -1}),
+        );
+        call(
+            "search_accommodations",
+            json!({"city": c0, "max_price": 12.5}),
+        );
+        call("search_restaurants", json!({"city": c0, "min_rating": 7}));
+        call("estimate_cost", json!({"plan": "a plan"}));
+        call("estimate_cost", json!({"plan": {}}));
+        call(
+            "submit_plan",
+            json!({"plan": {"days": [{"day": "one", "city": 7}]}}),
+        );
+        call("submit_plan", json!({"plan": {"days": []}}));
+        call("book_hotel", json!({"city": c0}));
+        Ok(calls)
+    }
+
     fn probes(&self, task: &Task) -> Result<Vec<Probe>, TaskError> {
         let world: World = serde_json::from_str(task.world.get())
             .map_err(|e| TaskError::Malformed(format!("world: {e}")))?;

@@ -9,7 +9,10 @@ use crate::query::{Query, ids, room_type_ok};
 use crate::world::{Accommodation, Mode, World, id_index};
 
 fn mutant(target: &'static str, solution: Option<Plan>) -> Option<Mutant<Plan>> {
-    solution.map(|solution| Mutant { target, solution })
+    solution.map(|solution| Mutant {
+        target: target.into(),
+        solution,
+    })
 }
 
 /// Indices of days that stay in one city.

@@ -29,10 +29,10 @@ pub struct Args {
     /// Measure only generation or only verification.
     #[arg(long, value_parser = ["generate", "verify", "sandbox"])]
     pub only: Option<String>,
-    /// Also measure this verifier component (e.g. one built by `envsynth plugin build`) on a
-    /// medium travel task's planted plan.
+    /// Also measure these verifier components (e.g. ones built by `envsynth plugin build`; the
+    /// flag may be repeated) on a medium travel task's planted plan, side by side.
     #[arg(long)]
-    pub plugin: Option<std::path::PathBuf>,
+    pub plugin: Vec<std::path::PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     });
 
     let sandbox = if run_sandbox {
-        Some(sandbox_bench(a.seconds, a.plugin.as_deref(), &pool[0])?)
+        Some(sandbox_bench(a.seconds, &a.plugin, &pool[0])?)
     } else {
         None
     };
@@ -186,7 +186,7 @@ pub fn run(a: Args) -> Result<()> {
                 "    load from the precompiled cache {:>10.2} ms",
                 f("cached_load_ms")
             );
-            if let Some(p) = sb.get("plugin") {
+            for p in sb["plugins"].as_array().into_iter().flatten() {
                 let g = |k: &str| p[k].as_f64().unwrap_or(0.0);
                 println!("  sandbox, {}:", p["path"].as_str().unwrap_or(""));
                 println!(
@@ -212,7 +212,7 @@ pub fn run(a: Args) -> Result<()> {
 /// Sandbox costs for the trivial WAT verifier: cold compile, cached load, fresh-instance call.
 fn sandbox_bench(
     seconds: f64,
-    plugin_path: Option<&std::path::Path>,
+    plugin_paths: &[std::path::PathBuf],
     sample: &(Task, String, Vec<Value>),
 ) -> Result<Value> {
     use envsynth_sandbox::{Limits, Sandbox, World, trivial_verifier_wat};
@@ -246,7 +246,8 @@ fn sandbox_bench(
         "compile_ms": (compile_ms * 100.0).round() / 100.0,
         "cached_load_ms": (loads[loads.len() / 2] * 100.0).round() / 100.0,
     });
-    if let Some(path) = plugin_path {
+    let mut plugins = Vec::new();
+    for path in plugin_paths {
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let start = Instant::now();
         sb.load(&bytes, World::Verifier)
@@ -273,16 +274,18 @@ fn sandbox_bench(
             ));
             1
         });
-        let fuel = envsynth_sandbox::plugin_verdict(&p, &limits, &task.id, task_json, &sub).fuel;
-        measured["plugin"] = json!({
+        let v = envsynth_sandbox::plugin_verdict(&p, &limits, &task.id, task_json, &sub);
+        plugins.push(json!({
             "path": path.display().to_string(),
             "call_us": (1e7 / calls).round() / 10.0,
             "calls_per_s": (calls * 10.0).round() / 10.0,
-            "fuel_per_call": fuel,
+            "fuel_per_call": v.fuel,
+            "verdict_passed": v.passed,
             "compile_ms": cold_ms.round(),
             "cached_load_ms": (loads[loads.len() / 2] * 100.0).round() / 100.0,
-        });
+        }));
     }
+    measured["plugins"] = json!(plugins);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(measured)
 }

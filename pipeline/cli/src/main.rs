@@ -39,7 +39,7 @@ enum Command {
     Envs,
     /// Measure certified tasks/s and verdicts/s on one core, against baselines.
     Bench(bench::Args),
-    /// Build plugins and check them against an environment's integrity suite.
+    /// Build plugins, check them against an environment's integrity suite, register environments.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
 }
@@ -50,10 +50,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Show(a) => show::run(a),
-        Command::Envs => {
-            envs::print();
-            Ok(())
-        }
+        Command::Envs => envs::print(),
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),
     };

@@ -7,25 +7,33 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use envsynth_core::{TaskRequest, env::generate};
-use envsynth_sandbox::{Limits, Sandbox, World, plugin_verdict};
+use envsynth_core::{Environment, Task, TaskRequest, env::generate, tool_results_agree};
+use envsynth_sandbox::{
+    Limits, PluginEnvironment, Sandbox, World, plugin_tool_result, plugin_verdict, world_state,
+};
 
 /// The WIT contract, compiled into the binary so that builds need no checkout.
 const WIT: &str = include_str!("../../../verifiers/wit/envsynth.wit");
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
-    /// Build a component from a Python source file (componentize-py, installed from PyPI).
+    /// Build a component from a Python (componentize-py, from PyPI) or JavaScript
+    /// (componentize-js, from npm) source file.
     Build(BuildArgs),
-    /// Run an environment's integrity suite against a verifier component: planted solutions must
-    /// pass, every single-constraint mutant must fail naming its constraint, empty, garbage and
-    /// adversarial submissions must score 0; verdicts must equal the native verifier's.
+    /// Run the integrity suite against a component. A verifier: planted solutions must pass, every
+    /// single-constraint mutant must fail naming its constraint, empty, garbage and adversarial
+    /// submissions must score 0, and verdicts must equal the native verifier's. A toolset: results
+    /// of valid, invalid and adversarial calls must equal the native tools'. An environment: it
+    /// must generate certified tasks at every level that pass their probes.
     Check(CheckArgs),
+    /// Register an environment component so that `envsynth generate --env <id>` uses it.
+    Register(RegisterArgs),
 }
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// The plugin's source: a Python module (`verifier.py`) defining `class WitWorld`.
+    /// The plugin's source: a Python module defining `class WitWorld`, or a JavaScript module
+    /// exporting the world's functions.
     pub source: PathBuf,
     /// Which world of verifiers/wit/envsynth.wit it implements.
     #[arg(long, default_value = "verifier", value_parser = ["verifier", "toolset", "environment"])]
@@ -37,9 +45,9 @@ pub struct BuildArgs {
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// The verifier component (`.wasm`).
+    /// The component (`.wasm`); its world is read from its exports.
     pub component: PathBuf,
-    /// The environment whose tasks and integrity suite to use.
+    /// The native environment a verifier or toolset is compared with.
     #[arg(long, default_value = "travel-planning")]
     pub env: String,
     /// Tasks per level.
@@ -47,12 +55,42 @@ pub struct CheckArgs {
     pub count: u64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// At most this many probes per task, rotating through each task's probes so that
+    /// successive tasks cover all of them (for quick checks of slow plugins over many tasks).
+    #[arg(long)]
+    pub probes: Option<usize>,
+}
+
+/// The probes of the `n`-th task to run: all, or `max` of them in rotation.
+fn rotate<T>(probes: Vec<T>, n: usize, max: Option<usize>) -> Vec<T> {
+    let Some(max) = max.filter(|m| *m < probes.len()) else {
+        return probes;
+    };
+    let len = probes.len();
+    let keep: Vec<usize> = (0..max).map(|j| (n * max + j) % len).collect();
+    probes
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[derive(clap::Args)]
+pub struct RegisterArgs {
+    /// The environment component (`.wasm`).
+    pub component: PathBuf,
 }
 
 pub fn run(c: PluginCommand) -> Result<()> {
     match c {
         PluginCommand::Build(a) => build(a),
         PluginCommand::Check(a) => check(a),
+        PluginCommand::Register(a) => {
+            let dest = crate::envs::register(&a.component)?;
+            eprintln!("registered {}", dest.display());
+            Ok(())
+        }
     }
 }
 
@@ -64,15 +102,43 @@ fn world(name: &str) -> World {
     }
 }
 
+/// A build tool: what to run, and how to tell the user to install it.
+fn componentizer(lang: &str, source: &Path) -> Result<(PathBuf, &'static str)> {
+    match lang {
+        "py" => Ok((
+            PathBuf::from("componentize-py"),
+            "componentize-py is not installed: `python3 -m pip install componentize-py==0.25.1`",
+        )),
+        "js" => {
+            // npm installs it under node_modules/.bin of the project (`npm ci`); look there from
+            // the source's directory and the working directory upwards, then on PATH.
+            let hint = "componentize-js is not installed: run `npm ci` in the envsynth checkout \
+                        (package.json pins @bytecodealliance/componentize-js)";
+            let starts = [
+                std::path::absolute(source).ok(),
+                std::env::current_dir().ok(),
+            ];
+            for start in starts.into_iter().flatten() {
+                for dir in start.ancestors() {
+                    let bin = dir.join("node_modules/.bin/componentize-js");
+                    if bin.exists() {
+                        return Ok((bin, hint));
+                    }
+                }
+            }
+            Ok((PathBuf::from("componentize-js"), hint))
+        }
+        _ => bail!(
+            "{}: unsupported source; plugins are built from Python (.py) or JavaScript (.js)",
+            source.display()
+        ),
+    }
+}
+
 fn build(a: BuildArgs) -> Result<()> {
     crate::existing(&a.source, "source")?;
     let ext = a.source.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext != "py" {
-        bail!(
-            "{}: only Python sources (.py) can be built so far; JavaScript (componentize-js) is not supported yet",
-            a.source.display()
-        );
-    }
+    let (tool, hint) = componentizer(ext, &a.source)?;
     let out = a
         .out
         .clone()
@@ -83,31 +149,44 @@ fn build(a: BuildArgs) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let module = a
+    let file = a
         .source
-        .file_stem()
+        .file_name()
         .and_then(|s| s.to_str())
         .context("source has no file name")?;
     let wit_dir = std::env::temp_dir().join(format!("envsynth-wit-{}", std::process::id()));
     std::fs::create_dir_all(&wit_dir)?;
     std::fs::write(wit_dir.join("envsynth.wit"), WIT)?;
-    let status = Command::new("componentize-py")
-        .arg("-d")
-        .arg(&wit_dir)
-        .args(["-w", &a.world, "componentize", module, "-o"])
-        .arg(&out)
-        .current_dir(dir)
-        .status();
+    let mut cmd = Command::new(&tool);
+    if ext == "py" {
+        let module = file.trim_end_matches(".py");
+        cmd.arg("-d")
+            .arg(&wit_dir)
+            .args(["-w", &a.world, "componentize", module, "-o"])
+            .arg(&out);
+    } else {
+        // No HTTP: the sandbox does not provide wasi:http.
+        cmd.arg(file)
+            .arg("--wit")
+            .arg(&wit_dir)
+            .args([
+                "--world-name",
+                &a.world,
+                "--disable",
+                "http",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&out);
+    }
+    let status = cmd.current_dir(dir).status();
     let _ = std::fs::remove_dir_all(&wit_dir);
     match status {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!(
-                "componentize-py is not installed: `python3 -m pip install componentize-py==0.25.1`"
-            )
-        }
-        Err(e) => return Err(e).context("running componentize-py"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{hint}"),
+        Err(e) => return Err(e).with_context(|| format!("running {}", tool.display())),
         Ok(s) if !s.success() => bail!(
-            "componentize-py failed ({s}) building {}",
+            "{} failed ({s}) building {}",
+            tool.display(),
             a.source.display()
         ),
         Ok(_) => {}
@@ -134,69 +213,211 @@ pub fn cache_dir() -> PathBuf {
     base.join("envsynth").join("components")
 }
 
-fn check(a: CheckArgs) -> Result<()> {
-    crate::existing(&a.component, "component")?;
-    let env = crate::envs::find(&a.env)?;
-    let sandbox = Sandbox::new(Some(&cache_dir())).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plugin = sandbox
-        .load_file(&a.component, World::Verifier)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.component.display()))?;
-    let limits = Limits::default();
-    let (mut passed, mut failed) = (0usize, Vec::<String>::new());
+/// What a component exports decides which suite it gets.
+fn detect_world(sandbox: &Sandbox, path: &Path) -> Result<envsynth_sandbox::Plugin> {
+    let mut last = None;
+    for w in [World::Environment, World::Toolset, World::Verifier] {
+        match sandbox.load_file(path, w) {
+            Ok(p) => return Ok(p),
+            Err(e @ envsynth_sandbox::SandboxError::WrongWorld { .. }) => last = Some(e),
+            Err(e) => bail!("{}: {e}", path.display()),
+        }
+    }
+    match last {
+        Some(e) => bail!("{}: {e}", path.display()),
+        None => bail!("{}: not a component of any envsynth world", path.display()),
+    }
+}
+
+/// Tallies probes and reports the failures.
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Report {
+    fn record(&mut self, what: String, problems: Vec<String>) {
+        if problems.is_empty() {
+            self.passed += 1;
+        } else {
+            self.failed.push(format!("{what}: {}", problems.join("; ")));
+        }
+    }
+
+    fn finish(self, name: &str, kind: &str) -> Result<()> {
+        println!(
+            "{name}: {} {kind} probe(s) passed, {} failed",
+            self.passed,
+            self.failed.len()
+        );
+        for f in self.failed.iter().take(20) {
+            println!("  FAIL {f}");
+        }
+        if self.failed.len() > 20 {
+            println!("  ... and {} more", self.failed.len() - 20);
+        }
+        if !self.failed.is_empty() {
+            bail!(
+                "{name} failed {} of {} {kind} probes",
+                self.failed.len(),
+                self.failed.len() + self.passed
+            );
+        }
+        Ok(())
+    }
+}
+
+fn tasks(env: &dyn Environment, count: u64, seed: u64) -> Result<Vec<Task>> {
+    let mut out = Vec::new();
     for level in env.spec().levels.clone() {
-        for index in 0..a.count {
+        for index in 0..count {
             let req = TaskRequest {
-                seed: a.seed,
+                seed,
                 index,
                 level: level.clone(),
                 overrides: Value::Null,
             };
-            let task = generate(env.as_ref(), &req)?.task;
-            let task_json = serde_json::to_string(&task)?;
-            let native = env.prepare(&task)?;
-            for probe in env.probes(&task)? {
-                let sub = probe.submission.to_string();
-                let got = plugin_verdict(&plugin, &limits, &task.id, &task_json, &sub);
-                let want = native.verify(&probe.submission);
-                let mut problems = Vec::new();
-                if let Err(e) = probe.expect.check(&got) {
-                    problems.push(e);
-                }
-                if (got.reward, got.passed, got.failure_kind, &got.checks)
-                    != (want.reward, want.passed, want.failure_kind, &want.checks)
-                {
-                    problems.push("differs from the native verifier's verdict".into());
-                }
-                if problems.is_empty() {
-                    passed += 1;
-                } else {
-                    failed.push(format!(
-                        "{level}/{index} {}: {}",
-                        probe.name,
-                        problems.join("; ")
-                    ));
-                }
-            }
+            out.push(generate(env, &req)?.task);
         }
     }
-    println!(
-        "{}: {passed} probe(s) passed, {} failed",
-        a.component.display(),
-        failed.len()
-    );
-    for f in failed.iter().take(20) {
-        println!("  FAIL {f}");
+    Ok(out)
+}
+
+/// `f` over `items` on every core, results in order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    if let Ok(mut out) = out.lock() {
+                        out[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Probe outcomes of one task: (what, problems).
+type Outcomes = Vec<(String, Vec<String>)>;
+
+fn task_label(t: &Task) -> String {
+    format!("{}/{}", t.difficulty.level, t.index)
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    crate::existing(&a.component, "component")?;
+    let sandbox = Sandbox::new(Some(&cache_dir())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plugin = detect_world(&sandbox, &a.component)?;
+    let name = a.component.display().to_string();
+    let limits = Limits::default();
+    match plugin.world() {
+        World::Environment => {
+            let env = PluginEnvironment::new(plugin, limits)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            check_environment(&env, a.count, a.seed)
+        }
+        World::Toolset => {
+            let env = crate::envs::find(&a.env)?;
+            let tasks = tasks(env.as_ref(), a.count, a.seed)?;
+            let numbered: Vec<(usize, Task)> = tasks.into_iter().enumerate().collect();
+            let outcomes = par_map(&numbered, |(n, task)| -> Result<Outcomes> {
+                let native = env.prepare(task)?;
+                let state = world_state(task);
+                Ok(rotate(env.tool_probes(task)?, *n, a.probes)
+                    .into_iter()
+                    .map(|call| {
+                        let got = plugin_tool_result(&plugin, &limits, &state, &call);
+                        let want = native.call_tool(&call);
+                        let problems = tool_results_agree(&want, &got).err().into_iter();
+                        (
+                            format!("{} {}", task_label(task), call.name),
+                            problems.collect(),
+                        )
+                    })
+                    .collect())
+            });
+            report_all(outcomes)?.finish(&name, "tool")
+        }
+        World::Verifier => {
+            let env = crate::envs::find(&a.env)?;
+            let tasks = tasks(env.as_ref(), a.count, a.seed)?;
+            let numbered: Vec<(usize, Task)> = tasks.into_iter().enumerate().collect();
+            let outcomes = par_map(&numbered, |(n, task)| -> Result<Outcomes> {
+                let task_json = serde_json::to_string(task)?;
+                let native = env.prepare(task)?;
+                let mut out = Vec::new();
+                for probe in rotate(env.probes(task)?, *n, a.probes) {
+                    let sub = probe.submission.to_string();
+                    let got = plugin_verdict(&plugin, &limits, &task.id, &task_json, &sub);
+                    let want = native.verify(&probe.submission);
+                    let mut problems = Vec::new();
+                    if let Err(e) = probe.expect.check(&got) {
+                        problems.push(e);
+                    }
+                    if (got.reward, got.passed, got.failure_kind, &got.checks)
+                        != (want.reward, want.passed, want.failure_kind, &want.checks)
+                    {
+                        problems.push("differs from the native verifier's verdict".into());
+                    }
+                    if let (false, Some(e)) = (problems.is_empty(), &got.error) {
+                        problems.push(format!("the plugin's error: {}", clip(e, 400)));
+                    }
+                    out.push((format!("{} {}", task_label(task), probe.name), problems));
+                }
+                Ok(out)
+            });
+            report_all(outcomes)?.finish(&name, "verifier")
+        }
     }
-    if failed.len() > 20 {
-        println!("  ... and {} more", failed.len() - 20);
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
     }
-    if !failed.is_empty() {
-        bail!(
-            "{} failed {} of {} integrity probes",
-            a.component.display(),
-            failed.len(),
-            failed.len() + passed
-        );
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    Ok(())
+    format!("{}...", &s[..end])
+}
+
+fn report_all(outcomes: Vec<Result<Outcomes>>) -> Result<Report> {
+    let mut report = Report::default();
+    for o in outcomes {
+        for (what, problems) in o? {
+            report.record(what, problems);
+        }
+    }
+    Ok(report)
+}
+
+/// The integrity suite of an environment (native or plugin): tasks generate and certify at every
+/// level, and every task's probes get the verdicts they must.
+pub fn check_environment(env: &dyn Environment, count: u64, seed: u64) -> Result<()> {
+    let mut report = Report::default();
+    for task in tasks(env, count, seed)? {
+        let prepared = env.prepare(&task)?;
+        for probe in env.probes(&task)? {
+            let got = prepared.verify(&probe.submission);
+            let problems = probe.expect.check(&got).err().into_iter().collect();
+            report.record(format!("{} {}", task_label(&task), probe.name), problems);
+        }
+    }
+    report.finish(&env.spec().env_ref().to_string(), "environment")
 }

@@ -624,9 +624,18 @@ fn plugin_check_catches_a_verifier_that_passes_everything() {
     );
     assert!(stderr.contains("integrity probes"), "{stderr}");
 
+    let rb = tmp.path().join("v.rb");
+    std::fs::write(&rb, "def verify; end").unwrap();
+    fails(
+        &["plugin", "build", rb.to_str().unwrap()],
+        "unsupported source",
+    );
     let js = tmp.path().join("v.js");
-    std::fs::write(&js, "export function verify() {}").unwrap();
-    fails(&["plugin", "build", js.to_str().unwrap()], "JavaScript");
+    std::fs::write(&js, "export function verify( {").unwrap();
+    fails(
+        &["plugin", "build", js.to_str().unwrap()],
+        "componentize-js",
+    );
     fails(
         &["plugin", "check", src.to_str().unwrap()],
         "not a loadable WebAssembly component",

@@ -9,7 +9,7 @@ use crate::verdict::Verdict;
 /// A copy of the planted solution changed to break exactly one constraint.
 pub struct Mutant<S> {
     /// The id of the check the mutant must fail.
-    pub target: &'static str,
+    pub target: std::borrow::Cow<'static, str>,
     pub solution: S,
 }
 
@@ -40,7 +40,7 @@ pub fn certify<S>(
     let mut covered: Vec<String> = Vec::with_capacity(mutants.len());
     for m in mutants {
         let verdict = verify(&m.solution);
-        let named = verdict.check(m.target).is_some_and(|c| !c.passed());
+        let named = verdict.check(&m.target).is_some_and(|c| !c.passed());
         if verdict.passed || !named {
             let failed: Vec<&str> = verdict.failed_checks().collect();
             return Err(Rejection::new(
@@ -52,7 +52,7 @@ pub fn certify<S>(
                 ),
             ));
         }
-        if !covered.iter().any(|c| c == m.target) {
+        if !covered.iter().any(|c| *c == m.target) {
             covered.push(m.target.to_string());
         }
     }
@@ -87,11 +87,11 @@ mod tests {
     fn accepts_good_and_rejects_uncaught_mutants() {
         let good = [
             Mutant {
-                target: "a.positive",
+                target: "a.positive".into(),
                 solution: -1,
             },
             Mutant {
-                target: "a.small",
+                target: "a.small".into(),
                 solution: 11,
             },
         ];
@@ -99,7 +99,7 @@ mod tests {
         assert_eq!(cert.mutants_rejected, vec!["a.positive", "a.small"]);
 
         let wrong_name = [Mutant {
-            target: "a.small",
+            target: "a.small".into(),
             solution: -1,
         }];
         assert_eq!(

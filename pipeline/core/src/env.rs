@@ -43,15 +43,19 @@ pub enum Stage {
 pub struct Rejection {
     pub stage: Stage,
     /// Short stable reason key, used for counting.
-    pub code: &'static str,
+    pub code: std::borrow::Cow<'static, str>,
     pub detail: String,
 }
 
 impl Rejection {
-    pub fn new(stage: Stage, code: &'static str, detail: impl Into<String>) -> Rejection {
+    pub fn new(
+        stage: Stage,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Rejection {
         Rejection {
             stage,
-            code,
+            code: code.into(),
             detail: detail.into(),
         }
     }
@@ -91,11 +95,64 @@ pub trait Environment: Send + Sync {
     /// The integrity suite for one task: submissions with the verdict each must get. A correct
     /// verifier (native or plugin) passes every probe (`envsynth plugin check`).
     fn probes(&self, task: &Task) -> Result<Vec<Probe>, TaskError>;
+    /// Tool calls that exercise every tool of one task: valid ones, invalid arguments, unknown
+    /// ids and tools. A toolset plugin must answer each as the native tools do
+    /// ([`tool_results_agree`]; `envsynth plugin check`).
+    fn tool_probes(&self, _task: &Task) -> Result<Vec<ToolCall>, TaskError> {
+        Ok(Vec::new())
+    }
     /// The reference solution in a form a person can read (used by `envsynth show`).
     fn describe_solution(&self, task: &Task) -> String {
         serde_json::from_str::<Value>(task.reference_solution.get())
             .and_then(|v| serde_json::to_string_pretty(&v))
             .unwrap_or_else(|_| task.reference_solution.get().to_string())
+    }
+}
+
+/// Whether two implementations of a tool answered one call the same way: equal results, or
+/// errors with the same code and message. For `invalid_arguments` the message must agree up to
+/// the argument it names (`tool: arguments/path:`); the diagnosis after that comes from a JSON
+/// Schema or JSON parser and may be worded differently.
+pub fn tool_results_agree(want: &ToolResult, got: &ToolResult) -> Result<(), String> {
+    use crate::model::ToolErrorCode;
+    fn located(m: &str) -> &str {
+        match m.match_indices(": ").nth(1) {
+            Some((i, _)) => &m[..i],
+            None => m,
+        }
+    }
+    match (want, got) {
+        (ToolResult::Ok { result: a }, ToolResult::Ok { result: b }) if a == b => Ok(()),
+        (
+            ToolResult::Error {
+                code: ca,
+                message: ma,
+            },
+            ToolResult::Error {
+                code: cb,
+                message: mb,
+            },
+        ) if ca == cb
+            && (ma == mb
+                || (*ca == ToolErrorCode::InvalidArguments && located(ma) == located(mb))) =>
+        {
+            Ok(())
+        }
+        _ => {
+            let show = |r: &ToolResult| {
+                let mut s = serde_json::to_string(r).unwrap_or_default();
+                if s.len() > 300 {
+                    let mut end = 300;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    s.truncate(end);
+                    s.push_str("...");
+                }
+                s
+            };
+            Err(format!("expected {}, got {}", show(want), show(got)))
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod verdict;
 pub use certify::{Certificate, Mutant, certify};
 pub use env::{
     Difficulty, Environment, Expect, PreparedTask, Probe, Rejection, Stage, TaskError, TaskRequest,
+    tool_results_agree,
 };
 pub use model::{
     EnvRef, EnvironmentSpec, Message, Submission, Task, ToolCall, ToolResult, ToolSpec,

@@ -90,6 +90,9 @@ pub enum ToolErrorCode {
     InvalidArguments,
     /// Arguments are well-formed but name something that does not exist.
     NotFound,
+    /// The tool itself failed (a sandbox limit, a trap, an unreadable answer): the environment's
+    /// fault, not the agent's. Rollouts record it as an infrastructure failure.
+    EnvironmentError,
 }
 
 /// An answer to a task: whatever the agent delivered (for travel planning, a plan object or text

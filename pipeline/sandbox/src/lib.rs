@@ -33,6 +33,9 @@ use wasmtime_wasi::{
 
 use envsynth_core::FailureKind;
 
+pub mod environment;
+pub use environment::{PluginEnvironment, plugin_tool_result, world_state};
+
 /// A hand-written WAT component of the `verifier` world with two placeholders, `@BODY@` (the
 /// core `verify` function's body) and `@EXTRA@` (more core functions). With `(call $ok)` as the
 /// body it returns a fixed passing verdict for task `t`. Used by the hostile-guest tests and by
@@ -235,7 +238,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<Guest>,
     cache_dir: Option<PathBuf>,
-    _ticker: Ticker,
+    ticker: Arc<Ticker>,
 }
 
 fn config(pooling: bool) -> Config {
@@ -280,7 +283,7 @@ impl Sandbox {
             engine,
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
-            _ticker: ticker,
+            ticker: Arc::new(ticker),
         })
     }
 
@@ -304,11 +307,13 @@ impl Sandbox {
         };
         let key = self.cache_key(bytes);
         let path = dir.join(format!("{}.cwasm", key.trim_start_matches("sha256:")));
-        if let Ok(cached) = std::fs::read(&path) {
+        if path.is_file() {
+            // Mapped, not read: a Python or JavaScript component compiles to tens of MB.
             // SAFETY: the file is one this sandbox wrote from `precompile_component` under a key
-            // that includes the engine's compatibility hash; the cache directory belongs to the
-            // operator, like the binary itself.
-            if let Ok(c) = unsafe { Component::deserialize(&self.engine, &cached) } {
+            // that includes the engine's compatibility hash, and is replaced only by an atomic
+            // rename (never modified in place); the cache directory belongs to the operator, like
+            // the binary itself.
+            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &path) } {
                 return Ok(c);
             }
         }
@@ -356,6 +361,7 @@ impl Sandbox {
         Ok(Plugin {
             pre,
             engine: self.engine.clone(),
+            _ticker: Arc::clone(&self.ticker),
             world,
             hash: envsynth_core::hash::sha256_id(bytes),
         })
@@ -407,6 +413,8 @@ pub struct CallOutput {
 pub struct Plugin {
     pre: InstancePre<Guest>,
     engine: Engine,
+    /// Keeps the epoch ticker running for as long as any plugin of the sandbox lives.
+    _ticker: Arc<Ticker>,
     world: World,
     hash: String,
 }

@@ -1,0 +1,296 @@
+//! Issue 3's proof that plugins are the same environment, through the `envsynth` binary: the
+//! JavaScript port of the travel verifier and the Python port of the travel tools answer as the
+//! native ones do, and an environment written entirely in Python is registered and generated
+//! like a native one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// Runs envsynth with a private component cache and plugin registry.
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("ENVSYNTH_CACHE", self.path("cache"))
+            .env("ENVSYNTH_HOME", self.path("home"))
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "envsynth {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn fails(&self, args: &[&str], needle: &str) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "envsynth {args:?} should fail");
+        assert!(text.contains(needle), "`{needle}` not in: {text}");
+        text
+    }
+    /// Build `source` (relative to the repository) into the temporary directory.
+    fn build(&self, source: &str, world: &str) -> PathBuf {
+        let name = Path::new(source).file_stem().unwrap().to_str().unwrap();
+        let wasm = self.path(&format!("{name}.wasm"));
+        let src = repo(source);
+        self.ok(&[
+            "plugin",
+            "build",
+            src.to_str().unwrap(),
+            "--world",
+            world,
+            "-o",
+            wasm.to_str().unwrap(),
+        ]);
+        wasm
+    }
+}
+
+/// `<name>: N <kind> probe(s) passed, M failed` → (N, M).
+fn tally(stdout: &str) -> (usize, usize) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("probe(s) passed"))
+        .unwrap_or_else(|| panic!("no tally in {stdout}"));
+    let nums: Vec<usize> = line
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// The JavaScript port gives the native verdict on every probe of 1,002 tasks (334 per level):
+/// planted plans, every single-constraint mutant, empty, garbage and adversarial submissions.
+#[test]
+fn the_javascript_travel_verifier_matches_the_native_one() {
+    let env = Env::new();
+    let wasm = env.build("verifiers/travel/travel_verifier.js", "verifier");
+    let out = env.ok(&[
+        "plugin",
+        "check",
+        wasm.to_str().unwrap(),
+        "--count",
+        "334",
+        "--seed",
+        "2027",
+    ]);
+    let (passed, failed) = tally(&out);
+    assert_eq!(failed, 0, "{out}");
+    assert!(passed >= 1002 * 15, "{out}");
+}
+
+/// The Python port of the travel tools answers as the native tools do: every tool probe of 15
+/// tasks (valid searches along the planted route with and without filters, records the plan
+/// names, hallucinated ids, invalid arguments, malformed plans, unknown tools), then 8 probes in
+/// rotation on each of 1,002 more tasks (334 per level). A fresh-instance Python call costs
+/// about 10 ms with a 90 KB world, so all ~63 probes of 1,002 tasks would take 10 minutes.
+#[test]
+fn the_python_travel_toolset_matches_the_native_tools_on_1000_tasks() {
+    let env = Env::new();
+    let wasm = env.build("verifiers/travel/travel_toolset.py", "toolset");
+    let w = wasm.to_str().unwrap();
+    let out = env.ok(&["plugin", "check", w, "--count", "5", "--seed", "7"]);
+    let (passed, failed) = tally(&out);
+    assert_eq!(failed, 0, "{out}");
+    assert!(passed >= 15 * 50, "{out}");
+    let out = env.ok(&[
+        "plugin", "check", w, "--count", "334", "--seed", "2026", "--probes", "8",
+    ]);
+    let (passed, failed) = tally(&out);
+    assert_eq!((passed, failed), (1002 * 8, 0), "{out}");
+}
+
+/// A toolset that answers one tool wrongly is caught, naming the tool.
+#[test]
+fn plugin_check_catches_a_toolset_that_differs() {
+    let env = Env::new();
+    let dir = env.path("broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["travel_common.py", "travel_tool_specs.py"] {
+        std::fs::copy(repo(&format!("verifiers/travel/{f}")), dir.join(f)).unwrap();
+    }
+    let src = std::fs::read_to_string(repo("verifiers/travel/travel_toolset.py")).unwrap();
+    // Round the cost estimate wrongly.
+    let broken = src.replace(
+        "return dict(c, unknown_ids=unknown)",
+        "return dict(c, total=c[\"total\"] + 1, unknown_ids=unknown)",
+    );
+    assert_ne!(src, broken);
+    std::fs::write(dir.join("travel_toolset.py"), broken).unwrap();
+    let wasm = env.path("broken.wasm");
+    env.ok(&[
+        "plugin",
+        "build",
+        dir.join("travel_toolset.py").to_str().unwrap(),
+        "--world",
+        "toolset",
+        "-o",
+        wasm.to_str().unwrap(),
+    ]);
+    let out = env.fails(
+        &["plugin", "check", wasm.to_str().unwrap(), "--count", "1"],
+        "tool probes",
+    );
+    assert!(out.contains("estimate_cost: expected"), "{out}");
+    assert!(!out.contains("submit_plan: expected"), "{out}");
+}
+
+/// The path by which users add environments: a whole environment written in Python is built,
+/// checked, registered, listed, generated into shards (certified by its own verifier, same bytes
+/// on a second run) and verified against, like a native one. Registered versions are immutable.
+#[test]
+fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
+    let env = Env::new();
+    let wasm = env.build("environments/meeting/meeting_scheduling.py", "environment");
+    let w = wasm.to_str().unwrap();
+    let out = env.ok(&["plugin", "check", w, "--count", "3"]);
+    let (passed, failed) = tally(&out);
+    assert_eq!((passed, failed), (3 * 3 * 4, 0), "{out}");
+
+    env.fails(
+        &[
+            "generate",
+            "--env",
+            "meeting-scheduling",
+            "--count",
+            "1",
+            "--out",
+            env.path("none").to_str().unwrap(),
+        ],
+        "unknown environment `meeting-scheduling`",
+    );
+    env.ok(&["plugin", "register", w]);
+    env.ok(&["plugin", "register", w]); // the same bytes again: nothing changes
+    let listed = env.ok(&["envs"]);
+    assert!(listed.contains("meeting-scheduling@0.1.0"), "{listed}");
+    assert!(listed.contains("find_free_slots"), "{listed}");
+
+    let generate = |dir: &Path| {
+        env.ok(&[
+            "generate",
+            "--env",
+            "meeting-scheduling",
+            "--count",
+            "24",
+            "--mix",
+            "easy=1,medium=1,hard=1",
+            "--format",
+            "both",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let (a, b) = (env.path("a"), env.path("b"));
+    generate(&a);
+    generate(&b);
+    let tasks = envsynth_shards::read_tasks(&a.join("part-00000-of-00001.parquet")).unwrap();
+    assert_eq!(tasks.len(), 24);
+    assert_eq!(
+        envsynth_shards::read_tasks(&a.join("part-00000-of-00001.jsonl"))
+            .unwrap()
+            .len(),
+        24
+    );
+    assert_eq!(
+        std::fs::read(a.join("part-00000-of-00001.parquet")).unwrap(),
+        std::fs::read(b.join("part-00000-of-00001.parquet")).unwrap(),
+        "same command, same bytes"
+    );
+    for t in &tasks {
+        assert_eq!(t.environment.to_string(), "meeting-scheduling@0.1.0");
+        assert_eq!(t.id, t.compute_id());
+        assert!(
+            t.certificate.mutants_rejected.len() >= 6,
+            "{:?}",
+            t.certificate
+        );
+    }
+
+    // Verify the planted schedules and an empty answer through the registered plugin.
+    let subs = env.path("subs.jsonl");
+    let mut lines = String::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let sub: serde_json::Value = if i % 2 == 0 {
+            serde_json::from_str(t.reference_solution.get()).unwrap()
+        } else {
+            serde_json::Value::Null
+        };
+        lines.push_str(&serde_json::json!({"task_id": t.id, "submission": sub}).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&subs, lines).unwrap();
+    let verdicts = env.path("verdicts.jsonl");
+    env.ok(&[
+        "verify",
+        "--tasks",
+        a.to_str().unwrap(),
+        "--submissions",
+        subs.to_str().unwrap(),
+        "--out",
+        verdicts.to_str().unwrap(),
+    ]);
+    let verdicts = std::fs::read_to_string(&verdicts).unwrap();
+    let rewards: Vec<f64> = verdicts
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["reward"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(rewards.len(), 24);
+    for (i, r) in rewards.iter().enumerate() {
+        assert_eq!(*r, if i % 2 == 0 { 1.0 } else { 0.0 }, "{verdicts}");
+    }
+
+    // A different component under the same id@version is refused.
+    let src = std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();
+    let changed = env.path("meeting_scheduling.py");
+    std::fs::write(&changed, src.replace("Phone booth", "Phone box")).unwrap();
+    let wasm2 = env.path("changed.wasm");
+    env.ok(&[
+        "plugin",
+        "build",
+        changed.to_str().unwrap(),
+        "--world",
+        "environment",
+        "-o",
+        wasm2.to_str().unwrap(),
+    ]);
+    env.fails(
+        &["plugin", "register", wasm2.to_str().unwrap()],
+        "already registered with different content",
+    );
+}
