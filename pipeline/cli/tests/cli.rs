@@ -622,7 +622,7 @@ fn plugin_check_catches_a_verifier_that_passes_everything() {
         stdout.contains("garbage:text") || stdout.contains("more"),
         "{stdout}"
     );
-    assert!(stderr.contains("integrity probes"), "{stderr}");
+    assert!(stderr.contains("verifier probes"), "{stderr}");
 
     let rb = tmp.path().join("v.rb");
     std::fs::write(&rb, "def verify; end").unwrap();

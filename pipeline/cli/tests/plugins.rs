@@ -175,6 +175,7 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     let env = Env::new();
     let wasm = env.build("environments/meeting/meeting_scheduling.py", "environment");
     let w = wasm.to_str().unwrap();
+    payloads_match_the_published_schemas(&wasm);
     let out = env.ok(&["plugin", "check", w, "--count", "3"]);
     let (passed, failed) = tally(&out);
     assert_eq!((passed, failed), (3 * 3 * 4, 0), "{out}");
@@ -293,4 +294,75 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
         &["plugin", "register", wasm2.to_str().unwrap()],
         "already registered with different content",
     );
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repo(&format!("verifiers/schema/{name}"))).unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn conforms(name: &str, v: &serde_json::Value) {
+    if let Some(e) = schema(name).iter_errors(v).next() {
+        panic!("{name}: {} at {}: {v:.300}", e, e.instance_path());
+    }
+}
+
+/// Every payload that crosses the WIT boundary of an environment component has a published
+/// schema beside the WIT, and the example environment's payloads conform to them.
+fn payloads_match_the_published_schemas(wasm: &Path) {
+    use envsynth_sandbox::{Limits, Sandbox, World};
+    use serde_json::{Value, json};
+    let sb = Sandbox::new(None).unwrap();
+    let p = sb.load_file(wasm, World::Environment).unwrap();
+    let limits = Limits::default();
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    let spec = parse(&p.spec(&limits).unwrap().value);
+    conforms("environment-spec.schema.json", &spec);
+    let tools = parse(&p.tool_specs(&limits).unwrap().value);
+    conforms("tool-specs.schema.json", &tools);
+    for level in spec["levels"].as_array().unwrap() {
+        let request =
+            json!({"seed": 1, "index": 2, "level": level, "overrides": null, "attempt": 0});
+        conforms("generate-request.schema.json", &request);
+        let generated = match p.generate(&limits, &request.to_string()).unwrap() {
+            Ok(out) => parse(&out.value),
+            Err(rejection) => {
+                conforms("generate-rejection.schema.json", &parse(&rejection));
+                continue;
+            }
+        };
+        conforms("generated-task.schema.json", &generated);
+        let state = json!({"world": generated["world"], "constraints": generated["constraints"]});
+        conforms("world-state.schema.json", &state);
+        for (tool, args) in [
+            ("list_people", json!({})),
+            ("get_busy", json!({"id": "P1", "day": 2})),
+            ("get_busy", json!({"id": "nobody"})),
+            (
+                "check_room",
+                json!({"room": "R1", "day": 9, "start": "10:00", "duration_min": 30}),
+            ),
+            ("no_such_tool", json!({})),
+        ] {
+            let out = p
+                .call_tool(&limits, &state.to_string(), tool, &args.to_string())
+                .unwrap();
+            conforms("tool-result.schema.json", &parse(&out.value));
+        }
+        let task = json!({"id": "t", "world": generated["world"], "constraints": generated["constraints"]});
+        for sub in [
+            generated["reference_solution"].clone(),
+            Value::Null,
+            json!(42),
+        ] {
+            let out = p
+                .verify(&limits, &task.to_string(), &sub.to_string())
+                .unwrap();
+            conforms("verdict.schema.json", &parse(&out.value));
+        }
+    }
+    let bad =
+        json!({"seed": 1, "index": 2, "level": "impossible", "overrides": null, "attempt": 0});
+    let rejection = p.generate(&limits, &bad.to_string()).unwrap().unwrap_err();
+    conforms("generate-rejection.schema.json", &parse(&rejection));
 }

@@ -308,13 +308,23 @@ impl Sandbox {
         let key = self.cache_key(bytes);
         let path = dir.join(format!("{}.cwasm", key.trim_start_matches("sha256:")));
         if path.is_file() {
-            // Mapped, not read: a Python or JavaScript component compiles to tens of MB.
-            // SAFETY: the file is one this sandbox wrote from `precompile_component` under a key
-            // that includes the engine's compatibility hash, and is replaced only by an atomic
-            // rename (never modified in place); the cache directory belongs to the operator, like
-            // the binary itself.
-            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &path) } {
-                return Ok(c);
+            // Map a private copy rather than the cache file itself or a read buffer: a Python or
+            // JavaScript component compiles to about 40 MB, and mapping avoids copying it through
+            // user space twice. The copy is unlinked at once, so nothing can truncate it under the
+            // live mapping (a truncated mapped file kills the process with SIGBUS); a copy torn by
+            // a concurrent writer fails to deserialize and is recompiled.
+            static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COPIES.fetch_add(1, Ordering::Relaxed);
+            let private = path.with_extension(format!("{}-{n}.map", std::process::id()));
+            if std::fs::copy(&path, &private).is_ok() {
+                // SAFETY: `private` is this process's own copy of a file this sandbox wrote from
+                // `precompile_component`, under a key that includes the engine's compatibility
+                // hash; it is unlinked below and never written again.
+                let loaded = unsafe { Component::deserialize_file(&self.engine, &private) };
+                let _ = std::fs::remove_file(&private);
+                if let Ok(c) = loaded {
+                    return Ok(c);
+                }
             }
         }
         let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;

@@ -389,3 +389,48 @@ fn plugin_output_becomes_a_checked_verdict() {
         (FailureKind::SandboxFuelExhausted, true)
     );
 }
+
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn memory_a_guest_touched_is_given_back_even_when_it_traps() {
+    let sb = sandbox();
+    // Grow by 48 MiB, write to every page of it, then trap.
+    let toucher = guest(
+        "(call $touch) (unreachable)",
+        "(func $touch (local $p i32)
+           (drop (memory.grow (i32.const 768)))
+           (local.set $p (i32.const 65536))
+           (loop $l
+             (i32.store8 (local.get $p) (i32.const 1))
+             (local.set $p (i32.add (local.get $p) (i32.const 4096)))
+             (br_if $l (i32.lt_u (local.get $p) (i32.const 50331648)))))",
+    );
+    let p = sb.load(&toucher, World::Verifier).unwrap();
+    let limits = Limits::default();
+    for _ in 0..3 {
+        assert!(matches!(
+            p.verify(&limits, "{}", "{}"),
+            Err(SandboxError::Trap(_))
+        ));
+    }
+    let before = resident_bytes();
+    for _ in 0..100 {
+        assert!(matches!(
+            p.verify(&limits, "{}", "{}"),
+            Err(SandboxError::Trap(_))
+        ));
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    // 100 calls dirtied 4.8 GB between them; kept, that would show here.
+    assert!(
+        grown < 256 << 20,
+        "resident memory grew by {} MiB over 100 calls",
+        grown >> 20
+    );
+}
