@@ -4,6 +4,7 @@ mod bench;
 mod envs;
 mod generate;
 mod plugin;
+mod registry;
 mod show;
 mod verify;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Build plugins, check them against an environment's integrity suite, register environments.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Import datasets into the environment registry (SQLite or PostgreSQL) and export task sets.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Envs => envs::print(),
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),
+        Command::Registry(c) => registry::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,869 @@
+//! The environment registry: environments with immutable, content-hashed versions; immutable,
+//! versioned task sets with named splits; tasks; and rollout results with per-policy difficulty
+//! statistics. One [`Store`] trait with two implementations, [`SqliteStore`] (embedded, the
+//! default: WAL, busy timeout, foreign keys, `BEGIN IMMEDIATE` for every write) and [`PgStore`]
+//! (PostgreSQL, for many trainers and workers). Each runs its embedded migrations when opened.
+//! The only crate that names sqlx.
+//!
+//! The SQL is shared: both dialects accept `$1`-style parameters (SQLite numbers them by first
+//! appearance, so every statement uses them in ascending order), `ON CONFLICT DO NOTHING` and
+//! `RETURNING`. JSON is stored as text in both.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use envsynth_core::Task;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An immutable record exists with other content.
+    #[error(
+        "{what} already exists with different content (content hash {existing}, not {offered}); publish a new version"
+    )]
+    Conflict {
+        what: String,
+        existing: String,
+        offered: String,
+    },
+    /// A reference to something that is not in the registry.
+    #[error("{0}")]
+    NotFound(String),
+    /// Input the registry refuses, naming the field.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What a write did: it created the record, or an identical one was already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Put {
+    Created,
+    Unchanged,
+}
+
+/// One version of an environment and what a trainer needs to know about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    pub id: String,
+    pub version: String,
+    /// `sha256:` of everything that determines its tasks and verdicts.
+    pub content_hash: String,
+    pub description: String,
+    /// Tags, license, provenance, tool specs, verifier identity, baseline scores.
+    pub metadata: Value,
+}
+
+/// A filter for listing environments.
+#[derive(Clone, Debug, Default)]
+pub struct EnvironmentQuery {
+    /// Substring of the id or description (case-insensitive ASCII).
+    pub text: Option<String>,
+    /// Return environments registered after this cursor (from the previous page).
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+/// A page of environments and the cursor of the next one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EnvironmentPage {
+    pub environments: Vec<EnvironmentRecord>,
+    pub next: Option<i64>,
+}
+
+/// An immutable, versioned set of tasks with named splits.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskSetRecord {
+    pub name: String,
+    pub version: String,
+    pub content_hash: String,
+    /// Each split's name and size, by name.
+    pub splits: Vec<(String, u64)>,
+}
+
+/// Which tasks a query is about.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskFilter {
+    pub env_id: Option<String>,
+    pub level: Option<String>,
+    /// Only members of this task set (`name`, `version`) ...
+    pub set: Option<(String, String)>,
+    /// ... in this split.
+    pub split: Option<String>,
+}
+
+/// One scored rollout. `rollout_id` is the caller's idempotency key: recording it twice changes
+/// nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub rollout_id: String,
+    pub task_id: String,
+    pub policy: String,
+    pub sample_seed: u64,
+    pub verdict: envsynth_core::Verdict,
+}
+
+/// Per (task, policy) difficulty statistics. Masked rollouts (not the agent's fault) are counted
+/// apart and left out of attempts and passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Difficulty {
+    pub task_id: String,
+    pub policy: String,
+    pub attempts: u64,
+    pub passes: u64,
+    pub masked: u64,
+}
+
+impl Difficulty {
+    /// The unbiased pass@k estimator, 1 - C(n-c, k) / C(n, k), over the unmasked attempts; `None`
+    /// when there are fewer than k attempts.
+    pub fn pass_at(&self, k: u64) -> Option<f64> {
+        let (n, c) = (self.attempts, self.passes);
+        if k == 0 || n < k {
+            return None;
+        }
+        if n - c < k {
+            return Some(1.0);
+        }
+        let mut fail = 1.0;
+        for i in (n - c + 1)..=n {
+            fail *= 1.0 - k as f64 / i as f64;
+        }
+        Some(1.0 - fail)
+    }
+}
+
+/// The registry's storage. Both implementations pass the same test suite.
+pub trait Store: Send + Sync + 'static {
+    /// Register an environment version. The same `id@version` with the same content hash is
+    /// `Unchanged`; with another content hash it is a [`StoreError::Conflict`].
+    fn put_environment(
+        &self,
+        env: &EnvironmentRecord,
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send;
+    fn environment(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<EnvironmentRecord>, StoreError>> + Send;
+    fn environments(
+        &self,
+        query: &EnvironmentQuery,
+    ) -> impl Future<Output = Result<EnvironmentPage, StoreError>> + Send;
+    /// Publish a task set: every task (stored once, whatever sets hold it) and its membership,
+    /// atomically. Each task's environment must be registered and its id must match its content.
+    /// Publishing the same set again is `Unchanged`; other content under the same name and
+    /// version is a conflict.
+    fn put_task_set(
+        &self,
+        name: &str,
+        version: &str,
+        members: &[(String, Task)],
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send;
+    /// A task set and the size of each of its splits.
+    fn task_set(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<TaskSetRecord>, StoreError>> + Send;
+    fn task(&self, id: &str) -> impl Future<Output = Result<Option<Task>, StoreError>> + Send;
+    fn count_tasks(
+        &self,
+        filter: &TaskFilter,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Task ids in a stable order (set position, else id), from `offset`, at most `limit`.
+    fn task_ids(
+        &self,
+        filter: &TaskFilter,
+        offset: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Record rollouts atomically; returns how many were new.
+    fn record_rollouts(
+        &self,
+        rollouts: &[RolloutRecord],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn difficulty(
+        &self,
+        task_id: &str,
+        policy: &str,
+    ) -> impl Future<Output = Result<Difficulty, StoreError>> + Send;
+}
+
+/// The content hash of a task set: its members in order.
+pub fn task_set_hash(members: &[(String, Task)]) -> String {
+    let mut parts: Vec<(&str, &[u8])> = Vec::with_capacity(members.len() * 2);
+    for (split, task) in members {
+        parts.push(("split", split.as_bytes()));
+        parts.push(("task", task.id.as_bytes()));
+    }
+    envsynth_core::hash::sha256_parts(parts)
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), StoreError> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(StoreError::Invalid(format!(
+            "{what} `{}` must be 1-128 of [A-Za-z0-9._-]",
+            s.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn check_members(members: &[(String, Task)]) -> Result<(), StoreError> {
+    for (i, (split, task)) in members.iter().enumerate() {
+        check_name(&format!("members[{i}].split"), split)?;
+        let computed = task.compute_id();
+        if task.id != computed {
+            return Err(StoreError::Invalid(format!(
+                "members[{i}]: task id {} does not match its content ({computed})",
+                task.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn json_text(v: &impl Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+fn like_pattern(text: &str) -> String {
+    let escaped: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("%{escaped}%")
+}
+
+/// The WHERE clause and its text parameters for a task filter; parameters are numbered from
+/// `$1` in order of appearance.
+fn task_where(f: &TaskFilter) -> (String, Vec<String>, bool) {
+    let mut clauses = Vec::new();
+    let mut params = Vec::new();
+    let joined = f.set.is_some();
+    let mut p = |clause: &str, v: &str, params: &mut Vec<String>| {
+        params.push(v.to_string());
+        clauses.push(clause.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(e) = &f.env_id {
+        p("t.env_id = ?", e, &mut params);
+    }
+    if let Some(l) = &f.level {
+        p("t.level = ?", l, &mut params);
+    }
+    if let Some((name, version)) = &f.set {
+        p("m.set_name = ?", name, &mut params);
+        p("m.set_version = ?", version, &mut params);
+        if let Some(s) = &f.split {
+            p("m.split = ?", s, &mut params);
+        }
+    }
+    let clause = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (clause, params, joined)
+}
+
+fn parse_task(body: &str) -> Result<Task, StoreError> {
+    Task::from_json(body).map_err(|e| StoreError::Invalid(format!("stored task: {e}")))
+}
+
+macro_rules! store_impl {
+    ($store:ident, $begin:expr, $lock:expr) => {
+        impl Store for $store {
+            async fn put_environment(&self, env: &EnvironmentRecord) -> Result<Put, StoreError> {
+                check_name("environment id", &env.id)?;
+                check_name("environment version", &env.version)?;
+                let metadata = json_text(&env.metadata)?;
+                let mut tx = self.pool.begin_with($begin).await?;
+                if !$lock.is_empty() {
+                    sqlx::query($lock).execute(&mut *tx).await?;
+                }
+                let existing: Option<String> = sqlx::query_scalar(
+                    "SELECT content_hash FROM environments WHERE env_id = $1 AND version = $2",
+                )
+                .bind(&env.id)
+                .bind(&env.version)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(existing) = existing {
+                    return if existing == env.content_hash {
+                        Ok(Put::Unchanged)
+                    } else {
+                        Err(StoreError::Conflict {
+                            what: format!("environment {}@{}", env.id, env.version),
+                            existing,
+                            offered: env.content_hash.clone(),
+                        })
+                    };
+                }
+                sqlx::query(
+                    "INSERT INTO environments (env_id, version, content_hash, description, metadata, seq) \
+                     VALUES ($1, $2, $3, $4, $5, (SELECT COALESCE(MAX(seq), 0) + 1 FROM environments))",
+                )
+                .bind(&env.id)
+                .bind(&env.version)
+                .bind(&env.content_hash)
+                .bind(&env.description)
+                .bind(&metadata)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Put::Created)
+            }
+
+            async fn environment(
+                &self,
+                id: &str,
+                version: &str,
+            ) -> Result<Option<EnvironmentRecord>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT env_id, version, content_hash, description, metadata, seq \
+                     FROM environments WHERE env_id = $1 AND version = $2",
+                )
+                .bind(id)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| env_row(&r).map(|(e, _)| e)).transpose()
+            }
+
+            async fn environments(
+                &self,
+                q: &EnvironmentQuery,
+            ) -> Result<EnvironmentPage, StoreError> {
+                let limit = q.limit.clamp(1, 1000);
+                let pattern = q.text.as_deref().map(like_pattern).unwrap_or_else(|| "%".into());
+                let rows = sqlx::query(
+                    "SELECT env_id, version, content_hash, description, metadata, seq FROM environments \
+                     WHERE seq > $1 AND (LOWER(env_id) LIKE $2 ESCAPE '\\' OR LOWER(description) LIKE $2 ESCAPE '\\') \
+                     ORDER BY seq LIMIT $3",
+                )
+                .bind(q.after.unwrap_or(0))
+                .bind(&pattern)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut environments = Vec::new();
+                let mut last = None;
+                for r in rows.iter().take(limit as usize) {
+                    let (e, seq) = env_row(r)?;
+                    environments.push(e);
+                    last = Some(seq);
+                }
+                let next = if rows.len() > limit as usize { last } else { None };
+                Ok(EnvironmentPage { environments, next })
+            }
+
+            async fn put_task_set(
+                &self,
+                name: &str,
+                version: &str,
+                members: &[(String, Task)],
+            ) -> Result<Put, StoreError> {
+                check_name("task set name", name)?;
+                check_name("task set version", version)?;
+                check_members(members)?;
+                let hash = task_set_hash(members);
+                let mut tx = self.pool.begin_with($begin).await?;
+                if !$lock.is_empty() {
+                    sqlx::query($lock).execute(&mut *tx).await?;
+                }
+                let existing: Option<String> = sqlx::query_scalar(
+                    "SELECT content_hash FROM task_sets WHERE name = $1 AND version = $2",
+                )
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(existing) = existing {
+                    return if existing == hash {
+                        Ok(Put::Unchanged)
+                    } else {
+                        Err(StoreError::Conflict {
+                            what: format!("task set {name}@{version}"),
+                            existing,
+                            offered: hash,
+                        })
+                    };
+                }
+                sqlx::query("INSERT INTO task_sets (name, version, content_hash) VALUES ($1, $2, $3)")
+                    .bind(name)
+                    .bind(version)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                let mut positions: std::collections::BTreeMap<&str, i64> = Default::default();
+                for (i, (split, task)) in members.iter().enumerate() {
+                    let known: Option<String> = sqlx::query_scalar(
+                        "SELECT content_hash FROM environments WHERE env_id = $1 AND version = $2",
+                    )
+                    .bind(&task.environment.id)
+                    .bind(&task.environment.version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if known.is_none() {
+                        return Err(StoreError::NotFound(format!(
+                            "members[{i}]: environment {} is not registered",
+                            task.environment
+                        )));
+                    }
+                    let body = json_text(task)?;
+                    sqlx::query(
+                        "INSERT INTO tasks (task_id, env_id, env_version, level, seed, task_index, body) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&task.id)
+                    .bind(&task.environment.id)
+                    .bind(&task.environment.version)
+                    .bind(&task.difficulty.level)
+                    .bind(task.seed as i64)
+                    .bind(task.index as i64)
+                    .bind(&body)
+                    .execute(&mut *tx)
+                    .await?;
+                    let pos = positions.entry(split.as_str()).or_insert(0);
+                    sqlx::query(
+                        "INSERT INTO task_set_members (set_name, set_version, split, position, task_id) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(name)
+                    .bind(version)
+                    .bind(split)
+                    .bind(*pos)
+                    .bind(&task.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    *pos += 1;
+                }
+                tx.commit().await?;
+                Ok(Put::Created)
+            }
+
+            async fn task_set(
+                &self,
+                name: &str,
+                version: &str,
+            ) -> Result<Option<TaskSetRecord>, StoreError> {
+                let hash: Option<String> = sqlx::query_scalar(
+                    "SELECT content_hash FROM task_sets WHERE name = $1 AND version = $2",
+                )
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(content_hash) = hash else {
+                    return Ok(None);
+                };
+                let rows = sqlx::query(
+                    "SELECT split, COUNT(*) AS n FROM task_set_members \
+                     WHERE set_name = $1 AND set_version = $2 GROUP BY split ORDER BY split",
+                )
+                .bind(name)
+                .bind(version)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut splits = Vec::new();
+                for r in &rows {
+                    splits.push((r.try_get::<String, _>("split")?, r.try_get::<i64, _>("n")? as u64));
+                }
+                Ok(Some(TaskSetRecord {
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    content_hash,
+                    splits,
+                }))
+            }
+
+            async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+                let body: Option<String> =
+                    sqlx::query_scalar("SELECT body FROM tasks WHERE task_id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                body.as_deref().map(parse_task).transpose()
+            }
+
+            async fn count_tasks(&self, f: &TaskFilter) -> Result<u64, StoreError> {
+                let (clause, params, joined) = task_where(f);
+                let from = if joined {
+                    "tasks t JOIN task_set_members m ON m.task_id = t.task_id"
+                } else {
+                    "tasks t"
+                };
+                let sql = format!("SELECT COUNT(*) FROM {from}{clause}");
+                let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+                for p in &params {
+                    q = q.bind(p);
+                }
+                Ok(q.fetch_one(&self.pool).await? as u64)
+            }
+
+            async fn task_ids(
+                &self,
+                f: &TaskFilter,
+                offset: u64,
+                limit: u32,
+            ) -> Result<Vec<String>, StoreError> {
+                let (clause, params, joined) = task_where(f);
+                let (from, order) = if joined {
+                    (
+                        "tasks t JOIN task_set_members m ON m.task_id = t.task_id",
+                        "m.split, m.position",
+                    )
+                } else {
+                    ("tasks t", "t.task_id")
+                };
+                let n = params.len();
+                let sql = format!(
+                    "SELECT t.task_id FROM {from}{clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
+                    n + 1,
+                    n + 2
+                );
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for p in &params {
+                    q = q.bind(p);
+                }
+                Ok(q
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .bind(offset.min(i64::MAX as u64) as i64)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn record_rollouts(&self, rollouts: &[RolloutRecord]) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let mut created = 0;
+                for (i, r) in rollouts.iter().enumerate() {
+                    check_name(&format!("rollouts[{i}].rollout_id"), &r.rollout_id)?;
+                    if r.verdict.task_id != r.task_id {
+                        return Err(StoreError::Invalid(format!(
+                            "rollouts[{i}]: the verdict is for task {}, not {}",
+                            r.verdict.task_id, r.task_id
+                        )));
+                    }
+                    let exists: Option<String> =
+                        sqlx::query_scalar("SELECT task_id FROM tasks WHERE task_id = $1")
+                            .bind(&r.task_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound(format!(
+                            "rollouts[{i}].task_id: no task {}",
+                            r.task_id
+                        )));
+                    }
+                    let kind = serde_json::to_value(r.verdict.failure_kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let done = sqlx::query(
+                        "INSERT INTO rollouts (rollout_id, task_id, policy, sample_seed, reward, passed, masked, failure_kind, verdict) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&r.rollout_id)
+                    .bind(&r.task_id)
+                    .bind(&r.policy)
+                    .bind(r.sample_seed as i64)
+                    .bind(r.verdict.reward)
+                    .bind(r.verdict.passed)
+                    .bind(r.verdict.mask)
+                    .bind(&kind)
+                    .bind(json_text(&r.verdict)?)
+                    .execute(&mut *tx)
+                    .await?;
+                    created += done.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(created)
+            }
+
+            async fn difficulty(&self, task_id: &str, policy: &str) -> Result<Difficulty, StoreError> {
+                let row = sqlx::query(
+                    "SELECT \
+                       COALESCE(SUM(CASE WHEN masked THEN 0 ELSE 1 END), 0) AS attempts, \
+                       COALESCE(SUM(CASE WHEN passed AND NOT masked THEN 1 ELSE 0 END), 0) AS passes, \
+                       COALESCE(SUM(CASE WHEN masked THEN 1 ELSE 0 END), 0) AS masked \
+                     FROM rollouts WHERE task_id = $1 AND policy = $2",
+                )
+                .bind(task_id)
+                .bind(policy)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Difficulty {
+                    task_id: task_id.to_string(),
+                    policy: policy.to_string(),
+                    attempts: row.try_get::<i64, _>("attempts")? as u64,
+                    passes: row.try_get::<i64, _>("passes")? as u64,
+                    masked: row.try_get::<i64, _>("masked")? as u64,
+                })
+            }
+        }
+    };
+}
+
+fn env_row<R: Row>(r: &R) -> Result<(EnvironmentRecord, i64), StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let metadata: String = r.try_get("metadata")?;
+    Ok((
+        EnvironmentRecord {
+            id: r.try_get("env_id")?,
+            version: r.try_get("version")?,
+            content_hash: r.try_get("content_hash")?,
+            description: r.try_get("description")?,
+            metadata: serde_json::from_str(&metadata)
+                .map_err(|e| StoreError::Invalid(format!("stored metadata: {e}")))?,
+        },
+        r.try_get("seq")?,
+    ))
+}
+
+/// The embedded SQLite store: one file, no set-up.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file at `path` and run the migrations.
+    pub async fn open(path: &std::path::Path) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        settle(|| migrator.run(&pool)).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+// `BEGIN IMMEDIATE` takes SQLite's write lock up front, so a read-then-write transaction never
+// fails to upgrade.
+store_impl!(SqliteStore, "BEGIN IMMEDIATE", "");
+
+/// The PostgreSQL store, for many trainers and workers.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user@host:port/db`) and run the migrations.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let migrator = sqlx::migrate!("migrations/postgres");
+        settle(|| migrator.run(&pool)).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Connect to `url` inside a fresh schema `schema` (created if missing): tests and
+    /// side-by-side deployments share one database without seeing each other's rows.
+    pub async fn open_in_schema(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        check_name("schema", schema)?;
+        if schema.contains(['.', '-']) {
+            return Err(StoreError::Invalid(format!(
+                "schema `{schema}` must be [A-Za-z0-9_]"
+            )));
+        }
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(sqlx::postgres::PgConnectOptions::from_str(url)?)
+            .await?;
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+        settle(|| sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&admin)).await?;
+        admin.close().await;
+        let options =
+            sqlx::postgres::PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let migrator = sqlx::migrate!("migrations/postgres");
+        settle(|| migrator.run(&pool)).await?;
+        Ok(PgStore { pool })
+    }
+}
+
+/// Run a start-up step that several processes may race on (creating a schema, migrating a
+/// fresh database: SQLite's migrator takes no lock, and concurrent `CREATE SCHEMA IF NOT EXISTS`
+/// can collide in PostgreSQL), retrying while the winner finishes. The step is idempotent.
+async fn settle<T, E, F, Fut>(mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    StoreError: From<E>,
+{
+    let mut attempt = 0u64;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= 40 => return Err(e.into()),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(25 * attempt.min(8))).await;
+            }
+        }
+    }
+}
+
+// Registrations (check, then insert) hold a transaction-scoped advisory lock, the counterpart of
+// SQLite's write lock: two writers of one version never both see it absent. Rollouts need no
+// lock: `ON CONFLICT DO NOTHING` makes a duplicate wait for the first writer, then skip.
+store_impl!(PgStore, "BEGIN", "SELECT pg_advisory_xact_lock(7417272730)");
+
+/// A store chosen at run time from a URL: `sqlite://PATH` (or `sqlite:PATH`) or
+/// `postgres://...` (`postgresql://...`; add `?schema=NAME` to keep the tables in schema NAME).
+#[derive(Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    pub async fn open(url: &str) -> Result<AnyStore, StoreError> {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(StoreError::Invalid("sqlite URL has no file path".into()));
+            }
+            let path = std::path::Path::new(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Invalid(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            return Ok(AnyStore::Sqlite(SqliteStore::open(path).await?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Our own parameter `schema=NAME`: keep the registry's tables in that schema.
+            if let Some((base, query)) = url.split_once('?') {
+                let mut schema = None;
+                let rest: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| match kv.strip_prefix("schema=") {
+                        Some(name) => {
+                            schema = Some(name.to_string());
+                            false
+                        }
+                        None => true,
+                    })
+                    .collect();
+                if let Some(schema) = schema {
+                    let url = if rest.is_empty() {
+                        base.to_string()
+                    } else {
+                        format!("{base}?{}", rest.join("&"))
+                    };
+                    return Ok(AnyStore::Postgres(
+                        PgStore::open_in_schema(&url, &schema).await?,
+                    ));
+                }
+            }
+            return Ok(AnyStore::Postgres(PgStore::open(url).await?));
+        }
+        Err(StoreError::Invalid(format!(
+            "unknown database URL `{url}`: use sqlite://PATH or postgres://USER@HOST:PORT/DB"
+        )))
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e.await,
+            AnyStore::Postgres($s) => $e.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn put_environment(&self, env: &EnvironmentRecord) -> Result<Put, StoreError> {
+        delegate!(self, s => s.put_environment(env))
+    }
+    async fn environment(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> Result<Option<EnvironmentRecord>, StoreError> {
+        delegate!(self, s => s.environment(id, version))
+    }
+    async fn environments(&self, q: &EnvironmentQuery) -> Result<EnvironmentPage, StoreError> {
+        delegate!(self, s => s.environments(q))
+    }
+    async fn put_task_set(
+        &self,
+        name: &str,
+        version: &str,
+        members: &[(String, Task)],
+    ) -> Result<Put, StoreError> {
+        delegate!(self, s => s.put_task_set(name, version, members))
+    }
+    async fn task_set(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<TaskSetRecord>, StoreError> {
+        delegate!(self, s => s.task_set(name, version))
+    }
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        delegate!(self, s => s.task(id))
+    }
+    async fn count_tasks(&self, f: &TaskFilter) -> Result<u64, StoreError> {
+        delegate!(self, s => s.count_tasks(f))
+    }
+    async fn task_ids(
+        &self,
+        f: &TaskFilter,
+        offset: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.task_ids(f, offset, limit))
+    }
+    async fn record_rollouts(&self, r: &[RolloutRecord]) -> Result<u64, StoreError> {
+        delegate!(self, s => s.record_rollouts(r))
+    }
+    async fn difficulty(&self, task_id: &str, policy: &str) -> Result<Difficulty, StoreError> {
+        delegate!(self, s => s.difficulty(task_id, policy))
+    }
+}
