@@ -333,6 +333,16 @@ fn check(a: CheckArgs) -> Result<()> {
         }
         World::Toolset => {
             let env = crate::envs::find(&a.env)?;
+            // The specs the agent sees must be the native ones.
+            let specs = plugin
+                .tool_specs(&limits)
+                .map_err(|e| anyhow::anyhow!("{name}: tool-specs(): {e}"))?;
+            let specs: Value = serde_json::from_str(&specs.value)
+                .with_context(|| format!("{name}: tool-specs() is not JSON"))?;
+            let mut spec_problems = Vec::new();
+            if specs != serde_json::to_value(env.tool_specs())? {
+                spec_problems.push("differ from the native tool specs".to_string());
+            }
             let tasks = tasks(env.as_ref(), a.count, a.seed)?;
             let numbered: Vec<(usize, Task)> = tasks.into_iter().enumerate().collect();
             let outcomes = par_map(&numbered, |(n, task)| -> Result<Outcomes> {
@@ -351,7 +361,9 @@ fn check(a: CheckArgs) -> Result<()> {
                     })
                     .collect())
             });
-            report_all(outcomes)?.finish(&name, "tool")
+            let mut report = report_all(outcomes)?;
+            report.record("tool-specs()".into(), spec_problems);
+            report.finish(&name, "tool")
         }
         World::Verifier => {
             let env = crate::envs::find(&a.env)?;

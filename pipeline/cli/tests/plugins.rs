@@ -129,7 +129,8 @@ fn the_python_travel_toolset_matches_the_native_tools_on_1000_tasks() {
         "plugin", "check", w, "--count", "334", "--seed", "2026", "--probes", "8",
     ]);
     let (passed, failed) = tally(&out);
-    assert_eq!((passed, failed), (1002 * 8, 0), "{out}");
+    // 8 probes on each task, plus the tool-specs comparison.
+    assert_eq!((passed, failed), (1002 * 8 + 1, 0), "{out}");
 }
 
 /// A toolset that answers one tool wrongly is caught, naming the tool.
@@ -164,6 +165,35 @@ fn plugin_check_catches_a_toolset_that_differs() {
         "tool probes",
     );
     assert!(out.contains("estimate_cost: expected"), "{out}");
+    assert!(!out.contains("tool-specs()"), "{out}");
+
+    // A toolset whose specs drift from the native ones is caught too.
+    let specs = std::fs::read_to_string(repo("verifiers/travel/travel_tool_specs.py")).unwrap();
+    let drifted = specs.replacen("List the states", "List all the states", 1);
+    assert_ne!(specs, drifted);
+    std::fs::write(dir.join("travel_tool_specs.py"), drifted).unwrap();
+    std::fs::write(
+        dir.join("travel_toolset.py"),
+        std::fs::read_to_string(repo("verifiers/travel/travel_toolset.py")).unwrap(),
+    )
+    .unwrap();
+    env.ok(&[
+        "plugin",
+        "build",
+        dir.join("travel_toolset.py").to_str().unwrap(),
+        "--world",
+        "toolset",
+        "-o",
+        wasm.to_str().unwrap(),
+    ]);
+    let out = env.fails(
+        &["plugin", "check", wasm.to_str().unwrap(), "--count", "1"],
+        "tool probes",
+    );
+    assert!(
+        out.contains("FAIL tool-specs(): differ from the native tool specs"),
+        "{out}"
+    );
     assert!(!out.contains("submit_plan: expected"), "{out}");
 }
 
