@@ -61,7 +61,11 @@ impl Env {
     fn build(&self, source: &str, world: &str) -> PathBuf {
         let name = Path::new(source).file_stem().unwrap().to_str().unwrap();
         let wasm = self.path(&format!("{name}.wasm"));
-        let src = repo(source);
+        self.build_at(&repo(source), world, &wasm);
+        wasm
+    }
+    /// Build the component at `src` into `wasm`.
+    fn build_at(&self, src: &Path, world: &str, wasm: &Path) {
         self.ok(&[
             "plugin",
             "build",
@@ -71,7 +75,6 @@ impl Env {
             "-o",
             wasm.to_str().unwrap(),
         ]);
-        wasm
     }
 }
 
@@ -151,15 +154,7 @@ fn plugin_check_catches_a_toolset_that_differs() {
     assert_ne!(src, broken);
     std::fs::write(dir.join("travel_toolset.py"), broken).unwrap();
     let wasm = env.path("broken.wasm");
-    env.ok(&[
-        "plugin",
-        "build",
-        dir.join("travel_toolset.py").to_str().unwrap(),
-        "--world",
-        "toolset",
-        "-o",
-        wasm.to_str().unwrap(),
-    ]);
+    env.build_at(&dir.join("travel_toolset.py"), "toolset", &wasm);
     let out = env.fails(
         &["plugin", "check", wasm.to_str().unwrap(), "--count", "1"],
         "tool probes",
@@ -177,15 +172,7 @@ fn plugin_check_catches_a_toolset_that_differs() {
         std::fs::read_to_string(repo("verifiers/travel/travel_toolset.py")).unwrap(),
     )
     .unwrap();
-    env.ok(&[
-        "plugin",
-        "build",
-        dir.join("travel_toolset.py").to_str().unwrap(),
-        "--world",
-        "toolset",
-        "-o",
-        wasm.to_str().unwrap(),
-    ]);
+    env.build_at(&dir.join("travel_toolset.py"), "toolset", &wasm);
     let out = env.fails(
         &["plugin", "check", wasm.to_str().unwrap(), "--count", "1"],
         "tool probes",
@@ -311,15 +298,7 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     let changed = env.path("meeting_scheduling.py");
     std::fs::write(&changed, src.replace("Phone booth", "Phone box")).unwrap();
     let wasm2 = env.path("changed.wasm");
-    env.ok(&[
-        "plugin",
-        "build",
-        changed.to_str().unwrap(),
-        "--world",
-        "environment",
-        "-o",
-        wasm2.to_str().unwrap(),
-    ]);
+    env.build_at(&changed, "environment", &wasm2);
     env.fails(
         &["plugin", "register", wasm2.to_str().unwrap()],
         "already registered with different content",
