@@ -549,6 +549,7 @@ class WitWorld(wit_world.WitWorld):
     def spec(self) -> str:
         return json.dumps({
             "id": ENV_ID, "version": VERSION, "levels": list(LEVELS),
+            "tags": ["scheduling", "calendar", "tool-use"], "license": "Apache-2.0",
             "description": "Schedule a week's meetings around people's and rooms' calendars, with time "
                            "windows, days to avoid and ordering rules (a Python plugin).",
         })

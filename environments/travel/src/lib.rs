@@ -79,6 +79,10 @@ impl TravelPlanning {
                     (TravelPlanner's constraints plus DeepSeek-V3.2-style conditional rules)."
                     .into(),
                 levels: LEVELS.iter().map(|s| s.to_string()).collect(),
+                tags: ["planning", "tool-use", "constraints", "travel"]
+                    .map(String::from)
+                    .to_vec(),
+                license: "Apache-2.0".into(),
             },
             templates,
         }

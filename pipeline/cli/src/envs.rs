@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use envsynth_core::Environment;
+use envsynth_registry::VerifierIdentity;
 use envsynth_sandbox::{Limits, PluginEnvironment, Sandbox, World};
 use envsynth_travel::TravelPlanning;
 
@@ -118,6 +119,22 @@ pub fn find(name: &str) -> Result<Box<dyn Environment>> {
         .collect();
     known.extend(plugins.iter().map(|(i, v, _)| format!("{i}@{v}")));
     bail!("unknown environment `{name}` (known: {})", known.join(", "))
+}
+
+/// Which code verifies an environment's tasks: a native environment of this build, else the
+/// component whose hash is the spec's content hash.
+pub fn verifier_identity(spec: &envsynth_core::EnvironmentSpec) -> VerifierIdentity {
+    if native().iter().any(|e| e.spec().id == spec.id) {
+        VerifierIdentity {
+            kind: "native".into(),
+            digest: format!("envsynth {}", env!("CARGO_PKG_VERSION")),
+        }
+    } else {
+        VerifierIdentity {
+            kind: "wasm".into(),
+            digest: spec.content_hash.clone(),
+        }
+    }
 }
 
 pub fn print() -> Result<()> {

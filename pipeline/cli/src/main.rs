@@ -1,10 +1,12 @@
 //! `envsynth`: generate certified task shards, verify submissions, inspect tasks, benchmark.
 
 mod bench;
+mod bench_api;
 mod envs;
 mod generate;
 mod plugin;
 mod registry;
+mod serve;
 mod show;
 mod verify;
 
@@ -46,6 +48,12 @@ enum Command {
     /// Import datasets into the environment registry (SQLite or PostgreSQL) and export task sets.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Serve the registry over HTTP: environments, task discovery and sampling, server-side
+    /// verification, rollout results, difficulty statistics (OpenAPI at /openapi.json).
+    Serve(serve::Args),
+    /// Load-test the HTTP API on loopback: task sampling and verification, against in-process
+    /// baselines, on SQLite or PostgreSQL.
+    BenchApi(bench_api::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),
         Command::Registry(c) => registry::run(c),
+        Command::Serve(a) => serve::run(a),
+        Command::BenchApi(a) => bench_api::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

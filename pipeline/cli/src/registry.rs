@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use envsynth_core::Task;
-use envsynth_registry::{AnyStore, EnvironmentRecord, Put, Store, TaskFilter};
+use envsynth_registry::{AnyStore, EnvironmentMetadata, EnvironmentRecord, Put, Store, TaskFilter};
 use envsynth_shards::Manifest;
 
 #[derive(clap::Subcommand)]
@@ -171,19 +171,23 @@ async fn import(a: ImportArgs) -> Result<()> {
     let spec = &manifest.environment;
     let tools = tasks
         .first()
-        .map(|t| serde_json::to_value(&*t.tools))
-        .transpose()?
-        .unwrap_or(json!([]));
+        .map(|t| t.tools.to_vec())
+        .unwrap_or_default();
+    let verifier = crate::envs::verifier_identity(spec);
     let env = EnvironmentRecord {
         id: spec.id.clone(),
         version: spec.version.clone(),
         content_hash: spec.content_hash.clone(),
         description: spec.description.clone(),
-        metadata: json!({
-            "levels": spec.levels,
-            "tool_specs": tools,
-            "provenance": {"generator": manifest.generator},
-        }),
+        metadata: EnvironmentMetadata {
+            tags: spec.tags.clone(),
+            license: spec.license.clone(),
+            levels: spec.levels.clone(),
+            tool_specs: tools,
+            verifier,
+            provenance: json!({"generator": manifest.generator}),
+            baselines: Vec::new(),
+        },
     };
     let env_put = store.put_environment(&env).await?;
     let set = a.set.clone().unwrap_or_else(|| spec.id.clone());

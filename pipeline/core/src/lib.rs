@@ -4,6 +4,7 @@
 
 pub mod certify;
 pub mod env;
+pub mod extract;
 pub mod hash;
 pub mod metrics;
 pub mod model;
@@ -19,5 +20,6 @@ pub use env::{
 pub use model::{
     EnvRef, EnvironmentSpec, Message, Submission, Task, ToolCall, ToolResult, ToolSpec,
 };
+pub use extract::extract_submission;
 pub use stages::{Draft, Stages};
 pub use verdict::{Check, CheckStatus, FailureKind, Verdict};

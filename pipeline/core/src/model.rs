@@ -19,6 +19,12 @@ pub struct EnvironmentSpec {
     pub description: String,
     /// Named difficulty levels, easiest first.
     pub levels: Vec<String>,
+    /// Search keywords (`planning`, `tool-use`, ...), each 1-64 of `[a-z0-9_-]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// SPDX license expression of the environment's tasks and data (empty: unstated).
+    #[serde(default)]
+    pub license: String,
 }
 
 impl EnvironmentSpec {

@@ -60,8 +60,45 @@ pub struct EnvironmentRecord {
     /// `sha256:` of everything that determines its tasks and verdicts.
     pub content_hash: String,
     pub description: String,
-    /// Tags, license, provenance, tool specs, verifier identity, baseline scores.
-    pub metadata: Value,
+    #[serde(flatten)]
+    pub metadata: EnvironmentMetadata,
+}
+
+/// What the registry keeps about an environment version besides its identity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnvironmentMetadata {
+    /// Search keywords, each 1-64 of `[a-z0-9_-]`.
+    pub tags: Vec<String>,
+    /// SPDX license expression of its tasks and data.
+    pub license: String,
+    /// Difficulty levels, easiest first.
+    pub levels: Vec<String>,
+    pub tool_specs: Vec<envsynth_core::ToolSpec>,
+    pub verifier: VerifierIdentity,
+    /// Where it came from: generator name and version, source repository, paper.
+    pub provenance: Value,
+    /// Reference scores of known policies.
+    pub baselines: Vec<Baseline>,
+}
+
+/// Which code computes an environment's verdicts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifierIdentity {
+    /// `native` (compiled into envsynth) or `wasm` (a sandboxed component).
+    pub kind: String,
+    /// The native build (`envsynth <version>`) or the component's `sha256:`.
+    pub digest: String,
+}
+
+/// A policy's reference score on an environment (`metric`: `pass@1`, `final_pass_rate`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub policy: String,
+    pub metric: String,
+    pub value: f64,
 }
 
 /// A filter for listing environments.
@@ -69,6 +106,8 @@ pub struct EnvironmentRecord {
 pub struct EnvironmentQuery {
     /// Substring of the id or description (case-insensitive ASCII).
     pub text: Option<String>,
+    /// Only environments with this tag.
+    pub tag: Option<String>,
     /// Return environments registered after this cursor (from the previous page).
     pub after: Option<i64>,
     pub limit: u32,
@@ -100,6 +139,18 @@ pub struct TaskFilter {
     pub set: Option<(String, String)>,
     /// ... in this split.
     pub split: Option<String>,
+    /// Only tasks whose measured pass rate for a policy lies in a band.
+    pub pass_band: Option<PassBand>,
+}
+
+/// A difficulty band: tasks a policy passed in `min..=max` of at least `min_attempts` unmasked
+/// rollouts. Tasks with fewer attempts are outside every band.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PassBand {
+    pub policy: String,
+    pub min: f64,
+    pub max: f64,
+    pub min_attempts: u64,
 }
 
 /// One scored rollout. `rollout_id` is the caller's idempotency key: recording it twice changes
@@ -193,11 +244,38 @@ pub trait Store: Send + Sync + 'static {
         &self,
         rollouts: &[RolloutRecord],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Per-policy difficulty statistics of a task, by policy.
+    fn difficulties(
+        &self,
+        task_id: &str,
+    ) -> impl Future<Output = Result<Vec<Difficulty>, StoreError>> + Send;
+    /// One policy's statistics on a task (zeros when it has none).
     fn difficulty(
         &self,
         task_id: &str,
         policy: &str,
-    ) -> impl Future<Output = Result<Difficulty, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Difficulty, StoreError>> + Send {
+        async move {
+            let all = self.difficulties(task_id).await?;
+            Ok(all
+                .into_iter()
+                .find(|d| d.policy == policy)
+                .unwrap_or_else(|| Difficulty {
+                    task_id: task_id.to_string(),
+                    policy: policy.to_string(),
+                    ..Difficulty::default()
+                }))
+        }
+    }
+    /// Every task id the filter selects, once each, in the order of [`Store::task_ids`]: the
+    /// population that seeded sampling draws from.
+    fn candidates(
+        &self,
+        filter: &TaskFilter,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// A counter that every write that changes the registry increases: equal revisions mean
+    /// equal content, so results computed at one revision can be reused until it moves.
+    fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The content hash of a task set: its members in order.
@@ -239,6 +317,21 @@ fn check_members(members: &[(String, Task)]) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn check_metadata(m: &EnvironmentMetadata) -> Result<(), StoreError> {
+    if m.tags.len() > 32 {
+        return Err(StoreError::Invalid("tags: at most 32".into()));
+    }
+    for (i, t) in m.tags.iter().enumerate() {
+        check_name(&format!("tags[{i}]"), t)?;
+    }
+    if m.license.len() > 128 {
+        return Err(StoreError::Invalid("license: longer than 128 bytes".into()));
+    }
+    Ok(())
+}
+
+const BUMP_REVISION: &str = "UPDATE registry_revision SET n = n + 1 WHERE id = 1";
+
 fn json_text(v: &impl Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
@@ -255,35 +348,126 @@ fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// The WHERE clause and its text parameters for a task filter; parameters are numbered from
-/// `$1` in order of appearance.
-fn task_where(f: &TaskFilter) -> (String, Vec<String>, bool) {
+/// A bound SQL parameter.
+enum Param {
+    Text(String),
+    Real(f64),
+    Int(i64),
+}
+
+/// The FROM and WHERE clauses and their parameters for a task filter; parameters are numbered
+/// from `$1` in order of appearance. The second value is the ORDER BY of a stable listing.
+fn task_from_where(f: &TaskFilter) -> (String, &'static str, Vec<Param>) {
     let mut clauses = Vec::new();
     let mut params = Vec::new();
-    let joined = f.set.is_some();
-    let mut p = |clause: &str, v: &str, params: &mut Vec<String>| {
-        params.push(v.to_string());
-        clauses.push(clause.replace('?', &format!("${}", params.len())));
+    let mut p = |clause: &str, v: Param, params: &mut Vec<Param>| {
+        params.push(v);
+        clauses.push(clause.replacen('?', &format!("${}", params.len()), 1));
     };
     if let Some(e) = &f.env_id {
-        p("t.env_id = ?", e, &mut params);
+        p("t.env_id = ?", Param::Text(e.clone()), &mut params);
     }
     if let Some(l) = &f.level {
-        p("t.level = ?", l, &mut params);
+        p("t.level = ?", Param::Text(l.clone()), &mut params);
     }
     if let Some((name, version)) = &f.set {
-        p("m.set_name = ?", name, &mut params);
-        p("m.set_version = ?", version, &mut params);
+        p("m.set_name = ?", Param::Text(name.clone()), &mut params);
+        p("m.set_version = ?", Param::Text(version.clone()), &mut params);
         if let Some(s) = &f.split {
-            p("m.split = ?", s, &mut params);
+            p("m.split = ?", Param::Text(s.clone()), &mut params);
         }
     }
+    if let Some(b) = &f.pass_band {
+        // One `?` at a time, in order, so each gets the next number.
+        let mut sub = String::from(
+            "t.task_id IN (SELECT task_id FROM rollouts WHERE policy = ? AND NOT masked \
+             GROUP BY task_id HAVING COUNT(*) >= ? \
+             AND CAST(SUM(CASE WHEN passed THEN 1 ELSE 0 END) AS DOUBLE PRECISION) >= ? * CAST(COUNT(*) AS DOUBLE PRECISION) \
+             AND CAST(SUM(CASE WHEN passed THEN 1 ELSE 0 END) AS DOUBLE PRECISION) <= ? * CAST(COUNT(*) AS DOUBLE PRECISION))",
+        );
+        for v in [
+            Param::Text(b.policy.clone()),
+            Param::Int(b.min_attempts.max(1).min(i64::MAX as u64) as i64),
+            Param::Real(b.min),
+            Param::Real(b.max),
+        ] {
+            params.push(v);
+            sub = sub.replacen('?', &format!("${}", params.len()), 1);
+        }
+        clauses.push(sub);
+    }
+    let (from, order) = if f.set.is_some() {
+        (
+            "tasks t JOIN task_set_members m ON m.task_id = t.task_id",
+            "m.split, m.position",
+        )
+    } else {
+        ("tasks t", "t.task_id")
+    };
     let clause = if clauses.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", clauses.join(" AND "))
     };
-    (clause, params, joined)
+    (format!("{from}{clause}"), order, params)
+}
+
+/// Bind the parameters of [`task_from_where`] to a query.
+macro_rules! bind_params {
+    ($q:expr, $params:expr) => {{
+        let mut q = $q;
+        for p in $params {
+            q = match p {
+                Param::Text(v) => q.bind(v.as_str()),
+                Param::Real(v) => q.bind(*v),
+                Param::Int(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+
+/// `n` distinct members of `candidates` (fewer if it runs out), none in `exclude`, drawn with a
+/// ChaCha generator seeded by `seed`: the same candidates, seed, count and exclusions give the
+/// same sample, in the same order.
+pub fn seeded_sample<'a>(
+    candidates: &'a [String],
+    seed: u64,
+    n: usize,
+    exclude: &std::collections::HashSet<&str>,
+) -> Vec<&'a str> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n.min(candidates.len()));
+    if n == 0 || candidates.is_empty() {
+        return out;
+    }
+    // Draw by rejection while most candidates are still eligible; when the draws would mostly
+    // miss, shuffle the eligible rest instead. Which path runs depends only on the inputs.
+    let eligible = candidates.len() - exclude.len().min(candidates.len());
+    if eligible >= 2 * n && n <= 4096 {
+        let mut taken = std::collections::HashSet::with_capacity(n);
+        while out.len() < n {
+            let i = rng.random_range(0..candidates.len());
+            let id = candidates[i].as_str();
+            if !exclude.contains(id) && taken.insert(i) {
+                out.push(id);
+            }
+        }
+        return out;
+    }
+    let mut rest: Vec<&str> = candidates
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !exclude.contains(id))
+        .collect();
+    let take = n.min(rest.len());
+    for i in 0..take {
+        let j = rng.random_range(i..rest.len());
+        rest.swap(i, j);
+    }
+    rest.truncate(take);
+    rest
 }
 
 fn parse_task(body: &str) -> Result<Task, StoreError> {
@@ -296,6 +480,7 @@ macro_rules! store_impl {
             async fn put_environment(&self, env: &EnvironmentRecord) -> Result<Put, StoreError> {
                 check_name("environment id", &env.id)?;
                 check_name("environment version", &env.version)?;
+                check_metadata(&env.metadata)?;
                 let metadata = json_text(&env.metadata)?;
                 let mut tx = self.pool.begin_with($begin).await?;
                 if !$lock.is_empty() {
@@ -330,6 +515,18 @@ macro_rules! store_impl {
                 .bind(&metadata)
                 .execute(&mut *tx)
                 .await?;
+                let tags: std::collections::BTreeSet<&String> = env.metadata.tags.iter().collect();
+                for tag in tags {
+                    sqlx::query(
+                        "INSERT INTO environment_tags (env_id, version, tag) VALUES ($1, $2, $3)",
+                    )
+                    .bind(&env.id)
+                    .bind(&env.version)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(BUMP_REVISION).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(Put::Created)
             }
@@ -359,10 +556,13 @@ macro_rules! store_impl {
                 let rows = sqlx::query(
                     "SELECT env_id, version, content_hash, description, metadata, seq FROM environments \
                      WHERE seq > $1 AND (LOWER(env_id) LIKE $2 ESCAPE '\\' OR LOWER(description) LIKE $2 ESCAPE '\\') \
-                     ORDER BY seq LIMIT $3",
+                     AND ($3 = '' OR EXISTS (SELECT 1 FROM environment_tags g \
+                          WHERE g.env_id = environments.env_id AND g.version = environments.version AND g.tag = $3)) \
+                     ORDER BY seq LIMIT $4",
                 )
                 .bind(q.after.unwrap_or(0))
                 .bind(&pattern)
+                .bind(q.tag.as_deref().unwrap_or(""))
                 .bind(i64::from(limit) + 1)
                 .fetch_all(&self.pool)
                 .await?;
@@ -458,6 +658,7 @@ macro_rules! store_impl {
                     .await?;
                     *pos += 1;
                 }
+                sqlx::query(BUMP_REVISION).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(Put::Created)
             }
@@ -507,17 +708,9 @@ macro_rules! store_impl {
             }
 
             async fn count_tasks(&self, f: &TaskFilter) -> Result<u64, StoreError> {
-                let (clause, params, joined) = task_where(f);
-                let from = if joined {
-                    "tasks t JOIN task_set_members m ON m.task_id = t.task_id"
-                } else {
-                    "tasks t"
-                };
-                let sql = format!("SELECT COUNT(*) FROM {from}{clause}");
-                let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-                for p in &params {
-                    q = q.bind(p);
-                }
+                let (from_where, _, params) = task_from_where(f);
+                let sql = format!("SELECT COUNT(*) FROM {from_where}");
+                let q = bind_params!(sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)), &params);
                 Ok(q.fetch_one(&self.pool).await? as u64)
             }
 
@@ -527,30 +720,37 @@ macro_rules! store_impl {
                 offset: u64,
                 limit: u32,
             ) -> Result<Vec<String>, StoreError> {
-                let (clause, params, joined) = task_where(f);
-                let (from, order) = if joined {
-                    (
-                        "tasks t JOIN task_set_members m ON m.task_id = t.task_id",
-                        "m.split, m.position",
-                    )
-                } else {
-                    ("tasks t", "t.task_id")
-                };
+                let (from_where, order, params) = task_from_where(f);
                 let n = params.len();
                 let sql = format!(
-                    "SELECT t.task_id FROM {from}{clause} ORDER BY {order} LIMIT ${} OFFSET ${}",
+                    "SELECT t.task_id FROM {from_where} ORDER BY {order} LIMIT ${} OFFSET ${}",
                     n + 1,
                     n + 2
                 );
-                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-                for p in &params {
-                    q = q.bind(p);
-                }
+                let q = bind_params!(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)), &params);
                 Ok(q
                     .bind(i64::from(limit.clamp(1, 10_000)))
                     .bind(offset.min(i64::MAX as u64) as i64)
                     .fetch_all(&self.pool)
                     .await?)
+            }
+
+            async fn candidates(&self, f: &TaskFilter) -> Result<Vec<String>, StoreError> {
+                let (from_where, order, params) = task_from_where(f);
+                let sql = format!("SELECT t.task_id FROM {from_where} ORDER BY {order}");
+                let q = bind_params!(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)), &params);
+                let mut ids = q.fetch_all(&self.pool).await?;
+                // A task listed twice in a set is one candidate.
+                let mut seen = std::collections::HashSet::with_capacity(ids.len());
+                ids.retain(|id| seen.insert(id.clone()));
+                Ok(ids)
+            }
+
+            async fn revision(&self) -> Result<u64, StoreError> {
+                let n: i64 = sqlx::query_scalar("SELECT n FROM registry_revision WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n as u64)
             }
 
             async fn record_rollouts(&self, rollouts: &[RolloutRecord]) -> Result<u64, StoreError> {
@@ -596,29 +796,36 @@ macro_rules! store_impl {
                     .await?;
                     created += done.rows_affected();
                 }
+                if created > 0 {
+                    // Last, so the counter's row lock is held as briefly as possible.
+                    sqlx::query(BUMP_REVISION).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(created)
             }
 
-            async fn difficulty(&self, task_id: &str, policy: &str) -> Result<Difficulty, StoreError> {
-                let row = sqlx::query(
-                    "SELECT \
+            async fn difficulties(&self, task_id: &str) -> Result<Vec<Difficulty>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT policy, \
                        COALESCE(SUM(CASE WHEN masked THEN 0 ELSE 1 END), 0) AS attempts, \
                        COALESCE(SUM(CASE WHEN passed AND NOT masked THEN 1 ELSE 0 END), 0) AS passes, \
                        COALESCE(SUM(CASE WHEN masked THEN 1 ELSE 0 END), 0) AS masked \
-                     FROM rollouts WHERE task_id = $1 AND policy = $2",
+                     FROM rollouts WHERE task_id = $1 GROUP BY policy ORDER BY policy",
                 )
                 .bind(task_id)
-                .bind(policy)
-                .fetch_one(&self.pool)
+                .fetch_all(&self.pool)
                 .await?;
-                Ok(Difficulty {
-                    task_id: task_id.to_string(),
-                    policy: policy.to_string(),
-                    attempts: row.try_get::<i64, _>("attempts")? as u64,
-                    passes: row.try_get::<i64, _>("passes")? as u64,
-                    masked: row.try_get::<i64, _>("masked")? as u64,
-                })
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push(Difficulty {
+                        task_id: task_id.to_string(),
+                        policy: row.try_get("policy")?,
+                        attempts: row.try_get::<i64, _>("attempts")? as u64,
+                        passes: row.try_get::<i64, _>("passes")? as u64,
+                        masked: row.try_get::<i64, _>("masked")? as u64,
+                    });
+                }
+                Ok(out)
             }
         }
     };
@@ -863,7 +1070,13 @@ impl Store for AnyStore {
     async fn record_rollouts(&self, r: &[RolloutRecord]) -> Result<u64, StoreError> {
         delegate!(self, s => s.record_rollouts(r))
     }
-    async fn difficulty(&self, task_id: &str, policy: &str) -> Result<Difficulty, StoreError> {
-        delegate!(self, s => s.difficulty(task_id, policy))
+    async fn difficulties(&self, task_id: &str) -> Result<Vec<Difficulty>, StoreError> {
+        delegate!(self, s => s.difficulties(task_id))
+    }
+    async fn candidates(&self, f: &TaskFilter) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.candidates(f))
+    }
+    async fn revision(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.revision())
     }
 }

@@ -4,8 +4,8 @@
 
 use envsynth_core::{Environment, Task, TaskRequest, env::generate};
 use envsynth_registry::{
-    EnvironmentQuery, EnvironmentRecord, PgStore, Put, RolloutRecord, SqliteStore, Store,
-    StoreError, TaskFilter,
+    EnvironmentMetadata, EnvironmentQuery, EnvironmentRecord, PassBand, PgStore, Put,
+    RolloutRecord, SqliteStore, Store, StoreError, TaskFilter, seeded_sample,
 };
 use serde_json::{Value, json};
 
@@ -54,7 +54,14 @@ fn env_record(env: &dyn Environment) -> EnvironmentRecord {
         version: s.version.clone(),
         content_hash: s.content_hash.clone(),
         description: s.description.clone(),
-        metadata: json!({"tags": ["planning", "tools"], "license": "Apache-2.0", "levels": s.levels}),
+        metadata: EnvironmentMetadata {
+            tags: vec!["planning".into(), "tools".into()],
+            license: "Apache-2.0".into(),
+            levels: s.levels.clone(),
+            tool_specs: env.tool_specs().to_vec(),
+            provenance: json!({"generator": "test"}),
+            ..EnvironmentMetadata::default()
+        },
     }
 }
 
@@ -181,7 +188,10 @@ async fn search_and_pagination(s: &impl Store) {
                 "Odd 100% toy"
             }
             .into(),
-            metadata: json!({}),
+            metadata: EnvironmentMetadata {
+                tags: vec![if i % 2 == 0 { "even" } else { "odd" }.into(), "toy".into()],
+                ..EnvironmentMetadata::default()
+            },
         };
         s.put_environment(&rec).await.unwrap();
     }
@@ -190,9 +200,9 @@ async fn search_and_pagination(s: &impl Store) {
     loop {
         let page = s
             .environments(&EnvironmentQuery {
-                text: None,
                 after,
                 limit: 2,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -206,19 +216,32 @@ async fn search_and_pagination(s: &impl Store) {
     let odd = s
         .environments(&EnvironmentQuery {
             text: Some("ODD 100%".into()),
-            after: None,
             limit: 10,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(odd.environments.len(), 2);
+    let tagged = |tag: &str, text: Option<&str>| EnvironmentQuery {
+        tag: Some(tag.into()),
+        text: text.map(str::to_string),
+        limit: 10,
+        ..Default::default()
+    };
+    let even = s.environments(&tagged("even", None)).await.unwrap();
+    let ids: Vec<&str> = even.environments.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["toy-0", "toy-2", "toy-4"]);
+    assert_eq!(even.environments[0].metadata.tags, ["even", "toy"]);
+    let toy_3 = s.environments(&tagged("toy", Some("toy-3"))).await.unwrap();
+    assert_eq!(toy_3.environments.len(), 1);
+    assert!(s.environments(&tagged("' OR 1=1 --", None)).await.unwrap().environments.is_empty());
     // LIKE wildcards and quotes in the search text are literal.
     for text in ["_", "%' OR '1'='1", "'; DROP TABLE environments; --"] {
         let none = s
             .environments(&EnvironmentQuery {
                 text: Some(text.into()),
-                after: None,
                 limit: 10,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -241,7 +264,7 @@ async fn search_and_pagination(s: &impl Store) {
         version: "1".into(),
         content_hash: "sha256:1".into(),
         description: String::new(),
-        metadata: json!({}),
+        metadata: EnvironmentMetadata::default(),
     };
     assert!(matches!(
         s.put_environment(&bad).await,
@@ -253,6 +276,100 @@ async fn search_and_pagination(s: &impl Store) {
         s.put_environment(&bad).await,
         Err(StoreError::Invalid(_))
     ));
+    bad.version = "1".into();
+    bad.metadata.tags = vec!["Not A Tag".into()];
+    match s.put_environment(&bad).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("tags[0]"), "{m}"),
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+/// Seeded sampling draws from `candidates`: the same seed and content give the same tasks;
+/// exclusions and difficulty bands hold; the revision moves on every write and only then.
+async fn sampling_bands_and_revision(s: &impl Store) {
+    let t = travel();
+    let r0 = s.revision().await.unwrap();
+    s.put_environment(&env_record(t.0.as_ref())).await.unwrap();
+    let r1 = s.revision().await.unwrap();
+    assert!(r1 > r0);
+    s.put_environment(&env_record(t.0.as_ref())).await.unwrap();
+    assert_eq!(s.revision().await.unwrap(), r1, "an unchanged write is no change");
+    let all = tasks(t.0.as_ref(), 12, "easy");
+    let members: Vec<(String, Task)> = all
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (if i < 8 { "train" } else { "test" }.to_string(), t.clone()))
+        .collect();
+    s.put_task_set("pool", "1", &members).await.unwrap();
+    let r2 = s.revision().await.unwrap();
+    assert!(r2 > r1);
+    let train = TaskFilter {
+        set: Some(("pool".into(), "1".into())),
+        split: Some("train".into()),
+        ..TaskFilter::default()
+    };
+    let candidates = s.candidates(&train).await.unwrap();
+    let want: Vec<String> = all[..8].iter().map(|t| t.id.clone()).collect();
+    assert_eq!(candidates, want);
+    let none = Default::default();
+    let a = seeded_sample(&candidates, 7, 5, &none);
+    assert_eq!(a, seeded_sample(&candidates, 7, 5, &none));
+    assert_ne!(a, seeded_sample(&candidates, 8, 5, &none));
+    let distinct: std::collections::BTreeSet<_> = a.iter().collect();
+    assert_eq!(distinct.len(), 5);
+    let exclude: std::collections::HashSet<&str> = candidates[..6].iter().map(String::as_str).collect();
+    let rest = seeded_sample(&candidates, 7, 5, &exclude);
+    let mut sorted = rest.clone();
+    sorted.sort();
+    let mut expect = vec![candidates[6].as_str(), candidates[7].as_str()];
+    expect.sort();
+    assert_eq!(sorted, expect, "only the two not excluded remain");
+
+    // Bands: task 0 passed 3 of 4, task 1 passed 0 of 4, task 2 passed 1 of 1.
+    let mut rollouts = Vec::new();
+    for (k, (task, passes, n)) in [(&all[0], 3, 4), (&all[1], 0, 4), (&all[2], 1, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = t.0.prepare(task).unwrap();
+        let planted: Value = serde_json::from_str(task.reference_solution.get()).unwrap();
+        for i in 0..n {
+            let sub = if i < passes { planted.clone() } else { Value::Null };
+            rollouts.push(RolloutRecord {
+                rollout_id: format!("b{k}-{i}"),
+                task_id: task.id.clone(),
+                policy: "pol".into(),
+                sample_seed: i,
+                verdict: p.verify(&sub),
+            });
+        }
+    }
+    s.record_rollouts(&rollouts).await.unwrap();
+    let r3 = s.revision().await.unwrap();
+    assert!(r3 > r2);
+    s.record_rollouts(&rollouts).await.unwrap();
+    assert_eq!(s.revision().await.unwrap(), r3, "a repeated batch is no change");
+    let band = |min: f64, max: f64, min_attempts: u64| TaskFilter {
+        pass_band: Some(PassBand {
+            policy: "pol".into(),
+            min,
+            max,
+            min_attempts,
+        }),
+        ..train.clone()
+    };
+    let ids = |v: &[usize]| v.iter().map(|&i| all[i].id.clone()).collect::<Vec<_>>();
+    assert_eq!(s.candidates(&band(0.5, 0.9, 1)).await.unwrap(), ids(&[0]));
+    assert_eq!(s.candidates(&band(0.0, 0.0, 1)).await.unwrap(), ids(&[1]));
+    assert_eq!(s.candidates(&band(0.75, 1.0, 1)).await.unwrap(), ids(&[0, 2]));
+    assert_eq!(s.candidates(&band(0.75, 1.0, 2)).await.unwrap(), ids(&[0]));
+    assert_eq!(s.count_tasks(&band(0.0, 1.0, 1)).await.unwrap(), 3);
+    let mut other = band(0.0, 1.0, 1);
+    other.pass_band.as_mut().unwrap().policy = "' OR 1=1 --".into();
+    assert_eq!(s.count_tasks(&other).await.unwrap(), 0);
+    let per_policy = s.difficulties(&all[0].id).await.unwrap();
+    assert_eq!(per_policy.len(), 1);
+    assert_eq!((per_policy[0].attempts, per_policy[0].passes), (4, 3));
 }
 
 async fn rollouts_and_difficulty(s: &impl Store) {
@@ -385,3 +502,4 @@ both!(versions_are_immutable);
 both!(search_and_pagination);
 both!(rollouts_and_difficulty);
 both!(concurrent_writers_lose_nothing);
+both!(sampling_bands_and_revision);

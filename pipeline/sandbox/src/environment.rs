@@ -34,6 +34,10 @@ struct SpecRecord {
     version: String,
     description: String,
     levels: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    license: String,
 }
 
 /// What `generate(request)` returns on success.
@@ -122,6 +126,15 @@ impl PluginEnvironment {
                 "must be a non-empty list of names of 1-64 of [a-z0-9_-]",
             ));
         }
+        if spec.tags.len() > 32 || !spec.tags.iter().all(|t| is_name(t)) {
+            return Err(invalid(
+                "spec().tags",
+                "must be at most 32 names of 1-64 of [a-z0-9_-]",
+            ));
+        }
+        if spec.license.len() > 128 {
+            return Err(invalid("spec().license", "is longer than 128 bytes"));
+        }
         let out = plugin.tool_specs(&limits)?;
         let tools: Vec<ToolSpec> =
             serde_json::from_str(&out.value).map_err(|e| invalid("tool-specs()", e))?;
@@ -147,6 +160,8 @@ impl PluginEnvironment {
                 content_hash: plugin.hash().to_string(),
                 description: spec.description,
                 levels: spec.levels,
+                tags: spec.tags,
+                license: spec.license,
             },
             tools: Arc::new(tools),
             plugin: Arc::new(plugin),

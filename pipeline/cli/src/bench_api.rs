@@ -1,0 +1,279 @@
+//! `envsynth bench-api`: the HTTP API under load on loopback. It registers a travel task set in
+//! the given registry (a fresh SQLite file by default), serves it in-process, and drives it
+//! with the closed-loop load generator of `envsynth_server::loadgen`:
+//!
+//! - task sampling (`POST /v1/tasks/sample`, one and 16 tasks per request, a new seed each);
+//! - native verification (`POST /v1/verify`, planted plans and empty answers in turn);
+//!
+//! each against an in-process baseline on the same data (the store call and seeded draw, the
+//! prepared verifier), so the table shows what HTTP, JSON and the database add.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use envsynth_core::{Environment, Task, TaskRequest, env::generate};
+use envsynth_registry::{AnyStore, EnvironmentMetadata, EnvironmentRecord, Store, TaskFilter};
+use envsynth_server::loadgen::{Bytes, Load, Report, run as load};
+use envsynth_server::{Config, Verifiers};
+use envsynth_travel::TravelPlanning;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Registry to load (default: a fresh SQLite file in a temporary directory). For
+    /// PostgreSQL add `?schema=NAME` to keep the benchmark's rows apart.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Tasks in the benchmark's task set.
+    #[arg(long, default_value_t = 500)]
+    pub tasks: u64,
+    /// Server worker threads (default: one per core).
+    #[arg(long)]
+    pub server_threads: Option<usize>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    per_request: u64,
+    report: Report,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.seconds > 0.0) {
+        bail!("--seconds must be positive");
+    }
+    if a.tasks == 0 || a.connections == 0 {
+        bail!("--tasks and --connections must be positive");
+    }
+    let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+    let url = a
+        .db
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
+
+    let env = TravelPlanning::new();
+    eprintln!("bench-api: generating {} easy travel tasks ...", a.tasks);
+    let tasks: Vec<Task> = (0..a.tasks)
+        .map(|index| {
+            let req = TaskRequest {
+                seed: 0xA91,
+                index,
+                level: "easy".into(),
+                overrides: Value::Null,
+            };
+            generate(&env, &req)
+                .map(|g| g.task)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<_>>()?;
+
+    let mut server = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.server_threads {
+        server.worker_threads(n);
+    }
+    let server = server.enable_all().build()?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+
+    let (store, addr) = server.block_on(async {
+        let store = AnyStore::open(&url)
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        let spec = env.spec();
+        store
+            .put_environment(&EnvironmentRecord {
+                id: spec.id.clone(),
+                version: spec.version.clone(),
+                content_hash: spec.content_hash.clone(),
+                description: spec.description.clone(),
+                metadata: EnvironmentMetadata {
+                    tags: spec.tags.clone(),
+                    ..EnvironmentMetadata::default()
+                },
+            })
+            .await?;
+        let members: Vec<(String, Task)> = tasks
+            .iter()
+            .map(|t| ("train".to_string(), t.clone()))
+            .collect();
+        store.put_task_set("bench", "1", &members).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let verifiers: Arc<dyn Verifiers> = Arc::new(crate::serve::BinaryVerifiers::default());
+        let router = envsynth_server::router(store.clone(), verifiers, Config::default());
+        tokio::spawn(envsynth_server::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
+        Ok::<_, anyhow::Error>((store, addr))
+    })?;
+
+    let duration = Duration::from_secs_f64(a.seconds);
+    let sample_bodies = |n: u32| -> Vec<Bytes> {
+        (0..4096u64)
+            .map(|seed| {
+                Bytes::from(
+                    json!({"filter": {"set": "bench@1", "split": "train"}, "seed": seed, "n": n})
+                        .to_string(),
+                )
+            })
+            .collect()
+    };
+    let mut verify_bodies = Vec::new();
+    for t in &tasks {
+        let planted: Value = serde_json::from_str(t.reference_solution.get())?;
+        verify_bodies.push(Bytes::from(
+            json!({"task_id": t.id, "submission": planted}).to_string(),
+        ));
+        verify_bodies.push(Bytes::from(
+            json!({"task_id": t.id, "submission": null}).to_string(),
+        ));
+    }
+    let run_load = |path: &str, bodies: Vec<Bytes>, secs: Duration| {
+        client.block_on(load(&Load {
+            addr,
+            path: path.into(),
+            bodies,
+            connections: a.connections,
+            duration: secs,
+        }))
+    };
+    // Warm-up: every task prepared once, populations cached.
+    run_load("/v1/verify", verify_bodies.clone(), Duration::from_secs(1))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut rows = Vec::new();
+    for (name, n) in [("sample 1 task", 1u32), ("sample 16 tasks", 16)] {
+        let report = run_load("/v1/tasks/sample", sample_bodies(n), duration)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        rows.push(Row {
+            name,
+            unit: "tasks",
+            per_request: n.into(),
+            report,
+        });
+    }
+    let report = run_load("/v1/verify", verify_bodies, duration).map_err(|e| anyhow::anyhow!(e))?;
+    rows.push(Row {
+        name: "verify (native)",
+        unit: "verdicts",
+        per_request: 1,
+        report,
+    });
+    let report = run_load("/health", Vec::new(), duration).map_err(|e| anyhow::anyhow!(e))?;
+    rows.push(Row {
+        name: "health (HTTP + one query)",
+        unit: "requests",
+        per_request: 1,
+        report,
+    });
+
+    // Baselines without HTTP: the store's population query and the seeded draw, once per
+    // request as the server does on a cache miss; and the prepared verifier alone.
+    let filter = TaskFilter {
+        set: Some(("bench".into(), "1".into())),
+        split: Some("train".into()),
+        ..TaskFilter::default()
+    };
+    let population = server.block_on(store.candidates(&filter))?;
+    let none = Default::default();
+    let start = Instant::now();
+    let mut draws = 0u64;
+    while start.elapsed() < duration {
+        let rev = server.block_on(store.revision())?;
+        std::hint::black_box(envsynth_registry::seeded_sample(
+            &population,
+            draws ^ rev,
+            1,
+            &none,
+        ));
+        draws += 1;
+    }
+    let in_process_sample = draws as f64 / start.elapsed().as_secs_f64();
+    let prepared: Vec<_> = tasks
+        .iter()
+        .map(|t| env.prepare(t))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let answers: Vec<Value> = tasks
+        .iter()
+        .map(|t| serde_json::from_str(t.reference_solution.get()))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let mut verdicts = 0u64;
+    while start.elapsed() < duration {
+        let k = verdicts as usize % tasks.len();
+        let answer = if verdicts % 2 == 0 { &answers[k] } else { &Value::Null };
+        std::hint::black_box(prepared[k].verify(answer));
+        verdicts += 1;
+    }
+    let in_process_verify = verdicts as f64 / start.elapsed().as_secs_f64();
+
+    let database = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    if a.json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "requests_per_s": r.report.per_second(),
+                    "items_per_s": r.report.per_second() * r.per_request as f64, "unit": r.unit,
+                    "p50_us": r.report.p50_us, "p99_us": r.report.p99_us, "max_us": r.report.max_us,
+                    "errors": r.report.errors,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "database": database, "connections": a.connections, "tasks": a.tasks,
+                "seconds": a.seconds, "http": out,
+                "in_process": {"sample_1_per_s": in_process_sample, "verify_per_s": in_process_verify},
+            }))?
+        );
+    } else {
+        println!(
+            "database {database}, {} connections, {} tasks, {} s each",
+            a.connections, a.tasks, a.seconds
+        );
+        println!(
+            "{:<28} {:>10} {:>14} {:>9} {:>9} {:>9} {:>7}",
+            "HTTP", "req/s", "items/s", "p50 ms", "p99 ms", "max ms", "errors"
+        );
+        for r in &rows {
+            println!(
+                "{:<28} {:>10.0} {:>9.0} {:<4} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                r.name,
+                r.report.per_second(),
+                r.report.per_second() * r.per_request as f64,
+                r.unit.get(..4).unwrap_or(r.unit),
+                r.report.p50_us as f64 / 1000.0,
+                r.report.p99_us as f64 / 1000.0,
+                r.report.max_us as f64 / 1000.0,
+                r.report.errors
+            );
+        }
+        println!("in-process baselines (one thread, no HTTP)");
+        println!("  revision query + seeded draw of 1 task   {in_process_sample:>10.0} /s");
+        println!("  prepared native verify                   {in_process_verify:>10.0} /s");
+    }
+    for r in &rows {
+        if let Some(e) = &r.report.first_error {
+            eprintln!("bench-api: {}: {} errors, first: {e}", r.name, r.report.errors);
+        }
+    }
+    Ok(())
+}
