@@ -58,10 +58,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--tasks and --connections must be positive");
     }
     let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-    let url = a
-        .db
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
+    let url =
+        a.db.clone()
+            .unwrap_or_else(|| format!("sqlite://{}", tmp.path().join("bench.db").display()));
 
     let env = TravelPlanning::new();
     eprintln!("bench-api: generating {} easy travel tasks ...", a.tasks);
@@ -217,13 +216,21 @@ pub fn run(a: Args) -> Result<()> {
     let mut verdicts = 0u64;
     while start.elapsed() < duration {
         let k = verdicts as usize % tasks.len();
-        let answer = if verdicts % 2 == 0 { &answers[k] } else { &Value::Null };
+        let answer = if verdicts % 2 == 0 {
+            &answers[k]
+        } else {
+            &Value::Null
+        };
         std::hint::black_box(prepared[k].verify(answer));
         verdicts += 1;
     }
     let in_process_verify = verdicts as f64 / start.elapsed().as_secs_f64();
 
-    let database = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    let database = if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     if a.json {
         let out: Vec<Value> = rows
             .iter()
@@ -272,7 +279,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     for r in &rows {
         if let Some(e) = &r.report.first_error {
-            eprintln!("bench-api: {}: {} errors, first: {e}", r.name, r.report.errors);
+            eprintln!(
+                "bench-api: {}: {} errors, first: {e}",
+                r.name, r.report.errors
+            );
         }
     }
     Ok(())

@@ -169,10 +169,7 @@ async fn import(a: ImportArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening the registry at {url}"))?;
     let spec = &manifest.environment;
-    let tools = tasks
-        .first()
-        .map(|t| t.tools.to_vec())
-        .unwrap_or_default();
+    let tools = tasks.first().map(|t| t.tools.to_vec()).unwrap_or_default();
     let verifier = crate::envs::verifier_identity(spec);
     let env = EnvironmentRecord {
         id: spec.id.clone(),

@@ -1,7 +1,9 @@
 //! Issue 3's proof that plugins are the same environment, through the `envsynth` binary: the
 //! JavaScript port of the travel verifier and the Python port of the travel tools answer as the
 //! native ones do, and an environment written entirely in Python is registered and generated
-//! like a native one.
+//! like a native one, and verified by `envsynth serve` in its sandbox.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -292,6 +294,49 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     for (i, r) in rewards.iter().enumerate() {
         assert_eq!(*r, if i % 2 == 0 { 1.0 } else { 0.0 }, "{verdicts}");
     }
+
+    // The same tasks imported into a registry and verified by the HTTP server, whose verifier is
+    // the registered component running in the sandbox (its verdicts report fuel).
+    let db = format!("sqlite://{}", env.path("registry.db").display());
+    env.ok(&["registry", "import", a.to_str().unwrap(), "--db", &db]);
+    let server = common::Served::start(
+        &db,
+        &env.path("home"),
+        &env.path("cache"),
+        "meeting-token-0123456789",
+    );
+    let (_, envs) = server.request("GET", "/v1/environments/meeting-scheduling/0.1.0", None);
+    let envs: serde_json::Value = serde_json::from_str(&envs).unwrap();
+    assert_eq!(envs["verifier"]["kind"], "wasm", "{envs}");
+    assert_eq!(
+        envs["tags"],
+        serde_json::json!(["scheduling", "calendar", "tool-use"])
+    );
+    let items: Vec<serde_json::Value> = tasks
+        .iter()
+        .take(6)
+        .enumerate()
+        .map(|(i, t)| {
+            let sub: serde_json::Value = if i % 2 == 0 {
+                serde_json::from_str(t.reference_solution.get()).unwrap()
+            } else {
+                serde_json::json!([])
+            };
+            serde_json::json!({"task_id": t.id, "submission": sub})
+        })
+        .collect();
+    let body = serde_json::json!({"items": items}).to_string();
+    let (status, text) = server.request("POST", "/v1/verify/batch", Some(&body));
+    assert_eq!(status, 200, "{text}");
+    let verdicts: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (i, v) in verdicts["verdicts"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(v["passed"], i % 2 == 0, "{v}");
+        assert!(
+            v["fuel"].as_u64().unwrap() > 0,
+            "a sandboxed verdict reports fuel: {v}"
+        );
+    }
+    drop(server);
 
     // A different component under the same id@version is refused.
     let src = std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();

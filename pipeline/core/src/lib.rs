@@ -17,9 +17,9 @@ pub use env::{
     Difficulty, Environment, Expect, PreparedTask, Probe, Rejection, Stage, TaskError, TaskRequest,
     tool_results_agree,
 };
+pub use extract::extract_submission;
 pub use model::{
     EnvRef, EnvironmentSpec, Message, Submission, Task, ToolCall, ToolResult, ToolSpec,
 };
-pub use extract::extract_submission;
 pub use stages::{Draft, Stages};
 pub use verdict::{Check, CheckStatus, FailureKind, Verdict};

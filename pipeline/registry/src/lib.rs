@@ -372,7 +372,11 @@ fn task_from_where(f: &TaskFilter) -> (String, &'static str, Vec<Param>) {
     }
     if let Some((name, version)) = &f.set {
         p("m.set_name = ?", Param::Text(name.clone()), &mut params);
-        p("m.set_version = ?", Param::Text(version.clone()), &mut params);
+        p(
+            "m.set_version = ?",
+            Param::Text(version.clone()),
+            &mut params,
+        );
         if let Some(s) = &f.split {
             p("m.split = ?", Param::Text(s.clone()), &mut params);
         }

@@ -234,7 +234,13 @@ async fn search_and_pagination(s: &impl Store) {
     assert_eq!(even.environments[0].metadata.tags, ["even", "toy"]);
     let toy_3 = s.environments(&tagged("toy", Some("toy-3"))).await.unwrap();
     assert_eq!(toy_3.environments.len(), 1);
-    assert!(s.environments(&tagged("' OR 1=1 --", None)).await.unwrap().environments.is_empty());
+    assert!(
+        s.environments(&tagged("' OR 1=1 --", None))
+            .await
+            .unwrap()
+            .environments
+            .is_empty()
+    );
     // LIKE wildcards and quotes in the search text are literal.
     for text in ["_", "%' OR '1'='1", "'; DROP TABLE environments; --"] {
         let none = s
@@ -293,7 +299,11 @@ async fn sampling_bands_and_revision(s: &impl Store) {
     let r1 = s.revision().await.unwrap();
     assert!(r1 > r0);
     s.put_environment(&env_record(t.0.as_ref())).await.unwrap();
-    assert_eq!(s.revision().await.unwrap(), r1, "an unchanged write is no change");
+    assert_eq!(
+        s.revision().await.unwrap(),
+        r1,
+        "an unchanged write is no change"
+    );
     let all = tasks(t.0.as_ref(), 12, "easy");
     let members: Vec<(String, Task)> = all
         .iter()
@@ -317,7 +327,8 @@ async fn sampling_bands_and_revision(s: &impl Store) {
     assert_ne!(a, seeded_sample(&candidates, 8, 5, &none));
     let distinct: std::collections::BTreeSet<_> = a.iter().collect();
     assert_eq!(distinct.len(), 5);
-    let exclude: std::collections::HashSet<&str> = candidates[..6].iter().map(String::as_str).collect();
+    let exclude: std::collections::HashSet<&str> =
+        candidates[..6].iter().map(String::as_str).collect();
     let rest = seeded_sample(&candidates, 7, 5, &exclude);
     let mut sorted = rest.clone();
     sorted.sort();
@@ -334,7 +345,11 @@ async fn sampling_bands_and_revision(s: &impl Store) {
         let p = t.0.prepare(task).unwrap();
         let planted: Value = serde_json::from_str(task.reference_solution.get()).unwrap();
         for i in 0..n {
-            let sub = if i < passes { planted.clone() } else { Value::Null };
+            let sub = if i < passes {
+                planted.clone()
+            } else {
+                Value::Null
+            };
             rollouts.push(RolloutRecord {
                 rollout_id: format!("b{k}-{i}"),
                 task_id: task.id.clone(),
@@ -348,7 +363,11 @@ async fn sampling_bands_and_revision(s: &impl Store) {
     let r3 = s.revision().await.unwrap();
     assert!(r3 > r2);
     s.record_rollouts(&rollouts).await.unwrap();
-    assert_eq!(s.revision().await.unwrap(), r3, "a repeated batch is no change");
+    assert_eq!(
+        s.revision().await.unwrap(),
+        r3,
+        "a repeated batch is no change"
+    );
     let band = |min: f64, max: f64, min_attempts: u64| TaskFilter {
         pass_band: Some(PassBand {
             policy: "pol".into(),
@@ -361,7 +380,10 @@ async fn sampling_bands_and_revision(s: &impl Store) {
     let ids = |v: &[usize]| v.iter().map(|&i| all[i].id.clone()).collect::<Vec<_>>();
     assert_eq!(s.candidates(&band(0.5, 0.9, 1)).await.unwrap(), ids(&[0]));
     assert_eq!(s.candidates(&band(0.0, 0.0, 1)).await.unwrap(), ids(&[1]));
-    assert_eq!(s.candidates(&band(0.75, 1.0, 1)).await.unwrap(), ids(&[0, 2]));
+    assert_eq!(
+        s.candidates(&band(0.75, 1.0, 1)).await.unwrap(),
+        ids(&[0, 2])
+    );
     assert_eq!(s.candidates(&band(0.75, 1.0, 2)).await.unwrap(), ids(&[0]));
     assert_eq!(s.count_tasks(&band(0.0, 1.0, 1)).await.unwrap(), 3);
     let mut other = band(0.0, 1.0, 1);

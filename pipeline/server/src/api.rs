@@ -258,10 +258,11 @@ pub async fn sample_tasks(
         }
     };
     let exclude: HashSet<&str> = req.exclude.iter().map(String::as_str).collect();
-    let task_ids = envsynth_registry::seeded_sample(&population, req.seed, req.n as usize, &exclude)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let task_ids =
+        envsynth_registry::seeded_sample(&population, req.seed, req.n as usize, &exclude)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
     Ok(Json(Sample {
         seed: req.seed,
         revision,
@@ -277,7 +278,10 @@ pub async fn get_task(
     let Path(id) = path?;
     match app.store.task(&id).await? {
         Some(task) => Ok(Json(task)),
-        None => Err(ApiError::not_found(format!("no task {}", id.escape_debug()))),
+        None => Err(ApiError::not_found(format!(
+            "no task {}",
+            id.escape_debug()
+        ))),
     }
 }
 
@@ -305,7 +309,10 @@ pub async fn difficulty(
     p.finish(&["policy", "k"])?;
     let mut all = app.store.difficulties(&id).await?;
     if all.is_empty() && app.store.task(&id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no task {}", id.escape_debug())));
+        return Err(ApiError::not_found(format!(
+            "no task {}",
+            id.escape_debug()
+        )));
     }
     if let Some(policy) = &policy {
         all.retain(|d| &d.policy == policy);
@@ -493,7 +500,12 @@ pub async fn verify_batch(
     let mut answers = Vec::with_capacity(req.items.len());
     for (i, item) in req.items.into_iter().enumerate() {
         let at = format!("items[{i}].");
-        let a = answer(item.submission, item.response, item.messages, &at[..at.len() - 1])?;
+        let a = answer(
+            item.submission,
+            item.response,
+            item.messages,
+            &at[..at.len() - 1],
+        )?;
         answers.push((item.task_id, a, at));
     }
     let mut pending = Vec::with_capacity(answers.len());
@@ -546,7 +558,9 @@ pub async fn post_rollouts(
     for (i, r) in req.rollouts.into_iter().enumerate() {
         let at = format!("rollouts[{i}]");
         if r.policy.is_empty() || r.policy.len() > 256 {
-            return Err(ApiError::invalid(format!("{at}.policy: must be 1-256 bytes")));
+            return Err(ApiError::invalid(format!(
+                "{at}.policy: must be 1-256 bytes"
+            )));
         }
         let verdict = match r.verdict {
             Some(v) => {

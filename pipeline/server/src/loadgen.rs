@@ -45,7 +45,9 @@ pub async fn run(load: &Load) -> Result<Report, String> {
     let mut handles = Vec::with_capacity(load.connections);
     for c in 0..load.connections.max(1) {
         let load = load.clone();
-        handles.push(tokio::spawn(async move { connection(load, c, deadline).await }));
+        handles.push(tokio::spawn(
+            async move { connection(load, c, deadline).await },
+        ));
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -111,7 +113,9 @@ async fn connection(load: Load, index: usize, deadline: Instant) -> ConnResult {
                 .method(hyper::Method::POST)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(b)),
-            None => builder.method(hyper::Method::GET).body(Full::new(Bytes::new())),
+            None => builder
+                .method(hyper::Method::GET)
+                .body(Full::new(Bytes::new())),
         }
         .map_err(|e| e.to_string())?;
         let sent = Instant::now();
@@ -129,9 +133,8 @@ async fn connection(load: Load, index: usize, deadline: Instant) -> ConnResult {
             }
             Ok((status, body)) => {
                 errors += 1;
-                first_error.get_or_insert_with(|| {
-                    format!("{status}: {}", String::from_utf8_lossy(&body))
-                });
+                first_error
+                    .get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
             }
             Err(e) => {
                 errors += 1;

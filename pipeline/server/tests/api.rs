@@ -161,7 +161,11 @@ impl Server {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(health.status(), 200, "the server stopped serving after {path}");
+            assert_eq!(
+                health.status(),
+                200,
+                "the server stopped serving after {path}"
+            );
         }
         (status, v)
     }
@@ -173,7 +177,10 @@ impl Server {
             let op = &self.doc["paths"][route][method.to_ascii_lowercase()];
             assert!(op.is_object(), "{method} {route} is not in openapi.json");
             let r = &op["responses"][status.to_string()];
-            assert!(r.is_object(), "{method} {route}: status {status} is not documented: {v}");
+            assert!(
+                r.is_object(),
+                "{method} {route}: status {status} is not documented: {v}"
+            );
             r["content"]["application/json"]["schema"].clone()
         };
         let mut root = self.doc.clone();
@@ -219,18 +226,27 @@ async fn discovery(s: &Server) {
     let (st, v) = s.get("/health", "/health").await;
     assert_eq!((st, v["status"].as_str()), (200, Some("ok")));
 
-    let (st, v) = s.get("/v1/environments", "/v1/environments?tag=travel").await;
+    let (st, v) = s
+        .get("/v1/environments", "/v1/environments?tag=travel")
+        .await;
     assert_eq!(st, 200);
     assert_eq!(v["environments"][0]["id"], "travel-planning");
     assert_eq!(v["environments"][0]["license"], "Apache-2.0");
-    let (_, v) = s.get("/v1/environments", "/v1/environments?q=MULTI-DAY").await;
+    let (_, v) = s
+        .get("/v1/environments", "/v1/environments?q=MULTI-DAY")
+        .await;
     assert_eq!(v["environments"].as_array().unwrap().len(), 1);
-    let (_, v) = s.get("/v1/environments", "/v1/environments?tag=cooking").await;
+    let (_, v) = s
+        .get("/v1/environments", "/v1/environments?tag=cooking")
+        .await;
     assert_eq!(v["environments"], json!([]));
     let version = TravelPlanning::new().spec().version.clone();
     let route = "/v1/environments/{id}/{version}";
     let (st, v) = s
-        .get(route, &format!("/v1/environments/travel-planning/{version}"))
+        .get(
+            route,
+            &format!("/v1/environments/travel-planning/{version}"),
+        )
         .await;
     assert_eq!((st, v["version"].as_str()), (200, Some(version.as_str())));
     let (st, v) = s.get(route, "/v1/environments/travel-planning/0.0.0").await;
@@ -251,16 +267,33 @@ async fn discovery(s: &Server) {
 
     // Count and range by index.
     let (st, v) = s
-        .get("/v1/tasks", "/v1/tasks?set=trips@1&split=train&offset=2&limit=3")
+        .get(
+            "/v1/tasks",
+            "/v1/tasks?set=trips@1&split=train&offset=2&limit=3",
+        )
         .await;
     assert_eq!(st, 200);
     let want: Vec<&str> = s.tasks[2..5].iter().map(|t| t.id.as_str()).collect();
     assert_eq!(v["task_ids"], json!(want));
-    assert_eq!((v["total"].as_u64(), v["next_offset"].as_u64()), (Some(6), Some(5)));
+    assert_eq!(
+        (v["total"].as_u64(), v["next_offset"].as_u64()),
+        (Some(6), Some(5))
+    );
     let (_, v) = s.get("/v1/tasks", "/v1/tasks?level=hard&limit=0").await;
-    assert_eq!((v["total"].as_u64(), v["task_ids"].clone()), (Some(2), json!([])));
-    let (_, v) = s.get("/v1/tasks", "/v1/tasks?env=travel-planning&offset=7").await;
-    assert_eq!((v["task_ids"].as_array().unwrap().len(), v["next_offset"].clone()), (1, Value::Null));
+    assert_eq!(
+        (v["total"].as_u64(), v["task_ids"].clone()),
+        (Some(2), json!([]))
+    );
+    let (_, v) = s
+        .get("/v1/tasks", "/v1/tasks?env=travel-planning&offset=7")
+        .await;
+    assert_eq!(
+        (
+            v["task_ids"].as_array().unwrap().len(),
+            v["next_offset"].clone()
+        ),
+        (1, Value::Null)
+    );
     for (query, status, needle) in [
         ("/v1/tasks?colour=red", 400, "colour"),
         ("/v1/tasks?limit=lots", 400, "limit"),
@@ -277,7 +310,10 @@ async fn discovery(s: &Server) {
     }
 
     let (st, v) = s
-        .get("/v1/tasks/{task_id}", &format!("/v1/tasks/{}", s.tasks[3].id))
+        .get(
+            "/v1/tasks/{task_id}",
+            &format!("/v1/tasks/{}", s.tasks[3].id),
+        )
         .await;
     assert_eq!(st, 200);
     let back: Task = serde_json::from_value(v).unwrap();
@@ -289,9 +325,7 @@ async fn discovery(s: &Server) {
 async fn sampling(s: &Server) {
     let route = "/v1/tasks/sample";
     let train: BTreeSet<&str> = s.tasks[..6].iter().map(|t| t.id.as_str()).collect();
-    let body = |seed: u64, n: u32, exclude: Vec<&str>| {
-        json!({"filter": {"set": "trips@1", "split": "train"}, "seed": seed, "n": n, "exclude": exclude})
-    };
+    let body = |seed: u64, n: u32, exclude: Vec<&str>| json!({"filter": {"set": "trips@1", "split": "train"}, "seed": seed, "n": n, "exclude": exclude});
     let (st, a) = s.post(route, route, body(7, 3, vec![])).await;
     assert_eq!(st, 200);
     assert_eq!(a["population"], 6);
@@ -325,9 +359,15 @@ async fn sampling(s: &Server) {
         (body(1, 0, vec![]), "n:"),
         (body(1, 5000, vec![]), "n:"),
         (json!({"seed": 1}), "n"),
-        (json!({"seed": 1, "n": 1, "filter": {"colour": "red"}}), "colour"),
+        (
+            json!({"seed": 1, "n": 1, "filter": {"colour": "red"}}),
+            "colour",
+        ),
         (json!({"seed": -1, "n": 1}), "seed"),
-        (json!({"seed": 1, "n": 1, "filter": {"split": "train"}}), "filter.split"),
+        (
+            json!({"seed": 1, "n": 1, "filter": {"split": "train"}}),
+            "filter.split",
+        ),
     ] {
         let (st, v) = s.post(route, route, b.clone()).await;
         assert!(st == 422 || st == 400, "{b}: {st} {v}");
@@ -339,7 +379,11 @@ async fn verification(s: &Server) {
     let route = "/v1/verify";
     let id = &s.tasks[0].id;
     let (st, v) = s
-        .post(route, route, json!({"task_id": id, "submission": s.planted(0)}))
+        .post(
+            route,
+            route,
+            json!({"task_id": id, "submission": s.planted(0)}),
+        )
         .await;
     assert_eq!((st, v["passed"].as_bool()), (200, Some(true)), "{v}");
     let (_, v) = s
@@ -366,14 +410,33 @@ async fn verification(s: &Server) {
         .await;
     assert_eq!(v["passed"], true, "{v}");
     let (_, v) = s
-        .post(route, route, json!({"task_id": id, "response": "I could not find a plan."}))
+        .post(
+            route,
+            route,
+            json!({"task_id": id, "response": "I could not find a plan."}),
+        )
         .await;
-    assert_eq!((v["passed"].as_bool(), v["mask"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(
+        (v["passed"].as_bool(), v["mask"].as_bool()),
+        (Some(false), Some(false))
+    );
     for (b, status, needle) in [
         (json!({"task_id": id}), 422, "exactly one"),
-        (json!({"task_id": id, "submission": 1, "response": "x"}), 422, "exactly one"),
-        (json!({"task_id": id, "messages": [{"role": "user", "content": "hi"}]}), 422, "assistant"),
-        (json!({"task_id": "sha256:nope", "submission": null}), 404, "task_id"),
+        (
+            json!({"task_id": id, "submission": 1, "response": "x"}),
+            422,
+            "exactly one",
+        ),
+        (
+            json!({"task_id": id, "messages": [{"role": "user", "content": "hi"}]}),
+            422,
+            "assistant",
+        ),
+        (
+            json!({"task_id": "sha256:nope", "submission": null}),
+            404,
+            "task_id",
+        ),
         (json!({"task_id": id, "answer": 1}), 422, "answer"),
     ] {
         let (st, v) = s.post(route, route, b.clone()).await;
@@ -427,21 +490,40 @@ async fn rollouts_and_writes(s: &Server) {
         .await;
     assert_eq!(st, 401, "{v}");
     let (st, _) = s
-        .call("POST", route, route, Some(Body::Json(body.clone())), Some("guess-guess-guess-guess"))
+        .call(
+            "POST",
+            route,
+            route,
+            Some(Body::Json(body.clone())),
+            Some("guess-guess-guess-guess"),
+        )
         .await;
     assert_eq!(st, 401);
     let (st, v) = s
-        .call("POST", route, route, Some(Body::Json(body.clone())), Some(TOKEN))
+        .call(
+            "POST",
+            route,
+            route,
+            Some(Body::Json(body.clone())),
+            Some(TOKEN),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!((v["created"].as_u64(), v["rewards"][0].as_f64()), (Some(4), Some(1.0)));
+    assert_eq!(
+        (v["created"].as_u64(), v["rewards"][0].as_f64()),
+        (Some(4), Some(1.0))
+    );
     let (_, v) = s
         .call("POST", route, route, Some(Body::Json(body)), Some(TOKEN))
         .await;
     assert_eq!(v["created"], 0, "idempotent by rollout_id");
     // A verdict computed elsewhere is recorded as given (after checks).
     let (_, verdict) = s
-        .post("/v1/verify", "/v1/verify", json!({"task_id": id, "submission": s.planted(1)}))
+        .post(
+            "/v1/verify",
+            "/v1/verify",
+            json!({"task_id": id, "submission": s.planted(1)}),
+        )
         .await;
     let posted = json!({"rollouts": [{"rollout_id": "r4", "task_id": id, "policy": "p-1", "sample_seed": 4, "verdict": verdict}]});
     let (st, _) = s
@@ -449,22 +531,32 @@ async fn rollouts_and_writes(s: &Server) {
         .await;
     assert_eq!(st, 200);
     let droute = "/v1/tasks/{task_id}/difficulty";
-    let (st, v) = s.get(droute, &format!("/v1/tasks/{id}/difficulty?k=1,2,9")).await;
+    let (st, v) = s
+        .get(droute, &format!("/v1/tasks/{id}/difficulty?k=1,2,9"))
+        .await;
     assert_eq!(st, 200, "{v}");
     let p = &v["policies"][0];
-    assert_eq!((p["attempts"].as_u64(), p["passes"].as_u64()), (Some(5), Some(2)));
+    assert_eq!(
+        (p["attempts"].as_u64(), p["passes"].as_u64()),
+        (Some(5), Some(2))
+    );
     assert!((p["pass_at"]["1"].as_f64().unwrap() - 0.4).abs() < 1e-12);
     // 1 - C(3,2)/C(5,2) = 0.7
     assert!((p["pass_at"]["2"].as_f64().unwrap() - 0.7).abs() < 1e-12);
     assert_eq!(p["pass_at"]["9"], Value::Null);
     let (st, _) = s.get(droute, "/v1/tasks/sha256:nope/difficulty").await;
     assert_eq!(st, 404);
-    let (st, _) = s.get(droute, &format!("/v1/tasks/{id}/difficulty?k=0")).await;
+    let (st, _) = s
+        .get(droute, &format!("/v1/tasks/{id}/difficulty?k=0"))
+        .await;
     assert_eq!(st, 400);
 
     // The difficulty band now selects the task: p-1 passed it 2 of 5 times.
     let (_, v) = s
-        .get("/v1/tasks", "/v1/tasks?policy=p-1&min_pass=0.3&max_pass=0.5")
+        .get(
+            "/v1/tasks",
+            "/v1/tasks?policy=p-1&min_pass=0.3&max_pass=0.5",
+        )
         .await;
     assert_eq!(v["task_ids"], json!([id]));
     let (_, v) = s
@@ -491,7 +583,13 @@ async fn rollouts_and_writes(s: &Server) {
     let bad_reward = json!({"rollouts": [{"rollout_id": "r7", "task_id": id, "policy": "p", "sample_seed": 1,
         "verdict": {"task_id": id, "reward": 7.0, "passed": true, "failure_kind": "none", "mask": false, "checks": []}}]});
     let (st, v) = s
-        .call("POST", route, route, Some(Body::Json(bad_reward)), Some(TOKEN))
+        .call(
+            "POST",
+            route,
+            route,
+            Some(Body::Json(bad_reward)),
+            Some(TOKEN),
+        )
         .await;
     assert_eq!(st, 422);
     assert!(message(&v).contains("rollouts[0].verdict.reward"), "{v}");
@@ -503,13 +601,22 @@ async fn rollouts_and_writes(s: &Server) {
     let put = |rec: &Value, token: Option<&'static str>| {
         let rec = rec.clone();
         async move {
-            s.call("PUT", route, "/v1/environments/toy/1.0.0", Some(Body::Json(rec)), token)
-                .await
+            s.call(
+                "PUT",
+                route,
+                "/v1/environments/toy/1.0.0",
+                Some(Body::Json(rec)),
+                token,
+            )
+            .await
         }
     };
     assert_eq!(put(&rec, None).await.0, 401);
     assert_eq!(put(&rec, Some(TOKEN)).await.0, 201);
-    assert_eq!(put(&rec, Some(TOKEN)).await, (200, json!({"result": "unchanged"})));
+    assert_eq!(
+        put(&rec, Some(TOKEN)).await,
+        (200, json!({"result": "unchanged"}))
+    );
     rec["content_hash"] = json!("sha256:bb");
     let (st, v) = put(&rec, Some(TOKEN)).await;
     assert_eq!(st, 409);
@@ -536,10 +643,22 @@ async fn rollouts_and_writes(s: &Server) {
 async fn hostile_requests(s: &Server) {
     let v = "/v1/verify";
     for (body, status, needle) in [
-        (Body::Raw("application/json", b"{\"task_id\": ".to_vec()), 400, ""),
-        (Body::Raw("application/json", b"[1, 2, 3]".to_vec()), 422, ""),
+        (
+            Body::Raw("application/json", b"{\"task_id\": ".to_vec()),
+            400,
+            "",
+        ),
+        (
+            Body::Raw("application/json", b"[1, 2, 3]".to_vec()),
+            422,
+            "",
+        ),
         (Body::Raw("text/plain", b"{}".to_vec()), 415, "Content-Type"),
-        (Body::Raw("application/json", vec![0xff, 0xfe, 0x00]), 400, ""),
+        (
+            Body::Raw("application/json", vec![0xff, 0xfe, 0x00]),
+            400,
+            "",
+        ),
         (
             Body::Raw("application/json", {
                 let mut big = b"{\"task_id\": \"x\", \"submission\": \"".to_vec();
@@ -557,11 +676,19 @@ async fn hostile_requests(s: &Server) {
     }
     // An oversized write is refused too, and unauthenticated before its body is read.
     let big = Body::Raw("application/json", vec![b' '; 300 << 10]);
-    let (st, _) = s.call("POST", "/v1/rollouts", "/v1/rollouts", Some(big), None).await;
+    let (st, _) = s
+        .call("POST", "/v1/rollouts", "/v1/rollouts", Some(big), None)
+        .await;
     assert_eq!(st, 401);
     let big = Body::Raw("application/json", vec![b' '; 300 << 10]);
     let (st, _) = s
-        .call("POST", "/v1/rollouts", "/v1/rollouts", Some(big), Some(TOKEN))
+        .call(
+            "POST",
+            "/v1/rollouts",
+            "/v1/rollouts",
+            Some(big),
+            Some(TOKEN),
+        )
         .await;
     assert_eq!(st, 413);
 
@@ -646,7 +773,13 @@ async fn read_only_without_token(url: Option<String>) {
     .await;
     let body = json!({"rollouts": [{"rollout_id": "r", "task_id": s.tasks[0].id, "policy": "p", "sample_seed": 1, "submission": null}]});
     let (st, v) = s
-        .call("POST", "/v1/rollouts", "/v1/rollouts", Some(Body::Json(body)), Some(TOKEN))
+        .call(
+            "POST",
+            "/v1/rollouts",
+            "/v1/rollouts",
+            Some(Body::Json(body)),
+            Some(TOKEN),
+        )
         .await;
     assert_eq!(st, 403);
     assert!(message(&v).contains("ENVSYNTH_TOKEN"), "{v}");
@@ -694,10 +827,17 @@ async fn openapi_matches_the_router() {
         .skip(1)
         .map(|rest| rest.trim_start().split('"').nth(1).unwrap().to_string())
         .collect();
-    let documented: BTreeSet<String> = s.doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let documented: BTreeSet<String> = s.doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(routed, documented);
-    let mut verdict: Value =
-        serde_json::from_str(include_str!("../../../verifiers/schema/verdict.schema.json")).unwrap();
+    let mut verdict: Value = serde_json::from_str(include_str!(
+        "../../../verifiers/schema/verdict.schema.json"
+    ))
+    .unwrap();
     verdict.as_object_mut().unwrap().remove("$schema");
     verdict.as_object_mut().unwrap().remove("$id");
     assert_eq!(s.doc["components"]["schemas"]["Verdict"], verdict);

@@ -1,0 +1,86 @@
+//! `envsynth serve` as a child process on a free loopback port, and plain HTTP/1.1 requests to
+//! it, for the binary's tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+
+pub struct Served {
+    child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+impl Served {
+    /// Start `envsynth serve` on `db` with `home` as `$ENVSYNTH_HOME` (where registered plugins
+    /// live), `cache` as the compiled-component cache and `token` as the write token; returns
+    /// once it listens.
+    pub fn start(db: &str, home: &Path, cache: &Path, token: &str) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", "--db", db])
+            .env("ENVSYNTH_HOME", home)
+            .env("ENVSYNTH_CACHE", cache)
+            .env("ENVSYNTH_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("envsynth serve did not start: {line}{err}");
+        };
+        Served {
+            addr: addr.to_string(),
+            child,
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One request on its own connection; returns the status and the body.
+    #[allow(dead_code)]
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
+        let body = body.unwrap_or("");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,122 @@
+//! `envsynth serve` as trainers meet it: a dataset generated and imported with the CLI, the
+//! server started as a process, and the README's verl and TRL examples run against it with the
+//! real `requests` and `httpx` packages — on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{BIN, Served};
+
+const TOKEN: &str = "readme-token-0123456789";
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn envsynth(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("ENVSYNTH_HOME", home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envsynth {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn readme_examples_against(db: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    envsynth(
+        &home,
+        &[
+            "generate",
+            "--count",
+            "8",
+            "--mix",
+            "easy",
+            "--seed",
+            "4",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+    );
+    envsynth(
+        &home,
+        &[
+            "registry",
+            "import",
+            data.to_str().unwrap(),
+            "--db",
+            db,
+            "--set",
+            "travel",
+            "--set-version",
+            "1",
+        ],
+    );
+    let server = Served::start(db, &home, &tmp.path().join("cache"), TOKEN);
+    let (status, body) = server.request("GET", "/health", None);
+    assert_eq!(status, 200, "{body}");
+    let out = Command::new("python3")
+        .arg(repo("pipeline/cli/tests/python/readme_examples.py"))
+        .arg(repo("README.md"))
+        .arg("travel@1")
+        .env("ENVSYNTH_URL", server.url())
+        .env("ENVSYNTH_TOKEN", TOKEN)
+        .output()
+        .expect("python3 is needed (with requests and httpx: .ci/requirements.txt)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "README examples failed:\n{text}");
+    assert!(text.contains("ok: "), "{text}");
+}
+
+#[test]
+fn readme_trainer_examples_run_against_a_live_server_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    readme_examples_against(&format!("sqlite://{}", tmp.path().join("r.db").display()));
+}
+
+#[test]
+fn readme_trainer_examples_run_against_a_live_server_on_postgres() {
+    let base = std::env::var("ENVSYNTH_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    readme_examples_against(&format!("{base}?schema=readme_{}", std::process::id()));
+}
+
+#[test]
+fn serve_refuses_a_short_token_and_a_bad_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db", "sqlite://x.db"])
+        .env("ENVSYNTH_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--db", "mysql://nope"])
+        .env("ENVSYNTH_HOME", tmp.path())
+        .env_remove("ENVSYNTH_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown database URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
