@@ -51,7 +51,7 @@ struct Row {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if !(a.seconds > 0.0) {
+    if a.seconds.is_nan() || a.seconds <= 0.0 {
         bail!("--seconds must be positive");
     }
     if a.tasks == 0 || a.connections == 0 {
@@ -216,7 +216,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut verdicts = 0u64;
     while start.elapsed() < duration {
         let k = verdicts as usize % tasks.len();
-        let answer = if verdicts % 2 == 0 {
+        let answer = if verdicts.is_multiple_of(2) {
             &answers[k]
         } else {
             &Value::Null

@@ -38,6 +38,8 @@ fn heavy_dependencies_stay_in_their_crates() {
         ("mimalloc", "pipeline/cli"),
         ("wasmtime", "pipeline/sandbox"),
         ("sqlx", "pipeline/registry"),
+        ("axum", "pipeline/server"),
+        ("hyper", "pipeline/server"),
         ("cudarc", "pipeline/policy"),
     ] {
         for (path, text) in manifests() {
