@@ -120,3 +120,77 @@ fn serve_refuses_a_short_token_and_a_bad_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two server processes on one database, four clients writing rollouts through both at once,
+/// each also re-sending one shared rollout: every rollout is counted exactly once.
+fn concurrent_writers_through_two_servers(db: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    envsynth(
+        &home,
+        &[
+            "generate",
+            "--count",
+            "1",
+            "--mix",
+            "easy",
+            "--out",
+            data.to_str().unwrap(),
+        ],
+    );
+    envsynth(
+        &home,
+        &["registry", "import", data.to_str().unwrap(), "--db", db],
+    );
+    let cache = tmp.path().join("cache");
+    let servers = [
+        Served::start(db, &home, &cache, TOKEN),
+        Served::start(db, &home, &cache, TOKEN),
+    ];
+    let (_, page) = servers[0].request("GET", "/v1/tasks?limit=1", None);
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let task_id = page["task_ids"][0].as_str().unwrap().to_string();
+    std::thread::scope(|scope| {
+        for client in 0..4 {
+            let (servers, task_id) = (&servers, &task_id);
+            scope.spawn(move || {
+                for i in 0..40 {
+                    let rollout = |id: String| {
+                        serde_json::json!({"rollout_id": id, "task_id": task_id, "policy": "p",
+                            "sample_seed": i, "submission": null})
+                    };
+                    let body = serde_json::json!({"rollouts": [
+                        rollout(format!("c{client}-{i}")), rollout("shared".into())
+                    ]})
+                    .to_string();
+                    let (status, text) =
+                        servers[(client + i) % 2].authorized("POST", "/v1/rollouts", &body, TOKEN);
+                    assert_eq!(status, 200, "{text}");
+                }
+            });
+        }
+    });
+    let (_, d) = servers[1].request("GET", &format!("/v1/tasks/{task_id}/difficulty"), None);
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["policies"][0]["attempts"], 4 * 40 + 1, "{d}");
+}
+
+#[test]
+fn concurrent_writers_through_two_servers_lose_nothing_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    concurrent_writers_through_two_servers(&format!(
+        "sqlite://{}",
+        tmp.path().join("r.db").display()
+    ));
+}
+
+#[test]
+fn concurrent_writers_through_two_servers_lose_nothing_on_postgres() {
+    let base = std::env::var("ENVSYNTH_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    concurrent_writers_through_two_servers(&format!(
+        "{base}?schema=writers_{}",
+        std::process::id()
+    ));
+}

@@ -54,11 +54,25 @@ impl Served {
     /// One request on its own connection; returns the status and the body.
     #[allow(dead_code)]
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.send(method, path, body.unwrap_or(""), "")
+    }
+
+    /// The same, with the bearer token.
+    #[allow(dead_code)]
+    pub fn authorized(&self, method: &str, path: &str, body: &str, token: &str) -> (u16, String) {
+        self.send(
+            method,
+            path,
+            body,
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str, headers: &str) -> (u16, String) {
         let mut s = std::net::TcpStream::connect(&self.addr).unwrap();
-        let body = body.unwrap_or("");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         )
