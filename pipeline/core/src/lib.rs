@@ -3,6 +3,7 @@
 //! metric groups. Pure data and pure functions: nothing here does I/O.
 
 pub mod certify;
+pub mod chat;
 pub mod env;
 pub mod extract;
 pub mod hash;

@@ -86,6 +86,22 @@ pub fn aggregate<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> Metrics
     }
 }
 
+/// The unbiased pass@k estimator over `n` attempts with `c` passes, 1 - C(n-c, k) / C(n, k)
+/// (Chen et al., 2021); `None` when there are fewer than `k` attempts.
+pub fn pass_at_k(n: u64, c: u64, k: u64) -> Option<f64> {
+    if k == 0 || n < k || c > n {
+        return None;
+    }
+    if n - c < k {
+        return Some(1.0);
+    }
+    let mut fail = 1.0;
+    for i in (n - c + 1)..=n {
+        fail *= 1.0 - k as f64 / i as f64;
+    }
+    Some(1.0 - fail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +137,15 @@ mod tests {
         assert!((m.hard_micro - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.hard_macro - 1.0 / 3.0).abs() < 1e-12);
         assert!((m.final_pass_rate - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pass_at_k_is_the_unbiased_estimator() {
+        assert_eq!(super::pass_at_k(10, 3, 1), Some(0.3));
+        // 1 - C(7,5)/C(10,5) = 1 - 21/252
+        assert!((super::pass_at_k(10, 3, 5).unwrap() - (1.0 - 21.0 / 252.0)).abs() < 1e-12);
+        assert_eq!(super::pass_at_k(10, 6, 5), Some(1.0));
+        assert_eq!(super::pass_at_k(4, 0, 4), Some(0.0));
+        assert_eq!(super::pass_at_k(3, 1, 4), None);
     }
 }

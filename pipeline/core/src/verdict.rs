@@ -36,6 +36,9 @@ pub enum FailureKind {
     /// The plugin is not a loadable component of the right world, or returned something that is
     /// not a verdict. Mask.
     InvalidPlugin,
+    /// The policy (model server) failed, after retries: connection lost, errors, malformed
+    /// replies. The rollout says nothing about the agent. Mask.
+    PolicyError,
 }
 
 impl FailureKind {

@@ -179,18 +179,7 @@ impl Difficulty {
     /// The unbiased pass@k estimator, 1 - C(n-c, k) / C(n, k), over the unmasked attempts; `None`
     /// when there are fewer than k attempts.
     pub fn pass_at(&self, k: u64) -> Option<f64> {
-        let (n, c) = (self.attempts, self.passes);
-        if k == 0 || n < k {
-            return None;
-        }
-        if n - c < k {
-            return Some(1.0);
-        }
-        let mut fail = 1.0;
-        for i in (n - c + 1)..=n {
-            fail *= 1.0 - k as f64 / i as f64;
-        }
-        Some(1.0 - fail)
+        envsynth_core::metrics::pass_at_k(self.attempts, self.passes, k)
     }
 }
 

@@ -11,6 +11,7 @@ mod api;
 mod error;
 pub mod loadgen;
 mod params;
+pub mod simulated;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -1,0 +1,187 @@
+//! The OpenAI chat-completions wire format with tool calling, as far as agent rollouts use it:
+//! what the rollout engine sends to any OpenAI-compatible server (vLLM, SGLang, hosted APIs,
+//! the simulated policy) and what comes back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ToolSpec;
+
+/// One message of a conversation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The model's reasoning (DeepSeek's `reasoning_content`); kept within a user turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCall>,
+    /// For `tool` messages: the call this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: &str, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: Some(content.into()),
+            ..ChatMessage::default()
+        }
+    }
+}
+
+/// A tool call as the wire carries it: arguments are a JSON document in a string, which the
+/// model may have got wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: WireFunction,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireFunction {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// A tool offered to the model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: WireToolFunction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireToolFunction {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+impl From<&ToolSpec> for WireTool {
+    fn from(t: &ToolSpec) -> WireTool {
+        WireTool {
+            kind: "function".into(),
+            function: WireToolFunction {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
+            },
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<WireTool>,
+    /// The sample's seed, so a seeded server samples reproducibly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub choices: Vec<ChatChoice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    pub message: ChatMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// DeepSeek-V3.2's thinking-context rule: reasoning is dropped from assistant turns only once a
+/// new user message follows them; within a user turn (tool calls and their results) it stays.
+pub fn drop_stale_reasoning(messages: &mut [ChatMessage]) {
+    let Some(last_user) = messages.iter().rposition(|m| m.role == "user") else {
+        return;
+    };
+    for m in &mut messages[..last_user] {
+        if m.role == "assistant" {
+            m.reasoning_content = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_is_dropped_only_before_the_last_user_message() {
+        let think = |r: &str| ChatMessage {
+            role: "assistant".into(),
+            reasoning_content: Some(r.into()),
+            ..ChatMessage::default()
+        };
+        let mut m = vec![
+            ChatMessage::text("user", "a"),
+            think("r1"),
+            ChatMessage::text("tool", "x"),
+            think("r2"),
+            ChatMessage::text("user", "b"),
+            think("r3"),
+            ChatMessage::text("tool", "y"),
+            think("r4"),
+        ];
+        drop_stale_reasoning(&mut m);
+        let kept: Vec<Option<&str>> = m
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .map(|m| m.reasoning_content.as_deref())
+            .collect();
+        assert_eq!(kept, [None, None, Some("r3"), Some("r4")]);
+        // Tool results alone never drop anything.
+        let mut tools_only = vec![
+            ChatMessage::text("user", "a"),
+            think("r1"),
+            ChatMessage::text("tool", "x"),
+            think("r2"),
+        ];
+        drop_stale_reasoning(&mut tools_only);
+        assert!(
+            tools_only
+                .iter()
+                .filter(|m| m.role == "assistant")
+                .all(|m| m.reasoning_content.is_some())
+        );
+    }
+
+    #[test]
+    fn wire_format_round_trips() {
+        let text = r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"search","arguments":"{\"q\":1}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
+        let r: ChatResponse = serde_json::from_str(text).unwrap();
+        assert_eq!(r.choices[0].message.tool_calls[0].function.name, "search");
+        assert_eq!(r.usage.unwrap().completion_tokens, 7);
+    }
+}

@@ -1,0 +1,419 @@
+//! Agent rollouts: a policy (any OpenAI-compatible chat-completions server with tool calling)
+//! plays a task turn by turn, its tool calls run against the task's environment, its final
+//! answer is scored by the verifier, and k rollouts per task give pass@k.
+//!
+//! Failures are sorted by whose they are. The agent's (a wrong or missing answer, running out
+//! of turns or tokens) score zero. The infrastructure's (the policy server down after retries,
+//! a sandbox limit inside a tool, the wall-clock limit) are recorded as masked verdicts and
+//! left out of pass@k, never as a silent zero. The only crate that names reqwest.
+
+pub mod score;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use envsynth_core::chat::{ChatMessage, ChatRequest, ChatResponse, Usage, WireTool};
+use envsynth_core::model::ToolErrorCode;
+use envsynth_core::{
+    FailureKind, PreparedTask, Task, ToolCall, ToolResult, Verdict, extract_submission,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The server could not be reached or kept failing (connection errors, 429 and 5xx
+    /// answers, malformed replies) through every retry.
+    #[error("policy unavailable after {attempts} attempt(s): {last}")]
+    Unavailable { attempts: u32, last: String },
+    /// The server refused the request (a 4xx other than 429): retrying would not help.
+    #[error("policy refused the request: {0}")]
+    Refused(String),
+}
+
+/// A policy: one chat-completions step.
+pub trait Policy: Send + Sync {
+    /// Who is playing, as recorded with every rollout.
+    fn name(&self) -> &str;
+    fn complete(
+        &self,
+        request: &ChatRequest,
+    ) -> impl Future<Output = Result<(ChatMessage, Usage), PolicyError>> + Send;
+}
+
+/// How a client talks to a server.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Requests in flight at once, across all rollouts.
+    pub concurrency: usize,
+    /// Per request, from sending to the last byte.
+    pub timeout: Duration,
+    /// Retries after the first attempt, on connection errors, 429, 5xx and malformed replies.
+    pub retries: u32,
+    /// The first retry's delay; each further retry doubles it (at most 10 s, or the server's
+    /// `Retry-After`).
+    pub backoff: Duration,
+    /// Sent as `Authorization: Bearer` (hosted APIs).
+    pub api_key: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            concurrency: 64,
+            timeout: Duration::from_secs(600),
+            retries: 4,
+            backoff: Duration::from_millis(500),
+            api_key: None,
+        }
+    }
+}
+
+/// Any OpenAI-compatible server: vLLM, SGLang, hosted APIs, the simulated policy.
+pub struct OpenAiPolicy {
+    http: reqwest::Client,
+    endpoint: String,
+    model: String,
+    name: String,
+    options: ClientOptions,
+    permits: Arc<Semaphore>,
+}
+
+impl OpenAiPolicy {
+    /// `base_url` is the API root, e.g. `http://127.0.0.1:8000/v1`.
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        options: ClientOptions,
+    ) -> Result<OpenAiPolicy, String> {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(format!(
+                "policy URL `{base_url}` must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)"
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(OpenAiPolicy {
+            http,
+            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            model: model.to_string(),
+            name: model.to_string(),
+            permits: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            options,
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// One attempt: `Ok` on a usable reply, `Err((retryable, why, retry_after))` otherwise.
+    async fn attempt(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<(ChatMessage, Usage), (bool, String, Option<Duration>)> {
+        let mut r = self.http.post(&self.endpoint).json(request);
+        if let Some(key) = &self.options.api_key {
+            r = r.bearer_auth(key);
+        }
+        let resp = r.send().await.map_err(|e| (true, describe(&e), None))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.map_err(|e| (true, describe(&e), None))?;
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err((true, format!("{status}: {}", excerpt(&body)), retry_after));
+        }
+        if !status.is_success() {
+            return Err((false, format!("{status}: {}", excerpt(&body)), None));
+        }
+        let parsed: ChatResponse = serde_json::from_str(&body).map_err(|e| {
+            (
+                true,
+                format!("malformed reply ({e}): {}", excerpt(&body)),
+                None,
+            )
+        })?;
+        let usage = parsed.usage.unwrap_or_default();
+        let Some(choice) = parsed.choices.into_iter().next() else {
+            return Err((true, "reply has no choices".into(), None));
+        };
+        Ok((choice.message, usage))
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn excerpt(body: &str) -> String {
+    let cut: String = body.chars().take(300).collect();
+    if cut.len() < body.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+impl Policy for OpenAiPolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn complete(&self, request: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| PolicyError::Refused(e.to_string()))?;
+        let mut last = String::new();
+        for attempt in 0..=self.options.retries {
+            match self.attempt(request).await {
+                Ok(done) => return Ok(done),
+                Err((false, why, _)) => return Err(PolicyError::Refused(why)),
+                Err((true, why, retry_after)) => {
+                    last = why;
+                    if attempt < self.options.retries {
+                        let doubled = self.options.backoff * 2u32.saturating_pow(attempt);
+                        let wait = retry_after.unwrap_or(doubled).min(Duration::from_secs(10));
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+        }
+        Err(PolicyError::Unavailable {
+            attempts: self.options.retries + 1,
+            last,
+        })
+    }
+}
+
+/// Limits on one rollout.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Model turns (each tool-calling reply and the answer count one).
+    pub max_turns: u32,
+    /// Prompt plus completion tokens over the whole rollout, as the server reports them.
+    pub max_tokens: u64,
+    /// Wall-clock time for the whole rollout.
+    pub wall: Duration,
+    /// Sampling temperature sent with every request.
+    pub temperature: Option<f64>,
+    /// Completion tokens per request.
+    pub max_completion_tokens: Option<u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_turns: 24,
+            max_tokens: 1_000_000,
+            wall: Duration::from_secs(1800),
+            temperature: Some(1.0),
+            max_completion_tokens: None,
+        }
+    }
+}
+
+/// Why a rollout ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
+pub enum Stop {
+    /// The agent answered; the verdict scores the answer.
+    Answered,
+    /// The agent used every turn without answering (its failure: scored as no answer).
+    TurnLimit,
+    /// The agent used its token budget (its failure: scored as no answer).
+    TokenLimit,
+    /// The wall-clock limit (serving speed, not the agent: masked).
+    TimeLimit,
+    /// The policy server failed after retries (masked).
+    PolicyError(String),
+    /// A tool failed inside the environment, e.g. a sandbox limit (masked).
+    ToolError(String),
+}
+
+/// One scored rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// `task_id/policy/sample_seed`, stable: the idempotency key of the rollout.
+    pub rollout_id: String,
+    pub task_id: String,
+    pub level: String,
+    pub policy: String,
+    pub sample_seed: u64,
+    /// The whole conversation: prompt, replies with tool calls, tool results.
+    pub messages: Vec<ChatMessage>,
+    pub turns: u32,
+    pub tool_steps: u32,
+    pub usage: Usage,
+    pub stop: Stop,
+    pub verdict: Verdict,
+}
+
+/// A stable id for (task, policy, seed).
+pub fn rollout_id(task_id: &str, policy: &str, sample_seed: u64) -> String {
+    let digest = envsynth_core::hash::sha256_parts([
+        ("task", task_id.as_bytes()),
+        ("policy", policy.as_bytes()),
+        ("seed", &sample_seed.to_le_bytes()[..]),
+    ]);
+    format!("r-{}", &digest.trim_start_matches("sha256:")[..24])
+}
+
+fn masked(task_id: &str, why: String) -> Verdict {
+    Verdict::rejected(task_id, FailureKind::PolicyError, why, [])
+}
+
+/// Play `task` once with `policy`: prompt, then model turns; each turn's tool calls run against
+/// `prepared` and their results go back; the first reply without tool calls is the answer.
+pub async fn run<P: Policy>(
+    policy: &P,
+    task: &Task,
+    prepared: &dyn PreparedTask,
+    sample_seed: u64,
+    limits: &Limits,
+) -> Rollout {
+    let started = Instant::now();
+    let mut messages: Vec<ChatMessage> = task
+        .prompt
+        .iter()
+        .map(|m| ChatMessage::text(&m.role, m.content.clone()))
+        .collect();
+    let tools: Vec<WireTool> = task.tools.iter().map(WireTool::from).collect();
+    let (mut turns, mut tool_steps, mut usage) = (0u32, 0u32, Usage::default());
+    let stop = loop {
+        if turns >= limits.max_turns {
+            break Stop::TurnLimit;
+        }
+        if started.elapsed() > limits.wall {
+            break Stop::TimeLimit;
+        }
+        envsynth_core::chat::drop_stale_reasoning(&mut messages);
+        let request = ChatRequest {
+            model: policy.name().to_string(),
+            messages: messages.clone(),
+            tools: tools.clone(),
+            seed: Some(sample_seed),
+            temperature: limits.temperature,
+            max_tokens: limits.max_completion_tokens,
+        };
+        let remaining = limits.wall.saturating_sub(started.elapsed());
+        let reply = match tokio::time::timeout(remaining, policy.complete(&request)).await {
+            Err(_) => break Stop::TimeLimit,
+            Ok(Err(e)) => break Stop::PolicyError(e.to_string()),
+            Ok(Ok(r)) => r,
+        };
+        let (mut message, used) = reply;
+        message.role = "assistant".into();
+        usage.prompt_tokens += used.prompt_tokens;
+        usage.completion_tokens += used.completion_tokens;
+        turns += 1;
+        let calls = message.tool_calls.clone();
+        messages.push(message);
+        if usage.prompt_tokens + usage.completion_tokens > limits.max_tokens {
+            break Stop::TokenLimit;
+        }
+        if calls.is_empty() {
+            break Stop::Answered;
+        }
+        let mut tool_failure = None;
+        for call in calls {
+            tool_steps += 1;
+            let result = match serde_json::from_str::<Value>(&call.function.arguments) {
+                Err(e) => ToolResult::Error {
+                    code: ToolErrorCode::InvalidArguments,
+                    message: format!("{}: arguments are not valid JSON: {e}", call.function.name),
+                },
+                Ok(arguments) => prepared.call_tool(&ToolCall {
+                    name: call.function.name.clone(),
+                    arguments,
+                }),
+            };
+            if let ToolResult::Error {
+                code: ToolErrorCode::EnvironmentError,
+                message,
+            } = &result
+            {
+                tool_failure = Some(message.clone());
+            }
+            let content = serde_json::to_string(&result).unwrap_or_default();
+            messages.push(ChatMessage {
+                role: "tool".into(),
+                content: Some(content),
+                tool_call_id: Some(call.id),
+                ..ChatMessage::default()
+            });
+        }
+        if let Some(m) = tool_failure {
+            break Stop::ToolError(m);
+        }
+    };
+    let verdict = match &stop {
+        Stop::Answered => {
+            let text = messages
+                .last()
+                .and_then(|m| m.content.clone())
+                .unwrap_or_default();
+            let submission = extract_submission(&text).unwrap_or(Value::String(text));
+            prepared.verify(&submission)
+        }
+        Stop::TurnLimit | Stop::TokenLimit => prepared.verify(&Value::Null),
+        Stop::TimeLimit => masked(
+            &task.id,
+            "the rollout's wall-clock limit was reached".into(),
+        ),
+        Stop::PolicyError(e) => masked(&task.id, e.clone()),
+        Stop::ToolError(e) => Verdict::rejected(
+            &task.id,
+            FailureKind::EnvironmentError,
+            format!("a tool failed in the environment: {e}"),
+            [],
+        ),
+    };
+    Rollout {
+        rollout_id: rollout_id(&task.id, policy.name(), sample_seed),
+        task_id: task.id.clone(),
+        level: task.difficulty.level.clone(),
+        policy: policy.name().to_string(),
+        sample_seed,
+        messages,
+        turns,
+        tool_steps,
+        usage,
+        stop,
+        verdict,
+    }
+}
+
+/// The sample seeds of a task's k rollouts: distinct, derived from the run's seed and the
+/// task, so adding tasks or raising k never changes existing rollouts.
+pub fn sample_seeds(run_seed: u64, task_id: &str, k: u32) -> Vec<u64> {
+    (0..k)
+        .map(|i| {
+            let d = envsynth_core::hash::sha256_parts([
+                ("run", &run_seed.to_le_bytes()[..]),
+                ("task", task_id.as_bytes()),
+                ("sample", &u64::from(i).to_le_bytes()[..]),
+            ]);
+            let hex = d.trim_start_matches("sha256:");
+            u64::from_str_radix(&hex[..15], 16).unwrap_or(u64::from(i))
+        })
+        .collect()
+}

@@ -1,0 +1,142 @@
+//! Scoring k rollouts per task: unbiased pass@k per task and averaged, by difficulty level,
+//! which checks agents break most, and TravelPlanner's aggregate metrics. Masked rollouts are
+//! counted apart and left out of every rate.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use envsynth_core::metrics::{Metrics, aggregate, pass_at_k};
+use envsynth_core::{CheckStatus, Verdict};
+
+use crate::Rollout;
+
+/// One task's rollouts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskScore {
+    pub task_id: String,
+    pub level: String,
+    /// Unmasked rollouts.
+    pub attempts: u64,
+    pub passes: u64,
+    pub masked: u64,
+    /// pass@k by k (absent when there are fewer than k attempts).
+    pub pass_at: BTreeMap<u64, f64>,
+}
+
+/// pass@k averaged over the tasks that have at least k attempts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Group {
+    pub tasks: u64,
+    pub pass_at: BTreeMap<u64, f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub rollouts: u64,
+    pub masked: u64,
+    pub tool_steps: u64,
+    pub overall: Group,
+    pub by_level: BTreeMap<String, Group>,
+    /// How often each check failed, over unmasked rollouts that failed, most first.
+    pub failed_checks: Vec<(String, u64)>,
+    /// Why masked rollouts were masked (`policy_error`, `environment_error`, ...).
+    pub masked_kinds: BTreeMap<String, u64>,
+    pub metrics: Metrics,
+    pub tasks: Vec<TaskScore>,
+}
+
+pub fn score_tasks(rollouts: &[Rollout], ks: &[u64]) -> Vec<TaskScore> {
+    let mut by_task: BTreeMap<&str, (String, u64, u64, u64)> = BTreeMap::new();
+    for r in rollouts {
+        let e = by_task
+            .entry(&r.task_id)
+            .or_insert((r.level.clone(), 0, 0, 0));
+        if r.verdict.mask {
+            e.3 += 1;
+        } else {
+            e.1 += 1;
+            e.2 += u64::from(r.verdict.passed);
+        }
+    }
+    by_task
+        .into_iter()
+        .map(|(id, (level, n, c, masked))| TaskScore {
+            task_id: id.to_string(),
+            level,
+            attempts: n,
+            passes: c,
+            masked,
+            pass_at: ks
+                .iter()
+                .filter_map(|&k| pass_at_k(n, c, k).map(|p| (k, p)))
+                .collect(),
+        })
+        .collect()
+}
+
+fn group<'a>(tasks: impl IntoIterator<Item = &'a TaskScore>, ks: &[u64]) -> Group {
+    let mut sums: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    let mut n = 0;
+    for t in tasks {
+        n += 1;
+        for &k in ks {
+            if let Some(p) = t.pass_at.get(&k) {
+                let e = sums.entry(k).or_insert((0.0, 0));
+                e.0 += p;
+                e.1 += 1;
+            }
+        }
+    }
+    Group {
+        tasks: n,
+        pass_at: sums
+            .into_iter()
+            .map(|(k, (s, m))| (k, s / m as f64))
+            .collect(),
+    }
+}
+
+fn kind_name(v: &Verdict) -> String {
+    serde_json::to_value(v.failure_kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
+    let tasks = score_tasks(rollouts, ks);
+    let mut levels: BTreeMap<&str, Vec<&TaskScore>> = BTreeMap::new();
+    for t in &tasks {
+        levels.entry(&t.level).or_default().push(t);
+    }
+    let mut failed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut masked_kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rollouts {
+        if r.verdict.mask {
+            *masked_kinds.entry(kind_name(&r.verdict)).or_default() += 1;
+            continue;
+        }
+        for c in &r.verdict.checks {
+            if c.status == CheckStatus::Failed {
+                *failed.entry(c.id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let mut failed_checks: Vec<(String, u64)> = failed.into_iter().collect();
+    failed_checks.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Summary {
+        rollouts: rollouts.len() as u64,
+        masked: rollouts.iter().filter(|r| r.verdict.mask).count() as u64,
+        tool_steps: rollouts.iter().map(|r| u64::from(r.tool_steps)).sum(),
+        overall: group(&tasks, ks),
+        by_level: levels
+            .into_iter()
+            .map(|(l, ts)| (l.to_string(), group(ts, ks)))
+            .collect(),
+        failed_checks,
+        masked_kinds,
+        metrics: aggregate(rollouts.iter().map(|r| &r.verdict)),
+        tasks,
+    }
+}

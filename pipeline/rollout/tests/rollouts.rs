@@ -1,0 +1,254 @@
+//! The whole loop against the simulated policy over real loopback HTTP: the oracle passes every
+//! certified task, the random agent none, the noisy oracle as often as theory says, and a server
+//! that fails is retried and then recorded as an infrastructure failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use envsynth_core::{EnvRef, Environment, FailureKind, Task, TaskRequest, env::generate};
+use envsynth_rollout::score::summarize;
+use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Rollout, Stop, run, sample_seeds};
+use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
+use envsynth_server::{Resolved, Verifiers};
+use envsynth_travel::TravelPlanning;
+
+struct Native(Arc<TravelPlanning>);
+
+impl Verifiers for Native {
+    fn environment(&self, env: &EnvRef) -> Result<Resolved, String> {
+        assert_eq!(*env, self.0.spec().env_ref());
+        Ok(Resolved {
+            env: self.0.clone(),
+            sandboxed: false,
+        })
+    }
+}
+
+fn tasks(n: u64) -> (Arc<TravelPlanning>, Vec<Task>) {
+    let env = Arc::new(TravelPlanning::new());
+    let levels = ["easy", "medium", "hard"];
+    let tasks = (0..n)
+        .map(|index| {
+            generate(
+                env.as_ref(),
+                &TaskRequest {
+                    seed: 77,
+                    index,
+                    level: levels[index as usize % 3].into(),
+                    overrides: Value::Null,
+                },
+            )
+            .unwrap()
+            .task
+        })
+        .collect();
+    (env, tasks)
+}
+
+async fn serve(tasks: &[Task], env: &Arc<TravelPlanning>, agent: Agent, faults: Faults) -> String {
+    let router = simulated::router(tasks, &Native(env.clone()), agent, faults).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(envsynth_server::serve(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    format!("http://{addr}/v1")
+}
+
+fn quick() -> ClientOptions {
+    ClientOptions {
+        concurrency: 16,
+        timeout: Duration::from_secs(20),
+        retries: 3,
+        backoff: Duration::from_millis(1),
+        api_key: None,
+    }
+}
+
+async fn rollouts(
+    url: &str,
+    env: &Arc<TravelPlanning>,
+    tasks: &[Task],
+    k: u32,
+    options: ClientOptions,
+    limits: Limits,
+) -> Vec<Rollout> {
+    let policy = Arc::new(OpenAiPolicy::new(url, "sim", options).unwrap());
+    let limits = Arc::new(limits);
+    let mut handles = Vec::new();
+    for task in tasks {
+        let prepared: Arc<dyn envsynth_core::PreparedTask> = Arc::from(env.prepare(task).unwrap());
+        for seed in sample_seeds(9, &task.id, k) {
+            let (policy, limits, task, prepared) = (
+                policy.clone(),
+                limits.clone(),
+                task.clone(),
+                prepared.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                run(policy.as_ref(), &task, prepared.as_ref(), seed, &limits).await
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_passes_every_certified_task_and_the_random_agent_none() {
+    let (env, tasks) = tasks(12);
+    let url = serve(&tasks, &env, Agent::Oracle, Faults::default()).await;
+    let got = rollouts(&url, &env, &tasks, 2, quick(), Limits::default()).await;
+    let s = summarize(&got, &[1, 2]);
+    assert_eq!(s.overall.pass_at[&1], 1.0, "{:?}", s.failed_checks);
+    assert_eq!((s.rollouts, s.masked), (24, 0));
+    for r in &got {
+        assert_eq!(r.stop, Stop::Answered);
+        assert!(r.tool_steps >= 1, "the oracle uses the tools");
+        // Tool results went back to the model, answering its calls by id.
+        let tool = r.messages.iter().find(|m| m.role == "tool").unwrap();
+        assert_eq!(tool.tool_call_id.as_deref(), Some("call_0"));
+        assert!(
+            tool.content
+                .as_deref()
+                .unwrap()
+                .contains("\"status\":\"ok\"")
+        );
+    }
+    assert_eq!(s.by_level.len(), 3);
+
+    let url = serve(&tasks, &env, Agent::Random, Faults::default()).await;
+    let got = rollouts(&url, &env, &tasks, 4, quick(), Limits::default()).await;
+    let s = summarize(&got, &[1, 4]);
+    assert_eq!(s.overall.pass_at[&1], 0.0);
+    assert_eq!(
+        s.masked, 0,
+        "a wrong agent is not an infrastructure failure"
+    );
+    assert!(!s.failed_checks.is_empty() || s.metrics.delivery_rate < 1.0);
+}
+
+/// Each decision errs with probability p, and any error fails the task, so a task with d
+/// decisions passes with q = (1 - p)^d. Over N tasks × n rollouts the measured mean pass@1 must
+/// lie within 4 standard errors of mean(q), and pass@4 within 4 standard errors (bounded by the
+/// binomial variance of the per-task mean) of mean(1 - (1 - q)^4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_noisy_oracle_passes_as_often_as_theory_says() {
+    let (env, tasks) = tasks(30);
+    let p = 0.08;
+    let n = 8;
+    let url = serve(&tasks, &env, Agent::Noisy(p), Faults::default()).await;
+    let got = rollouts(&url, &env, &tasks, n, quick(), Limits::default()).await;
+    let s = summarize(&got, &[1, 4]);
+    let native = Native(env.clone());
+    let qs: Vec<f64> = tasks
+        .iter()
+        .map(|t| (1.0 - p).powi(simulated::decisions(t, &native).unwrap() as i32))
+        .collect();
+    let nt = qs.len() as f64;
+    let want1 = qs.iter().sum::<f64>() / nt;
+    let se1 = (qs.iter().map(|q| q * (1.0 - q) / f64::from(n)).sum::<f64>()).sqrt() / nt;
+    let got1 = s.overall.pass_at[&1];
+    assert!(
+        (got1 - want1).abs() <= 4.0 * se1,
+        "pass@1 {got1:.4}, expected {want1:.4} ± {:.4}",
+        4.0 * se1
+    );
+    let want4 = qs.iter().map(|q| 1.0 - (1.0 - q).powi(4)).sum::<f64>() / nt;
+    let got4 = s.overall.pass_at[&4];
+    assert!(
+        (got4 - want4).abs() <= 4.0 * se1.max(0.02),
+        "pass@4 {got4:.4}, expected {want4:.4}"
+    );
+    assert!(got1 < 1.0 && got1 > 0.3, "{got1}");
+    // The noisy agent's malformed tool calls came back to it as tool errors, not crashes.
+    assert!(got.iter().any(|r| r.messages.iter().any(|m| {
+        m.role == "tool"
+            && m.content
+                .as_deref()
+                .unwrap_or("")
+                .contains("invalid_arguments")
+    })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_server_is_retried_then_recorded_as_an_infrastructure_failure() {
+    let (env, tasks) = tasks(3);
+    for kind in [
+        FaultKind::ServerError,
+        FaultKind::Malformed,
+        FaultKind::Drop,
+    ] {
+        // Every other request fails: retries carry every rollout through.
+        let url = serve(&tasks, &env, Agent::Oracle, Faults { every: 2, kind }).await;
+        let got = rollouts(&url, &env, &tasks, 2, quick(), Limits::default()).await;
+        let s = summarize(&got, &[1]);
+        assert_eq!((s.masked, s.overall.pass_at[&1]), (0, 1.0), "{kind:?}");
+        // Every request fails: each rollout ends as a masked policy error, never a zero.
+        let url = serve(&tasks, &env, Agent::Oracle, Faults { every: 1, kind }).await;
+        let got = rollouts(&url, &env, &tasks, 2, quick(), Limits::default()).await;
+        for r in &got {
+            assert!(
+                matches!(&r.stop, Stop::PolicyError(m) if m.contains("4 attempt")),
+                "{kind:?}: {:?}",
+                r.stop
+            );
+            assert!(r.verdict.mask);
+            assert_eq!(r.verdict.failure_kind, FailureKind::PolicyError);
+        }
+        let s = summarize(&got, &[1]);
+        assert_eq!(s.masked, 6);
+        assert!(s.overall.pass_at.is_empty(), "no attempts, so no pass@k");
+        assert_eq!(s.masked_kinds["policy_error"], 6);
+    }
+    // Nobody listening at all.
+    let got = rollouts(
+        "http://127.0.0.1:9/v1",
+        &env,
+        &tasks[..1],
+        1,
+        quick(),
+        Limits::default(),
+    )
+    .await;
+    assert!(matches!(got[0].stop, Stop::PolicyError(_)));
+    assert!(got[0].verdict.mask);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_end_rollouts_as_the_agents_failure() {
+    let (env, tasks) = tasks(2);
+    let url = serve(&tasks, &env, Agent::Oracle, Faults::default()).await;
+    let limits = Limits {
+        max_turns: 1,
+        ..Limits::default()
+    };
+    let got = rollouts(&url, &env, &tasks, 1, quick(), limits).await;
+    for r in &got {
+        assert_eq!(r.stop, Stop::TurnLimit);
+        assert_eq!(r.turns, 1);
+        assert!(!r.verdict.mask && !r.verdict.passed);
+        assert_eq!(r.verdict.failure_kind, FailureKind::EmptySubmission);
+    }
+    // Same seeds, same conversations.
+    let again = rollouts(
+        &url,
+        &env,
+        &tasks,
+        1,
+        quick(),
+        Limits {
+            max_turns: 1,
+            ..Limits::default()
+        },
+    )
+    .await;
+    assert_eq!(got, again);
+}
