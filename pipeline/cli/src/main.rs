@@ -6,6 +6,7 @@ mod envs;
 mod generate;
 mod plugin;
 mod registry;
+mod rollout;
 mod serve;
 mod show;
 mod verify;
@@ -51,6 +52,11 @@ enum Command {
     /// Serve the registry over HTTP: environments, task discovery and sampling, server-side
     /// verification, rollout results, difficulty statistics (OpenAPI at /openapi.json).
     Serve(serve::Args),
+    /// Play tasks with a policy (an OpenAI-compatible server or the simulated one), score every
+    /// rollout with the verifier, write scored trajectories and pass@k.
+    Rollout(rollout::Args),
+    /// Serve the simulated OpenAI-compatible policy (oracle, noisy, random) for the given tasks.
+    SimulatePolicy(rollout::SimArgs),
     /// Load-test the HTTP API on loopback: task sampling and verification, against in-process
     /// baselines, on SQLite or PostgreSQL.
     BenchApi(bench_api::Args),
@@ -67,6 +73,8 @@ fn main() -> ExitCode {
         Command::Plugin(c) => plugin::run(c),
         Command::Registry(c) => registry::run(c),
         Command::Serve(a) => serve::run(a),
+        Command::Rollout(a) => rollout::run(a),
+        Command::SimulatePolicy(a) => rollout::simulate(a),
         Command::BenchApi(a) => bench_api::run(a),
     };
     match result {

@@ -112,6 +112,17 @@ impl OpenAiPolicy {
         &self.model
     }
 
+    /// Record rollouts under `name` rather than the model name.
+    pub fn named(mut self, name: &str) -> OpenAiPolicy {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The name rollouts are recorded under.
+    pub fn name_str(&self) -> &str {
+        &self.name
+    }
+
     /// One attempt: `Ok` on a usable reply, `Err((retryable, why, retry_after))` otherwise.
     async fn attempt(
         &self,
@@ -281,8 +292,22 @@ fn masked(task_id: &str, why: String) -> Verdict {
     Verdict::rejected(task_id, FailureKind::PolicyError, why, [])
 }
 
+/// The submission a submit tool's arguments carry: the value of their only property (travel's
+/// `submit_plan({"plan": ...})`), else the whole arguments object.
+fn submission_of(arguments: Value) -> Value {
+    match arguments {
+        Value::Object(mut m) if m.len() == 1 => {
+            let key = m.keys().next().cloned().unwrap_or_default();
+            m.remove(&key).unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
 /// Play `task` once with `policy`: prompt, then model turns; each turn's tool calls run against
-/// `prepared` and their results go back; the first reply without tool calls is the answer.
+/// `prepared` and their results go back. The rollout ends with the answer: the first call of a
+/// tool named `submit…` that the tool accepts, or else the first reply without tool calls (its
+/// text is read as in [`extract_submission`]).
 pub async fn run<P: Policy>(
     policy: &P,
     task: &Task,
@@ -298,6 +323,8 @@ pub async fn run<P: Policy>(
         .collect();
     let tools: Vec<WireTool> = task.tools.iter().map(WireTool::from).collect();
     let (mut turns, mut tool_steps, mut usage) = (0u32, 0u32, Usage::default());
+    // What a submit tool accepted, if the agent submitted that way.
+    let mut answer: Option<Value> = None;
     let stop = loop {
         if turns >= limits.max_turns {
             break Stop::TurnLimit;
@@ -334,6 +361,7 @@ pub async fn run<P: Policy>(
             break Stop::Answered;
         }
         let mut tool_failure = None;
+        let mut submitted = None;
         for call in calls {
             tool_steps += 1;
             let result = match serde_json::from_str::<Value>(&call.function.arguments) {
@@ -353,6 +381,13 @@ pub async fn run<P: Policy>(
             {
                 tool_failure = Some(message.clone());
             }
+            if submitted.is_none()
+                && call.function.name.starts_with("submit")
+                && matches!(result, ToolResult::Ok { .. })
+                && let Ok(arguments) = serde_json::from_str::<Value>(&call.function.arguments)
+            {
+                submitted = Some(submission_of(arguments));
+            }
             let content = serde_json::to_string(&result).unwrap_or_default();
             messages.push(ChatMessage {
                 role: "tool".into(),
@@ -364,14 +399,20 @@ pub async fn run<P: Policy>(
         if let Some(m) = tool_failure {
             break Stop::ToolError(m);
         }
+        if let Some(s) = submitted {
+            answer = Some(s);
+            break Stop::Answered;
+        }
     };
     let verdict = match &stop {
         Stop::Answered => {
-            let text = messages
-                .last()
-                .and_then(|m| m.content.clone())
-                .unwrap_or_default();
-            let submission = extract_submission(&text).unwrap_or(Value::String(text));
+            let submission = answer.unwrap_or_else(|| {
+                let text = messages
+                    .last()
+                    .and_then(|m| m.content.clone())
+                    .unwrap_or_default();
+                extract_submission(&text).unwrap_or(Value::String(text))
+            });
             prepared.verify(&submission)
         }
         Stop::TurnLimit | Stop::TokenLimit => prepared.verify(&Value::Null),

@@ -111,7 +111,17 @@ async fn the_oracle_passes_every_certified_task_and_the_random_agent_none() {
     assert_eq!((s.rollouts, s.masked), (24, 0));
     for r in &got {
         assert_eq!(r.stop, Stop::Answered);
-        assert!(r.tool_steps >= 1, "the oracle uses the tools");
+        assert!(
+            r.tool_steps >= 2,
+            "the oracle uses the tools and submits with one"
+        );
+        let last = r
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "assistant")
+            .unwrap();
+        assert_eq!(last.tool_calls[0].function.name, "submit_plan");
         // Tool results went back to the model, answering its calls by id.
         let tool = r.messages.iter().find(|m| m.role == "tool").unwrap();
         assert_eq!(tool.tool_call_id.as_deref(), Some("call_0"));

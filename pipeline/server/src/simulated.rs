@@ -2,8 +2,9 @@
 //! rollout pipelines and their tests run without a GPU or a remote model. It recognises a task
 //! by its first user message and plays a configurable agent:
 //!
-//! - `oracle`: calls up to three of the task's tools with valid arguments, then answers with
-//!   the planted solution in a JSON code block. Passes every certified task.
+//! - `oracle`: calls up to three of the task's tools with valid arguments, then submits the
+//!   planted solution (through the task's `submit…` tool, or else as a JSON code block in its
+//!   reply). Passes every certified task.
 //! - `noisy:P`: the oracle, but each decision (each tool call and the final answer) goes wrong
 //!   with probability P: a wrong tool call has malformed arguments, and after any mistake the
 //!   final answer is a refusal. A task with `d` decisions passes with probability `(1 - P)^d`.
@@ -121,6 +122,7 @@ fn script(task: &Task, verifiers: &dyn Verifiers) -> Result<Script, String> {
     let probes = resolved.env.tool_probes(task).map_err(|e| e.to_string())?;
     let calls = probes
         .into_iter()
+        .filter(|c| !c.name.starts_with("submit"))
         .filter(|c| matches!(prepared.call_tool(c), ToolResult::Ok { .. }))
         .take(3)
         .collect();
@@ -328,11 +330,27 @@ fn decide(
     seed: u64,
     turn: usize,
 ) -> ChatMessage {
-    let planted = || {
-        answer(format!(
+    // Submit through the task's submit tool when it has one, else answer in text.
+    let planted = || match req
+        .tools
+        .iter()
+        .find(|t| t.function.name.starts_with("submit"))
+    {
+        Some(t) => {
+            let field = t.function.parameters["required"][0]
+                .as_str()
+                .unwrap_or("answer")
+                .to_string();
+            call(
+                turn,
+                &t.function.name,
+                format!("{{\"{field}\": {}}}", script.planted),
+            )
+        }
+        None => answer(format!(
             "Here is the plan.\n```json\n{}\n```",
             script.planted
-        ))
+        )),
     };
     match agent {
         Agent::Oracle => match script.calls.get(turn) {

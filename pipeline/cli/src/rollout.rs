@@ -1,0 +1,345 @@
+//! `envsynth rollout`: play every task k times with a policy, score each rollout with the
+//! task's verifier, and write the scored trajectories and a pass@k summary. `simulate-policy`
+//! serves the simulated OpenAI-compatible policy on its own.
+//!
+//! Finished rollouts are journaled in `<out>/parts/` (each part written atomically), so a killed
+//! run started again continues where it stopped, repeating and losing nothing. When every
+//! rollout is done, `<out>/rollouts.jsonl` (in task order, then sample order) and
+//! `<out>/summary.json` are written and the journal is removed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use envsynth_core::{PreparedTask, Task};
+use envsynth_rollout::score::summarize;
+use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Rollout, rollout_id, sample_seeds};
+use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tasks: a shard file or a directory of shards.
+    #[arg(long)]
+    pub tasks: PathBuf,
+    /// The policy: an OpenAI-compatible API root (`http://127.0.0.1:8000/v1`), or
+    /// `sim:oracle`, `sim:noisy:P`, `sim:random` for the simulated policy on loopback.
+    #[arg(long)]
+    pub policy: String,
+    /// The model name sent to the server (vLLM's served model name).
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Rollouts per task.
+    #[arg(long, default_value_t = 4)]
+    pub k: u32,
+    /// Run seed: with the task id it gives each rollout's sample seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Model turns per rollout.
+    #[arg(long, default_value_t = 24)]
+    pub max_turns: u32,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Seconds per request before it is retried.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Retries per request on connection errors, 429, 5xx and malformed replies.
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
+    /// pass@k values to report (comma-separated; default 1 and k).
+    #[arg(long, value_delimiter = ',')]
+    pub pass_at: Vec<u64>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// Tasks the simulated policy knows (a shard file or directory).
+    #[arg(long)]
+    pub tasks: PathBuf,
+    /// `oracle`, `noisy:P` or `random`.
+    #[arg(long, default_value = "oracle")]
+    pub agent: String,
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+    /// Inject a fault on every N-th attempt at each request (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub fault_every: u64,
+    /// `server-error`, `malformed` or `drop`.
+    #[arg(long, default_value = "server-error")]
+    pub fault: String,
+}
+
+fn read_all_tasks(path: &Path) -> Result<Vec<Task>> {
+    crate::existing(path, "--tasks")?;
+    let mut tasks = Vec::new();
+    for file in envsynth_shards::shard_files(path)? {
+        tasks.extend(envsynth_shards::read_tasks(&file)?);
+    }
+    if tasks.is_empty() {
+        bail!("{}: no tasks", path.display());
+    }
+    Ok(tasks)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn start_sim(
+    tasks: &[Task],
+    agent: Agent,
+    faults: Faults,
+    addr: SocketAddr,
+) -> Result<SocketAddr> {
+    let verifiers = crate::serve::BinaryVerifiers::default();
+    let router =
+        simulated::router(tasks, &verifiers, agent, faults).map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(envsynth_server::serve(
+        listener,
+        router,
+        std::future::pending(),
+    ));
+    Ok(local)
+}
+
+pub fn simulate(a: SimArgs) -> Result<()> {
+    let tasks = read_all_tasks(&a.tasks)?;
+    let agent: Agent = a
+        .agent
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--agent: {e}"))?;
+    let kind: FaultKind = a
+        .fault
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--fault: {e}"))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let addr = start_sim(
+            &tasks,
+            agent,
+            Faults {
+                every: a.fault_every,
+                kind,
+            },
+            a.addr,
+        )
+        .await?;
+        println!(
+            "envsynth simulate-policy: {} tasks, OpenAI API at http://{addr}/v1",
+            tasks.len()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    })
+}
+
+/// Rollouts already journaled in `<out>/parts`, by id.
+fn journaled(parts: &Path) -> Result<HashMap<String, Rollout>> {
+    let mut done = HashMap::new();
+    let entries = match std::fs::read_dir(parts) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(e).with_context(|| format!("{}", parts.display())),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("{}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let r: Rollout = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a rollout", f.display(), i + 1))?;
+            done.insert(r.rollout_id.clone(), r);
+        }
+    }
+    Ok(done)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let tasks = read_all_tasks(&a.tasks)?;
+    let mut ks: Vec<u64> = if a.pass_at.is_empty() {
+        vec![1, u64::from(a.k)]
+    } else {
+        a.pass_at.clone()
+    };
+    ks.sort_unstable();
+    ks.dedup();
+    let parts = a.out.join("parts");
+    let mut done = journaled(&parts)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (url, name) = match a.policy.strip_prefix("sim:") {
+            Some(agent) => {
+                let agent: Agent = agent
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
+                let addr =
+                    start_sim(&tasks, agent, Faults::default(), "127.0.0.1:0".parse()?).await?;
+                (
+                    format!("http://{addr}/v1"),
+                    format!("sim-{}", &a.policy[4..]),
+                )
+            }
+            None => (a.policy.clone(), a.model.clone()),
+        };
+        let options = ClientOptions {
+            concurrency: a.concurrency,
+            timeout: Duration::from_secs(a.timeout.max(1)),
+            retries: a.retries,
+            backoff: Duration::from_millis(500),
+            api_key: std::env::var("OPENAI_API_KEY").ok(),
+        };
+        let mut policy =
+            OpenAiPolicy::new(&url, &a.model, options).map_err(|e| anyhow::anyhow!(e))?;
+        if a.policy.starts_with("sim:") {
+            policy = policy.named(&name);
+        }
+        let policy = Arc::new(policy);
+        let limits = Arc::new(Limits {
+            max_turns: a.max_turns,
+            temperature: Some(a.temperature),
+            ..Limits::default()
+        });
+        // Every rollout of the run, in output order; the ones not yet journaled get played.
+        let mut order = Vec::new();
+        let mut todo = Vec::new();
+        let verifiers = crate::serve::BinaryVerifiers::default();
+        for task in &tasks {
+            let seeds = sample_seeds(a.seed, &task.id, a.k);
+            let ids: Vec<String> = seeds
+                .iter()
+                .map(|&s| rollout_id(&task.id, policy.name_str(), s))
+                .collect();
+            let missing: Vec<u64> = seeds
+                .iter()
+                .zip(&ids)
+                .filter(|(_, id)| !done.contains_key(*id))
+                .map(|(s, _)| *s)
+                .collect();
+            order.extend(ids);
+            if missing.is_empty() {
+                continue;
+            }
+            let env = envsynth_server::Verifiers::environment(&verifiers, &task.environment)
+                .map_err(|e| anyhow::anyhow!("task {}: {e}", task.id))?;
+            let prepared: Arc<dyn PreparedTask> = Arc::from(
+                env.env
+                    .prepare(task)
+                    .map_err(|e| anyhow::anyhow!("task {}: {e}", task.id))?,
+            );
+            let task = Arc::new(task.clone());
+            for s in missing {
+                todo.push((task.clone(), prepared.clone(), s));
+            }
+        }
+        let total = order.len();
+        eprintln!(
+            "rollout: {} tasks × {} = {total} rollouts with {}; {} journaled already",
+            tasks.len(),
+            a.k,
+            policy.name_str(),
+            total - todo.len()
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Rollout>(256);
+        let permits = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1) * 2));
+        for (task, prepared, seed) in todo {
+            let (policy, limits, tx, permits) =
+                (policy.clone(), limits.clone(), tx.clone(), permits.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let r =
+                    envsynth_rollout::run(policy.as_ref(), &task, prepared.as_ref(), seed, &limits)
+                        .await;
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        std::fs::create_dir_all(&parts).with_context(|| format!("{}", parts.display()))?;
+        let mut next_part = std::fs::read_dir(&parts)?.count();
+        let mut batch: Vec<Rollout> = Vec::new();
+        let flush = |batch: &mut Vec<Rollout>, n: &mut usize| -> Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut bytes = Vec::new();
+            for r in batch.iter() {
+                serde_json::to_writer(&mut bytes, r)?;
+                bytes.push(b'\n');
+            }
+            envsynth_shards::atomic_write(&parts.join(format!("part-{:06}.jsonl", *n)), &bytes)?;
+            *n += 1;
+            batch.clear();
+            Ok(())
+        };
+        let mut last = std::time::Instant::now();
+        while let Some(r) = rx.recv().await {
+            done.insert(r.rollout_id.clone(), r.clone());
+            batch.push(r);
+            if batch.len() >= 64 || last.elapsed() > Duration::from_secs(10) {
+                flush(&mut batch, &mut next_part)?;
+                last = std::time::Instant::now();
+            }
+        }
+        flush(&mut batch, &mut next_part)?;
+        let all: Vec<Rollout> = order
+            .iter()
+            .map(|id| {
+                done.remove(id)
+                    .ok_or_else(|| anyhow::anyhow!("rollout {id} is missing"))
+            })
+            .collect::<Result<_>>()?;
+        let mut bytes = Vec::new();
+        for r in &all {
+            serde_json::to_writer(&mut bytes, r)?;
+            bytes.push(b'\n');
+        }
+        envsynth_shards::atomic_write(&a.out.join("rollouts.jsonl"), &bytes)?;
+        let summary = summarize(&all, &ks);
+        let mut text = serde_json::to_vec_pretty(&summary)?;
+        text.push(b'\n');
+        envsynth_shards::atomic_write(&a.out.join("summary.json"), &text)?;
+        std::fs::remove_dir_all(&parts).with_context(|| format!("{}", parts.display()))?;
+        let brief: BTreeMap<&str, serde_json::Value> = [
+            ("rollouts", serde_json::json!(summary.rollouts)),
+            ("masked", serde_json::json!(summary.masked)),
+            ("pass_at", serde_json::json!(summary.overall.pass_at)),
+            ("by_level", serde_json::json!(summary.by_level)),
+            (
+                "most_failed_checks",
+                serde_json::json!(summary.failed_checks.iter().take(5).collect::<Vec<_>>()),
+            ),
+            (
+                "final_pass_rate",
+                serde_json::json!(summary.metrics.final_pass_rate),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        println!("{}", serde_json::to_string_pretty(&brief)?);
+        Ok(())
+    })
+}
