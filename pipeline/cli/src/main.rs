@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_rollout;
 mod envs;
 mod generate;
 mod plugin;
@@ -60,6 +61,9 @@ enum Command {
     /// Load-test the HTTP API on loopback: task sampling and verification, against in-process
     /// baselines, on SQLite or PostgreSQL.
     BenchApi(bench_api::Args),
+    /// Measure the rollout engine: rollouts/s and tool steps/s against the simulated policy,
+    /// and the engine's own cost per tool step on one core.
+    BenchRollout(bench_rollout::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Rollout(a) => rollout::run(a),
         Command::SimulatePolicy(a) => rollout::simulate(a),
         Command::BenchApi(a) => bench_api::run(a),
+        Command::BenchRollout(a) => bench_rollout::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,7 +23,10 @@ fn manifests() -> Vec<(String, String)> {
 
 /// Whether the crate's own (non-dev) dependencies name `krate`; tests may use anything.
 fn depends_on(manifest: &str, krate: &str) -> bool {
-    let own = manifest.split("[dev-dependencies]").next().unwrap_or(manifest);
+    let own = manifest
+        .split("[dev-dependencies]")
+        .next()
+        .unwrap_or(manifest);
     own.lines().any(|l| {
         l.trim_start().starts_with(&format!("{krate} "))
             || l.trim_start().starts_with(&format!("{krate}."))
