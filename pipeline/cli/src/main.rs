@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod bench_rollout;
+mod calibrate;
 mod envs;
 mod generate;
 mod plugin;
@@ -56,6 +57,9 @@ enum Command {
     /// Play tasks with a policy (an OpenAI-compatible server or the simulated one), score every
     /// rollout with the verifier, write scored trajectories and pass@k.
     Rollout(rollout::Args),
+    /// Keep the tasks whose measured pass@k lies in a band; record the statistics (and, with
+    /// --db, the rollouts in the registry).
+    Calibrate(calibrate::Args),
     /// Serve the simulated OpenAI-compatible policy (oracle, noisy, random) for the given tasks.
     SimulatePolicy(rollout::SimArgs),
     /// Load-test the HTTP API on loopback: task sampling and verification, against in-process
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Rollout(a) => rollout::run(a),
         Command::SimulatePolicy(a) => rollout::simulate(a),
+        Command::Calibrate(a) => calibrate::run(a),
         Command::BenchApi(a) => bench_api::run(a),
         Command::BenchRollout(a) => bench_rollout::run(a),
     };

@@ -79,11 +79,17 @@ pub struct SimArgs {
     pub fault: String,
 }
 
-fn read_all_tasks(path: &Path) -> Result<Vec<Task>> {
+/// Every task of a shard file or directory, in part order, each once.
+pub fn read_all_tasks(path: &Path) -> Result<Vec<Task>> {
     crate::existing(path, "--tasks")?;
     let mut tasks = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for file in envsynth_shards::shard_files(path)? {
-        tasks.extend(envsynth_shards::read_tasks(&file)?);
+        for t in envsynth_shards::read_tasks(&file)? {
+            if seen.insert(t.id.clone()) {
+                tasks.push(t);
+            }
+        }
     }
     if tasks.is_empty() {
         bail!("{}: no tasks", path.display());

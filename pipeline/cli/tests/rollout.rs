@@ -1,11 +1,14 @@
 //! `envsynth rollout` end to end with the simulated policy over loopback HTTP: same command,
 //! same bytes; a run that stopped part-way continues from its journal without repeating or
-//! losing a rollout.
+//! losing a rollout; `envsynth calibrate` keeps exactly the tasks in a pass@k band, and the
+//! registry's difficulty band then selects the same tasks.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+use common::BIN;
 
 fn run(args: &[&str]) -> Output {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -122,4 +125,96 @@ fn rollouts_are_reproducible_resumable_and_scored() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("part-000000.jsonl line 1"));
+
+    // Calibration: pass@1 in [0.3, 0.7] from the noisy run, computed here independently.
+    let mut per_task: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for l in &lines {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        if r["verdict"]["mask"] == true {
+            continue;
+        }
+        let e = per_task
+            .entry(r["task_id"].as_str().unwrap().to_string())
+            .or_default();
+        e.0 += 1;
+        e.1 += u64::from(r["verdict"]["passed"] == true);
+    }
+    let want: std::collections::BTreeSet<String> = per_task
+        .iter()
+        .filter(|(_, (n, c))| {
+            let p = *c as f64 / *n as f64;
+            (0.3..=0.7).contains(&p)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        !want.is_empty() && want.len() < 9,
+        "the band should split the tasks: {per_task:?}"
+    );
+    let db = format!("sqlite://{}", tmp.path().join("r.db").display());
+    run(&[
+        "registry",
+        "import",
+        tasks.to_str().unwrap(),
+        "--db",
+        &db,
+        "--set",
+        "cal",
+        "--set-version",
+        "1",
+    ]);
+    let cal = tmp.path().join("cal");
+    run(&[
+        "calibrate",
+        "--tasks",
+        tasks.to_str().unwrap(),
+        "--rollouts",
+        a.to_str().unwrap(),
+        "--pass-at",
+        "1",
+        "--min",
+        "0.3",
+        "--max",
+        "0.7",
+        "--out",
+        cal.to_str().unwrap(),
+        "--db",
+        &db,
+    ]);
+    let kept: std::collections::BTreeSet<String> =
+        envsynth_shards::read_tasks(&cal.join("part-00000-of-00001.parquet"))
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+    assert_eq!(
+        kept, want,
+        "calibration keeps exactly the tasks in the band"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cal.join("calibration.json")).unwrap()).unwrap();
+    assert_eq!(report["tasks"].as_array().unwrap().len(), 9);
+    assert_eq!(report["kept"], want.len());
+    // The registry now holds the rollouts: its pass-rate band selects the same tasks.
+    let home = tmp.path().join("home");
+    let server = common::Served::start(
+        &db,
+        &home,
+        &home.join("cache"),
+        "calibrate-token-0123456789",
+    );
+    let (status, body) = server.request(
+        "GET",
+        "/v1/tasks?policy=sim-noisy:0.2&min_pass=0.3&max_pass=0.7",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let banded: std::collections::BTreeSet<String> = page["task_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(banded, want);
 }
