@@ -4,8 +4,9 @@
 //!
 //! Finished rollouts are journaled in `<out>/parts/` (each part written atomically), so a killed
 //! run started again continues where it stopped, repeating and losing nothing. When every
-//! rollout is done, `<out>/rollouts.jsonl` (in task order, then sample order) and
-//! `<out>/summary.json` are written and the journal is removed.
+//! rollout is done, `<out>/rollouts.jsonl` and `<out>/rollouts.parquet` (the same rollouts, in
+//! task order, then sample order) and `<out>/summary.json` are written and the journal is
+//! removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -324,6 +325,11 @@ pub fn run(a: Args) -> Result<()> {
             bytes.push(b'\n');
         }
         envsynth_shards::atomic_write(&a.out.join("rollouts.jsonl"), &bytes)?;
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        envsynth_shards::write_trajectories(&a.out.join("rollouts.parquet"), &rows)?;
         let summary = summarize(&all, &ks);
         let mut text = serde_json::to_vec_pretty(&summary)?;
         text.push(b'\n');

@@ -9,6 +9,7 @@
 
 mod files;
 mod parquet_io;
+mod trajectories;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use envsynth_core::Task;
 
 pub use files::{atomic_write, remove_stale_tmp, sha256_file};
 pub use parquet_io::{read_parquet_tasks, write_parquet};
+pub use trajectories::{read_trajectories, trajectory_schema, write_trajectories};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
