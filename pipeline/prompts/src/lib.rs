@@ -1,6 +1,8 @@
 //! Renders the minijinja templates under `prompts/` into chat messages. The only crate that names
 //! minijinja: environments hand it their templates and a serializable context.
 
+pub mod deepseek;
+
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
@@ -23,6 +25,22 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        for (name, src) in sources {
+            env.add_template(name, src)
+                .map_err(|e| PromptError::Template {
+                    name: name.to_string(),
+                    message: format!("{e:#}"),
+                })?;
+        }
+        Ok(Templates { env })
+    }
+
+    /// Compile templates whose every character is output, with no block-whitespace trimming:
+    /// for model chat formats, where each newline is part of the format.
+    pub fn verbatim(sources: &[(&'static str, &'static str)]) -> Result<Templates, PromptError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(false);
         for (name, src) in sources {
             env.add_template(name, src)
