@@ -338,6 +338,25 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     }
     drop(server);
 
+    // Rollouts on the plugin's tasks: the simulated oracle's answers are scored by the
+    // component's verifier in the sandbox.
+    let ro = env.path("rollouts");
+    env.ok(&[
+        "rollout",
+        "--tasks",
+        a.to_str().unwrap(),
+        "--policy",
+        "sim:oracle",
+        "--k",
+        "1",
+        "--out",
+        ro.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ro.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["overall"]["pass_at"]["1"], 1.0, "{summary}");
+    assert_eq!(summary["rollouts"], 24);
+
     // A different component under the same id@version is refused.
     let src = std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();
     let changed = env.path("meeting_scheduling.py");
