@@ -2,6 +2,7 @@
 //! minijinja: environments hand it their templates and a serializable context.
 
 pub mod deepseek;
+pub mod generic;
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
