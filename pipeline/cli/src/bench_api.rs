@@ -94,16 +94,10 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("opening {url}"))?;
         let spec = env.spec();
         store
-            .put_environment(&EnvironmentRecord {
-                id: spec.id.clone(),
-                version: spec.version.clone(),
-                content_hash: spec.content_hash.clone(),
-                description: spec.description.clone(),
-                metadata: EnvironmentMetadata {
-                    tags: spec.tags.clone(),
-                    ..EnvironmentMetadata::default()
-                },
-            })
+            .put_environment(&EnvironmentRecord::from_spec(
+                spec,
+                EnvironmentMetadata::of_spec(spec),
+            ))
             .await?;
         let members: Vec<(String, Task)> = tasks
             .iter()

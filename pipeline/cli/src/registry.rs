@@ -171,21 +171,15 @@ async fn import(a: ImportArgs) -> Result<()> {
     let spec = &manifest.environment;
     let tools = tasks.first().map(|t| t.tools.to_vec()).unwrap_or_default();
     let verifier = crate::envs::verifier_identity(spec);
-    let env = EnvironmentRecord {
-        id: spec.id.clone(),
-        version: spec.version.clone(),
-        content_hash: spec.content_hash.clone(),
-        description: spec.description.clone(),
-        metadata: EnvironmentMetadata {
-            tags: spec.tags.clone(),
-            license: spec.license.clone(),
-            levels: spec.levels.clone(),
+    let env = EnvironmentRecord::from_spec(
+        spec,
+        EnvironmentMetadata {
             tool_specs: tools,
             verifier,
             provenance: json!({"generator": manifest.generator}),
-            baselines: Vec::new(),
+            ..EnvironmentMetadata::of_spec(spec)
         },
-    };
+    );
     let env_put = store.put_environment(&env).await?;
     let set = a.set.clone().unwrap_or_else(|| spec.id.clone());
     let version = a.set_version.clone().unwrap_or_else(|| {

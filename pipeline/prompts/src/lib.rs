@@ -23,24 +23,21 @@ impl Templates {
     /// field the context lacks fails loudly instead of rendering an empty string.
     pub fn new(sources: &[(&'static str, &'static str)]) -> Result<Templates, PromptError> {
         let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
-        for (name, src) in sources {
-            env.add_template(name, src)
-                .map_err(|e| PromptError::Template {
-                    name: name.to_string(),
-                    message: format!("{e:#}"),
-                })?;
-        }
-        Ok(Templates { env })
+        Templates::compile(env, sources)
     }
 
     /// Compile templates whose every character is output, with no block-whitespace trimming:
     /// for model chat formats, where each newline is part of the format.
     pub fn verbatim(sources: &[(&'static str, &'static str)]) -> Result<Templates, PromptError> {
-        let mut env = Environment::new();
+        Templates::compile(Environment::new(), sources)
+    }
+
+    fn compile(
+        mut env: Environment<'static>,
+        sources: &[(&'static str, &'static str)],
+    ) -> Result<Templates, PromptError> {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(false);
         for (name, src) in sources {

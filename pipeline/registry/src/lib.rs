@@ -64,6 +64,32 @@ pub struct EnvironmentRecord {
     pub metadata: EnvironmentMetadata,
 }
 
+impl EnvironmentRecord {
+    /// The record of an environment version: identity from its spec, and `metadata` (whose
+    /// tags, license and levels [`EnvironmentMetadata::of_spec`] fills from the spec).
+    pub fn from_spec(spec: &envsynth_core::EnvironmentSpec, metadata: EnvironmentMetadata) -> Self {
+        EnvironmentRecord {
+            id: spec.id.clone(),
+            version: spec.version.clone(),
+            content_hash: spec.content_hash.clone(),
+            description: spec.description.clone(),
+            metadata,
+        }
+    }
+}
+
+impl EnvironmentMetadata {
+    /// The metadata a spec carries (tags, license, levels); the rest empty.
+    pub fn of_spec(spec: &envsynth_core::EnvironmentSpec) -> Self {
+        EnvironmentMetadata {
+            tags: spec.tags.clone(),
+            license: spec.license.clone(),
+            levels: spec.levels.clone(),
+            ..EnvironmentMetadata::default()
+        }
+    }
+}
+
 /// What the registry keeps about an environment version besides its identity.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -319,6 +345,24 @@ fn check_metadata(m: &EnvironmentMetadata) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An immutable record that is already registered: the same content hash is `Unchanged`,
+/// another one a conflict naming `what`.
+fn already(
+    existing: String,
+    offered: &str,
+    what: impl FnOnce() -> String,
+) -> Result<Put, StoreError> {
+    if existing == offered {
+        Ok(Put::Unchanged)
+    } else {
+        Err(StoreError::Conflict {
+            what: what(),
+            existing,
+            offered: offered.to_string(),
+        })
+    }
+}
+
 const BUMP_REVISION: &str = "UPDATE registry_revision SET n = n + 1 WHERE id = 1";
 
 fn json_text(v: &impl Serialize) -> Result<String, StoreError> {
@@ -487,15 +531,9 @@ macro_rules! store_impl {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(existing) = existing {
-                    return if existing == env.content_hash {
-                        Ok(Put::Unchanged)
-                    } else {
-                        Err(StoreError::Conflict {
-                            what: format!("environment {}@{}", env.id, env.version),
-                            existing,
-                            offered: env.content_hash.clone(),
-                        })
-                    };
+                    return already(existing, &env.content_hash, || {
+                        format!("environment {}@{}", env.id, env.version)
+                    });
                 }
                 sqlx::query(
                     "INSERT INTO environments (env_id, version, content_hash, description, metadata, seq) \
@@ -592,15 +630,7 @@ macro_rules! store_impl {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(existing) = existing {
-                    return if existing == hash {
-                        Ok(Put::Unchanged)
-                    } else {
-                        Err(StoreError::Conflict {
-                            what: format!("task set {name}@{version}"),
-                            existing,
-                            offered: hash,
-                        })
-                    };
+                    return already(existing, &hash, || format!("task set {name}@{version}"));
                 }
                 sqlx::query("INSERT INTO task_sets (name, version, content_hash) VALUES ($1, $2, $3)")
                     .bind(name)

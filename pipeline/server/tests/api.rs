@@ -54,18 +54,10 @@ async fn start(url: Option<String>, config: Config) -> Server {
     let env = Arc::new(TravelPlanning::new());
     let spec = env.spec();
     store
-        .put_environment(&EnvironmentRecord {
-            id: spec.id.clone(),
-            version: spec.version.clone(),
-            content_hash: spec.content_hash.clone(),
-            description: spec.description.clone(),
-            metadata: EnvironmentMetadata {
-                tags: spec.tags.clone(),
-                license: spec.license.clone(),
-                levels: spec.levels.clone(),
-                ..EnvironmentMetadata::default()
-            },
-        })
+        .put_environment(&EnvironmentRecord::from_spec(
+            spec,
+            EnvironmentMetadata::of_spec(spec),
+        ))
         .await
         .unwrap();
     let make = |index: u64, level: &str| {
