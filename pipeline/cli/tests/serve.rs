@@ -32,16 +32,17 @@ fn envsynth(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn readme_examples_against(db: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
+/// `count` easy travel tasks generated into `tmp` and imported into `db` as task set
+/// `travel@1`; returns the `$ENVSYNTH_HOME` used.
+fn imported(tmp: &Path, db: &str, count: &str) -> std::path::PathBuf {
+    let home = tmp.join("home");
+    let data = tmp.join("data");
     envsynth(
         &home,
         &[
             "generate",
             "--count",
-            "8",
+            count,
             "--mix",
             "easy",
             "--seed",
@@ -64,6 +65,12 @@ fn readme_examples_against(db: &str) {
             "1",
         ],
     );
+    home
+}
+
+fn readme_examples_against(db: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = imported(tmp.path(), db, "8");
     let server = Served::start(db, &home, &tmp.path().join("cache"), TOKEN);
     let (status, body) = server.request("GET", "/health", None);
     assert_eq!(status, 200, "{body}");
@@ -125,24 +132,7 @@ fn serve_refuses_a_short_token_and_a_bad_database() {
 /// each also re-sending one shared rollout: every rollout is counted exactly once.
 fn concurrent_writers_through_two_servers(db: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
-    envsynth(
-        &home,
-        &[
-            "generate",
-            "--count",
-            "1",
-            "--mix",
-            "easy",
-            "--out",
-            data.to_str().unwrap(),
-        ],
-    );
-    envsynth(
-        &home,
-        &["registry", "import", data.to_str().unwrap(), "--db", db],
-    );
+    let home = imported(tmp.path(), db, "1");
     let cache = tmp.path().join("cache");
     let servers = [
         Served::start(db, &home, &cache, TOKEN),

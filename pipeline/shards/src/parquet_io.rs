@@ -173,27 +173,45 @@ pub fn write_parquet(path: &Path, tasks: &[Task], split: &str) -> Result<FileEnt
     Ok(FileEntry::of(path, &bytes, tasks.len() as u64))
 }
 
-/// Read the task records back from a Parquet shard, checking every id against its content.
-pub fn read_parquet_tasks(path: &Path) -> Result<Vec<Task>, ShardError> {
+/// Parse every row of one string column of a Parquet file, naming the file and row of a bad
+/// one. `column` finds the column in a batch; `what` describes it in errors.
+pub(crate) fn read_string_column<T>(
+    path: &Path,
+    what: &str,
+    column: impl Fn(&RecordBatch) -> Option<&StringArray>,
+    mut parse: impl FnMut(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ShardError> {
     let file = std::fs::File::open(path).map_err(|e| ShardError::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
         .map_err(|e| ShardError::corrupt(path, format!("not a readable Parquet file: {e}")))?;
-    let mut tasks = Vec::new();
+    let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| ShardError::corrupt(path, e.to_string()))?;
-        let col = batch
-            .column_by_name("extra_info")
-            .and_then(|c| c.as_any().downcast_ref::<StructArray>())
-            .and_then(|s| s.column_by_name("task"))
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| ShardError::corrupt(path, "no extra_info.task string column"))?;
+        let col = column(&batch).ok_or_else(|| ShardError::corrupt(path, format!("no {what}")))?;
         for i in 0..col.len() {
-            let row = tasks.len();
-            let task = Task::from_json(col.value(i))
-                .map_err(|e| ShardError::corrupt(path, format!("row {row}: {e}")))?;
-            tasks.push(task);
+            let row = out.len();
+            out.push(
+                parse(col.value(i))
+                    .map_err(|e| ShardError::corrupt(path, format!("row {row}: {e}")))?,
+            );
         }
     }
-    Ok(tasks)
+    Ok(out)
+}
+
+/// Read the task records back from a Parquet shard, checking every id against its content.
+pub fn read_parquet_tasks(path: &Path) -> Result<Vec<Task>, ShardError> {
+    read_string_column(
+        path,
+        "extra_info.task string column",
+        |batch| {
+            batch
+                .column_by_name("extra_info")
+                .and_then(|c| c.as_any().downcast_ref::<StructArray>())
+                .and_then(|s| s.column_by_name("task"))
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        },
+        |text| Task::from_json(text).map_err(|e| e.to_string()),
+    )
 }

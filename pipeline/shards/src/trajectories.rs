@@ -13,7 +13,6 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
@@ -193,24 +192,14 @@ pub fn write_trajectories(path: &Path, rows: &[Value]) -> Result<FileEntry, Shar
 
 /// Read the rollout records back from a trajectory shard.
 pub fn read_trajectories(path: &Path) -> Result<Vec<Value>, ShardError> {
-    let file = std::fs::File::open(path).map_err(|e| ShardError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| ShardError::corrupt(path, format!("not a readable Parquet file: {e}")))?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| ShardError::corrupt(path, e.to_string()))?;
-        let col = batch
-            .column_by_name("rollout")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| ShardError::corrupt(path, "no `rollout` string column"))?;
-        for i in 0..col.len() {
-            let row = out.len();
-            out.push(
-                serde_json::from_str(col.value(i))
-                    .map_err(|e| ShardError::corrupt(path, format!("row {row}: {e}")))?,
-            );
-        }
-    }
-    Ok(out)
+    crate::parquet_io::read_string_column(
+        path,
+        "`rollout` string column",
+        |batch| {
+            batch
+                .column_by_name("rollout")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        },
+        |text| serde_json::from_str(text).map_err(|e| e.to_string()),
+    )
 }
