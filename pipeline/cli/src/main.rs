@@ -6,6 +6,7 @@ mod bench_rollout;
 mod calibrate;
 mod envs;
 mod generate;
+mod model;
 mod plugin;
 mod registry;
 mod rollout;
@@ -68,6 +69,10 @@ enum Command {
     /// Measure the rollout engine: rollouts/s and tool steps/s against the simulated policy,
     /// and the engine's own cost per tool step on one core.
     BenchRollout(bench_rollout::Args),
+    /// The local policy model (DeepSeek-V3.2's architecture): random-weight checkpoints,
+    /// tokenizer training, generation, CPU benchmark.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => calibrate::run(a),
         Command::BenchApi(a) => bench_api::run(a),
         Command::BenchRollout(a) => bench_rollout::run(a),
+        Command::Model(c) => model::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,9 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use envsynth_core::chat::{ChatMessage, ChatRequest, Usage};
 use envsynth_core::{PreparedTask, Task};
+use envsynth_policy::local::LocalOptions;
+use envsynth_policy::{LocalPolicy, SamplingParams};
 use envsynth_rollout::score::summarize;
-use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Rollout, rollout_id, sample_seeds};
+use envsynth_rollout::{
+    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Rollout, rollout_id, sample_seeds,
+};
 use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 
 #[derive(clap::Args)]
@@ -26,8 +31,9 @@ pub struct Args {
     /// Tasks: a shard file or a directory of shards.
     #[arg(long)]
     pub tasks: PathBuf,
-    /// The policy: an OpenAI-compatible API root (`http://127.0.0.1:8000/v1`), or
-    /// `sim:oracle`, `sim:noisy:P`, `sim:random` for the simulated policy on loopback.
+    /// The policy: an OpenAI-compatible API root (`http://127.0.0.1:8000/v1`),
+    /// `sim:oracle`, `sim:noisy:P`, `sim:random` for the simulated policy on loopback, or
+    /// `local:DIR` for the local model in checkpoint folder DIR (see `envsynth model`).
     #[arg(long)]
     pub policy: String,
     /// The model name sent to the server (vLLM's served model name).
@@ -54,6 +60,9 @@ pub struct Args {
     /// Retries per request on connection errors, 429, 5xx and malformed replies.
     #[arg(long, default_value_t = 4)]
     pub retries: u32,
+    /// Completion tokens per request (`max_tokens`; the local model's default is 256).
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
     /// pass@k values to report (comma-separated; default 1 and k).
     #[arg(long, value_delimiter = ',')]
     pub pass_at: Vec<u64>,
@@ -181,6 +190,71 @@ fn journaled(parts: &Path) -> Result<HashMap<String, Rollout>> {
     Ok(done)
 }
 
+/// The policies `--policy` names. (The `Policy` trait is static, so one enum holds them.)
+enum Backend {
+    OpenAi(OpenAiPolicy),
+    Local(LocalPolicy),
+}
+
+impl Policy for Backend {
+    fn name(&self) -> &str {
+        match self {
+            Backend::OpenAi(p) => p.name_str(),
+            Backend::Local(p) => p.name(),
+        }
+    }
+
+    async fn complete(&self, r: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+        match self {
+            Backend::OpenAi(p) => p.complete(r).await,
+            Backend::Local(p) => p.complete(r).await,
+        }
+    }
+}
+
+async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
+    if let Some(dir) = a.policy.strip_prefix("local:") {
+        let dir = PathBuf::from(dir);
+        crate::existing(&dir, "--policy local:")?;
+        let options = LocalOptions {
+            sampling: SamplingParams {
+                temperature: a.temperature as f32,
+                ..SamplingParams::default()
+            },
+            ..LocalOptions::default()
+        };
+        let local = tokio::task::spawn_blocking(move || LocalPolicy::load(&dir, options))
+            .await?
+            .context("--policy local:")?;
+        return Ok(Backend::Local(local));
+    }
+    let (url, name) = match a.policy.strip_prefix("sim:") {
+        Some(agent) => {
+            let agent: Agent = agent
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
+            let addr = start_sim(tasks, agent, Faults::default(), "127.0.0.1:0".parse()?).await?;
+            (
+                format!("http://{addr}/v1"),
+                format!("sim-{}", &a.policy[4..]),
+            )
+        }
+        None => (a.policy.clone(), a.model.clone()),
+    };
+    let options = ClientOptions {
+        concurrency: a.concurrency,
+        timeout: Duration::from_secs(a.timeout.max(1)),
+        retries: a.retries,
+        backoff: Duration::from_millis(500),
+        api_key: std::env::var("OPENAI_API_KEY").ok(),
+    };
+    let mut policy = OpenAiPolicy::new(&url, &a.model, options).map_err(|e| anyhow::anyhow!(e))?;
+    if a.policy.starts_with("sim:") {
+        policy = policy.named(&name);
+    }
+    Ok(Backend::OpenAi(policy))
+}
+
 pub fn run(a: Args) -> Result<()> {
     if a.k == 0 {
         bail!("--k must be at least 1");
@@ -197,36 +271,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut done = journaled(&parts)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (url, name) = match a.policy.strip_prefix("sim:") {
-            Some(agent) => {
-                let agent: Agent = agent
-                    .parse()
-                    .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
-                let addr =
-                    start_sim(&tasks, agent, Faults::default(), "127.0.0.1:0".parse()?).await?;
-                (
-                    format!("http://{addr}/v1"),
-                    format!("sim-{}", &a.policy[4..]),
-                )
-            }
-            None => (a.policy.clone(), a.model.clone()),
-        };
-        let options = ClientOptions {
-            concurrency: a.concurrency,
-            timeout: Duration::from_secs(a.timeout.max(1)),
-            retries: a.retries,
-            backoff: Duration::from_millis(500),
-            api_key: std::env::var("OPENAI_API_KEY").ok(),
-        };
-        let mut policy =
-            OpenAiPolicy::new(&url, &a.model, options).map_err(|e| anyhow::anyhow!(e))?;
-        if a.policy.starts_with("sim:") {
-            policy = policy.named(&name);
-        }
-        let policy = Arc::new(policy);
+        let policy = Arc::new(backend(&a, &tasks).await?);
         let limits = Arc::new(Limits {
             max_turns: a.max_turns,
             temperature: Some(a.temperature),
+            max_completion_tokens: a.max_tokens,
             ..Limits::default()
         });
         // Every rollout of the run, in output order; the ones not yet journaled get played.
@@ -237,7 +286,7 @@ pub fn run(a: Args) -> Result<()> {
             let seeds = sample_seeds(a.seed, &task.id, a.k);
             let ids: Vec<String> = seeds
                 .iter()
-                .map(|&s| rollout_id(&task.id, policy.name_str(), s))
+                .map(|&s| rollout_id(&task.id, policy.name(), s))
                 .collect();
             let missing: Vec<u64> = seeds
                 .iter()
@@ -266,7 +315,7 @@ pub fn run(a: Args) -> Result<()> {
             "rollout: {} tasks × {} = {total} rollouts with {}; {} journaled already",
             tasks.len(),
             a.k,
-            policy.name_str(),
+            policy.name(),
             total - todo.len()
         );
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Rollout>(256);

@@ -47,6 +47,8 @@ fn heavy_dependencies_stay_in_their_crates() {
         ("hyper", "pipeline/server"),
         ("reqwest", "pipeline/rollout"),
         ("cudarc", "pipeline/policy"),
+        ("safetensors", "pipeline/policy"),
+        ("tokenizers", "pipeline/policy"),
     ] {
         for (path, text) in manifests() {
             if depends_on(&text, krate) {

@@ -6,6 +6,7 @@ pub mod certify;
 pub mod chat;
 pub mod env;
 pub mod extract;
+pub mod files;
 pub mod hash;
 pub mod metrics;
 pub mod model;

@@ -1,35 +1,15 @@
 //! Crash-safe file writes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use envsynth_core::files::tmp_path;
 
 use crate::ShardError;
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// Write `bytes` to `path` so that readers see either the old file or the whole new one:
-/// write `path.tmp`, fsync it, rename over `path`, fsync the directory.
+/// Write `bytes` to `path` so that readers see either the old file or the whole new one
+/// (see `envsynth_core::files::atomic_write`).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ShardError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| ShardError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| ShardError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| ShardError::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Directory fsync makes the rename durable; not all filesystems support it.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    envsynth_core::files::atomic_write(path, bytes).map_err(|e| ShardError::io(path, e))
 }
 
 /// Remove a leftover temporary file of `path` from an interrupted write.

@@ -1,0 +1,332 @@
+//! `envsynth model`: random-weight checkpoints in the Hugging Face layout of DeepSeek-V3.2, a
+//! byte-level BPE tokenizer trained on generated task text, generation, and a CPU benchmark.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use envsynth_core::chat::{ChatMessage, WireFunction, WireTool, WireToolCall};
+use envsynth_core::{TaskRequest, env::generate};
+use envsynth_policy::checkpoint::{StoreAs, Tensors};
+use envsynth_policy::init::{random_tensors, write_checkpoint};
+use envsynth_policy::{
+    AttentionMode, Cache, Config, Forward, Logits, Model, Preset, Sampler, SamplingParams, Segment,
+    Selection, Stop, tokenizer,
+};
+use envsynth_prompts::deepseek::{BOS, DeepSeekV32};
+use envsynth_travel::TravelPlanning;
+use serde_json::Value;
+
+#[derive(clap::Subcommand)]
+pub enum ModelCommand {
+    /// Write a random-weight checkpoint (config.json, model.safetensors, tokenizer.json).
+    Init(InitArgs),
+    /// Train a byte-level BPE tokenizer on generated task text; write tokenizer.json.
+    Tokenizer(TokenizerArgs),
+    /// Print a continuation of a prompt.
+    Generate(GenerateArgs),
+    /// Measure CPU prefill and decode tokens/s of a preset, sparse (DSA) beside dense attention.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// tiny (dsa.md §5.1) or small (FlashMLA shapes: d_qk 576, d_v 512, 64 heads).
+    #[arg(long)]
+    pub preset: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// f32, bf16, or fp8 (e4m3 projections with 128×128 block scales).
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Override the preset's max_position_embeddings (the context the model accepts).
+    #[arg(long)]
+    pub max_position_embeddings: Option<usize>,
+}
+
+#[derive(clap::Args)]
+pub struct TokenizerArgs {
+    #[arg(long)]
+    pub vocab_size: usize,
+    /// Travel tasks whose prompts, tools and solutions make the corpus.
+    #[arg(long, default_value_t = 120)]
+    pub tasks: u64,
+    /// Output file (tokenizer.json).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Text to continue (the beginning-of-sentence token is put in front).
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub preset: String,
+    /// Prompt length (prefill), and the context decode starts from.
+    #[arg(long, default_value_t = 256)]
+    pub prompt_tokens: usize,
+    /// Decode steps measured.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Override the preset's index_topk (e.g. below the prompt length for the small preset,
+    /// whose top-k 2048 only selects beyond 2048 tokens).
+    #[arg(long)]
+    pub topk: Option<usize>,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(c: ModelCommand) -> Result<()> {
+    match c {
+        ModelCommand::Init(a) => init(a),
+        ModelCommand::Tokenizer(a) => train_tokenizer(a),
+        ModelCommand::Generate(a) => generate_text(a),
+        ModelCommand::Bench(a) => bench(a),
+    }
+}
+
+/// Text the project generates: travel tasks' prompts, rendered in DeepSeek-V3.2's chat format
+/// with their tools and a submit call carrying the planted solution.
+fn corpus(tasks: u64) -> Result<Vec<String>> {
+    let env = Arc::new(TravelPlanning::new());
+    let chat = DeepSeekV32::new().map_err(|e| anyhow::anyhow!(e))?;
+    let levels = ["easy", "medium", "hard"];
+    let mut texts = Vec::new();
+    for index in 0..tasks {
+        let task = generate(
+            env.as_ref(),
+            &TaskRequest {
+                seed: 0x70C,
+                index,
+                level: levels[index as usize % levels.len()].into(),
+                overrides: Value::Null,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("corpus task {index}: {e}"))?
+        .task;
+        let tools: Vec<WireTool> = task.tools.iter().map(WireTool::from).collect();
+        let mut messages: Vec<ChatMessage> = task
+            .prompt
+            .iter()
+            .map(|m| ChatMessage::text(&m.role, m.content.clone()))
+            .collect();
+        let submit = tools
+            .iter()
+            .find(|t| t.function.name.starts_with("submit"))
+            .map_or("submit".to_string(), |t| t.function.name.clone());
+        let plan: Value = serde_json::from_str(task.reference_solution.get())?;
+        let arguments = match tools
+            .iter()
+            .find(|t| t.function.name == submit)
+            .and_then(|t| t.function.parameters["properties"].as_object())
+            .and_then(|p| p.keys().next().cloned())
+        {
+            Some(param) => serde_json::json!({ param: plan }),
+            None => plan,
+        };
+        messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: Some(String::new()),
+            reasoning_content: None,
+            tool_calls: vec![WireToolCall {
+                id: "call_0".into(),
+                kind: "function".into(),
+                function: WireFunction {
+                    name: submit,
+                    arguments: arguments.to_string(),
+                },
+            }],
+            tool_call_id: None,
+        });
+        texts.push(
+            chat.render(&messages, &tools, false)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
+    Ok(texts)
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let preset = Preset::parse(&a.preset)?;
+    let store = StoreAs::parse(&a.dtype)?;
+    let mut cfg = preset.config();
+    if let Some(n) = a.max_position_embeddings {
+        cfg.max_position_embeddings = n;
+    }
+    cfg.validate()?;
+    let started = Instant::now();
+    let tok = tokenizer::train_bpe(&corpus(120)?, cfg.vocab_size)?;
+    let tensors = random_tensors(&cfg, a.seed);
+    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
+    write_checkpoint(&a.out, &cfg, &tensors, store, &tok)?;
+    eprintln!(
+        "model init: {} preset, {:.2}M parameters, {} → {} in {:.1}s",
+        a.preset,
+        params as f64 / 1e6,
+        a.dtype,
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn train_tokenizer(a: TokenizerArgs) -> Result<()> {
+    let json = tokenizer::train_bpe(&corpus(a.tasks)?, a.vocab_size)?;
+    envsynth_core::files::atomic_write(&a.out, json.as_bytes())
+        .with_context(|| format!("{}", a.out.display()))?;
+    eprintln!("tokenizer: {} entries → {}", a.vocab_size, a.out.display());
+    Ok(())
+}
+
+fn generate_text(a: GenerateArgs) -> Result<()> {
+    crate::existing(&a.model, "--model")?;
+    let model = Model::load(&a.model)?;
+    let tok = tokenizer::load(&a.model)?;
+    let ids = tokenizer::encode(&tok, &format!("{BOS}{}", a.prompt))?;
+    let mut sampler = Sampler::new(
+        SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+        },
+        a.seed,
+    )?;
+    let stop = Stop {
+        eos: model.cfg.eos_token_id.into_iter().collect(),
+        max_new_tokens: a.max_new_tokens.max(1),
+        strings: Vec::new(),
+    };
+    let started = Instant::now();
+    let g = envsynth_policy::generate(&model, &ids, &mut sampler, &stop, |_| String::new())?;
+    let secs = started.elapsed().as_secs_f64();
+    println!("{}", tokenizer::decode(&tok, &g.tokens)?);
+    eprintln!(
+        "generate: {} prompt tokens, {} new tokens ({:?}) in {secs:.2}s",
+        ids.len(),
+        g.tokens.len(),
+        g.finish
+    );
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct BenchRow {
+    preset: String,
+    attention: &'static str,
+    prompt_tokens: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    context_at_decode: usize,
+    index_topk: usize,
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let preset = Preset::parse(&a.preset)?;
+    if a.prompt_tokens == 0 || a.new_tokens == 0 {
+        bail!("--prompt-tokens and --new-tokens must be positive");
+    }
+    let mut cfg: Config = preset.config();
+    if let Some(k) = a.topk {
+        cfg.index_topk = k;
+    }
+    cfg.max_position_embeddings = cfg
+        .max_position_embeddings
+        .max(a.prompt_tokens + a.new_tokens + 1);
+    let model = Model::from_tensors(cfg.clone(), Tensors::from_named(random_tensors(&cfg, 0)))?;
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761) % cfg.vocab_size as u32)
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "model bench: {} preset, prompt {} tokens, {} decode steps, top-k {}, {threads} threads",
+        a.preset, a.prompt_tokens, a.new_tokens, cfg.index_topk
+    );
+    let mut rows = Vec::new();
+    // Dense first, then sparse, in one run: the baseline is measured beside the figure.
+    for (attention, selection) in [("dense", Selection::Dense), ("sparse", Selection::Sparse)] {
+        let mut cache = Cache::new(&model);
+        let t = Instant::now();
+        let logits = model.forward(
+            &mut [Segment {
+                cache: &mut cache,
+                tokens: &prompt,
+            }],
+            Forward {
+                mode: AttentionMode::Mha,
+                selection,
+                logits: Logits::Last,
+            },
+        )?;
+        let prefill = t.elapsed().as_secs_f64();
+        let mut sampler = Sampler::new(
+            SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            0,
+        )?;
+        let mut next = sampler.sample(&logits[0]);
+        let t = Instant::now();
+        for _ in 0..a.new_tokens {
+            let l = model.forward(
+                &mut [Segment {
+                    cache: &mut cache,
+                    tokens: &[next],
+                }],
+                Forward {
+                    mode: AttentionMode::Absorbed,
+                    selection,
+                    logits: Logits::Last,
+                },
+            )?;
+            next = sampler.sample(&l[0]);
+        }
+        let decode = t.elapsed().as_secs_f64();
+        rows.push(BenchRow {
+            preset: a.preset.clone(),
+            attention,
+            prompt_tokens: a.prompt_tokens,
+            prefill_tokens_per_s: a.prompt_tokens as f64 / prefill,
+            decode_tokens_per_s: a.new_tokens as f64 / decode,
+            context_at_decode: a.prompt_tokens,
+            index_topk: cfg.index_topk,
+        });
+    }
+    println!("| preset | attention | prompt | prefill tok/s | decode tok/s |");
+    println!("|---|---|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.2} |",
+            r.preset, r.attention, r.prompt_tokens, r.prefill_tokens_per_s, r.decode_tokens_per_s
+        );
+    }
+    if let Some(path) = &a.json {
+        let mut bytes = serde_json::to_vec_pretty(&rows)?;
+        bytes.push(b'\n');
+        envsynth_core::files::atomic_write(path, &bytes)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
