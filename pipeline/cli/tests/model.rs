@@ -1,0 +1,239 @@
+//! `envsynth model` end to end: checkpoints and tokenizers are byte-identical for the same
+//! command, generation is seeded, bad arguments are named, and the rollout engine plays tasks
+//! with `--policy local:DIR`, reproducibly.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::BIN;
+
+fn envsynth(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("envsynth runs")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = envsynth(args);
+    assert!(
+        out.status.success(),
+        "envsynth {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn refused(args: &[&str]) -> String {
+    let out = envsynth(args);
+    assert!(!out.status.success(), "envsynth {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| {
+            let p = e.expect("entry").path();
+            (
+                p.file_name().expect("name").to_string_lossy().into_owned(),
+                std::fs::read(&p).expect("read"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn init_is_deterministic_and_generation_is_seeded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in [&a, &b] {
+        ok(&[
+            "model",
+            "init",
+            "--preset",
+            "tiny",
+            "--seed",
+            "5",
+            "--out",
+            dir.to_str().expect("utf-8"),
+        ]);
+    }
+    let fa = files(&a);
+    assert_eq!(
+        fa.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    assert_eq!(fa, files(&b), "same command, same bytes");
+    let config: serde_json::Value = serde_json::from_slice(&fa[0].1).expect("config.json is JSON");
+    assert_eq!(config["model_type"], "deepseek_v32");
+    assert_eq!(config["index_topk"], 8);
+    assert_eq!(config["rope_scaling"]["factor"], 4.0);
+
+    let generate = |seed: &str| {
+        let out = ok(&[
+            "model",
+            "generate",
+            "--model",
+            a.to_str().expect("utf-8"),
+            "--prompt",
+            "Plan a trip to",
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            seed,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(generate("1"), generate("1"));
+    assert_ne!(generate("1"), generate("2"));
+
+    let tok = tmp.path().join("tokenizer.json");
+    ok(&[
+        "model",
+        "tokenizer",
+        "--vocab-size",
+        "400",
+        "--tasks",
+        "12",
+        "--out",
+        tok.to_str().expect("utf-8"),
+    ]);
+    let first = std::fs::read(&tok).expect("tokenizer.json");
+    ok(&[
+        "model",
+        "tokenizer",
+        "--vocab-size",
+        "400",
+        "--tasks",
+        "12",
+        "--out",
+        tok.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(first, std::fs::read(&tok).expect("tokenizer.json"));
+    let t: serde_json::Value = serde_json::from_slice(&first).expect("JSON");
+    assert_eq!(t["model"]["type"], "BPE");
+}
+
+#[test]
+fn bad_model_arguments_are_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("m");
+    let o = out.to_str().expect("utf-8");
+    assert!(
+        refused(&["model", "init", "--preset", "huge", "--out", o])
+            .contains("unknown preset \"huge\"")
+    );
+    assert!(
+        refused(&[
+            "model", "init", "--preset", "tiny", "--dtype", "int4", "--out", o
+        ])
+        .contains("unknown dtype \"int4\"")
+    );
+    assert!(!out.exists(), "nothing is written for refused arguments");
+    assert!(
+        refused(&["model", "generate", "--model", o, "--prompt", "x"]).contains("does not exist")
+    );
+    ok(&["model", "init", "--preset", "tiny", "--out", o]);
+    let e = refused(&[
+        "model", "generate", "--model", o, "--prompt", "x", "--top-p", "0",
+    ]);
+    assert!(e.contains("top_p"), "{e}");
+    // A prompt longer than the context (128 positions) is refused, not truncated.
+    let long = "day ".repeat(400);
+    let e = refused(&["model", "generate", "--model", o, "--prompt", &long]);
+    assert!(e.contains("max_position_embeddings 128"), "{e}");
+}
+
+#[test]
+fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    ok(&[
+        "generate",
+        "--count",
+        "2",
+        "--mix",
+        "easy",
+        "--out",
+        &p("tasks"),
+    ]);
+    // The travel prompt with its tools is about 2,500 tokens: give the tiny model room.
+    ok(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--max-position-embeddings",
+        "8192",
+        "--out",
+        &p("tiny"),
+    ]);
+    let play = |out: &str| {
+        ok(&[
+            "rollout",
+            "--tasks",
+            &p("tasks"),
+            "--policy",
+            &format!("local:{}", p("tiny")),
+            "--k",
+            "2",
+            "--max-turns",
+            "2",
+            "--max-tokens",
+            "16",
+            "--seed",
+            "3",
+            "--out",
+            &p(out),
+        ]);
+        std::fs::read_to_string(tmp.path().join(out).join("rollouts.jsonl"))
+            .expect("rollouts.jsonl")
+    };
+    let first = play("a");
+    assert_eq!(first, play("b"), "same command, same rollouts");
+    let rollouts: Vec<serde_json::Value> = first
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(rollouts.len(), 4);
+    let mut completions = std::collections::BTreeSet::new();
+    for r in &rollouts {
+        assert_eq!(r["policy"], "local:tiny");
+        let usage = &r["usage"];
+        assert!(
+            usage["prompt_tokens"].as_u64().expect("count") > 1000,
+            "{usage}"
+        );
+        let turns = r["turns"].as_u64().expect("turns");
+        assert!(
+            usage["completion_tokens"].as_u64().expect("count") <= 16 * turns,
+            "{usage}"
+        );
+        // Random weights do not plan trips, but every rollout is scored, none masked.
+        assert_eq!(r["verdict"]["mask"], false, "{}", r["verdict"]);
+        assert_eq!(r["verdict"]["passed"], false);
+        let last = r["messages"]
+            .as_array()
+            .expect("messages")
+            .last()
+            .expect("a reply")
+            .clone();
+        completions.insert(last.to_string());
+    }
+    assert_eq!(
+        completions.len(),
+        4,
+        "each sample seed draws its own continuation"
+    );
+}
