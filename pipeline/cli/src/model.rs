@@ -196,7 +196,12 @@ fn train_tokenizer(a: TokenizerArgs) -> Result<()> {
     let json = tokenizer::train_bpe(&corpus(a.tasks)?, a.vocab_size)?;
     envsynth_core::files::atomic_write(&a.out, json.as_bytes())
         .with_context(|| format!("{}", a.out.display()))?;
-    eprintln!("tokenizer: {} entries → {}", a.vocab_size, a.out.display());
+    eprintln!(
+        "tokenizer: {} entries (asked for {}) → {}",
+        tokenizer::vocab_size(&json)?,
+        a.vocab_size,
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -2,12 +2,10 @@
 //! command, generation is seeded, bad arguments are named, and the rollout engine plays tasks
 //! with `--policy local:DIR`, reproducibly.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::BIN;
+const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
 
 fn envsynth(args: &[&str]) -> Output {
     Command::new(BIN)

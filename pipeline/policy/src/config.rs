@@ -387,7 +387,7 @@ impl Config {
                 );
             }
         }
-        if self.qk_rope_head_dim % 2 != 0 {
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
             return fail("qk_rope_head_dim", "must be even".into());
         }
         if !self.index_head_dim.is_power_of_two() || self.index_head_dim < self.qk_rope_head_dim {
@@ -418,7 +418,7 @@ impl Config {
             if self.moe_intermediate_size == 0 {
                 return fail("moe_intermediate_size", "must be positive".into());
             }
-            if self.n_group == 0 || self.n_routed_experts % self.n_group != 0 {
+            if self.n_group == 0 || !self.n_routed_experts.is_multiple_of(self.n_group) {
                 return fail(
                     "n_group",
                     format!(

@@ -415,10 +415,7 @@ impl Model {
         let mut segments: Vec<Segment<'_>> = batch
             .iter_mut()
             .zip(&tokens)
-            .map(|((cache, _), t)| Segment {
-                cache: &mut **cache,
-                tokens: t,
-            })
+            .map(|((cache, _), t)| Segment { cache, tokens: t })
             .collect();
         self.forward(&mut segments, Forward::DECODE)
     }

@@ -90,6 +90,12 @@ pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<String, ModelErr
     Ok(json)
 }
 
+/// Entries of a tokenizer.json (added tokens included).
+pub fn vocab_size(json: &str) -> Result<usize, ModelError> {
+    let t: Tokenizer = json.parse().map_err(err)?;
+    Ok(t.get_vocab_size(true))
+}
+
 /// Encodes text that already carries its special tokens (a rendered chat prompt).
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ModelError> {
     Ok(tokenizer

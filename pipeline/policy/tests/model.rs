@@ -231,6 +231,36 @@ fn seeded_sampling_and_generation_are_reproducible() {
     assert_eq!(a, run(11));
     assert_ne!(a.tokens, run(12).tokens);
     assert!(!a.tokens.is_empty() && a.tokens.len() <= 20);
+    // A stop string ends generation as soon as the decoded text contains it.
+    let text = |t: &[u32]| t.iter().map(|x| format!("<{x}>")).collect::<String>();
+    let marker = format!("<{}>", a.tokens[2]);
+    let first = a
+        .tokens
+        .iter()
+        .position(|t| format!("<{t}>") == marker)
+        .expect("present");
+    let mut s = Sampler::new(
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 50,
+        },
+        11,
+    )
+    .expect("valid");
+    let stopped = generate(
+        &model,
+        &prompt,
+        &mut s,
+        &Stop {
+            strings: vec![marker],
+            ..stop.clone()
+        },
+        text,
+    )
+    .expect("generate");
+    assert_eq!(stopped.finish, envsynth_policy::Finish::StopString);
+    assert_eq!(stopped.tokens, a.tokens[..=first]);
     // Generating several prompts together gives each the tokens it gets alone.
     let prompts = vec![prompt.clone(), tokens(20, 3)];
     let params = SamplingParams::default();
