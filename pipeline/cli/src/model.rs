@@ -28,6 +28,28 @@ pub enum ModelCommand {
     Generate(GenerateArgs),
     /// Measure CPU prefill and decode tokens/s of a preset, sparse (DSA) beside dense attention.
     Bench(BenchArgs),
+    /// On a Hopper GPU: check every kernel against the CPU reference on fresh random inputs,
+    /// then benchmark indexer + top-k + sparse attention at the small preset's shapes.
+    GpuCheck(GpuCheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct GpuCheckArgs {
+    /// Context lengths to benchmark (comma-separated); none runs only the checks.
+    #[arg(long, value_delimiter = ',', default_value = "8192,32768,65536,131072")]
+    pub contexts: Vec<usize>,
+    /// Run the correctness checks only, no benchmarks.
+    #[arg(long)]
+    pub checks_only: bool,
+    /// Replay the random inputs of an earlier run (default: a fresh seed, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Only compile the kernels with NVRTC for sm_90a (needs libnvrtc, not a GPU).
+    #[arg(long)]
+    pub compile_only: bool,
+    /// Write the full report here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +126,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
         ModelCommand::Tokenizer(a) => train_tokenizer(a),
         ModelCommand::Generate(a) => generate_text(a),
         ModelCommand::Bench(a) => bench(a),
+        ModelCommand::GpuCheck(a) => gpu_check(a),
     }
 }
 
@@ -332,6 +355,102 @@ fn bench(a: BenchArgs) -> Result<()> {
         bytes.push(b'\n');
         envsynth_core::files::atomic_write(path, &bytes)
             .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Exit status when the GPU checks could not run on this machine (no driver, no NVRTC): distinct
+/// from success and from a failed check, so CI reports them as not run.
+pub const GPU_NOT_RUN: u8 = 3;
+
+fn gpu_check(a: GpuCheckArgs) -> Result<()> {
+    use envsynth_policy::gpu;
+    if a.compile_only {
+        let started = Instant::now();
+        let cubin = gpu::compile_cubin(gpu::KERNELS)?;
+        eprintln!(
+            "gpu-check: kernels compiled for {} by NVRTC: {} bytes of CUBIN in {:.1}s",
+            gpu::ARCH,
+            cubin.len(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let g = match gpu::Gpu::open(&gpu::default_cache()) {
+        Ok(g) => g,
+        Err(e @ (gpu::GpuError::NoDriver(_) | gpu::GpuError::NoNvrtc(_))) => {
+            eprintln!("gpu-check: NOT RUN: {e}");
+            std::process::exit(i32::from(GPU_NOT_RUN));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let seed = a.seed.unwrap_or_else(gpu::check::fresh_seed);
+    eprintln!(
+        "gpu-check: {} ({} SMs), seed {seed}, kernels {}",
+        g.name,
+        g.multiprocessors,
+        if g.cached {
+            "from the cache"
+        } else {
+            "compiled now"
+        }
+    );
+    let contexts = if a.checks_only {
+        Vec::new()
+    } else {
+        a.contexts.clone()
+    };
+    let report = gpu::check::run(&g, seed, &contexts, !a.checks_only)?;
+    println!("| check | precision | rel. error | bound | result |");
+    println!("|---|---|---:|---:|---|");
+    for c in &report.checks {
+        println!(
+            "| {} | {} | {:.2e} | {:.0e} | {} |",
+            c.name,
+            c.precision,
+            c.rel_err,
+            c.bound,
+            if c.passed { "pass" } else { "FAIL" }
+        );
+    }
+    for n in &report.not_checked {
+        println!("not checked: {n}");
+    }
+    if !report.bench.is_empty() {
+        println!();
+        println!(
+            "| context | indexer ms | top-k ms | sparse attn ms | prefill ms | indexer TFLOP/s | attn TFLOP/s | decode sparse ms | decode dense ms |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for b in &report.bench {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} |",
+                b.context,
+                b.prefill_indexer_ms,
+                b.prefill_topk_ms,
+                b.prefill_attention_ms,
+                b.prefill_total_ms,
+                b.prefill_indexer_tflops,
+                b.prefill_attention_tflops,
+                b.decode_sparse_ms,
+                b.decode_dense_ms
+            );
+        }
+    }
+    if let Some(tflops) = report.decode_batch_tflops {
+        println!(
+            "sparse decode, batch {} × 64 heads, top-k 2048: {tflops:.0} TFLOP/s",
+            report.decode_batch
+        );
+    }
+    if let Some(path) = &a.json {
+        let mut bytes = serde_json::to_vec_pretty(&report)?;
+        bytes.push(b'\n');
+        envsynth_core::files::atomic_write(path, &bytes)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    if !report.passed() {
+        bail!("gpu-check: some kernels disagree with the CPU reference (seed {seed})");
     }
     Ok(())
 }

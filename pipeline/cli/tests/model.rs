@@ -235,3 +235,53 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
         "each sample seed draws its own continuation"
     );
 }
+
+/// The folder of the pip-installed NVRTC (`nvidia-cuda-nvrtc`, see .ci/requirements.txt).
+fn nvrtc_lib_dir() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import importlib.util, os; s = importlib.util.find_spec('nvidia'); print(os.path.join(list(s.submodule_search_locations)[0], 'cu13', 'lib'))"])
+        .output()
+        .expect("python3 runs");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && Path::new(&dir).join("libnvrtc.so.13").exists(),
+        "NVRTC is missing: pip install -r .ci/requirements.txt (nvidia-cuda-nvrtc); looked in {dir:?}"
+    );
+    dir
+}
+
+/// The CUDA kernels compile for sm_90a with NVRTC on any machine; no GPU is needed for that.
+#[test]
+fn cuda_kernels_compile_for_hopper_with_nvrtc() {
+    let lib = nvrtc_lib_dir();
+    let out = Command::new(BIN)
+        .args(["model", "gpu-check", "--compile-only"])
+        .env("LD_LIBRARY_PATH", &lib)
+        .output()
+        .expect("envsynth runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("kernels compiled for sm_90a"), "{err}");
+}
+
+/// Without a GPU the check says it did not run (exit status 3), never that it passed. On a
+/// machine with a Hopper GPU it runs the checks (no benchmarks) and must pass them.
+#[test]
+fn gpu_check_reports_not_run_where_there_is_no_gpu() {
+    let out = Command::new(BIN)
+        .args(["model", "gpu-check", "--checks-only"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .expect("envsynth runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(3) => assert!(
+            err.contains("NOT RUN") && err.contains("no CUDA driver"),
+            "{err}"
+        ),
+        Some(0) => {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("| sparse_mla_splits_3 |"))
+        }
+        other => panic!("gpu-check exited with {other:?}: {err}"),
+    }
+}

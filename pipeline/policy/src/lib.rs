@@ -9,10 +9,13 @@
 //! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate, and byte-level BPE training.
 //! - [`init`]: random-weight checkpoints.
 //! - [`local`]: the rollout engine's `local:DIR` policy.
+//! - [`gpu`]: CUDA kernels for the GPU backend (cudarc, NVRTC, loaded at run time) and the
+//!   program that checks them against this CPU reference and benchmarks them.
 
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
+pub mod gpu;
 pub mod init;
 pub mod local;
 pub mod model;

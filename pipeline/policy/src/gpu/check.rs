@@ -1,0 +1,575 @@
+//! The GPU check-and-benchmark program (`envsynth model gpu-check`): every kernel against the
+//! CPU reference on fresh random inputs, then the DSA kernels at the small preset's shapes for
+//! several context lengths. Relative error is ‖gpu − ref‖₂ / ‖ref‖₂ with the reference in f64
+//! (or f32 where the CPU reference is the model's own f32 code).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::{Gpu, GpuError, cuda};
+use crate::config::Preset;
+use crate::model::index_scores;
+use crate::ops::{Rope, RopeStyle, rms_norm, top_k};
+
+/// d_qk, d_v and heads of the sparse MLA kernel (the small preset's absorbed shapes).
+const H: usize = 64;
+const DQK: usize = 576;
+const DV: usize = 512;
+/// Indexer heads and head dim.
+const IH: usize = 64;
+const ID: usize = 128;
+const TOPK: usize = 2048;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub precision: &'static str,
+    pub rel_err: f64,
+    pub bound: f64,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Bench {
+    pub context: usize,
+    /// One sequence of `context` tokens through indexer, top-k and sparse attention.
+    pub prefill_indexer_ms: f64,
+    pub prefill_topk_ms: f64,
+    pub prefill_attention_ms: f64,
+    pub prefill_total_ms: f64,
+    pub prefill_indexer_tflops: f64,
+    pub prefill_attention_tflops: f64,
+    /// One query at the end of the context.
+    pub decode_sparse_ms: f64,
+    pub decode_dense_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub multiprocessors: i32,
+    pub seed: u64,
+    pub kernels_cached: bool,
+    pub checks: Vec<Check>,
+    pub not_checked: Vec<String>,
+    pub bench: Vec<Bench>,
+    /// Sparse decode throughput at a batch that fills the GPU (128 queries, top-k 2048).
+    pub decode_batch: usize,
+    pub decode_batch_tflops: Option<f64>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// A seed that differs every run (printed, so a failure can be replayed with `--seed`).
+pub fn fresh_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    if got.iter().any(|v| v.is_nan()) {
+        return f64::INFINITY;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+fn check(name: &str, precision: &'static str, err: f64, bound: f64, detail: String) -> Check {
+    Check {
+        name: name.into(),
+        precision,
+        rel_err: err,
+        bound,
+        passed: err <= bound,
+        detail,
+    }
+}
+
+/// Random values in ±1, and the same values rounded to bf16 (bits and f32).
+fn random_bf16(rng: &mut ChaCha8Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
+    let mut bits = Vec::with_capacity(n);
+    let mut vals = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = half::bf16::from_f32(rng.random::<f32>() * 2.0 - 1.0);
+        bits.push(b.to_bits());
+        vals.push(b.to_f32());
+    }
+    (bits, vals)
+}
+
+fn random_f32(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// CPU reference of sparse MLA for one query: f64 softmax over the valid selected rows.
+fn mla_reference(q: &[f32], kv: &[f32], idx: &[i32], s_len: usize, scale: f64) -> Vec<f64> {
+    let mut out = vec![0.0f64; H * DV];
+    let valid: Vec<usize> = idx
+        .iter()
+        .filter(|&&s| s >= 0 && (s as usize) < s_len)
+        .map(|&s| s as usize)
+        .collect();
+    for h in 0..H {
+        let qh = &q[h * DQK..(h + 1) * DQK];
+        let scores: Vec<f64> = valid
+            .iter()
+            .map(|&s| {
+                qh.iter()
+                    .zip(&kv[s * DQK..(s + 1) * DQK])
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for (&s, p) in valid.iter().zip(&e) {
+            for c in 0..DV {
+                out[h * DV + c] += p / z * kv[s * DQK + c] as f64;
+            }
+        }
+    }
+    out
+}
+
+fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
+    let mut out = Vec::new();
+    let cfg = Preset::Small.config();
+
+    // RMSNorm.
+    let (rows, n) = (37, 1024);
+    let x = random_f32(rng, rows * n);
+    let w = random_f32(rng, n);
+    let (dx, dw) = (gpu.upload(&x)?, gpu.upload(&w)?);
+    let mut dy = gpu.zeros::<f32>(rows * n)?;
+    gpu.rms_norm(&dx, &dw, &mut dy, rows, n, 1e-6)?;
+    let got = gpu.download(&dy)?;
+    let want: Vec<f32> = x.chunks(n).flat_map(|r| rms_norm(r, &w, 1e-6)).collect();
+    out.push(check(
+        "rms_norm",
+        "f32",
+        rel_err(&f64s(&got), &f64s(&want)),
+        1e-5,
+        format!("{rows} rows × {n}"),
+    ));
+
+    // RoPE, both pairings, as MLA (interleaved, rope last of 192) and the indexer (NeoX, rope first of 128).
+    let rope = Rope::new(&cfg);
+    let half_dim = cfg.qk_rope_head_dim / 2;
+    let max_pos = 4096;
+    let mut cos = Vec::with_capacity(max_pos * half_dim);
+    let mut sin = Vec::with_capacity(max_pos * half_dim);
+    for p in 0..max_pos {
+        for f in &rope.freqs {
+            cos.push(((p as f64 * f).cos() * rope.attention_factor) as f32);
+            sin.push(((p as f64 * f).sin() * rope.attention_factor) as f32);
+        }
+    }
+    let (dcos, dsin) = (gpu.upload(&cos)?, gpu.upload(&sin)?);
+    for (name, stride, offset, style) in [
+        (
+            "rope_interleaved_mla",
+            192usize,
+            128usize,
+            RopeStyle::Interleaved,
+        ),
+        ("rope_neox_indexer", 128, 0, RopeStyle::Neox),
+    ] {
+        let (tokens, heads) = (29usize, 8usize);
+        let positions: Vec<i32> = (0..tokens)
+            .map(|_| rng.random_range(0..max_pos as i32))
+            .collect();
+        let x = random_f32(rng, tokens * heads * stride);
+        let mut dx = gpu.upload(&x)?;
+        let dpos = gpu.upload(&positions)?;
+        let dim = cfg.qk_rope_head_dim;
+        gpu.rope(
+            &mut dx,
+            &dpos,
+            &dcos,
+            &dsin,
+            tokens * heads,
+            heads,
+            stride,
+            offset,
+            dim,
+            style == RopeStyle::Interleaved,
+        )?;
+        let got = gpu.download(&dx)?;
+        let mut want = x.clone();
+        for v in 0..tokens * heads {
+            let at = v * stride + offset;
+            rope.apply(
+                &mut want[at..at + dim],
+                positions[v / heads] as usize,
+                style,
+            );
+        }
+        out.push(check(
+            name,
+            "f32",
+            rel_err(&f64s(&got), &f64s(&want)),
+            1e-5,
+            format!("{tokens} tokens × {heads} heads"),
+        ));
+    }
+
+    // SwiGLU.
+    let n = 10_000;
+    let (g, u) = (random_f32(rng, n), random_f32(rng, n));
+    let (dg, du) = (gpu.upload(&g)?, gpu.upload(&u)?);
+    let mut dout = gpu.zeros::<f32>(n)?;
+    gpu.swiglu(&dg, &du, &mut dout, n)?;
+    let got = gpu.download(&dout)?;
+    let want: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| (g as f64 / (1.0 + (-g as f64).exp())) * u as f64)
+        .collect();
+    out.push(check(
+        "swiglu",
+        "f32",
+        rel_err(&f64s(&got), &want),
+        1e-5,
+        format!("{n} elements"),
+    ));
+
+    // Indexer logits: T queries at positions first_pos.., causal, odd sizes on purpose.
+    let (t, first_pos) = (67usize, 203usize);
+    let s = first_pos + t;
+    let (qb, qv) = random_bf16(rng, t * IH * ID);
+    let (kb, kv) = random_bf16(rng, s * ID);
+    let w = random_f32(rng, t * IH);
+    let w_folded: Vec<f32> = w.iter().map(|v| v * (ID as f32).powf(-0.5)).collect();
+    let (dq, dk, dw) = (gpu.upload(&qb)?, gpu.upload(&kb)?, gpu.upload(&w_folded)?);
+    let mut dl = gpu.upload(&vec![f32::NAN; t * s])?;
+    gpu.indexer_logits(&dq, &dk, &dw, &mut dl, t, s, s, first_pos)?;
+    let got = gpu.download(&dl)?;
+    let logits_host = got.clone();
+    let (mut g64, mut w64, mut masked_ok) = (Vec::new(), Vec::new(), true);
+    for r in 0..t {
+        let len = first_pos + r + 1;
+        let want = index_scores(
+            &qv[r * IH * ID..(r + 1) * IH * ID],
+            &w[r * IH..(r + 1) * IH],
+            &kv[..len * ID],
+            ID,
+        );
+        g64.extend(got[r * s..r * s + len].iter().map(|&v| v as f64));
+        w64.extend(want.iter().map(|&v| v as f64));
+        masked_ok &= got[r * s + len..(r + 1) * s]
+            .iter()
+            .all(|v| *v == f32::NEG_INFINITY);
+    }
+    let e = rel_err(&g64, &w64);
+    out.push(Check {
+        passed: e <= 1e-4 && masked_ok,
+        ..check(
+            "indexer_logits",
+            "bf16 in, f32 accumulate",
+            e,
+            1e-4,
+            format!("{t} queries × {s} keys, future masked: {masked_ok}"),
+        )
+    });
+
+    // Top-k on those logits (exact: same floats, same ties), and on a long row with ties.
+    let k = 64;
+    let mut di = gpu.zeros::<i32>(t * k)?;
+    gpu.topk(&dl, &mut di, t, s, k, first_pos)?;
+    let got = gpu.download(&di)?;
+    let mut mismatched = 0;
+    for r in 0..t {
+        let len = first_pos + r + 1;
+        let row = &logits_host[r * s..(r + 1) * s];
+        let want: Vec<i32> = top_k(&row[..len], k.min(len))
+            .into_iter()
+            .map(|i| i as i32)
+            .collect();
+        if got[r * k..r * k + want.len()] != want[..] {
+            mismatched += 1;
+        }
+    }
+    let (rows, len) = (3usize, 131_072usize);
+    let long: Vec<f32> = (0..rows * len)
+        .map(|_| (rng.random_range(0..5000) as f32) / 100.0)
+        .collect();
+    let dlong = gpu.upload(&long)?;
+    let mut dli = gpu.zeros::<i32>(rows * TOPK)?;
+    gpu.topk(&dlong, &mut dli, rows, len, TOPK, len)?;
+    let got = gpu.download(&dli)?;
+    for r in 0..rows {
+        let want: Vec<i32> = top_k(&long[r * len..(r + 1) * len], TOPK)
+            .into_iter()
+            .map(|i| i as i32)
+            .collect();
+        if got[r * TOPK..(r + 1) * TOPK] != want[..] {
+            mismatched += 1;
+        }
+    }
+    out.push(Check {
+        passed: mismatched == 0,
+        ..check(
+            "topk",
+            "exact",
+            mismatched as f64,
+            0.0,
+            format!("{t} causal rows (k {k}) and {rows} rows of {len} with ties (k {TOPK}); rows differing: {mismatched}"),
+        )
+    });
+
+    // Sparse MLA: top-k < context, some invalid indices, one query with fewer valid rows than
+    // top-k; split-KV in 1 and 3 parts.
+    let (t, s_len) = (5usize, 3001usize);
+    let scale = (192f64).powf(-0.5);
+    let (qb, qv) = random_bf16(rng, t * H * DQK);
+    let (kvb, kvv) = random_bf16(rng, s_len * DQK);
+    let mut idx = Vec::with_capacity(t * TOPK);
+    for r in 0..t {
+        let mut chosen: Vec<i32> = (0..s_len as i32).collect();
+        for i in 0..TOPK {
+            let j = rng.random_range(i..s_len);
+            chosen.swap(i, j);
+        }
+        let mut row: Vec<i32> = chosen[..TOPK].to_vec();
+        row.sort_unstable();
+        if r == 1 {
+            row[100..].iter_mut().for_each(|v| *v = -1); // only 100 valid
+        }
+        if r == 2 {
+            row[7] = -1;
+            row[900] = s_len as i32 + 5; // out of range counts as missing
+        }
+        idx.extend(row);
+    }
+    let (dq, dkv, didx) = (gpu.upload(&qb)?, gpu.upload(&kvb)?, gpu.upload(&idx)?);
+    let mut want = Vec::with_capacity(t * H * DV);
+    for r in 0..t {
+        want.extend(mla_reference(
+            &qv[r * H * DQK..(r + 1) * H * DQK],
+            &kvv,
+            &idx[r * TOPK..(r + 1) * TOPK],
+            s_len,
+            scale,
+        ));
+    }
+    for splits in [1usize, 3] {
+        let mut part = gpu.upload(&vec![f32::NAN; t * splits * H * DV])?;
+        let mut lse = gpu.upload(&vec![f32::NAN; t * splits * H])?;
+        let mut o = gpu.upload(&vec![f32::NAN; t * H * DV])?;
+        gpu.sparse_mla(
+            &dq,
+            &dkv,
+            &didx,
+            &mut part,
+            &mut lse,
+            &mut o,
+            t,
+            s_len,
+            TOPK,
+            splits,
+            scale as f32,
+        )?;
+        let got = gpu.download(&o)?;
+        out.push(check(
+            &format!("sparse_mla_splits_{splits}"),
+            "bf16 in, f32 accumulate, bf16 P",
+            rel_err(&f64s(&got), &want),
+            1e-2,
+            format!("{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Milliseconds of `f` between two events on the GPU's stream.
+fn timed(gpu: &Gpu, f: impl FnOnce() -> Result<(), GpuError>) -> Result<f64, GpuError> {
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let a = gpu.ctx.new_event(flags).map_err(cuda)?;
+    let b = gpu.ctx.new_event(flags).map_err(cuda)?;
+    a.record(&gpu.stream).map_err(cuda)?;
+    f()?;
+    b.record(&gpu.stream).map_err(cuda)?;
+    Ok(a.elapsed_ms(&b).map_err(cuda)? as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, GpuError> {
+    let chunk = l.min(4096);
+    let scale = (192f32).powf(-0.5);
+    // The cache of one layer: indexer keys and MLA rows for every position.
+    let (kb, _) = random_bf16(rng, l * ID);
+    let (kvb, _) = random_bf16(rng, l * DQK);
+    let (dk, dkv) = (gpu.upload(&kb)?, gpu.upload(&kvb)?);
+    // One chunk of queries, reused for every chunk (values do not change the work).
+    let (qib, _) = random_bf16(rng, chunk * IH * ID);
+    let w: Vec<f32> = random_f32(rng, chunk * IH)
+        .iter()
+        .map(|v| v * (ID as f32).powf(-0.5))
+        .collect();
+    let (qmb, _) = random_bf16(rng, chunk * H * DQK);
+    let (dqi, dw, dqm) = (gpu.upload(&qib)?, gpu.upload(&w)?, gpu.upload(&qmb)?);
+    let mut logits = gpu.zeros::<f32>(chunk * l)?;
+    let mut idx = gpu.zeros::<i32>(chunk * TOPK)?;
+    let mut part = gpu.zeros::<f32>(chunk * H * DV)?;
+    let mut lse = gpu.zeros::<f32>(chunk * H)?;
+    let mut o = gpu.zeros::<f32>(chunk * H * DV)?;
+
+    let mut b = Bench {
+        context: l,
+        ..Bench::default()
+    };
+    let mut indexer_flop = 0f64;
+    let mut attention_flop = 0f64;
+    for c0 in (0..l).step_by(chunk) {
+        let t = chunk.min(l - c0);
+        b.prefill_indexer_ms += timed(gpu, || {
+            gpu.indexer_logits(&dqi, &dk, &dw, &mut logits, t, c0 + t, l, c0)
+        })?;
+        b.prefill_topk_ms += timed(gpu, || gpu.topk(&logits, &mut idx, t, l, TOPK, c0))?;
+        b.prefill_attention_ms += timed(gpu, || {
+            gpu.sparse_mla(
+                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, l, TOPK, 1, scale,
+            )
+        })?;
+        for r in 0..t {
+            let visible = (c0 + r + 1) as f64;
+            indexer_flop += 2.0 * (IH * ID) as f64 * visible;
+            attention_flop += 2.0 * (H * (DQK + DV)) as f64 * visible.min(TOPK as f64);
+        }
+    }
+    b.prefill_total_ms = b.prefill_indexer_ms + b.prefill_topk_ms + b.prefill_attention_ms;
+    b.prefill_indexer_tflops = indexer_flop / (b.prefill_indexer_ms * 1e-3) / 1e12;
+    b.prefill_attention_tflops = attention_flop / (b.prefill_attention_ms * 1e-3) / 1e12;
+
+    // Decode, batch 1, at the end of the context: sparse (indexer + top-k + 2048 rows) against
+    // dense absorbed attention over every cached row (the same kernel, all indices).
+    let splits_sparse = 16;
+    let all: Vec<i32> = (0..l as i32).collect();
+    let dall = gpu.upload(&all)?;
+    let splits_dense = (l / 64).div_ceil(16).max(1);
+    let mut part_d = gpu.zeros::<f32>(splits_dense * H * DV)?;
+    let mut lse_d = gpu.zeros::<f32>(splits_dense * H)?;
+    let mut part_s = gpu.zeros::<f32>(splits_sparse * H * DV)?;
+    let mut lse_s = gpu.zeros::<f32>(splits_sparse * H)?;
+    let (mut sparse, mut dense) = (Vec::new(), Vec::new());
+    for rep in 0..21 {
+        let ms = timed(gpu, || {
+            gpu.indexer_logits(&dqi, &dk, &dw, &mut logits, 1, l, l, l - 1)?;
+            gpu.topk(&logits, &mut idx, 1, l, TOPK, l - 1)?;
+            gpu.sparse_mla(
+                &dqm,
+                &dkv,
+                &idx,
+                &mut part_s,
+                &mut lse_s,
+                &mut o,
+                1,
+                l,
+                TOPK,
+                splits_sparse,
+                scale,
+            )
+        })?;
+        let md = timed(gpu, || {
+            gpu.sparse_mla(
+                &dqm,
+                &dkv,
+                &dall,
+                &mut part_d,
+                &mut lse_d,
+                &mut o,
+                1,
+                l,
+                l,
+                splits_dense,
+                scale,
+            )
+        })?;
+        if rep > 0 {
+            sparse.push(ms);
+            dense.push(md);
+        }
+    }
+    b.decode_sparse_ms = median(sparse);
+    b.decode_dense_ms = median(dense);
+    Ok(b)
+}
+
+/// Runs the checks, then (unless `contexts` is empty) the benchmarks.
+pub fn run(gpu: &Gpu, seed: u64, contexts: &[usize], throughput: bool) -> Result<Report, GpuError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let checks = checks(gpu, &mut rng)?;
+    let mut bench = Vec::new();
+    for &l in contexts {
+        bench.push(bench_context(gpu, &mut rng, l)?);
+    }
+    let batch = 128usize;
+    let decode_batch_tflops = if throughput {
+        Some(decode_throughput(gpu, &mut rng, batch)?)
+    } else {
+        None
+    };
+    Ok(Report {
+        device: gpu.name.clone(),
+        multiprocessors: gpu.multiprocessors,
+        seed,
+        kernels_cached: gpu.cached,
+        checks,
+        not_checked: vec![
+            "whole-model logits on the GPU: the GPU forward pass is not built yet".into(),
+            "FP8 indexer (e4m3 with the Hadamard rotation): not built yet".into(),
+            "MoE routing and grouped expert GEMMs, paged caches: not built yet".into(),
+        ],
+        bench,
+        decode_batch: batch,
+        decode_batch_tflops,
+    })
+}
+
+/// Sparse decode TFLOP/s at a batch that fills the GPU: `batch` queries, each over 2048 rows of
+/// a 32K cache.
+fn decode_throughput(gpu: &Gpu, rng: &mut ChaCha8Rng, batch: usize) -> Result<f64, GpuError> {
+    let l = 32_768usize;
+    let (kvb, _) = random_bf16(rng, l * DQK);
+    let (qb, _) = random_bf16(rng, batch * H * DQK);
+    let idx: Vec<i32> = (0..batch)
+        .flat_map(|b| (0..TOPK as i32).map(move |i| (i * 13 + b as i32 * 7) % l as i32))
+        .collect();
+    let (dkv, dq, didx) = (gpu.upload(&kvb)?, gpu.upload(&qb)?, gpu.upload(&idx)?);
+    let mut part = gpu.zeros::<f32>(batch * H * DV)?;
+    let mut lse = gpu.zeros::<f32>(batch * H)?;
+    let mut o = gpu.zeros::<f32>(batch * H * DV)?;
+    let mut times = Vec::new();
+    for rep in 0..11 {
+        let ms = timed(gpu, || {
+            gpu.sparse_mla(
+                &dq, &dkv, &didx, &mut part, &mut lse, &mut o, batch, l, TOPK, 1, 0.07,
+            )
+        })?;
+        if rep > 0 {
+            times.push(ms);
+        }
+    }
+    let flop = 2.0 * (batch * H * (DQK + DV) * TOPK) as f64;
+    Ok(flop / (median(times) * 1e-3) / 1e12)
+}

@@ -1,0 +1,540 @@
+// DSA kernels for Hopper (sm_90a), compiled at run time by NVRTC. No headers: bf16 values are
+// carried as `unsigned short` and converted by hand; matrix products use mma.sync m16n8k16
+// (bf16 in, f32 accumulate) fed by ldmatrix from shared memory.
+//
+// Layouts (row-major, contiguous):
+//   indexer q   [T, HI, 128] bf16 (RoPE and Hadamard applied), k [S, 128] bf16, w [T, HI] f32
+//   logits      [T, ld] f32
+//   mla q       [T, H, 576] bf16 (absorbed nope | rope), kv [S, 576] bf16 (latent | rope key)
+//   indices     [T, topk] int32, -1 = no position
+//   partial out [T, splits, H, 512] f32 and lse [T, splits, H] f32 (log2 domain)
+
+typedef unsigned short bf16;
+
+__device__ __forceinline__ float bf16_to_f32(bf16 x) {
+    return __uint_as_float(((unsigned)x) << 16);
+}
+
+__device__ __forceinline__ bf16 f32_to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
+    return (bf16)(u >> 16);
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
+                                            const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned& r0, unsigned& r1, unsigned& r2,
+                                                  unsigned& r3, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Copy `rows` rows of `width` bf16 (a multiple of 8) from global (row stride `gstride`) into
+// shared memory (row stride `sstride`), 16 bytes per thread per step. Rows whose source is
+// null are zero-filled.
+__device__ __forceinline__ void load_rows(bf16* dst, int sstride, const bf16* const* src_rows,
+                                          int rows, int width) {
+    int chunks = width / 8;
+    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+        int r = i / chunks, c = i % chunks;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (src_rows[r] != 0) v = *reinterpret_cast<const uint4*>(src_rows[r] + c * 8);
+        *reinterpret_cast<uint4*>(dst + r * sstride + c * 8) = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise kernels (f32).
+
+// RMSNorm of `rows` rows of width n: y = x / sqrt(mean(x^2) + eps) * w. One block per row.
+extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y, int n, float eps) {
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float* yr = y + (size_t)blockIdx.x * n;
+    __shared__ float part[32];
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) part[0] = v;
+    }
+    __syncthreads();
+    float r = rsqrtf(part[0] / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
+}
+
+// RoPE in place on `count` vectors of `stride` floats, rotating `dim` dims starting at `offset`
+// of each, for position positions[v / per_position]. interleaved: pairs (2i, 2i+1); else pairs
+// (i, i + dim/2). cos/sin tables are [max_pos, dim/2].
+extern "C" __global__ void rope_f32(float* x, const int* positions, const float* cos_t,
+                                    const float* sin_t, int count, int per_position, int stride,
+                                    int offset, int dim, int interleaved) {
+    int half = dim / 2;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count * half) return;
+    int v = i / half, p = i % half;
+    int pos = positions[v / per_position];
+    float c = cos_t[pos * half + p], s = sin_t[pos * half + p];
+    float* base = x + (size_t)v * stride + offset;
+    int ia = interleaved ? 2 * p : p;
+    int ib = interleaved ? 2 * p + 1 : p + half;
+    float a = base[ia], b = base[ib];
+    base[ia] = a * c - b * s;
+    base[ib] = a * s + b * c;
+}
+
+// SwiGLU: out = silu(gate) * up, elementwise over n.
+extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float g = gate[i];
+        out[i] = g / (1.f + __expf(-g)) * up[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lightning indexer logits: logits[t, s] = sum_h w[t, h] * relu(q[t, h] . k[s]) for s <= pos(t),
+// -inf beyond. A block takes 4 query tokens (4 x 64 head rows) against 128 keys; warp w owns
+// rows 32w..32w+31 (half of one token's heads). HI must be 64, the head dim 128.
+
+#define IX_D 128
+#define IX_HEADS 64
+#define IX_TOK 4
+#define IX_KEYS 128
+#define IX_STRIDE (IX_D + 8)
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
+                    int ld, int first_pos) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                        // 256 x IX_STRIDE
+    bf16* ks = qs + IX_TOK * IX_HEADS * IX_STRIDE;                       // 128 x IX_STRIDE
+    float* red = reinterpret_cast<float*>(ks + IX_KEYS * IX_STRIDE);     // 8 x 128
+    float* ws = red + 8 * IX_KEYS;                                       // 256
+
+    int t0 = blockIdx.y * IX_TOK;
+    int s0 = blockIdx.x * IX_KEYS;
+    int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
+    if (s0 > last_pos) return;  // every key of this tile is in the future of every query
+
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Load queries (zero rows past T) and keys (zero rows past S).
+    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (IX_D / 8); i += blockDim.x) {
+        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        int t = t0 + r / IX_HEADS;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (t < T) v = *reinterpret_cast<const uint4*>(q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 8);
+        *reinterpret_cast<uint4*>(qs + r * IX_STRIDE + c * 8) = v;
+    }
+    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
+        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (s0 + r < S) v = *reinterpret_cast<const uint4*>(k + (size_t)(s0 + r) * IX_D + c * 8);
+        *reinterpret_cast<uint4*>(ks + r * IX_STRIDE + c * 8) = v;
+    }
+    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
+        int t = t0 + i / IX_HEADS;
+        ws[i] = t < T ? w[(size_t)t0 * IX_HEADS + i] : 0.f;
+    }
+    __syncthreads();
+
+    float acc[2][16][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 16; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+
+    int row0 = warp * 32;
+#pragma unroll
+    for (int kk = 0; kk < IX_D; kk += 16) {
+        unsigned a[2][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+            ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
+                        qs + (row0 + m * 16 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int n = 0; n < 16; n += 2) {
+            unsigned b0, b1, b2, b3;
+            int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
+            ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+            }
+        }
+    }
+    // ReLU, weight by head, sum this warp's 32 heads per key.
+    int g = lane >> 2, tig = lane & 3;
+    float colsum[16][2];
+#pragma unroll
+    for (int n = 0; n < 16; n++) {
+        colsum[n][0] = 0.f;
+        colsum[n][1] = 0.f;
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
+            colsum[n][0] += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
+            colsum[n][1] += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
+        }
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            colsum[n][0] += __shfl_xor_sync(0xffffffffu, colsum[n][0], o);
+            colsum[n][1] += __shfl_xor_sync(0xffffffffu, colsum[n][1], o);
+        }
+        if (g == 0) {
+            red[warp * IX_KEYS + n * 8 + tig * 2] = colsum[n][0];
+            red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = colsum[n][1];
+        }
+    }
+    __syncthreads();
+    // Two warps per token: add their halves, mask the future, write.
+    for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
+        int tt = i / IX_KEYS, c = i % IX_KEYS;
+        int t = t0 + tt, s = s0 + c;
+        if (t >= T || s >= S) continue;
+        float v = red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c];
+        if (s > first_pos + t) v = -__int_as_float(0x7f800000);
+        logits[(size_t)t * ld + s] = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k per row by radix select (four 8-bit histogram passes, no sort), then an in-order
+// compaction: every key above the threshold, then ties at the threshold in index order, so the
+// result equals a stable sort's first k. Output indices ascend; rows shorter than k are padded
+// with -1. Row t considers its first len(t) = first_pos + t + 1 entries (capped at ld).
+
+__device__ __forceinline__ unsigned order_key(float f) {
+    unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive prefix of `flag` over the block (1024 threads) in thread order; returns the block total.
+__device__ __forceinline__ int block_scan(int flag, int* prefix, int* warp_tot) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned ballot = __ballot_sync(0xffffffffu, flag);
+    int in_warp = __popc(ballot & ((1u << lane) - 1u));
+    if (lane == 0) warp_tot[warp] = __popc(ballot);
+    __syncthreads();
+    if (warp == 0) {
+        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
+        int incl = v;
+        for (int o = 1; o < 32; o <<= 1) {
+            int n = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += n;
+        }
+        warp_tot[lane] = incl - v;  // exclusive
+        if (lane == 31) warp_tot[32] = incl;
+    }
+    __syncthreads();
+    *prefix = warp_tot[warp] + in_warp;
+    int total = warp_tot[32];
+    __syncthreads();
+    return total;
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1)
+topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
+    __shared__ int hist[256];
+    __shared__ int warp_tot[33];
+    __shared__ unsigned sh_prefix, sh_mask;
+    __shared__ int sh_remaining;
+    int t = blockIdx.x;
+    int len = min(first_pos + t + 1, ld);
+    const float* row = logits + (size_t)t * ld;
+    int* o = out + (size_t)t * k;
+    if (len <= k) {
+        for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
+        return;
+    }
+    if (threadIdx.x == 0) {
+        sh_prefix = 0;
+        sh_mask = 0;
+        sh_remaining = k;
+    }
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        unsigned prefix = sh_prefix, mask = sh_mask;
+        for (int i = threadIdx.x; i < len; i += blockDim.x) {
+            unsigned key = order_key(row[i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int remaining = sh_remaining, above = 0, b = 255;
+            for (; b > 0; b--) {
+                if (above + hist[b] >= remaining) break;
+                above += hist[b];
+            }
+            sh_remaining = remaining - above;
+            sh_prefix = prefix | ((unsigned)b << shift);
+            sh_mask = mask | (255u << shift);
+        }
+        __syncthreads();
+    }
+    unsigned thr = sh_prefix;
+    int ties = sh_remaining;  // how many keys equal to thr to take
+    int taken_ties = 0, written = 0;
+    for (int base = 0; base < len; base += blockDim.x) {
+        int i = base + threadIdx.x;
+        unsigned key = i < len ? order_key(row[i]) : 0u;
+        int eq = (i < len && key == thr) ? 1 : 0;
+        int eq_before;
+        int eq_total = block_scan(eq, &eq_before, warp_tot);
+        int take = (i < len) && (key > thr || (eq && taken_ties + eq_before < ties));
+        int pos;
+        int n = block_scan(take, &pos, warp_tot);
+        if (take) o[written + pos] = i;
+        written += n;
+        taken_ties += eq_total;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse MLA, absorbed (MQA) form: for query token t and each of H = 64 heads,
+//   o[h] = softmax_j(scale * q[h] . kv[idx_j]) . kv[idx_j][:512]
+// over the token's selected positions. Grid (splits, T): split p takes a contiguous share of the
+// index list in blocks of 64 positions and writes its normalized partial output and its
+// log-sum-exp (log2); `mla_combine` merges the splits.
+
+#define MLA_H 64
+#define MLA_DQK 576
+#define MLA_DV 512
+#define MLA_BN 64
+#define MLA_STRIDE (MLA_DQK + 8)
+#define P_STRIDE (MLA_BN + 8)
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
+                int topk, int S, int splits, float scale_log2) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* qs = reinterpret_cast<bf16*>(smem_raw);           // 64 x MLA_STRIDE
+    bf16* ks = qs + MLA_H * MLA_STRIDE;                      // 64 x MLA_STRIDE
+    bf16* ps = ks + MLA_BN * MLA_STRIDE;                     // 64 x P_STRIDE
+    float* red_max = reinterpret_cast<float*>(ps + MLA_H * P_STRIDE);  // 2 x 64
+    float* red_sum = red_max + 2 * MLA_H;                    // 2 x 64
+    float* m_s = red_sum + 2 * MLA_H;                        // 64
+    float* l_s = m_s + MLA_H;                                // 64
+    float* alpha_s = l_s + MLA_H;                            // 64
+    int* col_ok = reinterpret_cast<int*>(alpha_s + MLA_H);   // 64
+    const bf16** rows = reinterpret_cast<const bf16**>(col_ok + MLA_BN);  // 64 pointers
+
+    int t = blockIdx.y, split = blockIdx.x;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tig = lane & 3;
+    const int* idx = indices + (size_t)t * topk;
+    int blocks = (topk + MLA_BN - 1) / MLA_BN;
+    int per = (blocks + splits - 1) / splits;
+    int b_begin = split * per, b_end = min(blocks, b_begin + per);
+
+    for (int i = threadIdx.x; i < MLA_H; i += blockDim.x) {
+        m_s[i] = -__int_as_float(0x7f800000);
+        l_s[i] = 0.f;
+    }
+    for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
+        int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
+        *reinterpret_cast<uint4*>(qs + r * MLA_STRIDE + c * 8) =
+            *reinterpret_cast<const uint4*>(q + ((size_t)t * MLA_H + r) * MLA_DQK + c * 8);
+    }
+
+    // S tile: warp owns rows 16*(warp&3) and key columns 32*(warp>>2). O: same rows, value
+    // columns 256*(warp>>2).
+    int srow = 16 * (warp & 3), scol = 32 * (warp >> 2), half = warp >> 2;
+    float o[32][4];
+#pragma unroll
+    for (int n = 0; n < 32; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
+
+    for (int b = b_begin; b < b_end; b++) {
+        __syncthreads();  // the previous block's readers of ks and ps are done
+        for (int i = threadIdx.x; i < MLA_BN; i += blockDim.x) {
+            int j = b * MLA_BN + i;
+            int s = j < topk ? idx[j] : -1;
+            int ok = s >= 0 && s < S;
+            col_ok[i] = ok;
+            rows[i] = ok ? kv + (size_t)s * MLA_DQK : 0;
+        }
+        __syncthreads();
+        load_rows(ks, MLA_STRIDE, rows, MLA_BN, MLA_DQK);
+        __syncthreads();
+
+        float sacc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sacc[n][e] = 0.f;
+#pragma unroll 4
+        for (int kk = 0; kk < MLA_DQK; kk += 16) {
+            unsigned a0, a1, a2, a3;
+            ldmatrix_x4(a0, a1, a2, a3, qs + (srow + (lane & 15)) * MLA_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < 4; n += 2) {
+                unsigned b0, b1, b2, b3;
+                int krow = scol + n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, ks + krow * MLA_STRIDE + kk + ((lane >> 3) & 1) * 8);
+                mma_bf16(sacc[n], a0, a1, a2, a3, b0, b1);
+                mma_bf16(sacc[n + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        // Scale into the log2 domain, mask missing positions, row maxima of this warp's half.
+        float mx[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)};
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int col = scol + n * 8 + tig * 2 + (e & 1);
+                float v = col_ok[col] ? sacc[n][e] * scale_log2 : -__int_as_float(0x7f800000);
+                sacc[n][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        }
+        if (tig == 0) {
+            red_max[half * MLA_H + srow + g] = mx[0];
+            red_max[half * MLA_H + srow + g + 8] = mx[1];
+        }
+        __syncthreads();
+        float m_new[2], alpha[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int row = srow + g + 8 * r;
+            float m_old = m_s[row];
+            m_new[r] = fmaxf(m_old, fmaxf(red_max[row], red_max[MLA_H + row]));
+            // A row with nothing valid yet keeps m = -inf; use 0 so exp2 gives 0, not NaN.
+            float m_use = m_new[r] == -__int_as_float(0x7f800000) ? 0.f : m_new[r];
+            alpha[r] = exp2f(m_old - m_use);
+            m_new[r] = m_use;
+        }
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            float p0 = exp2f(sacc[n][0] - m_new[0]), p1 = exp2f(sacc[n][1] - m_new[0]);
+            float p2 = exp2f(sacc[n][2] - m_new[1]), p3 = exp2f(sacc[n][3] - m_new[1]);
+            sum[0] += p0 + p1;
+            sum[1] += p2 + p3;
+            int col = scol + n * 8 + tig * 2;
+            *reinterpret_cast<unsigned*>(ps + (srow + g) * P_STRIDE + col) = pack_bf16(p0, p1);
+            *reinterpret_cast<unsigned*>(ps + (srow + g + 8) * P_STRIDE + col) = pack_bf16(p2, p3);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+        }
+        if (tig == 0) {
+            red_sum[half * MLA_H + srow + g] = sum[0];
+            red_sum[half * MLA_H + srow + g + 8] = sum[1];
+            if (half == 0) {
+                alpha_s[srow + g] = alpha[0];
+                alpha_s[srow + g + 8] = alpha[1];
+            }
+        }
+        __syncthreads();
+        if (half == 0 && tig == 0) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                int row = srow + g + 8 * r;
+                l_s[row] = l_s[row] * alpha[r] + red_sum[row] + red_sum[MLA_H + row];
+                m_s[row] = m_new[r];
+            }
+        }
+        // O = alpha * O + P . V, V = the latent part of the gathered rows.
+        float al0 = alpha_s[srow + g], al1 = alpha_s[srow + g + 8];
+#pragma unroll
+        for (int n = 0; n < 32; n++) {
+            o[n][0] *= al0;
+            o[n][1] *= al0;
+            o[n][2] *= al1;
+            o[n][3] *= al1;
+        }
+        int vcol = 256 * half;
+#pragma unroll
+        for (int kk = 0; kk < MLA_BN; kk += 16) {
+            unsigned a0, a1, a2, a3;
+            ldmatrix_x4(a0, a1, a2, a3, ps + (srow + (lane & 15)) * P_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < 32; n += 2) {
+                unsigned b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3,
+                                  ks + (kk + (lane & 15)) * MLA_STRIDE + vcol + n * 8 + (lane >> 4) * 8);
+                mma_bf16(o[n], a0, a1, a2, a3, b0, b1);
+                mma_bf16(o[n + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+    }
+    __syncthreads();
+    // Normalize and write this split's partial result.
+    int r0 = srow + g, r1 = srow + g + 8;
+    float l0 = l_s[r0], l1 = l_s[r1];
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    size_t base = ((size_t)t * splits + split) * MLA_H;
+#pragma unroll
+    for (int n = 0; n < 32; n++) {
+        int col = 256 * half + n * 8 + tig * 2;
+        float* p0 = o_part + (base + r0) * MLA_DV + col;
+        float* p1 = o_part + (base + r1) * MLA_DV + col;
+        p0[0] = o[n][0] * inv0;
+        p0[1] = o[n][1] * inv0;
+        p1[0] = o[n][2] * inv1;
+        p1[1] = o[n][3] * inv1;
+    }
+    if (half == 0 && tig == 0) {
+        lse_part[base + r0] = l0 > 0.f ? m_s[r0] + log2f(l0) : -__int_as_float(0x7f800000);
+        lse_part[base + r1] = l1 > 0.f ? m_s[r1] + log2f(l1) : -__int_as_float(0x7f800000);
+    }
+}
+
+// out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). One block per (t, h).
+extern "C" __global__ void mla_combine(const float* o_part, const float* lse_part, float* out,
+                                       int H, int splits, int dv) {
+    int t = blockIdx.x / H, h = blockIdx.x % H;
+    float M = -__int_as_float(0x7f800000);
+    for (int p = 0; p < splits; p++) M = fmaxf(M, lse_part[((size_t)t * splits + p) * H + h]);
+    float total = 0.f;
+    for (int p = 0; p < splits; p++) {
+        float l = lse_part[((size_t)t * splits + p) * H + h];
+        total += l == -__int_as_float(0x7f800000) ? 0.f : exp2f(l - M);
+    }
+    for (int c = threadIdx.x; c < dv; c += blockDim.x) {
+        float acc = 0.f;
+        for (int p = 0; p < splits; p++) {
+            float l = lse_part[((size_t)t * splits + p) * H + h];
+            if (l == -__int_as_float(0x7f800000)) continue;
+            acc += exp2f(l - M) * o_part[(((size_t)t * splits + p) * H + h) * dv + c];
+        }
+        out[((size_t)t * H + h) * dv + c] = total > 0.f ? acc / total : 0.f;
+    }
+}

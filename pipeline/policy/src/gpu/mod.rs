@@ -1,0 +1,455 @@
+//! The GPU backend's kernels, through cudarc: CUDA is loaded at run time (every build has this
+//! code; a machine without a driver gets a clear error, not a crash), kernels are compiled by
+//! NVRTC to CUBIN for `sm_90a` and cached on disk by the hash of source, options and NVRTC
+//! version. This is the only module of the project that names CUDA.
+//!
+//! Kernels (`kernels.cu`): RMSNorm, RoPE in both pairings, SwiGLU, the lightning indexer's
+//! logits (bf16 tensor cores, ReLU-weighted head sum, causal mask), top-k per row by radix
+//! select, and sparse MLA in the absorbed form over selected rows with split-KV and a combine
+//! step. `check` compares each against the CPU reference and benchmarks them.
+
+pub mod check;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use sha2::{Digest, Sha256};
+
+pub const KERNELS: &str = include_str!("kernels.cu");
+/// Hopper with its architecture-specific instructions.
+pub const ARCH: &str = "sm_90a";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+    #[error("no NVRTC: {0}")]
+    NoNvrtc(String),
+    #[error("NVRTC could not compile the kernels: {0}")]
+    Compile(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("kernel cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn cuda(e: impl std::fmt::Debug) -> GpuError {
+    GpuError::Cuda(format!("{e:?}"))
+}
+
+/// Whether libnvrtc can be loaded (it needs no GPU).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only probes for the shared library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether libcuda (the driver) can be loaded.
+pub fn driver_present() -> bool {
+    // SAFETY: only probes for the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn nvrtc_version() -> Result<(i32, i32), GpuError> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two out-pointers to live integers.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    r.result()
+        .map_err(|e| GpuError::NoNvrtc(format!("{e:?}")))?;
+    Ok((major, minor))
+}
+
+fn options() -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={ARCH}"),
+        "--std=c++17".into(),
+        "--generate-line-info".into(),
+    ]
+}
+
+/// Compiles `src` with NVRTC to a CUBIN for [`ARCH`]. Needs libnvrtc, not a GPU.
+pub fn compile_cubin(src: &str) -> Result<Vec<u8>, GpuError> {
+    if !nvrtc_present() {
+        return Err(GpuError::NoNvrtc(
+            "libnvrtc.so was not found; install CUDA or the nvidia-cuda-nvrtc wheel and put its lib folder on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    use cudarc::nvrtc::{result, sys};
+    let c_src = std::ffi::CString::new(src).map_err(|e| GpuError::Compile(e.to_string()))?;
+    let prog =
+        result::create_program(&c_src, None).map_err(|e| GpuError::Compile(format!("{e:?}")))?;
+    let opts = options();
+    // SAFETY: `prog` was just created and is destroyed below, once.
+    let compiled = unsafe { result::compile_program(prog, &opts) };
+    let out = match compiled {
+        Err(e) => {
+            // SAFETY: as above.
+            let log = unsafe { result::get_program_log(prog) }
+                .map(|l| {
+                    let bytes: Vec<u8> =
+                        l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+                .unwrap_or_default();
+            Err(GpuError::Compile(format!("{e:?}\n{log}")))
+        }
+        Ok(()) => {
+            let mut size = 0usize;
+            // SAFETY: compiled program, out-pointer to a live integer, then a buffer of that size.
+            unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
+                .result()
+                .map_err(|e| GpuError::Compile(format!("{e:?}")))?;
+            let mut cubin = vec![0u8; size];
+            unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut _) }
+                .result()
+                .map_err(|e| GpuError::Compile(format!("{e:?}")))?;
+            Ok(cubin)
+        }
+    };
+    // SAFETY: created above, destroyed once.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// The CUBIN of `src`, from `cache` when it holds one for this source, options and NVRTC.
+pub fn cached_cubin(src: &str, cache: &Path) -> Result<(Vec<u8>, bool), GpuError> {
+    let (major, minor) = nvrtc_version()?;
+    let mut h = Sha256::new();
+    h.update(src.as_bytes());
+    for o in options() {
+        h.update(o.as_bytes());
+        h.update([0]);
+    }
+    h.update(format!("nvrtc {major}.{minor}").as_bytes());
+    let key = hex_digest(&h.finalize());
+    let path = cache.join(format!("{key}.cubin"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        return Ok((bytes, true));
+    }
+    let cubin = compile_cubin(src)?;
+    std::fs::create_dir_all(cache).map_err(|source| GpuError::Cache {
+        path: cache.to_path_buf(),
+        source,
+    })?;
+    envsynth_core::files::atomic_write(&path, &cubin).map_err(|source| GpuError::Cache {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((cubin, false))
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where compiled kernels are kept: `$ENVSYNTH_HOME/kernels`, else `~/.cache/envsynth/kernels`.
+pub fn default_cache() -> PathBuf {
+    if let Some(home) = std::env::var_os("ENVSYNTH_HOME") {
+        return PathBuf::from(home).join("kernels");
+    }
+    let base = std::env::var_os("HOME").map_or_else(std::env::temp_dir, PathBuf::from);
+    base.join(".cache/envsynth/kernels")
+}
+
+/// One GPU with the kernels loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    pub name: String,
+    pub multiprocessors: i32,
+    /// Whether the kernels came from the disk cache.
+    pub cached: bool,
+}
+
+/// Shared memory of the two tensor-core kernels (see kernels.cu).
+const INDEXER_SMEM: u32 = (256 * 136 * 2 + 128 * 136 * 2 + 8 * 128 * 4 + 256 * 4) as u32;
+const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
+
+impl Gpu {
+    /// Opens device 0 and loads the kernels; says plainly what is missing.
+    pub fn open(cache: &Path) -> Result<Gpu, GpuError> {
+        if !driver_present() {
+            return Err(GpuError::NoDriver(
+                "libcuda.so was not found: this machine has no NVIDIA driver, so the GPU backend cannot run here".into(),
+            ));
+        }
+        let ctx = CudaContext::new(0)
+            .map_err(|e| GpuError::NoDriver(format!("no usable GPU (device 0): {e:?}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(cuda)?;
+        if (major, minor) != (9, 0) {
+            return Err(GpuError::Cuda(format!(
+                "the kernels are built for sm_90a (Hopper); device 0 is compute capability {major}.{minor}"
+            )));
+        }
+        // One stream: ordering is the stream's, so per-slice event tracking is not needed.
+        // SAFETY: all work of this context goes through `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let (cubin, cached) = cached_cubin(KERNELS, cache)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(cuda)?;
+        let name = ctx.name().map_err(cuda)?;
+        let multiprocessors = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda)?;
+        let gpu = Gpu {
+            stream: ctx.default_stream(),
+            ctx,
+            module,
+            name,
+            multiprocessors,
+            cached,
+        };
+        for (f, smem) in [
+            ("indexer_logits_bf16", INDEXER_SMEM),
+            ("sparse_mla_bf16", MLA_SMEM),
+        ] {
+            gpu.function(f)?
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(cuda)?;
+        }
+        Ok(gpu)
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction, GpuError> {
+        self.module.load_function(name).map_err(cuda)
+    }
+
+    pub fn upload<T: cudarc::driver::DeviceRepr>(
+        &self,
+        host: &[T],
+    ) -> Result<CudaSlice<T>, GpuError> {
+        self.stream.clone_htod(host).map_err(cuda)
+    }
+
+    pub fn download<T: cudarc::driver::DeviceRepr>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>, GpuError> {
+        self.stream.clone_dtoh(dev).map_err(cuda)
+    }
+
+    pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, GpuError> {
+        self.stream.alloc_zeros(n).map_err(cuda)
+    }
+
+    pub fn sync(&self) -> Result<(), GpuError> {
+        self.stream.synchronize().map_err(cuda)
+    }
+
+    /// RMSNorm of `rows` rows of width `n`.
+    pub fn rms_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        let f = self.function("rms_norm_f32")?;
+        let n32 = n as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(w).arg(y).arg(&n32).arg(&eps);
+        // SAFETY: argument types and sizes match the kernel's signature.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// RoPE in place (see `rope_f32` in kernels.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        x: &mut CudaSlice<f32>,
+        positions: &CudaSlice<i32>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        count: usize,
+        per_position: usize,
+        stride: usize,
+        offset: usize,
+        dim: usize,
+        interleaved: bool,
+    ) -> Result<(), GpuError> {
+        let f = self.function("rope_f32")?;
+        let total = (count * dim / 2) as u32;
+        let (c, pp, st, off, d, il) = (
+            count as i32,
+            per_position as i32,
+            stride as i32,
+            offset as i32,
+            dim as i32,
+            interleaved as i32,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (total.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(positions)
+            .arg(cos)
+            .arg(sin)
+            .arg(&c)
+            .arg(&pp)
+            .arg(&st)
+            .arg(&off)
+            .arg(&d)
+            .arg(&il);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    pub fn swiglu(
+        &self,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("swiglu_f32")?;
+        let n32 = n as i32;
+        let cfg = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(gate).arg(up).arg(out).arg(&n32);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Indexer logits of `t` queries (absolute positions first_pos..) over `s` keys into rows of
+    /// `ld` floats; only tiles at or before each query block's last position are computed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn indexer_logits(
+        &self,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        w: &CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        t: usize,
+        s: usize,
+        ld: usize,
+        first_pos: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("indexer_logits_bf16")?;
+        let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((s as u32).div_ceil(128), (t as u32).div_ceil(4), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: INDEXER_SMEM,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(w)
+            .arg(logits)
+            .arg(&t32)
+            .arg(&s32)
+            .arg(&ld32)
+            .arg(&fp);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Top-`k` positions per row (ascending, -1 padded) of `rows` logits rows.
+    pub fn topk(
+        &self,
+        logits: &CudaSlice<f32>,
+        out: &mut CudaSlice<i32>,
+        rows: usize,
+        ld: usize,
+        k: usize,
+        first_pos: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("topk_rows")?;
+        let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits).arg(out).arg(&ld32).arg(&k32).arg(&fp);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Sparse MLA (absorbed, 64 heads, d_qk 576, d_v 512) of `t` queries over their `topk`
+    /// indices into `s` cache rows, in `splits` parts per query, then combined into `out`
+    /// ([t, 64, 512] f32). `part` holds t·splits·64·512 floats, `lse` t·splits·64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_mla(
+        &self,
+        q: &CudaSlice<u16>,
+        kv: &CudaSlice<u16>,
+        indices: &CudaSlice<i32>,
+        part: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        t: usize,
+        s: usize,
+        topk: usize,
+        splits: usize,
+        softmax_scale: f32,
+    ) -> Result<(), GpuError> {
+        let f = self.function("sparse_mla_bf16")?;
+        let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
+        let (k32, s32, sp) = (topk as i32, s as i32, splits as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, t as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: MLA_SMEM,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(kv)
+            .arg(indices)
+            .arg(&mut *part)
+            .arg(&mut *lse)
+            .arg(&k32)
+            .arg(&s32)
+            .arg(&sp)
+            .arg(&scale_log2);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        let c = self.function("mla_combine")?;
+        let (h, dv) = (64i32, 512i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((t * 64) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&c);
+        b.arg(&*part).arg(&*lse).arg(out).arg(&h).arg(&sp).arg(&dv);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+}
