@@ -272,9 +272,11 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         );
         g64.extend(got[r * s..r * s + len].iter().map(|&v| v as f64));
         w64.extend(want.iter().map(|&v| v as f64));
+        // Future positions are -inf where a tile was computed; tiles wholly in every query's
+        // future are skipped (top-k reads only the causal prefix) and keep the poison.
         masked_ok &= got[r * s + len..(r + 1) * s]
             .iter()
-            .all(|v| *v == f32::NEG_INFINITY);
+            .all(|v| *v == f32::NEG_INFINITY || v.is_nan());
     }
     let e = rel_err(&g64, &w64);
     out.push(Check {
@@ -284,7 +286,9 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             "bf16 in, f32 accumulate",
             e,
             1e-4,
-            format!("{t} queries × {s} keys, future masked: {masked_ok}"),
+            format!(
+                "{t} queries × {s} keys, every causal entry written, future masked: {masked_ok}"
+            ),
         )
     });
 
@@ -330,6 +334,77 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             mismatched as f64,
             0.0,
             format!("{t} causal rows (k {k}) and {rows} rows of {len} with ties (k {TOPK}); rows differing: {mismatched}"),
+        )
+    });
+
+    // Decode: the one-query indexer over per-row lengths, and the multi-block top-k on long
+    // rows (with ties), a short row, and a row of equal values (forcing the fallback).
+    let (rows, s_len) = (3usize, 5000usize);
+    let lens: Vec<i32> = vec![5000, 130, 4097];
+    let (qb, qv) = random_bf16(rng, rows * IH * ID);
+    let (kb, kv) = random_bf16(rng, s_len * ID);
+    let w = random_f32(rng, rows * IH);
+    let w_folded: Vec<f32> = w.iter().map(|v| v * (ID as f32).powf(-0.5)).collect();
+    let (dq, dk, dw, dlens) = (
+        gpu.upload(&qb)?,
+        gpu.upload(&kb)?,
+        gpu.upload(&w_folded)?,
+        gpu.upload(&lens)?,
+    );
+    let mut dl = gpu.upload(&vec![f32::NAN; rows * s_len])?;
+    gpu.indexer_decode(&dq, &dk, &dw, &mut dl, &dlens, rows, s_len, s_len)?;
+    let got = gpu.download(&dl)?;
+    let (mut g64, mut w64) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let len = lens[r] as usize;
+        let want = index_scores(
+            &qv[r * IH * ID..(r + 1) * IH * ID],
+            &w[r * IH..(r + 1) * IH],
+            &kv[..len * ID],
+            ID,
+        );
+        g64.extend(got[r * s_len..r * s_len + len].iter().map(|&v| v as f64));
+        w64.extend(want.iter().map(|&v| v as f64));
+    }
+    out.push(check(
+        "indexer_decode",
+        "bf16 in, f32 accumulate",
+        rel_err(&g64, &w64),
+        1e-4,
+        format!("{rows} queries, lengths {lens:?}"),
+    ));
+
+    let (rows, len) = (4usize, 131_072usize);
+    let mut long: Vec<f32> = (0..rows * len)
+        .map(|_| (rng.random_range(0..5000) as f32) / 100.0)
+        .collect();
+    long[3 * len..].iter_mut().for_each(|v| *v = 1.5);
+    let lens: Vec<i32> = vec![len as i32, 1000, 70_001, len as i32];
+    let (dlong, dlens) = (gpu.upload(&long)?, gpu.upload(&lens)?);
+    let mut work = gpu.topk_work(rows, TOPK)?;
+    let mut dout = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
+    gpu.topk_decode(&dlong, &dlens, rows, len, &mut work, &mut dout)?;
+    let got = gpu.download(&dout)?;
+    let mut differing = Vec::new();
+    for r in 0..rows {
+        let l = lens[r] as usize;
+        let mut want: Vec<i32> = top_k(&long[r * len..r * len + l], TOPK.min(l))
+            .into_iter()
+            .map(|i| i as i32)
+            .collect();
+        want.resize(TOPK, -1);
+        if got[r * TOPK..(r + 1) * TOPK] != want[..] {
+            differing.push(r);
+        }
+    }
+    out.push(Check {
+        passed: differing.is_empty(),
+        ..check(
+            "topk_decode",
+            "exact",
+            differing.len() as f64,
+            0.0,
+            format!("{rows} rows of {len} (lengths {lens:?}; the last all equal, via the fallback), k {TOPK}; rows differing: {differing:?}"),
         )
     });
 
@@ -464,6 +539,8 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     // Decode, batch 1, at the end of the context: sparse (indexer + top-k + 2048 rows) against
     // dense absorbed attention over every cached row (the same kernel, all indices).
     let splits_sparse = 16;
+    let dlen = gpu.upload(&[l as i32])?;
+    let mut work = gpu.topk_work(1, TOPK)?;
     let all: Vec<i32> = (0..l as i32).collect();
     let dall = gpu.upload(&all)?;
     let splits_dense = (l / 64).div_ceil(16).max(1);
@@ -474,8 +551,8 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     let (mut sparse, mut dense) = (Vec::new(), Vec::new());
     for rep in 0..21 {
         let ms = timed(gpu, || {
-            gpu.indexer_logits(&dqi, &dk, &dw, &mut logits, 1, l, l, l - 1)?;
-            gpu.topk(&logits, &mut idx, 1, l, TOPK, l - 1)?;
+            gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l)?;
+            gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx)?;
             gpu.sparse_mla(
                 &dqm,
                 &dkv,

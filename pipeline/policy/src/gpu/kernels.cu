@@ -262,16 +262,12 @@ __device__ __forceinline__ int block_scan(int flag, int* prefix, int* warp_tot) 
     return total;
 }
 
-extern "C" __global__ void __launch_bounds__(1024, 1)
-topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
+// One block selects the top k of `row[0..len)` into `o`.
+__device__ void topk_row_block(const float* row, int len, int k, int* o) {
     __shared__ int hist[256];
     __shared__ int warp_tot[33];
     __shared__ unsigned sh_prefix, sh_mask;
     __shared__ int sh_remaining;
-    int t = blockIdx.x;
-    int len = min(first_pos + t + 1, ld);
-    const float* row = logits + (size_t)t * ld;
-    int* o = out + (size_t)t * k;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
@@ -318,6 +314,12 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
         written += n;
         taken_ties += eq_total;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024, 1)
+topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
+    int t = blockIdx.x;
+    topk_row_block(logits + (size_t)t * ld, min(first_pos + t + 1, ld), k, out + (size_t)t * k);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,4 +539,243 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
         }
         out[((size_t)t * H + h) * dv + c] = total > 0.f ? acc / total : 0.f;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode: one query per row (its own position), so the prefill kernels' 4-token tiles and
+// one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (4 warps of
+// 16 heads against 128 keys); top-k splits each long row over many blocks.
+
+extern "C" __global__ void __launch_bounds__(128)
+indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
+                    int S, int ld) {
+    __shared__ __align__(16) bf16 qs[IX_HEADS * IX_STRIDE];
+    __shared__ __align__(16) bf16 ks[IX_KEYS * IX_STRIDE];
+    __shared__ float red[4 * IX_KEYS];
+    __shared__ float ws[IX_HEADS];
+    int t = blockIdx.y, s0 = blockIdx.x * IX_KEYS;
+    int len = min(lens[t], S);
+    if (s0 >= len) return;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < IX_HEADS * (IX_D / 8); i += blockDim.x) {
+        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        *reinterpret_cast<uint4*>(qs + r * IX_STRIDE + c * 8) =
+            *reinterpret_cast<const uint4*>(q + ((size_t)t * IX_HEADS + r) * IX_D + c * 8);
+    }
+    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
+        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (s0 + r < len) v = *reinterpret_cast<const uint4*>(k + (size_t)(s0 + r) * IX_D + c * 8);
+        *reinterpret_cast<uint4*>(ks + r * IX_STRIDE + c * 8) = v;
+    }
+    if (threadIdx.x < IX_HEADS) ws[threadIdx.x] = w[(size_t)t * IX_HEADS + threadIdx.x];
+    __syncthreads();
+    float acc[16][4];
+#pragma unroll
+    for (int n = 0; n < 16; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+    int row0 = warp * 16;
+#pragma unroll
+    for (int kk = 0; kk < IX_D; kk += 16) {
+        unsigned a0, a1, a2, a3;
+        ldmatrix_x4(a0, a1, a2, a3, qs + (row0 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+        for (int n = 0; n < 16; n += 2) {
+            unsigned b0, b1, b2, b3;
+            int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
+            ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+            mma_bf16(acc[n], a0, a1, a2, a3, b0, b1);
+            mma_bf16(acc[n + 1], a0, a1, a2, a3, b2, b3);
+        }
+    }
+    int g = lane >> 2, tig = lane & 3;
+    float wa = ws[row0 + g], wb = ws[row0 + g + 8];
+#pragma unroll
+    for (int n = 0; n < 16; n++) {
+        float c0 = wa * fmaxf(acc[n][0], 0.f) + wb * fmaxf(acc[n][2], 0.f);
+        float c1 = wa * fmaxf(acc[n][1], 0.f) + wb * fmaxf(acc[n][3], 0.f);
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            c0 += __shfl_xor_sync(0xffffffffu, c0, o);
+            c1 += __shfl_xor_sync(0xffffffffu, c1, o);
+        }
+        if (g == 0) {
+            red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
+            red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < IX_KEYS; c += blockDim.x) {
+        int s = s0 + c;
+        if (s < len)
+            logits[(size_t)t * ld + s] = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
+    }
+}
+
+// Multi-block top-k for few long rows, in three passes over each row (which stays in L2):
+//   1. histogram of the key's top 11 bits            (grid: chunks x rows)
+//   2. histogram of the next 11 bits inside bin b1    (b1 found by each block from pass 1)
+//   3. every key above (b1, b2) is taken; keys in (b1, b2) are candidates
+// then one block per row picks the best candidates (stable: higher key, then lower index) and
+// writes the k indices in ascending order. Work buffers per row: hist 2 x 2048 ints, counters
+// 2 ints, taken k ints, candidates `cap` (key, index) pairs; zero hist and counters first.
+// A row whose candidates overflow `cap` is marked (counter 1 = -1) for the one-block fallback.
+
+#define TK_BINS 2048
+#define TK_CHUNK 8192
+
+__device__ __forceinline__ int find_bin(const int* hist, int want, int* above_out) {
+    // Highest bin b with (count above b) < want <= (count above b) + hist[b]; one warp.
+    int lane = threadIdx.x & 31;
+    int above = 0;
+    for (int base = TK_BINS - 32; base >= 0; base -= 32) {
+        int c = hist[base + lane];
+        // inclusive suffix sum within the warp, from lane 31 down
+        int incl = c;
+        for (int o = 1; o < 32; o <<= 1) {
+            int n = __shfl_down_sync(0xffffffffu, incl, o);
+            if (lane + o < 32) incl += n;
+        }
+        int total = __shfl_sync(0xffffffffu, incl, 0);
+        if (above + total >= want) {
+            // the bin is in this group: the highest lane whose suffix reaches want
+            unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
+            int b = 31 - __clz(hit);
+            int above_b = above + __shfl_sync(0xffffffffu, incl, b) - __shfl_sync(0xffffffffu, c, b);
+            *above_out = above_b;
+            return base + b;
+        }
+        above += total;
+    }
+    *above_out = above;
+    return 0;
+}
+
+extern "C" __global__ void topk_hist1(const float* logits, const int* lens, int ld, int* hist) {
+    __shared__ int h[TK_BINS];
+    int t = blockIdx.y, len = min(lens[t], ld);
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    const float* row = logits + (size_t)t * ld;
+    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
+    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x)
+        atomicAdd(&h[order_key(row[i]) >> 21], 1);
+    __syncthreads();
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+        if (h[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + i], h[i]);
+}
+
+extern "C" __global__ void topk_hist2(const float* logits, const int* lens, int ld, int k, int* hist) {
+    __shared__ int h[TK_BINS];
+    __shared__ int b1s;
+    int t = blockIdx.y, len = min(lens[t], ld);
+    if (len <= k) return;
+    if (threadIdx.x < 32) {
+        int above;
+        int b = find_bin(hist + (size_t)t * 2 * TK_BINS, k, &above);
+        if (threadIdx.x == 0) b1s = b;
+    }
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    unsigned b1 = b1s;
+    const float* row = logits + (size_t)t * ld;
+    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
+    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
+        unsigned key = order_key(row[i]);
+        if ((key >> 21) == b1) atomicAdd(&h[(key >> 10) & (TK_BINS - 1)], 1);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+        if (h[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + TK_BINS + i], h[i]);
+}
+
+extern "C" __global__ void topk_collect(const float* logits, const int* lens, int ld, int k,
+                                        const int* hist, int* counters, int* taken,
+                                        unsigned long long* cand, int cap) {
+    __shared__ unsigned prefix_s;
+    int t = blockIdx.y, len = min(lens[t], ld);
+    if (len <= k) return;
+    if (threadIdx.x < 32) {
+        int above1, above2;
+        int b1 = find_bin(hist + (size_t)t * 2 * TK_BINS, k, &above1);
+        int b2 = find_bin(hist + (size_t)t * 2 * TK_BINS + TK_BINS, k - above1, &above2);
+        if (threadIdx.x == 0) prefix_s = ((unsigned)b1 << 11) | (unsigned)b2;
+    }
+    __syncthreads();
+    unsigned prefix = prefix_s;
+    const float* row = logits + (size_t)t * ld;
+    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
+    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
+        unsigned key = order_key(row[i]);
+        unsigned top = key >> 10;
+        if (top > prefix) {
+            int at = atomicAdd(&counters[2 * t], 1);
+            taken[(size_t)t * k + at] = i;
+        } else if (top == prefix) {
+            int at = atomicAdd(&counters[2 * t + 1], 1);
+            if (at < cap)
+                cand[(size_t)t * cap + at] = ((unsigned long long)key << 32) | (unsigned)(~i);
+        }
+    }
+}
+
+// Sorts `n` (a power of two, at most 4096) 64-bit values in shared memory, descending.
+__device__ void bitonic_desc(unsigned long long* v, int n) {
+    for (int size = 2; size <= n; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            __syncthreads();
+            for (int i = threadIdx.x; i < n; i += blockDim.x) {
+                int j = i ^ stride;
+                if (j > i) {
+                    bool desc = (i & size) == 0;
+                    unsigned long long a = v[i], b = v[j];
+                    if ((a < b) == desc) {
+                        v[i] = b;
+                        v[j] = a;
+                    }
+                }
+            }
+        }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+topk_finish(const int* lens, int ld, int k, const int* counters, const int* taken,
+            const unsigned long long* cand, int cap, int* out) {
+    __shared__ unsigned long long buf[4096];
+    int t = blockIdx.x, len = min(lens[t], ld);
+    int* o = out + (size_t)t * k;
+    if (len <= k) {
+        for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
+        return;
+    }
+    int n_taken = counters[2 * t], n_cand = min(counters[2 * t + 1], cap);
+    int need = k - n_taken;
+    // Best candidates first: key descending, then index ascending (the low word holds ~index).
+    int n = 1;
+    while (n < n_cand) n <<= 1;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = i < n_cand ? cand[(size_t)t * cap + i] : 0ull;
+    bitonic_desc(buf, n);
+    // Gather the k chosen indices and sort them ascending (as ~index descending).
+    __shared__ int chosen[2048];
+    for (int i = threadIdx.x; i < k; i += blockDim.x)
+        chosen[i] = i < n_taken ? taken[(size_t)t * k + i] : (int)(~(unsigned)(buf[i - n_taken] & 0xffffffffull));
+    __syncthreads();
+    int m = 1;
+    while (m < k) m <<= 1;
+    for (int i = threadIdx.x; i < m; i += blockDim.x)
+        buf[i] = i < k ? (unsigned long long)(~(unsigned)chosen[i]) : 0ull;
+    bitonic_desc(buf, m);
+    for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = (int)(~(unsigned)(buf[i] & 0xffffffffull));
+    (void)need;
+}
+
+// The rows whose candidates overflowed the multi-block path's buffer, done by one block each.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+topk_fallback(const float* logits, const int* lens, int ld, int k, const int* counters, int cap, int* out) {
+    int t = blockIdx.x;
+    int len = min(lens[t], ld);
+    if (len <= k || counters[2 * t + 1] <= cap) return;
+    topk_row_block(logits + (size_t)t * ld, len, k, out + (size_t)t * k);
 }

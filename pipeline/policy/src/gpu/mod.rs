@@ -156,6 +156,20 @@ pub fn default_cache() -> PathBuf {
     base.join(".cache/envsynth/kernels")
 }
 
+/// Scratch buffers of the multi-block top-k (`Gpu::topk_decode`).
+pub struct TopkWork {
+    hist: CudaSlice<i32>,
+    counters: CudaSlice<i32>,
+    taken: CudaSlice<i32>,
+    cand: CudaSlice<u64>,
+    rows: usize,
+    k: usize,
+}
+
+/// Candidates kept per row before the one-block fallback takes over (topk_finish sorts them in
+/// shared memory).
+const TOPK_CAP: usize = 4096;
+
 /// One GPU with the kernels loaded.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -398,6 +412,136 @@ impl Gpu {
         b.arg(logits).arg(out).arg(&ld32).arg(&k32).arg(&fp);
         // SAFETY: as above.
         unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    pub fn topk_work(&self, rows: usize, k: usize) -> Result<TopkWork, GpuError> {
+        if k > 2048 {
+            return Err(GpuError::Cuda(format!(
+                "topk_decode handles k up to 2048, not {k}"
+            )));
+        }
+        Ok(TopkWork {
+            hist: self.zeros(rows * 2 * 2048)?,
+            counters: self.zeros(rows * 2)?,
+            taken: self.zeros(rows * k)?,
+            cand: self.zeros(rows * TOPK_CAP)?,
+            rows,
+            k,
+        })
+    }
+
+    /// Indexer logits of one query per row (decode): row `t` scores keys `0..lens[t]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn indexer_decode(
+        &self,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        w: &CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        lens: &CudaSlice<i32>,
+        rows: usize,
+        s: usize,
+        ld: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("indexer_decode_bf16")?;
+        let (s32, ld32) = (s as i32, ld as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((s as u32).div_ceil(128), rows as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(k)
+            .arg(w)
+            .arg(logits)
+            .arg(lens)
+            .arg(&s32)
+            .arg(&ld32);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Top-k of a few long rows (decode), each split over many blocks: two histogram passes,
+    /// a collect pass, and a one-block finish per row; rows with too many tied candidates are
+    /// redone by the one-block radix select. Same result as [`Gpu::topk`].
+    pub fn topk_decode(
+        &self,
+        logits: &CudaSlice<f32>,
+        lens: &CudaSlice<i32>,
+        rows: usize,
+        ld: usize,
+        work: &mut TopkWork,
+        out: &mut CudaSlice<i32>,
+    ) -> Result<(), GpuError> {
+        if rows > work.rows {
+            return Err(GpuError::Cuda(format!(
+                "top-k work space holds {} rows, not {rows}",
+                work.rows
+            )));
+        }
+        self.stream.memset_zeros(&mut work.hist).map_err(cuda)?;
+        self.stream.memset_zeros(&mut work.counters).map_err(cuda)?;
+        let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
+        let chunks = (ld as u32).div_ceil(8192);
+        let grid = LaunchConfig {
+            grid_dim: (chunks, rows as u32, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let h1 = self.function("topk_hist1")?;
+        let mut b = self.stream.launch_builder(&h1);
+        b.arg(logits).arg(lens).arg(&ld32).arg(&work.hist);
+        // SAFETY: as above.
+        unsafe { b.launch(grid) }.map_err(cuda)?;
+        let h2 = self.function("topk_hist2")?;
+        let mut b = self.stream.launch_builder(&h2);
+        b.arg(logits).arg(lens).arg(&ld32).arg(&k32).arg(&work.hist);
+        // SAFETY: as above.
+        unsafe { b.launch(grid) }.map_err(cuda)?;
+        let c = self.function("topk_collect")?;
+        let mut b = self.stream.launch_builder(&c);
+        b.arg(logits)
+            .arg(lens)
+            .arg(&ld32)
+            .arg(&k32)
+            .arg(&work.hist)
+            .arg(&work.counters)
+            .arg(&work.taken)
+            .arg(&work.cand)
+            .arg(&cap);
+        // SAFETY: as above.
+        unsafe { b.launch(grid) }.map_err(cuda)?;
+        let one = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.function("topk_finish")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(lens)
+            .arg(&ld32)
+            .arg(&k32)
+            .arg(&work.counters)
+            .arg(&work.taken)
+            .arg(&work.cand)
+            .arg(&cap)
+            .arg(&mut *out);
+        // SAFETY: as above.
+        unsafe { b.launch(one) }.map_err(cuda)?;
+        let f = self.function("topk_fallback")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits)
+            .arg(lens)
+            .arg(&ld32)
+            .arg(&k32)
+            .arg(&work.counters)
+            .arg(&cap)
+            .arg(out);
+        // SAFETY: as above.
+        unsafe { b.launch(one) }.map_err(cuda)?;
         Ok(())
     }
 
