@@ -538,7 +538,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
 
     // Decode, batch 1, at the end of the context: sparse (indexer + top-k + 2048 rows) against
     // dense absorbed attention over every cached row (the same kernel, all indices).
-    let splits_sparse = 16;
+    let splits_sparse = TOPK / 64; // one block of 64 rows per split
     let dlen = gpu.upload(&[l as i32])?;
     let mut work = gpu.topk_work(1, TOPK)?;
     let all: Vec<i32> = (0..l as i32).collect();
@@ -548,40 +548,44 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     let mut lse_d = gpu.zeros::<f32>(splits_dense * H)?;
     let mut part_s = gpu.zeros::<f32>(splits_sparse * H * DV)?;
     let mut lse_s = gpu.zeros::<f32>(splits_sparse * H)?;
+    // Each decode step is captured as a CUDA graph and replayed, as a serving engine would, so
+    // the figures are GPU time rather than host launch overhead.
+    let sparse_graph = gpu.capture(|| {
+        gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l)?;
+        gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx)?;
+        gpu.sparse_mla(
+            &dqm,
+            &dkv,
+            &idx,
+            &mut part_s,
+            &mut lse_s,
+            &mut o,
+            1,
+            l,
+            TOPK,
+            splits_sparse,
+            scale,
+        )
+    })?;
+    let dense_graph = gpu.capture(|| {
+        gpu.sparse_mla(
+            &dqm,
+            &dkv,
+            &dall,
+            &mut part_d,
+            &mut lse_d,
+            &mut o,
+            1,
+            l,
+            l,
+            splits_dense,
+            scale,
+        )
+    })?;
     let (mut sparse, mut dense) = (Vec::new(), Vec::new());
-    for rep in 0..21 {
-        let ms = timed(gpu, || {
-            gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l)?;
-            gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx)?;
-            gpu.sparse_mla(
-                &dqm,
-                &dkv,
-                &idx,
-                &mut part_s,
-                &mut lse_s,
-                &mut o,
-                1,
-                l,
-                TOPK,
-                splits_sparse,
-                scale,
-            )
-        })?;
-        let md = timed(gpu, || {
-            gpu.sparse_mla(
-                &dqm,
-                &dkv,
-                &dall,
-                &mut part_d,
-                &mut lse_d,
-                &mut o,
-                1,
-                l,
-                l,
-                splits_dense,
-                scale,
-            )
-        })?;
+    for rep in 0..51 {
+        let ms = timed(gpu, || sparse_graph.launch().map_err(cuda))?;
+        let md = timed(gpu, || dense_graph.launch().map_err(cuda))?;
         if rep > 0 {
             sparse.push(ms);
             dense.push(md);

@@ -214,8 +214,10 @@ impl Gpu {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(cuda)?;
+        // A stream of its own (not the legacy default stream), so work can be captured as a graph.
+        let stream = ctx.new_stream().map_err(cuda)?;
         let gpu = Gpu {
-            stream: ctx.default_stream(),
+            stream,
             ctx,
             module,
             name,
@@ -259,6 +261,25 @@ impl Gpu {
         n: usize,
     ) -> Result<CudaSlice<T>, GpuError> {
         self.stream.alloc_zeros(n).map_err(cuda)
+    }
+
+    /// Records what `f` enqueues as a CUDA graph (nothing runs while recording).
+    pub fn capture(
+        &self,
+        f: impl FnOnce() -> Result<(), GpuError>,
+    ) -> Result<cudarc::driver::CudaGraph, GpuError> {
+        self.stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(cuda)?;
+        let recorded = f();
+        let graph = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(cuda)?;
+        recorded?;
+        graph.ok_or_else(|| GpuError::Cuda("stream capture recorded nothing".into()))
     }
 
     pub fn sync(&self) -> Result<(), GpuError> {
