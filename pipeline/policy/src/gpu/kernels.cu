@@ -720,55 +720,128 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
     }
 }
 
-// Sorts `n` (a power of two, at most 4096) 64-bit values in shared memory, descending.
-__device__ void bitonic_desc(unsigned long long* v, int n) {
-    for (int size = 2; size <= n; size <<= 1)
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            __syncthreads();
-            for (int i = threadIdx.x; i < n; i += blockDim.x) {
-                int j = i ^ stride;
-                if (j > i) {
-                    bool desc = (i & size) == 0;
-                    unsigned long long a = v[i], b = v[j];
-                    if ((a < b) == desc) {
-                        v[i] = b;
-                        v[j] = a;
-                    }
-                }
-            }
-        }
-    __syncthreads();
-}
+// Finishes one row: the keys above (b1, b2) are taken; among the candidates (keys in bucket
+// (b1, b2)) a third histogram on the low 10 bits finds the exact threshold key, everything above
+// it is taken, and of the keys equal to it the lowest indices fill the rest. Selected positions
+// are marked in a bitmap over the row and written out in ascending order with a block scan, so
+// the result equals a stable sort's first k. Rows longer than TK_MAX_LEN take the fallback.
+#define TK_MAX_LEN 131072
+#define TK_WORDS (TK_MAX_LEN / 32)
 
 extern "C" __global__ void __launch_bounds__(1024)
 topk_finish(const int* lens, int ld, int k, const int* counters, const int* taken,
             const unsigned long long* cand, int cap, int* out) {
-    __shared__ unsigned long long buf[4096];
+    __shared__ unsigned sel[TK_WORDS];
+    __shared__ unsigned tie[TK_WORDS];
+    __shared__ int h3[1024];
+    __shared__ int warp_tot[33];
+    __shared__ int b3_s, above3_s;
     int t = blockIdx.x, len = min(lens[t], ld);
     int* o = out + (size_t)t * k;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
     }
-    int n_taken = counters[2 * t], n_cand = min(counters[2 * t + 1], cap);
+    int n_taken = counters[2 * t], n_cand = counters[2 * t + 1];
+    if (n_cand > cap || len > TK_MAX_LEN) return;  // topk_fallback does this row
     int need = k - n_taken;
-    // Best candidates first: key descending, then index ascending (the low word holds ~index).
-    int n = 1;
-    while (n < n_cand) n <<= 1;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = i < n_cand ? cand[(size_t)t * cap + i] : 0ull;
-    bitonic_desc(buf, n);
-    // Gather the k chosen indices and sort them ascending (as ~index descending).
-    __shared__ int chosen[2048];
-    for (int i = threadIdx.x; i < k; i += blockDim.x)
-        chosen[i] = i < n_taken ? taken[(size_t)t * k + i] : (int)(~(unsigned)(buf[i - n_taken] & 0xffffffffull));
+    int words = (len + 31) / 32;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        sel[i] = 0u;
+        tie[i] = 0u;
+    }
+    for (int i = threadIdx.x; i < 1024; i += blockDim.x) h3[i] = 0;
     __syncthreads();
-    int m = 1;
-    while (m < k) m <<= 1;
-    for (int i = threadIdx.x; i < m; i += blockDim.x)
-        buf[i] = i < k ? (unsigned long long)(~(unsigned)chosen[i]) : 0ull;
-    bitonic_desc(buf, m);
-    for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = (int)(~(unsigned)(buf[i] & 0xffffffffull));
-    (void)need;
+    const unsigned long long* c = cand + (size_t)t * cap;
+    for (int i = threadIdx.x; i < n_taken; i += blockDim.x) {
+        int idx = taken[(size_t)t * k + i];
+        atomicOr(&sel[idx >> 5], 1u << (idx & 31));
+    }
+    for (int i = threadIdx.x; i < n_cand; i += blockDim.x)
+        atomicAdd(&h3[(unsigned)(c[i] >> 32) & 1023u], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int above = 0, b = 1023;
+        for (; b > 0; b--) {
+            if (above + h3[b] >= need) break;
+            above += h3[b];
+        }
+        b3_s = b;
+        above3_s = above;
+    }
+    __syncthreads();
+    unsigned b3 = b3_s;
+    int ties_needed = need - above3_s;
+    for (int i = threadIdx.x; i < n_cand; i += blockDim.x) {
+        unsigned low = (unsigned)(c[i] >> 32) & 1023u;
+        int idx = (int)(~(unsigned)(c[i] & 0xffffffffull));
+        if (low > b3) atomicOr(&sel[idx >> 5], 1u << (idx & 31));
+        else if (low == b3) atomicOr(&tie[idx >> 5], 1u << (idx & 31));
+    }
+    __syncthreads();
+    // Each thread owns a run of consecutive words; ties are taken in index order.
+    int per = (words + blockDim.x - 1) / blockDim.x;
+    int w0 = min(words, threadIdx.x * per), w1 = min(words, w0 + per);
+    int my_ties = 0;
+    for (int w = w0; w < w1; w++) my_ties += __popc(tie[w]);
+    // block-wide exclusive scan of my_ties (values, not flags)
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = my_ties;
+    for (int d = 1; d < 32; d <<= 1) {
+        int n = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += n;
+    }
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
+        int x = v;
+        for (int d = 1; d < 32; d <<= 1) {
+            int n = __shfl_up_sync(0xffffffffu, x, d);
+            if (lane >= d) x += n;
+        }
+        warp_tot[lane] = x - v;
+    }
+    __syncthreads();
+    int ties_before = warp_tot[warp] + incl - my_ties;
+    __syncthreads();
+    int my_sel = 0;
+    for (int w = w0; w < w1; w++) {
+        unsigned tw = tie[w];
+        while (tw && ties_before < ties_needed) {
+            unsigned bit = tw & (0u - tw);
+            sel[w] |= bit;
+            tw ^= bit;
+            ties_before++;
+        }
+        my_sel += __popc(sel[w]);
+    }
+    incl = my_sel;
+    for (int d = 1; d < 32; d <<= 1) {
+        int n = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += n;
+    }
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
+        int x = v;
+        for (int d = 1; d < 32; d <<= 1) {
+            int n = __shfl_up_sync(0xffffffffu, x, d);
+            if (lane >= d) x += n;
+        }
+        warp_tot[lane] = x - v;
+    }
+    __syncthreads();
+    int at = warp_tot[warp] + incl - my_sel;
+    for (int w = w0; w < w1; w++) {
+        unsigned sw = sel[w];
+        while (sw) {
+            int b = __ffs(sw) - 1;
+            o[at++] = w * 32 + b;
+            sw &= sw - 1;
+        }
+    }
 }
 
 // The rows whose candidates overflowed the multi-block path's buffer, done by one block each.
@@ -776,6 +849,6 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
 topk_fallback(const float* logits, const int* lens, int ld, int k, const int* counters, int cap, int* out) {
     int t = blockIdx.x;
     int len = min(lens[t], ld);
-    if (len <= k || counters[2 * t + 1] <= cap) return;
+    if (len <= k || (counters[2 * t + 1] <= cap && len <= TK_MAX_LEN)) return;
     topk_row_block(logits + (size_t)t * ld, len, k, out + (size_t)t * k);
 }
