@@ -424,7 +424,7 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for b in &report.bench {
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.3} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} ({:.3} + {:.3} + {:.3}) | {:.3} |",
                 b.context,
                 b.prefill_indexer_ms,
                 b.prefill_topk_ms,
@@ -433,6 +433,9 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
                 b.prefill_indexer_tflops,
                 b.prefill_attention_tflops,
                 b.decode_sparse_ms,
+                b.decode_indexer_ms,
+                b.decode_topk_ms,
+                b.decode_attention_ms,
                 b.decode_dense_ms
             );
         }

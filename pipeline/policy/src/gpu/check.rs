@@ -46,6 +46,10 @@ pub struct Bench {
     /// One query at the end of the context.
     pub decode_sparse_ms: f64,
     pub decode_dense_ms: f64,
+    /// The sparse decode step's stages, each replayed alone.
+    pub decode_indexer_ms: f64,
+    pub decode_topk_ms: f64,
+    pub decode_attention_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -591,6 +595,37 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             dense.push(md);
         }
     }
+    let g_ix = gpu.capture(|| gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l))?;
+    let g_tk = gpu.capture(|| gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx))?;
+    let g_at = gpu.capture(|| {
+        gpu.sparse_mla(
+            &dqm,
+            &dkv,
+            &idx,
+            &mut part_s,
+            &mut lse_s,
+            &mut o,
+            1,
+            l,
+            TOPK,
+            splits_sparse,
+            scale,
+        )
+    })?;
+    let (mut a, mut bb, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..21 {
+        let x = timed(gpu, || g_ix.launch().map_err(cuda))?;
+        let y = timed(gpu, || g_tk.launch().map_err(cuda))?;
+        let z = timed(gpu, || g_at.launch().map_err(cuda))?;
+        if rep > 0 {
+            a.push(x);
+            bb.push(y);
+            c.push(z);
+        }
+    }
+    b.decode_indexer_ms = median(a);
+    b.decode_topk_ms = median(bb);
+    b.decode_attention_ms = median(c);
     b.decode_sparse_ms = median(sparse);
     b.decode_dense_ms = median(dense);
     Ok(b)
