@@ -519,25 +519,57 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     }
 }
 
-// out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). One block per (t, h).
+// out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). One block per (t, h); the
+// split weights are computed once in shared memory, then each thread sums its columns with
+// the loads of all splits in flight together. At most 1024 splits.
 extern "C" __global__ void mla_combine(const float* o_part, const float* lse_part, float* out,
                                        int H, int splits, int dv) {
+    __shared__ float wts[1024];
+    __shared__ float red[32];
     int t = blockIdx.x / H, h = blockIdx.x % H;
-    float M = -__int_as_float(0x7f800000);
-    for (int p = 0; p < splits; p++) M = fmaxf(M, lse_part[((size_t)t * splits + p) * H + h]);
-    float total = 0.f;
-    for (int p = 0; p < splits; p++) {
-        float l = lse_part[((size_t)t * splits + p) * H + h];
-        total += l == -__int_as_float(0x7f800000) ? 0.f : exp2f(l - M);
+    float l = -__int_as_float(0x7f800000);
+    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
+        l = lse_part[((size_t)t * splits + p) * H + h];
+        wts[p] = l;
     }
+    // block max of lse
+    float m = -__int_as_float(0x7f800000);
+    for (int p = threadIdx.x; p < splits; p += blockDim.x) m = fmaxf(m, wts[p]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : -__int_as_float(0x7f800000);
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    float M = red[0];
+    __syncthreads();
+    float sum = 0.f;
+    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
+        float w = wts[p] == -__int_as_float(0x7f800000) ? 0.f : exp2f(wts[p] - M);
+        wts[p] = w;
+        sum += w;
+    }
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    float total = red[0];
+    float inv = total > 0.f ? 1.f / total : 0.f;
+    (void)l;
     for (int c = threadIdx.x; c < dv; c += blockDim.x) {
         float acc = 0.f;
-        for (int p = 0; p < splits; p++) {
-            float l = lse_part[((size_t)t * splits + p) * H + h];
-            if (l == -__int_as_float(0x7f800000)) continue;
-            acc += exp2f(l - M) * o_part[(((size_t)t * splits + p) * H + h) * dv + c];
-        }
-        out[((size_t)t * H + h) * dv + c] = total > 0.f ? acc / total : 0.f;
+#pragma unroll 8
+        for (int p = 0; p < splits; p++)
+            acc += wts[p] * o_part[(((size_t)t * splits + p) * H + h) * dv + c];
+        out[((size_t)t * H + h) * dv + c] = acc * inv;
     }
 }
 
@@ -671,11 +703,15 @@ extern "C" __global__ void topk_hist2(const float* logits, const int* lens, int 
     __shared__ int b1s;
     int t = blockIdx.y, len = min(lens[t], ld);
     if (len <= k) return;
+    // One coalesced read of the histogram; the scan then runs in shared memory.
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = hist[(size_t)t * 2 * TK_BINS + i];
+    __syncthreads();
     if (threadIdx.x < 32) {
         int above;
-        int b = find_bin(hist + (size_t)t * 2 * TK_BINS, k, &above);
+        int b = find_bin(h, k, &above);
         if (threadIdx.x == 0) b1s = b;
     }
+    __syncthreads();
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
     __syncthreads();
     unsigned b1 = b1s;
@@ -694,12 +730,15 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
                                         const int* hist, int* counters, int* taken,
                                         unsigned long long* cand, int cap) {
     __shared__ unsigned prefix_s;
+    __shared__ int h[2 * TK_BINS];
     int t = blockIdx.y, len = min(lens[t], ld);
     if (len <= k) return;
+    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) h[i] = hist[(size_t)t * 2 * TK_BINS + i];
+    __syncthreads();
     if (threadIdx.x < 32) {
         int above1, above2;
-        int b1 = find_bin(hist + (size_t)t * 2 * TK_BINS, k, &above1);
-        int b2 = find_bin(hist + (size_t)t * 2 * TK_BINS + TK_BINS, k - above1, &above2);
+        int b1 = find_bin(h, k, &above1);
+        int b2 = find_bin(h + TK_BINS, k - above1, &above2);
         if (threadIdx.x == 0) prefix_s = ((unsigned)b1 << 11) | (unsigned)b2;
     }
     __syncthreads();

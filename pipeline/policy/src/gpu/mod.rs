@@ -608,7 +608,7 @@ impl Gpu {
         let (h, dv) = (64i32, 512i32);
         let cfg = LaunchConfig {
             grid_dim: ((t * 64) as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (512, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&c);
