@@ -129,101 +129,125 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 #define IX_KEYS 128
 #define IX_STRIDE (IX_D + 8)
 
+#define IX_TILES 8  // key tiles per block: the queries are loaded once for 1024 keys
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Queue the copy of keys s0..s0+127 (zero rows past S) into `dst`.
+__device__ __forceinline__ void ix_load_keys(bf16* dst, const bf16* k, int s0, int S) {
+    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
+        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        bool ok = s0 + r < S;
+        cp_async16(dst + r * IX_STRIDE + c * 8, ok ? k + (size_t)(s0 + r) * IX_D + c * 8 : k, ok);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256, 1)
 indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
                     int ld, int first_pos) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                        // 256 x IX_STRIDE
-    bf16* ks = qs + IX_TOK * IX_HEADS * IX_STRIDE;                       // 128 x IX_STRIDE
-    float* red = reinterpret_cast<float*>(ks + IX_KEYS * IX_STRIDE);     // 8 x 128
-    float* ws = red + 8 * IX_KEYS;                                       // 256
+    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                          // 256 x IX_STRIDE
+    bf16* kbuf = qs + IX_TOK * IX_HEADS * IX_STRIDE;                       // 2 x 128 x IX_STRIDE
+    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX_STRIDE); // 8 x 128
+    float* ws = red + 8 * IX_KEYS;                                         // 256
 
     int t0 = blockIdx.y * IX_TOK;
-    int s0 = blockIdx.x * IX_KEYS;
     int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
-    if (s0 > last_pos) return;  // every key of this tile is in the future of every query
+    int s_begin = blockIdx.x * IX_KEYS * IX_TILES;
+    // Tiles at or before the block's last query position (later keys are every query's future).
+    int s_end = min(min(S, last_pos + 1), s_begin + IX_KEYS * IX_TILES);
+    if (s_begin >= s_end) return;
+    int tiles = (s_end - s_begin + IX_KEYS - 1) / IX_KEYS;
 
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // Load queries (zero rows past T) and keys (zero rows past S).
     for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (IX_D / 8); i += blockDim.x) {
         int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        int t = t0 + r / IX_HEADS;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (t < T) v = *reinterpret_cast<const uint4*>(q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 8);
-        *reinterpret_cast<uint4*>(qs + r * IX_STRIDE + c * 8) = v;
+        bool ok = t0 + r / IX_HEADS < T;
+        cp_async16(qs + r * IX_STRIDE + c * 8, ok ? q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 8 : q, ok);
     }
-    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
-        int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (s0 + r < S) v = *reinterpret_cast<const uint4*>(k + (size_t)(s0 + r) * IX_D + c * 8);
-        *reinterpret_cast<uint4*>(ks + r * IX_STRIDE + c * 8) = v;
-    }
+    ix_load_keys(kbuf, k, s_begin, S);
+    cp_async_commit();
     for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
         int t = t0 + i / IX_HEADS;
         ws[i] = t < T ? w[(size_t)t0 * IX_HEADS + i] : 0.f;
     }
-    __syncthreads();
-
-    float acc[2][16][4];
-#pragma unroll
-    for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int n = 0; n < 16; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
-
     int row0 = warp * 32;
-#pragma unroll
-    for (int kk = 0; kk < IX_D; kk += 16) {
-        unsigned a[2][4];
+    int g = lane >> 2, tig = lane & 3;
+
+    for (int j = 0; j < tiles; j++) {
+        int s0 = s_begin + j * IX_KEYS;
+        if (j + 1 < tiles) {
+            ix_load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX_STRIDE, k, s0 + IX_KEYS, S);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const bf16* ks = kbuf + (j & 1) * IX_KEYS * IX_STRIDE;
+
+        float acc[2][16][4];
 #pragma unroll
         for (int m = 0; m < 2; m++)
-            ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
-                        qs + (row0 + m * 16 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
 #pragma unroll
-        for (int n = 0; n < 16; n += 2) {
-            unsigned b0, b1, b2, b3;
-            int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-            ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+            for (int n = 0; n < 16; n++)
 #pragma unroll
-            for (int m = 0; m < 2; m++) {
-                mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < IX_D; kk += 16) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+                ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
+                            qs + (row0 + m * 16 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < 16; n += 2) {
+                unsigned b0, b1, b2, b3;
+                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                    mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                }
             }
         }
-    }
-    // ReLU, weight by head, sum this warp's 32 heads per key.
-    int g = lane >> 2, tig = lane & 3;
-    float colsum[16][2];
+        // ReLU, weight by head, sum this warp's 32 heads per key.
 #pragma unroll
-    for (int n = 0; n < 16; n++) {
-        colsum[n][0] = 0.f;
-        colsum[n][1] = 0.f;
+        for (int n = 0; n < 16; n++) {
+            float c0 = 0.f, c1 = 0.f;
 #pragma unroll
-        for (int m = 0; m < 2; m++) {
-            float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
-            colsum[n][0] += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
-            colsum[n][1] += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
-        }
+            for (int m = 0; m < 2; m++) {
+                float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
+                c0 += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
+                c1 += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
+            }
 #pragma unroll
-        for (int o = 4; o < 32; o <<= 1) {
-            colsum[n][0] += __shfl_xor_sync(0xffffffffu, colsum[n][0], o);
-            colsum[n][1] += __shfl_xor_sync(0xffffffffu, colsum[n][1], o);
+            for (int o = 4; o < 32; o <<= 1) {
+                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
+                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
+            }
+            if (g == 0) {
+                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
+                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+            }
         }
-        if (g == 0) {
-            red[warp * IX_KEYS + n * 8 + tig * 2] = colsum[n][0];
-            red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = colsum[n][1];
+        __syncthreads();
+        // Two warps per token: add their halves, mask the future, write.
+        for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
+            int tt = i / IX_KEYS, c = i % IX_KEYS;
+            int t = t0 + tt, s = s0 + c;
+            if (t >= T || s >= S) continue;
+            float v = red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c];
+            if (s > first_pos + t) v = -__int_as_float(0x7f800000);
+            logits[(size_t)t * ld + s] = v;
         }
-    }
-    __syncthreads();
-    // Two warps per token: add their halves, mask the future, write.
-    for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
-        int tt = i / IX_KEYS, c = i % IX_KEYS;
-        int t = t0 + tt, s = s0 + c;
-        if (t >= T || s >= S) continue;
-        float v = red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c];
-        if (s > first_pos + t) v = -__int_as_float(0x7f800000);
-        logits[(size_t)t * ld + s] = v;
     }
 }
 
@@ -655,7 +679,7 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
 // A row whose candidates overflow `cap` is marked (counter 1 = -1) for the one-block fallback.
 
 #define TK_BINS 2048
-#define TK_CHUNK 8192
+#define TK_CHUNK 1024
 
 __device__ __forceinline__ int find_bin(const int* hist, int want, int* above_out) {
     // Highest bin b with (count above b) < want <= (count above b) + hist[b]; one warp.
@@ -745,17 +769,22 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
     unsigned prefix = prefix_s;
     const float* row = logits + (size_t)t * ld;
     int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
-    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
-        unsigned key = order_key(row[i]);
+    int lane = threadIdx.x & 31;
+    unsigned below = (1u << lane) - 1u;
+    // Whole warps go round together, so each warp takes its slots with one atomic per kind.
+    for (int base = blockIdx.x * TK_CHUNK; base < end; base += blockDim.x) {
+        int i = base + threadIdx.x;
+        unsigned key = i < end ? order_key(row[i]) : 0u;
         unsigned top = key >> 10;
-        if (top > prefix) {
-            int at = atomicAdd(&counters[2 * t], 1);
-            taken[(size_t)t * k + at] = i;
-        } else if (top == prefix) {
-            int at = atomicAdd(&counters[2 * t + 1], 1);
-            if (at < cap)
-                cand[(size_t)t * cap + at] = ((unsigned long long)key << 32) | (unsigned)(~i);
-        }
+        bool take = i < end && top > prefix, maybe = i < end && top == prefix;
+        unsigned mt = __ballot_sync(0xffffffffu, take), mc = __ballot_sync(0xffffffffu, maybe);
+        int at_t = 0, at_c = 0;
+        if (lane == 0 && mt) at_t = atomicAdd(&counters[2 * t], __popc(mt));
+        if (lane == 0 && mc) at_c = atomicAdd(&counters[2 * t + 1], __popc(mc));
+        at_t = __shfl_sync(0xffffffffu, at_t, 0) + __popc(mt & below);
+        at_c = __shfl_sync(0xffffffffu, at_c, 0) + __popc(mc & below);
+        if (take) taken[(size_t)t * k + at_t] = i;
+        if (maybe && at_c < cap) cand[(size_t)t * cap + at_c] = ((unsigned long long)key << 32) | (unsigned)(~i);
     }
 }
 

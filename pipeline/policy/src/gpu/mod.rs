@@ -182,7 +182,7 @@ pub struct Gpu {
 }
 
 /// Shared memory of the two tensor-core kernels (see kernels.cu).
-const INDEXER_SMEM: u32 = (256 * 136 * 2 + 128 * 136 * 2 + 8 * 128 * 4 + 256 * 4) as u32;
+const INDEXER_SMEM: u32 = (256 * 136 * 2 + 2 * 128 * 136 * 2 + 8 * 128 * 4 + 256 * 4) as u32;
 const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
 
 impl Gpu {
@@ -394,7 +394,7 @@ impl Gpu {
         let f = self.function("indexer_logits_bf16")?;
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = LaunchConfig {
-            grid_dim: ((s as u32).div_ceil(128), (t as u32).div_ceil(4), 1),
+            grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: INDEXER_SMEM,
         };
@@ -506,7 +506,7 @@ impl Gpu {
         self.stream.memset_zeros(&mut work.hist).map_err(cuda)?;
         self.stream.memset_zeros(&mut work.counters).map_err(cuda)?;
         let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
-        let chunks = (ld as u32).div_ceil(8192);
+        let chunks = (ld as u32).div_ceil(1024);
         let grid = LaunchConfig {
             grid_dim: (chunks, rows as u32, 1),
             block_dim: (512, 1, 1),
