@@ -52,20 +52,6 @@ __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Copy `rows` rows of `width` bf16 (a multiple of 8) from global (row stride `gstride`) into
-// shared memory (row stride `sstride`), 16 bytes per thread per step. Rows whose source is
-// null are zero-filled.
-__device__ __forceinline__ void load_rows(bf16* dst, int sstride, const bf16* const* src_rows,
-                                          int rows, int width) {
-    int chunks = width / 8;
-    for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
-        int r = i / chunks, c = i % chunks;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (src_rows[r] != 0) v = *reinterpret_cast<const uint4*>(src_rows[r] + c * 8);
-        *reinterpret_cast<uint4*>(dst + r * sstride + c * 8) = v;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Elementwise kernels (f32).
 
@@ -389,9 +375,9 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     }
     for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
         int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
-        *reinterpret_cast<uint4*>(qs + r * MLA_STRIDE + c * 8) =
-            *reinterpret_cast<const uint4*>(q + ((size_t)t * MLA_H + r) * MLA_DQK + c * 8);
+        cp_async16(qs + r * MLA_STRIDE + c * 8, q + ((size_t)t * MLA_H + r) * MLA_DQK + c * 8, true);
     }
+    cp_async_commit();
 
     // S tile: warp owns rows 16*(warp&3) and key columns 32*(warp>>2). O: same rows, value
     // columns 256*(warp>>2).
@@ -412,7 +398,15 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             rows[i] = ok ? kv + (size_t)s * MLA_DQK : 0;
         }
         __syncthreads();
-        load_rows(ks, MLA_STRIDE, rows, MLA_BN, MLA_DQK);
+        // Gather the selected rows with every copy in flight at once (cp.async; missing rows
+        // are zero-filled).
+        for (int i = threadIdx.x; i < MLA_BN * (MLA_DQK / 8); i += blockDim.x) {
+            int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
+            const bf16* src = rows[r];
+            cp_async16(ks + r * MLA_STRIDE + c * 8, src ? src + c * 8 : kv, src != 0);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
         __syncthreads();
 
         float sacc[4][4];
@@ -521,6 +515,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             }
         }
     }
+    cp_async_wait<0>();  // a split with no blocks still queued its query copy
     __syncthreads();
     // Normalize and write this split's partial result.
     int r0 = srow + g, r1 = srow + g + 8;
