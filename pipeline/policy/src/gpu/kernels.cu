@@ -272,6 +272,41 @@ __device__ __forceinline__ int block_scan(int flag, int* prefix, int* warp_tot) 
     return total;
 }
 
+#define TK_BINS 2048
+#define TK_CHUNK 1024
+
+__device__ __forceinline__ int find_bin_n(const int* hist, int bins, int want, int* above_out) {
+    // Highest bin b with (count above b) < want <= (count above b) + hist[b]; one warp, `bins`
+    // a multiple of 32.
+    int lane = threadIdx.x & 31;
+    int above = 0;
+    for (int base = bins - 32; base >= 0; base -= 32) {
+        int c = hist[base + lane];
+        // inclusive suffix sum within the warp, from lane 31 down
+        int incl = c;
+        for (int o = 1; o < 32; o <<= 1) {
+            int n = __shfl_down_sync(0xffffffffu, incl, o);
+            if (lane + o < 32) incl += n;
+        }
+        int total = __shfl_sync(0xffffffffu, incl, 0);
+        if (above + total >= want) {
+            // the bin is in this group: the highest lane whose suffix reaches want
+            unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
+            int b = 31 - __clz(hit);
+            int above_b = above + __shfl_sync(0xffffffffu, incl, b) - __shfl_sync(0xffffffffu, c, b);
+            *above_out = above_b;
+            return base + b;
+        }
+        above += total;
+    }
+    *above_out = above;
+    return 0;
+}
+
+__device__ __forceinline__ int find_bin(const int* hist, int want, int* above_out) {
+    return find_bin_n(hist, TK_BINS, want, above_out);
+}
+
 // One block selects the top k of `row[0..len)` into `o`.
 __device__ void topk_row_block(const float* row, int len, int k, int* o) {
     __shared__ int hist[256];
@@ -296,15 +331,14 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int remaining = sh_remaining, above = 0, b = 255;
-            for (; b > 0; b--) {
-                if (above + hist[b] >= remaining) break;
-                above += hist[b];
+        if (threadIdx.x < 32) {
+            int remaining = sh_remaining, above;
+            int b = find_bin_n(hist, 256, remaining, &above);
+            if (threadIdx.x == 0) {
+                sh_remaining = remaining - above;
+                sh_prefix = prefix | ((unsigned)b << shift);
+                sh_mask = mask | (255u << shift);
             }
-            sh_remaining = remaining - above;
-            sh_prefix = prefix | ((unsigned)b << shift);
-            sh_mask = mask | (255u << shift);
         }
         __syncthreads();
     }
@@ -673,35 +707,6 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
 // 2 ints, taken k ints, candidates `cap` (key, index) pairs; zero hist and counters first.
 // A row whose candidates overflow `cap` is marked (counter 1 = -1) for the one-block fallback.
 
-#define TK_BINS 2048
-#define TK_CHUNK 1024
-
-__device__ __forceinline__ int find_bin(const int* hist, int want, int* above_out) {
-    // Highest bin b with (count above b) < want <= (count above b) + hist[b]; one warp.
-    int lane = threadIdx.x & 31;
-    int above = 0;
-    for (int base = TK_BINS - 32; base >= 0; base -= 32) {
-        int c = hist[base + lane];
-        // inclusive suffix sum within the warp, from lane 31 down
-        int incl = c;
-        for (int o = 1; o < 32; o <<= 1) {
-            int n = __shfl_down_sync(0xffffffffu, incl, o);
-            if (lane + o < 32) incl += n;
-        }
-        int total = __shfl_sync(0xffffffffu, incl, 0);
-        if (above + total >= want) {
-            // the bin is in this group: the highest lane whose suffix reaches want
-            unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
-            int b = 31 - __clz(hit);
-            int above_b = above + __shfl_sync(0xffffffffu, incl, b) - __shfl_sync(0xffffffffu, c, b);
-            *above_out = above_b;
-            return base + b;
-        }
-        above += total;
-    }
-    *above_out = above;
-    return 0;
-}
 
 extern "C" __global__ void topk_hist1(const float* logits, const int* lens, int ld, int* hist) {
     __shared__ int h[TK_BINS];
@@ -823,14 +828,13 @@ topk_finish(const int* lens, int ld, int k, const int* counters, const int* take
     for (int i = threadIdx.x; i < n_cand; i += blockDim.x)
         atomicAdd(&h3[(unsigned)(c[i] >> 32) & 1023u], 1);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int above = 0, b = 1023;
-        for (; b > 0; b--) {
-            if (above + h3[b] >= need) break;
-            above += h3[b];
+    if (threadIdx.x < 32) {
+        int above;
+        int b = find_bin_n(h3, 1024, need, &above);
+        if (threadIdx.x == 0) {
+            b3_s = b;
+            above3_s = above;
         }
-        b3_s = b;
-        above3_s = above;
     }
     __syncthreads();
     unsigned b3 = b3_s;
