@@ -440,6 +440,22 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
             );
         }
     }
+    if !report.bench.is_empty() {
+        println!();
+        println!(
+            "| context | FP8 indexer ms (with q quantization) | FP8 indexer TFLOP/s | prefill ms with the FP8 indexer |"
+        );
+        println!("|---:|---:|---:|---:|");
+        for b in &report.bench {
+            println!(
+                "| {} | {:.2} | {:.0} | {:.2} |",
+                b.context,
+                b.prefill_indexer_fp8_ms,
+                b.prefill_indexer_fp8_tflops,
+                b.prefill_total_fp8_ms
+            );
+        }
+    }
     if let Some(tflops) = report.decode_batch_tflops {
         println!(
             "sparse decode, batch {} × 64 heads, top-k 2048: {tflops:.0} TFLOP/s",

@@ -919,3 +919,175 @@ topk_fallback(const float* logits, const int* lens, int ld, int k, const int* co
     if (len <= k || (counters[2 * t + 1] <= cap && len <= TK_MAX_LEN)) return;
     topk_row_block(logits + (size_t)t * ld, len, k, out + (size_t)t * k);
 }
+
+// ---------------------------------------------------------------------------------------------
+// FP8 indexer (the production path of dsa.md §1.3): q and k are rotated by the 128-point
+// Hadamard transform, then quantized to e4m3 with one power-of-two scale per 128 values (per
+// token for k, per token and head for q). Because ReLU(a·x) = a·ReLU(x) for a > 0, the scales
+// leave the matrix product: q's scale is folded into the head weight, k's is applied after the
+// head sum.
+
+// One warp per row of 128 bf16: Walsh–Hadamard rotation (scaled by 128^-0.5), amax, e4m3.
+// Lane l holds elements 4l..4l+3; strides 1 and 2 stay in the lane, 4..64 cross lanes.
+extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale,
+                                               int rows) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= rows) return;
+    const bf16* r = x + (size_t)warp * 128 + lane * 4;
+    float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = bf16_to_f32(r[i]);
+    // strides 1, 2 inside the lane
+    float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+    v[0] = a0 + a2; v[2] = a0 - a2; v[1] = a1 + a3; v[3] = a1 - a3;
+    // strides 4..64: partner lane l ^ m; the lower lane keeps the sum, the upper the difference
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1) {
+        bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float other = __shfl_xor_sync(0xffffffffu, v[i], m);
+            v[i] = upper ? other - v[i] : v[i] + other;
+        }
+    }
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[i] *= 0.08838834764831845f;  // 128^-0.5
+        amax = fmaxf(amax, fabsf(v[i]));
+    }
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    // ue8m0: the smallest power of two that keeps the row within ±448.
+    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
+    float inv = 1.f / s;
+    unsigned short lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] * inv), "f"(v[2] * inv));
+    *reinterpret_cast<unsigned*>(q8 + (size_t)warp * 128 + lane * 4) = (unsigned)lo | ((unsigned)hi << 16);
+    if (lane == 0) scale[warp] = s;
+}
+
+__device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+#define IX8_STRIDE (IX_D + 16)  // bytes per shared-memory row
+
+__device__ __forceinline__ void ix8_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S) {
+    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 16); i += blockDim.x) {
+        int r = i / (IX_D / 16), c = i % (IX_D / 16);
+        bool ok = s0 + r < S;
+        cp_async16(dst + r * IX8_STRIDE + c * 16, ok ? k + (size_t)(s0 + r) * IX_D + c * 16 : k, ok);
+    }
+}
+
+// Same tiling as indexer_logits_bf16 (4 queries x 64 heads against 8 tiles of 128 keys), with
+// e4m3 operands: k-steps of 32, half the shared memory and twice the tensor-core rate.
+extern "C" __global__ void __launch_bounds__(256, 1)
+indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k,
+                   const float* k_scale, const float* w, float* logits, int T, int S, int ld,
+                   int first_pos) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* qs = smem_raw;                                   // 256 x IX8_STRIDE
+    unsigned char* kbuf = qs + IX_TOK * IX_HEADS * IX8_STRIDE;      // 2 x 128 x IX8_STRIDE
+    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX8_STRIDE);  // 8 x 128
+    float* ws = red + 8 * IX_KEYS;                                  // 256
+    float* kss = ws + IX_TOK * IX_HEADS;                            // 2 x 128
+
+    int t0 = blockIdx.y * IX_TOK;
+    int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
+    int s_begin = blockIdx.x * IX_KEYS * IX_TILES;
+    int s_end = min(min(S, last_pos + 1), s_begin + IX_KEYS * IX_TILES);
+    if (s_begin >= s_end) return;
+    int tiles = (s_end - s_begin + IX_KEYS - 1) / IX_KEYS;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (IX_D / 16); i += blockDim.x) {
+        int r = i / (IX_D / 16), c = i % (IX_D / 16);
+        bool ok = t0 + r / IX_HEADS < T;
+        cp_async16(qs + r * IX8_STRIDE + c * 16, ok ? q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 16 : q, ok);
+    }
+    ix8_load_keys(kbuf, k, s_begin, S);
+    cp_async_commit();
+    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
+        int t = t0 + i / IX_HEADS;
+        size_t at = (size_t)t0 * IX_HEADS + i;
+        ws[i] = t < T ? w[at] * q_scale[at] : 0.f;
+    }
+    int row0 = warp * 32;
+    int g = lane >> 2, tig = lane & 3;
+
+    for (int j = 0; j < tiles; j++) {
+        int s0 = s_begin + j * IX_KEYS;
+        for (int i = threadIdx.x; i < IX_KEYS; i += blockDim.x)
+            kss[(j & 1) * IX_KEYS + i] = s0 + i < S ? k_scale[s0 + i] : 0.f;
+        if (j + 1 < tiles) {
+            ix8_load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX8_STRIDE, k, s0 + IX_KEYS, S);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const unsigned char* ks = kbuf + (j & 1) * IX_KEYS * IX8_STRIDE;
+        float acc[2][16][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int n = 0; n < 16; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < IX_D; kk += 32) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+                ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
+                            qs + (row0 + m * 16 + (lane & 15)) * IX8_STRIDE + kk + (lane >> 4) * 16);
+#pragma unroll
+            for (int n = 0; n < 16; n += 2) {
+                unsigned b0, b1, b2, b3;
+                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX8_STRIDE + kk + ((lane >> 3) & 1) * 16);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma_e4m3(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                    mma_e4m3(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                }
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < 16; n++) {
+            float c0 = 0.f, c1 = 0.f;
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
+                c0 += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
+                c1 += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
+            }
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
+                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
+            }
+            if (g == 0) {
+                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
+                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+            }
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
+            int tt = i / IX_KEYS, c = i % IX_KEYS;
+            int t = t0 + tt, s = s0 + c;
+            if (t >= T || s >= S) continue;
+            float v = (red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c]) * kss[(j & 1) * IX_KEYS + c];
+            if (s > first_pos + t) v = -__int_as_float(0x7f800000);
+            logits[(size_t)t * ld + s] = v;
+        }
+    }
+}

@@ -183,6 +183,7 @@ pub struct Gpu {
 
 /// Shared memory of the two tensor-core kernels (see kernels.cu).
 const INDEXER_SMEM: u32 = (256 * 136 * 2 + 2 * 128 * 136 * 2 + 8 * 128 * 4 + 256 * 4) as u32;
+const INDEXER_FP8_SMEM: u32 = (256 * 144 + 2 * 128 * 144 + 8 * 128 * 4 + 256 * 4 + 256 * 4) as u32;
 const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
 
 impl Gpu {
@@ -431,6 +432,67 @@ impl Gpu {
         };
         let mut b = self.stream.launch_builder(&f);
         b.arg(logits).arg(out).arg(&ld32).arg(&k32).arg(&fp);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Rotates `rows` rows of 128 bf16 by the Hadamard transform and quantizes each to e4m3
+    /// with a power-of-two scale (the FP8 indexer's q and k).
+    pub fn hadamard_quant(
+        &self,
+        x: &CudaSlice<u16>,
+        q8: &mut CudaSlice<u8>,
+        scale: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("hadamard_quant_e4m3")?;
+        let r32 = rows as i32;
+        let cfg = LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(q8).arg(scale).arg(&r32);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// [`Gpu::indexer_logits`] with e4m3 q and k and their scales.
+    #[allow(clippy::too_many_arguments)]
+    pub fn indexer_logits_fp8(
+        &self,
+        q: &CudaSlice<u8>,
+        q_scale: &CudaSlice<f32>,
+        k: &CudaSlice<u8>,
+        k_scale: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        t: usize,
+        s: usize,
+        ld: usize,
+        first_pos: usize,
+    ) -> Result<(), GpuError> {
+        let f = self.function("indexer_logits_fp8")?;
+        let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
+        let cfg = LaunchConfig {
+            grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: INDEXER_FP8_SMEM,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(q_scale)
+            .arg(k)
+            .arg(k_scale)
+            .arg(w)
+            .arg(logits)
+            .arg(&t32)
+            .arg(&s32)
+            .arg(&ld32)
+            .arg(&fp);
         // SAFETY: as above.
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
