@@ -227,6 +227,7 @@ impl Gpu {
         };
         for (f, smem) in [
             ("indexer_logits_bf16", INDEXER_SMEM),
+            ("indexer_logits_fp8", INDEXER_FP8_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
         ] {
             gpu.function(f)?
@@ -247,14 +248,18 @@ impl Gpu {
         &self,
         host: &[T],
     ) -> Result<CudaSlice<T>, GpuError> {
-        self.stream.clone_htod(host).map_err(cuda)
+        self.stream
+            .clone_htod(host)
+            .map_err(|e| GpuError::Cuda(format!("upload of {} values: {e:?}", host.len())))
     }
 
     pub fn download<T: cudarc::driver::DeviceRepr>(
         &self,
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>, GpuError> {
-        self.stream.clone_dtoh(dev).map_err(cuda)
+        self.stream
+            .clone_dtoh(dev)
+            .map_err(|e| GpuError::Cuda(format!("download of {} values: {e:?}", dev.len())))
     }
 
     pub fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
@@ -307,7 +312,8 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&f);
         b.arg(x).arg(w).arg(y).arg(&n32).arg(&eps);
         // SAFETY: argument types and sizes match the kernel's signature.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "rms_norm_f32")))?;
         Ok(())
     }
 
@@ -353,7 +359,7 @@ impl Gpu {
             .arg(&d)
             .arg(&il);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "rope_f32")))?;
         Ok(())
     }
 
@@ -374,7 +380,7 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&f);
         b.arg(gate).arg(up).arg(out).arg(&n32);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "swiglu_f32")))?;
         Ok(())
     }
 
@@ -409,7 +415,8 @@ impl Gpu {
             .arg(&ld32)
             .arg(&fp);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_logits_bf16")))?;
         Ok(())
     }
 
@@ -433,7 +440,7 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&f);
         b.arg(logits).arg(out).arg(&ld32).arg(&k32).arg(&fp);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_rows")))?;
         Ok(())
     }
 
@@ -456,7 +463,8 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&f);
         b.arg(x).arg(q8).arg(scale).arg(&r32);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "hadamard_quant_e4m3")))?;
         Ok(())
     }
 
@@ -494,7 +502,8 @@ impl Gpu {
             .arg(&ld32)
             .arg(&fp);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_logits_fp8")))?;
         Ok(())
     }
 
@@ -543,7 +552,8 @@ impl Gpu {
             .arg(&s32)
             .arg(&ld32);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_decode_bf16")))?;
         Ok(())
     }
 
@@ -578,12 +588,14 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&h1);
         b.arg(logits).arg(lens).arg(&ld32).arg(&work.hist);
         // SAFETY: as above.
-        unsafe { b.launch(grid) }.map_err(cuda)?;
+        unsafe { b.launch(grid) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_hist1")))?;
         let h2 = self.function("topk_hist2")?;
         let mut b = self.stream.launch_builder(&h2);
         b.arg(logits).arg(lens).arg(&ld32).arg(&k32).arg(&work.hist);
         // SAFETY: as above.
-        unsafe { b.launch(grid) }.map_err(cuda)?;
+        unsafe { b.launch(grid) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_hist2")))?;
         let c = self.function("topk_collect")?;
         let mut b = self.stream.launch_builder(&c);
         b.arg(logits)
@@ -596,7 +608,8 @@ impl Gpu {
             .arg(&work.cand)
             .arg(&cap);
         // SAFETY: as above.
-        unsafe { b.launch(grid) }.map_err(cuda)?;
+        unsafe { b.launch(grid) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_collect")))?;
         let one = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (1024, 1, 1),
@@ -613,7 +626,8 @@ impl Gpu {
             .arg(&cap)
             .arg(&mut *out);
         // SAFETY: as above.
-        unsafe { b.launch(one) }.map_err(cuda)?;
+        unsafe { b.launch(one) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_finish")))?;
         let f = self.function("topk_fallback")?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(logits)
@@ -624,7 +638,8 @@ impl Gpu {
             .arg(&cap)
             .arg(out);
         // SAFETY: as above.
-        unsafe { b.launch(one) }.map_err(cuda)?;
+        unsafe { b.launch(one) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_fallback")))?;
         Ok(())
     }
 
@@ -665,7 +680,8 @@ impl Gpu {
             .arg(&sp)
             .arg(&scale_log2);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "sparse_mla_bf16")))?;
         let c = self.function("mla_combine")?;
         let (h, dv) = (64i32, 512i32);
         let cfg = LaunchConfig {
@@ -676,7 +692,8 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&c);
         b.arg(&*part).arg(&*lse).arg(out).arg(&h).arg(&sp).arg(&dv);
         // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "mla_combine")))?;
         Ok(())
     }
 }
