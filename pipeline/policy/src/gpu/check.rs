@@ -575,6 +575,24 @@ fn timed(gpu: &Gpu, f: impl FnOnce() -> Result<(), GpuError>) -> Result<f64, Gpu
     Ok(a.elapsed_ms(&b).map_err(cuda)? as f64)
 }
 
+/// Median milliseconds of each graph over `reps` replays, interleaved, after one warm-up round.
+fn replay<const N: usize>(
+    gpu: &Gpu,
+    graphs: [&cudarc::driver::CudaGraph; N],
+    reps: usize,
+) -> Result<[f64; N], GpuError> {
+    let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(reps));
+    for rep in 0..=reps {
+        for (g, t) in graphs.iter().zip(times.iter_mut()) {
+            let ms = timed(gpu, || g.launch().map_err(cuda))?;
+            if rep > 0 {
+                t.push(ms);
+            }
+        }
+    }
+    Ok(times.map(median))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -687,15 +705,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             scale,
         )
     })?;
-    let (mut sparse, mut dense) = (Vec::new(), Vec::new());
-    for rep in 0..51 {
-        let ms = timed(gpu, || sparse_graph.launch().map_err(cuda))?;
-        let md = timed(gpu, || dense_graph.launch().map_err(cuda))?;
-        if rep > 0 {
-            sparse.push(ms);
-            dense.push(md);
-        }
-    }
+    let [sparse, dense] = replay(gpu, [&sparse_graph, &dense_graph], 50)?;
     let g_ix = gpu.capture(|| gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l))?;
     let g_tk = gpu.capture(|| gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx))?;
     let g_at = gpu.capture(|| {
@@ -713,22 +723,12 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             scale,
         )
     })?;
-    let (mut a, mut bb, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..21 {
-        let x = timed(gpu, || g_ix.launch().map_err(cuda))?;
-        let y = timed(gpu, || g_tk.launch().map_err(cuda))?;
-        let z = timed(gpu, || g_at.launch().map_err(cuda))?;
-        if rep > 0 {
-            a.push(x);
-            bb.push(y);
-            c.push(z);
-        }
-    }
-    b.decode_indexer_ms = median(a);
-    b.decode_topk_ms = median(bb);
-    b.decode_attention_ms = median(c);
-    b.decode_sparse_ms = median(sparse);
-    b.decode_dense_ms = median(dense);
+    let [ix, tk, at] = replay(gpu, [&g_ix, &g_tk, &g_at], 20)?;
+    b.decode_indexer_ms = ix;
+    b.decode_topk_ms = tk;
+    b.decode_attention_ms = at;
+    b.decode_sparse_ms = sparse;
+    b.decode_dense_ms = dense;
     Ok(b)
 }
 

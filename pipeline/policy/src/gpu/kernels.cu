@@ -125,23 +125,45 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Queue the copy of keys s0..s0+127 (zero rows past S) into `dst`.
-__device__ __forceinline__ void ix_load_keys(bf16* dst, const bf16* k, int s0, int S) {
-    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
-        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+// Queue the copy of keys s0..s0+127 (zero rows past S) into `dst`: rows of ROW bytes, stored
+// PITCH bytes apart (16 bytes of padding, so ldmatrix's eight rows fall in different banks).
+template <int ROW>
+__device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S) {
+    for (int i = threadIdx.x; i < IX_KEYS * (ROW / 16); i += blockDim.x) {
+        int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = s0 + r < S;
-        cp_async16(dst + r * IX_STRIDE + c * 8, ok ? k + (size_t)(s0 + r) * IX_D + c * 8 : k, ok);
+        cp_async16(dst + r * (ROW + 16) + c * 16, ok ? k + (size_t)(s0 + r) * ROW + c * 16 : k, ok);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
-indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
-                    int ld, int first_pos) {
+__device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The indexer's prefill logits, bf16 or e4m3 operands. A block takes 4 queries (4 x 64 head rows;
+// warp w owns rows 32w..32w+31, half of one token's heads) against up to 8 tiles of 128 keys,
+// keeping the queries in shared memory and double-buffering the keys with cp.async. Both
+// precisions step 32 bytes of the 128 values per mma (16 bf16 or 32 e4m3), so the fragment
+// addressing is the same. With e4m3, q's scale is folded into the head weight and k's applied
+// after the head sum (ReLU(a x) = a ReLU(x) for a > 0).
+template <bool FP8>
+__device__ __forceinline__ void indexer_tiles(const unsigned char* q, const float* q_scale,
+                                              const unsigned char* k, const float* k_scale,
+                                              const float* w, float* logits, int T, int S, int ld,
+                                              int first_pos) {
+    constexpr int ROW = FP8 ? IX_D : 2 * IX_D;  // bytes of one row of 128 values
+    constexpr int PITCH = ROW + 16;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                          // 256 x IX_STRIDE
-    bf16* kbuf = qs + IX_TOK * IX_HEADS * IX_STRIDE;                       // 2 x 128 x IX_STRIDE
-    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX_STRIDE); // 8 x 128
+    unsigned char* qs = smem_raw;                                          // 256 rows
+    unsigned char* kbuf = qs + IX_TOK * IX_HEADS * PITCH;                  // 2 x 128 rows
+    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * PITCH);     // 8 x 128
     float* ws = red + 8 * IX_KEYS;                                         // 256
+    float* kss = ws + IX_TOK * IX_HEADS;                                   // 2 x 128
 
     int t0 = blockIdx.y * IX_TOK;
     int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
@@ -150,33 +172,35 @@ indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     int s_end = min(min(S, last_pos + 1), s_begin + IX_KEYS * IX_TILES);
     if (s_begin >= s_end) return;
     int tiles = (s_end - s_begin + IX_KEYS - 1) / IX_KEYS;
-
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (IX_D / 8); i += blockDim.x) {
-        int r = i / (IX_D / 8), c = i % (IX_D / 8);
+
+    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (ROW / 16); i += blockDim.x) {
+        int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = t0 + r / IX_HEADS < T;
-        cp_async16(qs + r * IX_STRIDE + c * 8, ok ? q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 8 : q, ok);
+        cp_async16(qs + r * PITCH + c * 16, ok ? q + ((size_t)t0 * IX_HEADS + r) * ROW + c * 16 : q, ok);
     }
-    ix_load_keys(kbuf, k, s_begin, S);
+    ix_load_keys<ROW>(kbuf, k, s_begin, S);
     cp_async_commit();
     for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
-        int t = t0 + i / IX_HEADS;
-        ws[i] = t < T ? w[(size_t)t0 * IX_HEADS + i] : 0.f;
+        size_t at = (size_t)t0 * IX_HEADS + i;
+        ws[i] = t0 + i / IX_HEADS < T ? w[at] * (FP8 ? q_scale[at] : 1.f) : 0.f;
     }
     int row0 = warp * 32;
     int g = lane >> 2, tig = lane & 3;
 
     for (int j = 0; j < tiles; j++) {
         int s0 = s_begin + j * IX_KEYS;
+        for (int i = threadIdx.x; i < IX_KEYS; i += blockDim.x)
+            kss[(j & 1) * IX_KEYS + i] = FP8 ? (s0 + i < S ? k_scale[s0 + i] : 0.f) : 1.f;
         if (j + 1 < tiles) {
-            ix_load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX_STRIDE, k, s0 + IX_KEYS, S);
+            ix_load_keys<ROW>(kbuf + ((j + 1) & 1) * IX_KEYS * PITCH, k, s0 + IX_KEYS, S);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        const bf16* ks = kbuf + (j & 1) * IX_KEYS * IX_STRIDE;
+        const unsigned char* ks = kbuf + (j & 1) * IX_KEYS * PITCH;
 
         float acc[2][16][4];
 #pragma unroll
@@ -186,21 +210,26 @@ indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < IX_D; kk += 16) {
+        for (int kk = 0; kk < ROW; kk += 32) {
             unsigned a[2][4];
 #pragma unroll
             for (int m = 0; m < 2; m++)
                 ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
-                            qs + (row0 + m * 16 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
+                            qs + (row0 + m * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 16);
 #pragma unroll
             for (int n = 0; n < 16; n += 2) {
                 unsigned b0, b1, b2, b3;
                 int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4(b0, b1, b2, b3, ks + krow * PITCH + kk + ((lane >> 3) & 1) * 16);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
-                    mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                    mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                    if constexpr (FP8) {
+                        mma_e4m3(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                        mma_e4m3(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                    } else {
+                        mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                        mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                    }
                 }
             }
         }
@@ -225,16 +254,31 @@ indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
             }
         }
         __syncthreads();
-        // Two warps per token: add their halves, mask the future, write.
+        // Two warps per token: add their halves, apply k's scale, mask the future, write.
         for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
             int tt = i / IX_KEYS, c = i % IX_KEYS;
             int t = t0 + tt, s = s0 + c;
             if (t >= T || s >= S) continue;
-            float v = red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c];
+            float v = (red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c]) * kss[(j & 1) * IX_KEYS + c];
             if (s > first_pos + t) v = -__int_as_float(0x7f800000);
             logits[(size_t)t * ld + s] = v;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
+                    int ld, int first_pos) {
+    indexer_tiles<false>(reinterpret_cast<const unsigned char*>(q), nullptr,
+                         reinterpret_cast<const unsigned char*>(k), nullptr, w, logits, T, S, ld,
+                         first_pos);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k,
+                   const float* k_scale, const float* w, float* logits, int T, int S, int ld,
+                   int first_pos) {
+    indexer_tiles<true>(q, q_scale, k, k_scale, w, logits, T, S, ld, first_pos);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -967,127 +1011,3 @@ extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8,
     if (lane == 0) scale[warp] = s;
 }
 
-__device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, unsigned a2,
-                                         unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-#define IX8_STRIDE (IX_D + 16)  // bytes per shared-memory row
-
-__device__ __forceinline__ void ix8_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S) {
-    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 16); i += blockDim.x) {
-        int r = i / (IX_D / 16), c = i % (IX_D / 16);
-        bool ok = s0 + r < S;
-        cp_async16(dst + r * IX8_STRIDE + c * 16, ok ? k + (size_t)(s0 + r) * IX_D + c * 16 : k, ok);
-    }
-}
-
-// Same tiling as indexer_logits_bf16 (4 queries x 64 heads against 8 tiles of 128 keys), with
-// e4m3 operands: k-steps of 32, half the shared memory and twice the tensor-core rate.
-extern "C" __global__ void __launch_bounds__(256, 1)
-indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k,
-                   const float* k_scale, const float* w, float* logits, int T, int S, int ld,
-                   int first_pos) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    unsigned char* qs = smem_raw;                                   // 256 x IX8_STRIDE
-    unsigned char* kbuf = qs + IX_TOK * IX_HEADS * IX8_STRIDE;      // 2 x 128 x IX8_STRIDE
-    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX8_STRIDE);  // 8 x 128
-    float* ws = red + 8 * IX_KEYS;                                  // 256
-    float* kss = ws + IX_TOK * IX_HEADS;                            // 2 x 128
-
-    int t0 = blockIdx.y * IX_TOK;
-    int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
-    int s_begin = blockIdx.x * IX_KEYS * IX_TILES;
-    int s_end = min(min(S, last_pos + 1), s_begin + IX_KEYS * IX_TILES);
-    if (s_begin >= s_end) return;
-    int tiles = (s_end - s_begin + IX_KEYS - 1) / IX_KEYS;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-
-    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (IX_D / 16); i += blockDim.x) {
-        int r = i / (IX_D / 16), c = i % (IX_D / 16);
-        bool ok = t0 + r / IX_HEADS < T;
-        cp_async16(qs + r * IX8_STRIDE + c * 16, ok ? q + ((size_t)t0 * IX_HEADS + r) * IX_D + c * 16 : q, ok);
-    }
-    ix8_load_keys(kbuf, k, s_begin, S);
-    cp_async_commit();
-    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
-        int t = t0 + i / IX_HEADS;
-        size_t at = (size_t)t0 * IX_HEADS + i;
-        ws[i] = t < T ? w[at] * q_scale[at] : 0.f;
-    }
-    int row0 = warp * 32;
-    int g = lane >> 2, tig = lane & 3;
-
-    for (int j = 0; j < tiles; j++) {
-        int s0 = s_begin + j * IX_KEYS;
-        for (int i = threadIdx.x; i < IX_KEYS; i += blockDim.x)
-            kss[(j & 1) * IX_KEYS + i] = s0 + i < S ? k_scale[s0 + i] : 0.f;
-        if (j + 1 < tiles) {
-            ix8_load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX8_STRIDE, k, s0 + IX_KEYS, S);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        const unsigned char* ks = kbuf + (j & 1) * IX_KEYS * IX8_STRIDE;
-        float acc[2][16][4];
-#pragma unroll
-        for (int m = 0; m < 2; m++)
-#pragma unroll
-            for (int n = 0; n < 16; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < IX_D; kk += 32) {
-            unsigned a[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++)
-                ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
-                            qs + (row0 + m * 16 + (lane & 15)) * IX8_STRIDE + kk + (lane >> 4) * 16);
-#pragma unroll
-            for (int n = 0; n < 16; n += 2) {
-                unsigned b0, b1, b2, b3;
-                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX8_STRIDE + kk + ((lane >> 3) & 1) * 16);
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    mma_e4m3(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                    mma_e4m3(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
-                }
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < 16; n++) {
-            float c0 = 0.f, c1 = 0.f;
-#pragma unroll
-            for (int m = 0; m < 2; m++) {
-                float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
-                c0 += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
-                c1 += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
-            }
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) {
-                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
-                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
-            }
-            if (g == 0) {
-                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
-                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
-            }
-        }
-        __syncthreads();
-        for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
-            int tt = i / IX_KEYS, c = i % IX_KEYS;
-            int t = t0 + tt, s = s0 + c;
-            if (t >= T || s >= S) continue;
-            float v = (red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c]) * kss[(j & 1) * IX_KEYS + c];
-            if (s > first_pos + t) v = -__int_as_float(0x7f800000);
-            logits[(size_t)t * ld + s] = v;
-        }
-    }
-}

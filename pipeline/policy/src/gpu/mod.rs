@@ -170,6 +170,18 @@ pub struct TopkWork {
 /// shared memory).
 const TOPK_CAP: usize = 4096;
 
+/// Launches kernel `$name` of the loaded module on the GPU's stream with `$cfg` and the
+/// arguments in order; a failure names the kernel.
+macro_rules! launch {
+    ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $gpu.function($name)?;
+        let mut b = $gpu.stream.launch_builder(&f);
+        $( b.arg($arg); )+
+        // SAFETY: the argument types and their order match the kernel's signature in kernels.cu.
+        unsafe { b.launch($cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
+    }};
+}
+
 /// One GPU with the kernels loaded.
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -182,8 +194,13 @@ pub struct Gpu {
 }
 
 /// Shared memory of the two tensor-core kernels (see kernels.cu).
-const INDEXER_SMEM: u32 = (256 * 136 * 2 + 2 * 128 * 136 * 2 + 8 * 128 * 4 + 256 * 4) as u32;
-const INDEXER_FP8_SMEM: u32 = (256 * 144 + 2 * 128 * 144 + 8 * 128 * 4 + 256 * 4 + 256 * 4) as u32;
+/// Shared memory of `indexer_tiles` for rows of `row` bytes: queries (256 rows) and two key
+/// tiles (128 rows each) at `row + 16` bytes apart, plus head sums, weights and key scales.
+const fn indexer_smem(row: usize) -> u32 {
+    ((256 + 2 * 128) * (row + 16) + 8 * 128 * 4 + 256 * 4 + 2 * 128 * 4) as u32
+}
+const INDEXER_SMEM: u32 = indexer_smem(256);
+const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
 const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
 
 impl Gpu {
@@ -302,18 +319,13 @@ impl Gpu {
         n: usize,
         eps: f32,
     ) -> Result<(), GpuError> {
-        let f = self.function("rms_norm_f32")?;
         let n32 = n as i32;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x).arg(w).arg(y).arg(&n32).arg(&eps);
-        // SAFETY: argument types and sizes match the kernel's signature.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "rms_norm_f32")))?;
+        launch!(self, "rms_norm_f32", cfg, x, w, y, &n32, &eps);
         Ok(())
     }
 
@@ -332,7 +344,6 @@ impl Gpu {
         dim: usize,
         interleaved: bool,
     ) -> Result<(), GpuError> {
-        let f = self.function("rope_f32")?;
         let total = (count * dim / 2) as u32;
         let (c, pp, st, off, d, il) = (
             count as i32,
@@ -347,19 +358,9 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x)
-            .arg(positions)
-            .arg(cos)
-            .arg(sin)
-            .arg(&c)
-            .arg(&pp)
-            .arg(&st)
-            .arg(&off)
-            .arg(&d)
-            .arg(&il);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "rope_f32")))?;
+        launch!(
+            self, "rope_f32", cfg, x, positions, cos, sin, &c, &pp, &st, &off, &d, &il
+        );
         Ok(())
     }
 
@@ -370,17 +371,13 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
         n: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("swiglu_f32")?;
         let n32 = n as i32;
         let cfg = LaunchConfig {
             grid_dim: ((n as u32).div_ceil(256), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(gate).arg(up).arg(out).arg(&n32);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "swiglu_f32")))?;
+        launch!(self, "swiglu_f32", cfg, gate, up, out, &n32);
         Ok(())
     }
 
@@ -398,25 +395,25 @@ impl Gpu {
         ld: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("indexer_logits_bf16")?;
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = LaunchConfig {
             grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: INDEXER_SMEM,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(k)
-            .arg(w)
-            .arg(logits)
-            .arg(&t32)
-            .arg(&s32)
-            .arg(&ld32)
-            .arg(&fp);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_logits_bf16")))?;
+        launch!(
+            self,
+            "indexer_logits_bf16",
+            cfg,
+            q,
+            k,
+            w,
+            logits,
+            &t32,
+            &s32,
+            &ld32,
+            &fp
+        );
         Ok(())
     }
 
@@ -430,17 +427,13 @@ impl Gpu {
         k: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("topk_rows")?;
         let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(logits).arg(out).arg(&ld32).arg(&k32).arg(&fp);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_rows")))?;
+        launch!(self, "topk_rows", cfg, logits, out, &ld32, &k32, &fp);
         Ok(())
     }
 
@@ -453,18 +446,13 @@ impl Gpu {
         scale: &mut CudaSlice<f32>,
         rows: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("hadamard_quant_e4m3")?;
         let r32 = rows as i32;
         let cfg = LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(8), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x).arg(q8).arg(scale).arg(&r32);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "hadamard_quant_e4m3")))?;
+        launch!(self, "hadamard_quant_e4m3", cfg, x, q8, scale, &r32);
         Ok(())
     }
 
@@ -483,27 +471,27 @@ impl Gpu {
         ld: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("indexer_logits_fp8")?;
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = LaunchConfig {
             grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: INDEXER_FP8_SMEM,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(q_scale)
-            .arg(k)
-            .arg(k_scale)
-            .arg(w)
-            .arg(logits)
-            .arg(&t32)
-            .arg(&s32)
-            .arg(&ld32)
-            .arg(&fp);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_logits_fp8")))?;
+        launch!(
+            self,
+            "indexer_logits_fp8",
+            cfg,
+            q,
+            q_scale,
+            k,
+            k_scale,
+            w,
+            logits,
+            &t32,
+            &s32,
+            &ld32,
+            &fp
+        );
         Ok(())
     }
 
@@ -536,24 +524,24 @@ impl Gpu {
         s: usize,
         ld: usize,
     ) -> Result<(), GpuError> {
-        let f = self.function("indexer_decode_bf16")?;
         let (s32, ld32) = (s as i32, ld as i32);
         let cfg = LaunchConfig {
             grid_dim: ((s as u32).div_ceil(128), rows as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(k)
-            .arg(w)
-            .arg(logits)
-            .arg(lens)
-            .arg(&s32)
-            .arg(&ld32);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "indexer_decode_bf16")))?;
+        launch!(
+            self,
+            "indexer_decode_bf16",
+            cfg,
+            q,
+            k,
+            w,
+            logits,
+            lens,
+            &s32,
+            &ld32
+        );
         Ok(())
     }
 
@@ -584,62 +572,61 @@ impl Gpu {
             block_dim: (512, 1, 1),
             shared_mem_bytes: 0,
         };
-        let h1 = self.function("topk_hist1")?;
-        let mut b = self.stream.launch_builder(&h1);
-        b.arg(logits).arg(lens).arg(&ld32).arg(&work.hist);
-        // SAFETY: as above.
-        unsafe { b.launch(grid) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_hist1")))?;
-        let h2 = self.function("topk_hist2")?;
-        let mut b = self.stream.launch_builder(&h2);
-        b.arg(logits).arg(lens).arg(&ld32).arg(&k32).arg(&work.hist);
-        // SAFETY: as above.
-        unsafe { b.launch(grid) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_hist2")))?;
-        let c = self.function("topk_collect")?;
-        let mut b = self.stream.launch_builder(&c);
-        b.arg(logits)
-            .arg(lens)
-            .arg(&ld32)
-            .arg(&k32)
-            .arg(&work.hist)
-            .arg(&work.counters)
-            .arg(&work.taken)
-            .arg(&work.cand)
-            .arg(&cap);
-        // SAFETY: as above.
-        unsafe { b.launch(grid) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_collect")))?;
+        launch!(self, "topk_hist1", grid, logits, lens, &ld32, &work.hist);
+        launch!(
+            self,
+            "topk_hist2",
+            grid,
+            logits,
+            lens,
+            &ld32,
+            &k32,
+            &work.hist
+        );
+        launch!(
+            self,
+            "topk_collect",
+            grid,
+            logits,
+            lens,
+            &ld32,
+            &k32,
+            &work.hist,
+            &work.counters,
+            &work.taken,
+            &work.cand,
+            &cap
+        );
         let one = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
-        let f = self.function("topk_finish")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(lens)
-            .arg(&ld32)
-            .arg(&k32)
-            .arg(&work.counters)
-            .arg(&work.taken)
-            .arg(&work.cand)
-            .arg(&cap)
-            .arg(&mut *out);
-        // SAFETY: as above.
-        unsafe { b.launch(one) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_finish")))?;
-        let f = self.function("topk_fallback")?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(logits)
-            .arg(lens)
-            .arg(&ld32)
-            .arg(&k32)
-            .arg(&work.counters)
-            .arg(&cap)
-            .arg(out);
-        // SAFETY: as above.
-        unsafe { b.launch(one) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "topk_fallback")))?;
+        launch!(
+            self,
+            "topk_finish",
+            one,
+            lens,
+            &ld32,
+            &k32,
+            &work.counters,
+            &work.taken,
+            &work.cand,
+            &cap,
+            &mut *out
+        );
+        launch!(
+            self,
+            "topk_fallback",
+            one,
+            logits,
+            lens,
+            &ld32,
+            &k32,
+            &work.counters,
+            &cap,
+            out
+        );
         Ok(())
     }
 
@@ -661,7 +648,6 @@ impl Gpu {
         splits: usize,
         softmax_scale: f32,
     ) -> Result<(), GpuError> {
-        let f = self.function("sparse_mla_bf16")?;
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp) = (topk as i32, s as i32, splits as i32);
         let cfg = LaunchConfig {
@@ -669,31 +655,27 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: MLA_SMEM,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(kv)
-            .arg(indices)
-            .arg(&mut *part)
-            .arg(&mut *lse)
-            .arg(&k32)
-            .arg(&s32)
-            .arg(&sp)
-            .arg(&scale_log2);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "sparse_mla_bf16")))?;
-        let c = self.function("mla_combine")?;
+        launch!(
+            self,
+            "sparse_mla_bf16",
+            cfg,
+            q,
+            kv,
+            indices,
+            &mut *part,
+            &mut *lse,
+            &k32,
+            &s32,
+            &sp,
+            &scale_log2
+        );
         let (h, dv) = (64i32, 512i32);
         let cfg = LaunchConfig {
             grid_dim: ((t * 64) as u32, 1, 1),
             block_dim: (512, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&c);
-        b.arg(&*part).arg(&*lse).arg(out).arg(&h).arg(&sp).arg(&dv);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", "mla_combine")))?;
+        launch!(self, "mla_combine", cfg, &*part, &*lse, out, &h, &sp, &dv);
         Ok(())
     }
 }
