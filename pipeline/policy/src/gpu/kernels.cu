@@ -145,12 +145,14 @@ __device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// The indexer's prefill logits, bf16 or e4m3 operands. A block takes 4 queries (4 x 64 head rows;
-// warp w owns rows 32w..32w+31, half of one token's heads) against up to 8 tiles of 128 keys,
-// keeping the queries in shared memory and double-buffering the keys with cp.async. Both
-// precisions step 32 bytes of the 128 values per mma (16 bf16 or 32 e4m3), so the fragment
-// addressing is the same. With e4m3, q's scale is folded into the head weight and k's applied
-// after the head sum (ReLU(a x) = a ReLU(x) for a > 0).
+// The indexer's prefill logits, bf16 or e4m3 operands. A block takes 4 queries (4 x 64 head
+// rows) against up to 8 tiles of 128 keys, keeping the queries in shared memory and
+// double-buffering the keys with cp.async. It computes K·Qᵀ, keys as rows and heads as columns,
+// so the sum over heads runs along each thread's own columns plus two shuffles. Warp w owns 32
+// keys (32·(w & 3)) against the 128 head rows of two queries (2·(w >> 2), +1). Both precisions
+// step 32 bytes of the 128 values per mma (16 bf16 or 32 e4m3), so the fragment addressing is the
+// same. With e4m3, q's scale is folded into the head weight and k's applied after the head sum
+// (ReLU(a x) = a ReLU(x) for a > 0).
 template <bool FP8>
 __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const float* q_scale,
                                               const unsigned char* k, const float* k_scale,
@@ -161,8 +163,7 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     extern __shared__ __align__(16) unsigned char smem_raw[];
     unsigned char* qs = smem_raw;                                          // 256 rows
     unsigned char* kbuf = qs + IX_TOK * IX_HEADS * PITCH;                  // 2 x 128 rows
-    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * PITCH);     // 8 x 128
-    float* ws = red + 8 * IX_KEYS;                                         // 256
+    float* ws = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * PITCH);      // 256
     float* kss = ws + IX_TOK * IX_HEADS;                                   // 2 x 128
 
     int t0 = blockIdx.y * IX_TOK;
@@ -185,7 +186,8 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         size_t at = (size_t)t0 * IX_HEADS + i;
         ws[i] = t0 + i / IX_HEADS < T ? w[at] * (FP8 ? q_scale[at] : 1.f) : 0.f;
     }
-    int row0 = warp * 32;
+    int key0 = 32 * (warp & 3);        // this warp's keys within a tile
+    int hrow0 = 128 * (warp >> 2);     // this warp's head rows: queries 2·(warp >> 2), +1
     int g = lane >> 2, tig = lane & 3;
 
     for (int j = 0; j < tiles; j++) {
@@ -202,7 +204,7 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         __syncthreads();
         const unsigned char* ks = kbuf + (j & 1) * IX_KEYS * PITCH;
 
-        float acc[2][16][4];
+        float acc[2][16][4];  // [key m-tile][head n-tile][fragment]
 #pragma unroll
         for (int m = 0; m < 2; m++)
 #pragma unroll
@@ -215,12 +217,12 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
 #pragma unroll
             for (int m = 0; m < 2; m++)
                 ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
-                            qs + (row0 + m * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 16);
+                            ks + (key0 + m * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 16);
 #pragma unroll
             for (int n = 0; n < 16; n += 2) {
                 unsigned b0, b1, b2, b3;
-                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, ks + krow * PITCH + kk + ((lane >> 3) & 1) * 16);
+                int hrow = hrow0 + n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, qs + hrow * PITCH + kk + ((lane >> 3) & 1) * 16);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
                     if constexpr (FP8) {
@@ -233,36 +235,36 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
                 }
             }
         }
-        // ReLU, weight by head, sum this warp's 32 heads per key.
+        // Per query: ReLU, weight by head, sum the thread's 16 heads, then the 4 lanes of a row.
 #pragma unroll
-        for (int n = 0; n < 16; n++) {
-            float c0 = 0.f, c1 = 0.f;
+        for (int tt = 0; tt < 2; tt++) {
+            int t = t0 + 2 * (warp >> 2) + tt;
 #pragma unroll
             for (int m = 0; m < 2; m++) {
-                float wa = ws[row0 + m * 16 + g], wb = ws[row0 + m * 16 + g + 8];
-                c0 += wa * fmaxf(acc[m][n][0], 0.f) + wb * fmaxf(acc[m][n][2], 0.f);
-                c1 += wa * fmaxf(acc[m][n][1], 0.f) + wb * fmaxf(acc[m][n][3], 0.f);
-            }
+                float lo = 0.f, hi = 0.f;  // keys g and g + 8 of m-tile m
 #pragma unroll
-            for (int o = 4; o < 32; o <<= 1) {
-                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
-                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
-            }
-            if (g == 0) {
-                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
-                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+                for (int n = 8 * tt; n < 8 * tt + 8; n++) {
+                    float w0 = ws[hrow0 + n * 8 + 2 * tig], w1 = ws[hrow0 + n * 8 + 2 * tig + 1];
+                    lo += w0 * fmaxf(acc[m][n][0], 0.f) + w1 * fmaxf(acc[m][n][1], 0.f);
+                    hi += w0 * fmaxf(acc[m][n][2], 0.f) + w1 * fmaxf(acc[m][n][3], 0.f);
+                }
+                lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+                lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+                hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+                hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+                if (tig == 0 && t < T) {
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        int c = key0 + m * 16 + g + 8 * half, s = s0 + c;
+                        if (s < S) {
+                            float v = (half ? hi : lo) * kss[(j & 1) * IX_KEYS + c];
+                            logits[(size_t)t * ld + s] = s > first_pos + t ? -__int_as_float(0x7f800000) : v;
+                        }
+                    }
+                }
             }
         }
-        __syncthreads();
-        // Two warps per token: add their halves, apply k's scale, mask the future, write.
-        for (int i = threadIdx.x; i < IX_TOK * IX_KEYS; i += blockDim.x) {
-            int tt = i / IX_KEYS, c = i % IX_KEYS;
-            int t = t0 + tt, s = s0 + c;
-            if (t >= T || s >= S) continue;
-            float v = (red[(2 * tt) * IX_KEYS + c] + red[(2 * tt + 1) * IX_KEYS + c]) * kss[(j & 1) * IX_KEYS + c];
-            if (s > first_pos + t) v = -__int_as_float(0x7f800000);
-            logits[(size_t)t * ld + s] = v;
-        }
+        __syncthreads();  // every warp is done with this key buffer before it is refilled
     }
 }
 

@@ -195,9 +195,9 @@ pub struct Gpu {
 
 /// Shared memory of the two tensor-core kernels (see kernels.cu).
 /// Shared memory of `indexer_tiles` for rows of `row` bytes: queries (256 rows) and two key
-/// tiles (128 rows each) at `row + 16` bytes apart, plus head sums, weights and key scales.
+/// tiles (128 rows each) at `row + 16` bytes apart, plus head weights and key scales.
 const fn indexer_smem(row: usize) -> u32 {
-    ((256 + 2 * 128) * (row + 16) + 8 * 128 * 4 + 256 * 4 + 2 * 128 * 4) as u32
+    ((256 + 2 * 128) * (row + 16) + 256 * 4 + 2 * 128 * 4) as u32
 }
 const INDEXER_SMEM: u32 = indexer_smem(256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
