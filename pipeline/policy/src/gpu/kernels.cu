@@ -680,10 +680,12 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
                     int S, int ld) {
-    __shared__ __align__(16) bf16 qs[IX_HEADS * IX_STRIDE];
-    __shared__ __align__(16) bf16 ks[IX_KEYS * IX_STRIDE];
-    __shared__ float red[4 * IX_KEYS];
-    __shared__ float ws[IX_HEADS];
+    // 54 KB: more than a block may declare statically, so it is dynamic shared memory.
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                      // 64 x IX_STRIDE
+    bf16* ks = qs + IX_HEADS * IX_STRIDE;                               // 128 x IX_STRIDE
+    float* red = reinterpret_cast<float*>(ks + IX_KEYS * IX_STRIDE);    // 4 x 128
+    float* ws = red + 4 * IX_KEYS;                                      // 64
     int t = blockIdx.y, s0 = blockIdx.x * IX_KEYS;
     int len = min(lens[t], S);
     if (s0 >= len) return;

@@ -201,6 +201,9 @@ const fn indexer_smem(row: usize) -> u32 {
 }
 const INDEXER_SMEM: u32 = indexer_smem(256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
+/// Shared memory of `indexer_decode_bf16`: 64 query rows and 128 key rows of 136 bf16, head
+/// sums of 4 warps, 64 weights.
+const INDEXER_DECODE_SMEM: u32 = ((64 + 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
 const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
 
 impl Gpu {
@@ -245,6 +248,7 @@ impl Gpu {
         for (f, smem) in [
             ("indexer_logits_bf16", INDEXER_SMEM),
             ("indexer_logits_fp8", INDEXER_FP8_SMEM),
+            ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
         ] {
             gpu.function(f)?
@@ -528,7 +532,7 @@ impl Gpu {
         let cfg = LaunchConfig {
             grid_dim: ((s as u32).div_ceil(128), rows as u32, 1),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: INDEXER_DECODE_SMEM,
         };
         launch!(
             self,
