@@ -577,44 +577,8 @@ impl Model {
         self.rope.apply(&mut v[span], pos, self.index_rope.style);
     }
 
-    /// Group-limited sigmoid routing (noaux_tc): experts are chosen by score + correction bias
-    /// within the best `topk_group` groups (a group scores by its two best experts), weighted
-    /// by their plain sigmoid scores, renormalized, then scaled by `routed_scaling_factor`.
     fn route(&self, m: &Moe, x: &[f32]) -> Vec<(usize, f32)> {
-        let cfg = &self.cfg;
-        let scores: Vec<f32> = m.router.apply(x).into_iter().map(sigmoid).collect();
-        let choice: Vec<f32> = scores.iter().zip(&m.bias).map(|(s, b)| s + b).collect();
-        let per = cfg.n_routed_experts / cfg.n_group;
-        let group_scores: Vec<f32> = (0..cfg.n_group)
-            .map(|g| {
-                let best = top_k(&choice[g * per..(g + 1) * per], 2);
-                best.iter().map(|&i| choice[g * per + i]).sum()
-            })
-            .collect();
-        let groups = top_k(&group_scores, cfg.topk_group);
-        let masked: Vec<f32> = choice
-            .iter()
-            .enumerate()
-            .map(|(e, &c)| {
-                if groups.contains(&(e / per)) {
-                    c
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        let chosen = top_k(&masked, cfg.num_experts_per_tok);
-        let mut weights: Vec<f32> = chosen.iter().map(|&e| scores[e]).collect();
-        if cfg.norm_topk_prob {
-            let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
-            weights.iter_mut().for_each(|w| *w /= sum);
-        }
-        let f = cfg.routed_scaling_factor as f32;
-        chosen
-            .into_iter()
-            .zip(weights)
-            .map(|(e, w)| (e, w * f))
-            .collect()
+        route(&self.cfg, &m.router.apply(x), &m.bias)
     }
 
     fn moe(&self, m: &Moe, x: &[f32], n: usize) -> Vec<f32> {
@@ -670,6 +634,46 @@ impl Mlp {
 fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
     x.chunks_exact(width)
         .flat_map(|r| rms_norm(r, w, eps))
+        .collect()
+}
+
+/// Group-limited sigmoid routing (noaux_tc) of one token from its router logits: experts are
+/// chosen by score + correction bias within the best `topk_group` groups (a group scores by its
+/// two best experts), weighted by their plain sigmoid scores, renormalized, then scaled by
+/// `routed_scaling_factor`. Returns (expert, weight) in ascending expert order.
+pub fn route(cfg: &Config, logits: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
+    let scores: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
+    let choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+    let per = cfg.n_routed_experts / cfg.n_group;
+    let group_scores: Vec<f32> = (0..cfg.n_group)
+        .map(|g| {
+            let best = top_k(&choice[g * per..(g + 1) * per], 2);
+            best.iter().map(|&i| choice[g * per + i]).sum()
+        })
+        .collect();
+    let groups = top_k(&group_scores, cfg.topk_group);
+    let masked: Vec<f32> = choice
+        .iter()
+        .enumerate()
+        .map(|(e, &c)| {
+            if groups.contains(&(e / per)) {
+                c
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let chosen = top_k(&masked, cfg.num_experts_per_tok);
+    let mut weights: Vec<f32> = chosen.iter().map(|&e| scores[e]).collect();
+    if cfg.norm_topk_prob {
+        let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+        weights.iter_mut().for_each(|w| *w /= sum);
+    }
+    let f = cfg.routed_scaling_factor as f32;
+    chosen
+        .into_iter()
+        .zip(weights)
+        .map(|(e, w)| (e, w * f))
         .collect()
 }
 

@@ -561,6 +561,100 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             format!("{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512"),
         ));
     }
+    // The same sparse attention over a paged cache (pages of 64 rows in shuffled order) gives
+    // the same bits as over the flat cache.
+    let page = 64usize;
+    let pages = s_len.div_ceil(page);
+    let mut order: Vec<i32> = (0..pages as i32).collect();
+    for i in (1..pages).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let mut paged = vec![0u16; pages * page * DQK];
+    for p in 0..pages {
+        for o in 0..page {
+            let row = p * page + o;
+            if row < s_len {
+                let phys = order[p] as usize * page + o;
+                paged[phys * DQK..(phys + 1) * DQK]
+                    .copy_from_slice(&kvb[row * DQK..(row + 1) * DQK]);
+            }
+        }
+    }
+    let (dpaged, dtable) = (gpu.upload(&paged)?, gpu.upload(&order)?);
+    let mut results = Vec::new();
+    for paging in [None, Some((&dtable, page))] {
+        let mut part = gpu.zeros::<f32>(t * 3 * H * DV)?;
+        let mut lse = gpu.zeros::<f32>(t * 3 * H)?;
+        let mut o = gpu.upload(&vec![f32::NAN; t * H * DV])?;
+        let cache = if paging.is_some() { &dpaged } else { &dkv };
+        gpu.sparse_mla_paged(
+            &dq,
+            cache,
+            paging,
+            &didx,
+            &mut part,
+            &mut lse,
+            &mut o,
+            t,
+            s_len,
+            TOPK,
+            3,
+            scale as f32,
+        )?;
+        results.push(gpu.download(&o)?);
+    }
+    let same = results[0] == results[1];
+    out.push(Check {
+        passed: same,
+        ..check(
+            "sparse_mla_paged",
+            "bitwise against the flat cache",
+            if same { 0.0 } else { 1.0 },
+            0.0,
+            format!("{pages} pages of {page} rows in shuffled order"),
+        )
+    });
+
+    // MoE routing against model::route, at the small preset's and the 671B model's shapes.
+    for preset in [
+        Preset::Small.config(),
+        serde_json::from_str::<crate::Config>("{}").map_err(|e| GpuError::Cuda(e.to_string()))?,
+    ] {
+        let tokens = 37usize;
+        let e = preset.n_routed_experts;
+        let k = preset.num_experts_per_tok;
+        let logits: Vec<f32> = (0..tokens * e)
+            .map(|_| rng.random::<f32>() * 8.0 - 4.0)
+            .collect();
+        let bias: Vec<f32> = (0..e).map(|_| rng.random::<f32>() * 0.2 - 0.1).collect();
+        let (dlog, dbias) = (gpu.upload(&logits)?, gpu.upload(&bias)?);
+        let mut ids = gpu.upload(&vec![-1i32; tokens * k])?;
+        let mut wts = gpu.upload(&vec![f32::NAN; tokens * k])?;
+        gpu.moe_route(&dlog, &dbias, &mut ids, &mut wts, tokens, &preset)?;
+        let (got_ids, got_w) = (gpu.download(&ids)?, gpu.download(&wts)?);
+        let (mut want_ids, mut want_w) = (Vec::new(), Vec::new());
+        for r in 0..tokens {
+            for (id, w) in crate::model::route(&preset, &logits[r * e..(r + 1) * e], &bias) {
+                want_ids.push(id as i32);
+                want_w.push(w as f64);
+            }
+        }
+        let ids_equal = got_ids == want_ids;
+        let err = rel_err(&f64s(&got_w), &want_w);
+        out.push(Check {
+            passed: ids_equal && err <= 1e-5,
+            ..check(
+                &format!("moe_route_{e}_experts"),
+                "f32; expert ids exact",
+                err,
+                1e-5,
+                format!(
+                    "{tokens} tokens, {} groups keep {}, {k} experts each; ids equal: {ids_equal}",
+                    preset.n_group, preset.topk_group
+                ),
+            )
+        });
+    }
     Ok(out)
 }
 
@@ -755,7 +849,7 @@ pub fn run(gpu: &Gpu, seed: u64, contexts: &[usize], throughput: bool) -> Result
         not_checked: vec![
             "whole-model logits on the GPU: the GPU forward pass is not built yet".into(),
             "FP8 indexer in decode: decode uses the bf16 indexer".into(),
-            "MoE routing and grouped expert GEMMs, paged caches: not built yet".into(),
+            "grouped expert GEMMs and paged indexer keys: not built yet".into(),
         ],
         bench,
         decode_batch: batch,

@@ -413,7 +413,8 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sparse MLA, absorbed (MQA) form: for query token t and each of H = 64 heads,
+// Sparse MLA, absorbed (MQA) form (the cache flat, or paged through a page table): for query
+// token t and each of H = 64 heads,
 //   o[h] = softmax_j(scale * q[h] . kv[idx_j]) . kv[idx_j][:512]
 // over the token's selected positions. Grid (splits, T): split p takes a contiguous share of the
 // index list in blocks of 64 positions and writes its normalized partial output and its
@@ -428,7 +429,7 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
-                int topk, int S, int splits, float scale_log2) {
+                int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* qs = reinterpret_cast<bf16*>(smem_raw);           // 64 x MLA_STRIDE
     bf16* ks = qs + MLA_H * MLA_STRIDE;                      // 64 x MLA_STRIDE
@@ -475,7 +476,9 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             int s = j < topk ? idx[j] : -1;
             int ok = s >= 0 && s < S;
             col_ok[i] = ok;
-            rows[i] = ok ? kv + (size_t)s * MLA_DQK : 0;
+            // A paged cache keeps position s in page page_table[s / page_size].
+            size_t phys = page_table ? (size_t)page_table[s / page_size] * page_size + s % page_size : (size_t)s;
+            rows[i] = ok ? kv + phys * MLA_DQK : 0;
         }
         __syncthreads();
         // Gather the selected rows with every copy in flight at once (cp.async; missing rows
@@ -1015,3 +1018,87 @@ extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8,
     if (lane == 0) scale[warp] = s;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// MoE routing (noaux_tc), one warp per token: sigmoid scores, + correction bias for choosing,
+// the best `topk_group` groups by their two best experts, the best `k` experts inside them
+// (ties to the lower index), weights = plain scores renormalized and scaled. Experts are written
+// in ascending order, as the CPU reference returns them. E <= 256, k <= 32, groups <= 32.
+extern "C" __global__ void moe_route(const float* logits, const float* bias, int* ids, float* weights,
+                                     int T, int E, int groups, int topk_group, int k, int norm,
+                                     float scale) {
+    __shared__ float sc[8][256];
+    __shared__ float ch[8][256];
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int t = blockIdx.x * 8 + w;
+    if (t >= T) return;
+    float* score = sc[w];
+    float* choice = ch[w];
+    for (int e = lane; e < E; e += 32) {
+        float s = 1.f / (1.f + expf(-logits[(size_t)t * E + e]));
+        score[e] = s;
+        choice[e] = s + bias[e];
+    }
+    __syncwarp();
+    int per = E / groups;
+    // Group scores: lane g sums its group's two best choices.
+    float gs = -__int_as_float(0x7f800000);
+    if (lane < groups) {
+        float b1 = -__int_as_float(0x7f800000), b2 = b1;
+        int i1 = -1;
+        for (int i = 0; i < per; i++) {
+            float v = choice[lane * per + i];
+            if (v > b1) { b2 = b1; b1 = v; i1 = i; } else if (v > b2) { b2 = v; }
+        }
+        (void)i1;
+        gs = b1 + b2;
+    }
+    // Keep the best topk_group groups: repeated warp argmax (ties to the lower group).
+    unsigned kept = 0u;
+    for (int r = 0; r < topk_group; r++) {
+        float v = (lane < groups && !((kept >> lane) & 1u)) ? gs : -__int_as_float(0x7f800000);
+        int idx = lane;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, v, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+        }
+        kept |= 1u << idx;
+    }
+    // The best k experts of the kept groups.
+    unsigned long long taken[4] = {0ull, 0ull, 0ull, 0ull};  // bitmask over 256 experts
+    int chosen = 0;
+    float my_weight = 0.f;
+    int my_id = -1;
+    for (int r = 0; r < k; r++) {
+        float v = -__int_as_float(0x7f800000);
+        int idx = 0x7fffffff;
+        for (int e = lane; e < E; e += 32) {
+            bool ok = ((kept >> (e / per)) & 1u) && !((taken[e >> 6] >> (e & 63)) & 1ull);
+            float c = ok ? choice[e] : -__int_as_float(0x7f800000);
+            if (c > v || (c == v && e < idx)) { v = c; idx = e; }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, v, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+        }
+        taken[idx >> 6] |= 1ull << (idx & 63);
+        if (lane == r) { my_id = idx; my_weight = score[idx]; }
+        chosen++;
+    }
+    (void)chosen;
+    float sum = lane < k ? my_weight : 0.f;
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    float wgt = (norm ? my_weight / (sum + 1e-20f) : my_weight) * scale;
+    // Ascending expert order: rank of my id among the chosen.
+    int rank = 0;
+    for (int j = 0; j < k; j++) {
+        int other = __shfl_sync(0xffffffffu, my_id, j);
+        if (lane < k && other < my_id) rank++;
+    }
+    if (lane < k) {
+        ids[(size_t)t * k + rank] = my_id;
+        weights[(size_t)t * k + rank] = wgt;
+    }
+}

@@ -499,6 +499,58 @@ impl Gpu {
         Ok(())
     }
 
+    /// Group-limited sigmoid routing of `t` tokens from their router logits ([t, E]): the
+    /// chosen experts ([t, k], ascending) and their weights, as `model::route` computes them.
+    pub fn moe_route(
+        &self,
+        logits: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        ids: &mut CudaSlice<i32>,
+        weights: &mut CudaSlice<f32>,
+        t: usize,
+        cfg: &crate::Config,
+    ) -> Result<(), GpuError> {
+        if cfg.n_routed_experts > 256 || cfg.num_experts_per_tok > 32 || cfg.n_group > 32 {
+            return Err(GpuError::Cuda(format!(
+                "moe_route handles up to 256 experts, 32 per token and 32 groups; the config has {}, {} and {}",
+                cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.n_group
+            )));
+        }
+        let (t32, e, g, tg, k) = (
+            t as i32,
+            cfg.n_routed_experts as i32,
+            cfg.n_group as i32,
+            cfg.topk_group as i32,
+            cfg.num_experts_per_tok as i32,
+        );
+        let (norm, scale) = (
+            i32::from(cfg.norm_topk_prob),
+            cfg.routed_scaling_factor as f32,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: ((t as u32).div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self,
+            "moe_route",
+            cfg,
+            logits,
+            bias,
+            ids,
+            weights,
+            &t32,
+            &e,
+            &g,
+            &tg,
+            &k,
+            &norm,
+            &scale
+        );
+        Ok(())
+    }
+
     pub fn topk_work(&self, rows: usize, k: usize) -> Result<TopkWork, GpuError> {
         if k > 2048 {
             return Err(GpuError::Cuda(format!(
@@ -652,6 +704,40 @@ impl Gpu {
         splits: usize,
         softmax_scale: f32,
     ) -> Result<(), GpuError> {
+        self.sparse_mla_paged(
+            q,
+            kv,
+            None,
+            indices,
+            part,
+            lse,
+            out,
+            t,
+            s,
+            topk,
+            splits,
+            softmax_scale,
+        )
+    }
+
+    /// [`Gpu::sparse_mla`] over a paged cache: position `p` of the sequence lives in cache row
+    /// `page_table[p / page_size] · page_size + p % page_size`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_mla_paged(
+        &self,
+        q: &CudaSlice<u16>,
+        kv: &CudaSlice<u16>,
+        paging: Option<(&CudaSlice<i32>, usize)>,
+        indices: &CudaSlice<i32>,
+        part: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        t: usize,
+        s: usize,
+        topk: usize,
+        splits: usize,
+        softmax_scale: f32,
+    ) -> Result<(), GpuError> {
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp) = (topk as i32, s as i32, splits as i32);
         let cfg = LaunchConfig {
@@ -659,20 +745,46 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: MLA_SMEM,
         };
-        launch!(
-            self,
-            "sparse_mla_bf16",
-            cfg,
-            q,
-            kv,
-            indices,
-            &mut *part,
-            &mut *lse,
-            &k32,
-            &s32,
-            &sp,
-            &scale_log2
-        );
+        match paging {
+            Some((table, page)) => {
+                let page32 = page as i32;
+                launch!(
+                    self,
+                    "sparse_mla_bf16",
+                    cfg,
+                    q,
+                    kv,
+                    indices,
+                    &mut *part,
+                    &mut *lse,
+                    &k32,
+                    &s32,
+                    &sp,
+                    &scale_log2,
+                    table,
+                    &page32
+                );
+            }
+            None => {
+                let (null, page32) = (0u64, 0i32);
+                launch!(
+                    self,
+                    "sparse_mla_bf16",
+                    cfg,
+                    q,
+                    kv,
+                    indices,
+                    &mut *part,
+                    &mut *lse,
+                    &k32,
+                    &s32,
+                    &sp,
+                    &scale_log2,
+                    &null,
+                    &page32
+                );
+            }
+        }
         let (h, dv) = (64i32, 512i32);
         let cfg = LaunchConfig {
             grid_dim: ((t * 64) as u32, 1, 1),
