@@ -570,11 +570,11 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         order.swap(i, rng.random_range(0..=i));
     }
     let mut paged = vec![0u16; pages * page * DQK];
-    for p in 0..pages {
+    for (p, &slot) in order.iter().enumerate() {
         for o in 0..page {
             let row = p * page + o;
             if row < s_len {
-                let phys = order[p] as usize * page + o;
+                let phys = slot as usize * page + o;
                 paged[phys * DQK..(phys + 1) * DQK]
                     .copy_from_slice(&kvb[row * DQK..(row + 1) * DQK]);
             }

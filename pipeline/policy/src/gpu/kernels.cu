@@ -294,25 +294,29 @@ __device__ __forceinline__ unsigned order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Exclusive prefix of `flag` over the block (1024 threads) in thread order; returns the block total.
-__device__ __forceinline__ int block_scan(int flag, int* prefix, int* warp_tot) {
+// Exclusive prefix sum of `v` over the block in thread order (at most 1024 threads); returns
+// the block's total. `warp_tot` is 33 ints of shared memory.
+__device__ __forceinline__ int block_exclusive_sum(int v, int* prefix, int* warp_tot) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    unsigned ballot = __ballot_sync(0xffffffffu, flag);
-    int in_warp = __popc(ballot & ((1u << lane) - 1u));
-    if (lane == 0) warp_tot[warp] = __popc(ballot);
+    int incl = v;
+    for (int d = 1; d < 32; d <<= 1) {
+        int n = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += n;
+    }
+    if (lane == 31) warp_tot[warp] = incl;
     __syncthreads();
     if (warp == 0) {
-        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
-        int incl = v;
-        for (int o = 1; o < 32; o <<= 1) {
-            int n = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += n;
+        int w = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
+        int x = w;
+        for (int d = 1; d < 32; d <<= 1) {
+            int n = __shfl_up_sync(0xffffffffu, x, d);
+            if (lane >= d) x += n;
         }
-        warp_tot[lane] = incl - v;  // exclusive
-        if (lane == 31) warp_tot[32] = incl;
+        warp_tot[lane] = x - w;  // exclusive
+        if (lane == 31) warp_tot[32] = x;
     }
     __syncthreads();
-    *prefix = warp_tot[warp] + in_warp;
+    *prefix = warp_tot[warp] + incl - v;
     int total = warp_tot[32];
     __syncthreads();
     return total;
@@ -396,10 +400,10 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
         unsigned key = i < len ? order_key(row[i]) : 0u;
         int eq = (i < len && key == thr) ? 1 : 0;
         int eq_before;
-        int eq_total = block_scan(eq, &eq_before, warp_tot);
+        int eq_total = block_exclusive_sum(eq, &eq_before, warp_tot);
         int take = (i < len) && (key > thr || (eq && taken_ties + eq_before < ties));
         int pos;
-        int n = block_scan(take, &pos, warp_tot);
+        int n = block_exclusive_sum(take, &pos, warp_tot);
         if (take) o[written + pos] = i;
         written += n;
         taken_ties += eq_total;
@@ -902,27 +906,8 @@ topk_finish(const int* lens, int ld, int k, const int* counters, const int* take
     int w0 = min(words, threadIdx.x * per), w1 = min(words, w0 + per);
     int my_ties = 0;
     for (int w = w0; w < w1; w++) my_ties += __popc(tie[w]);
-    // block-wide exclusive scan of my_ties (values, not flags)
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int incl = my_ties;
-    for (int d = 1; d < 32; d <<= 1) {
-        int n = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += n;
-    }
-    if (lane == 31) warp_tot[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
-        int x = v;
-        for (int d = 1; d < 32; d <<= 1) {
-            int n = __shfl_up_sync(0xffffffffu, x, d);
-            if (lane >= d) x += n;
-        }
-        warp_tot[lane] = x - v;
-    }
-    __syncthreads();
-    int ties_before = warp_tot[warp] + incl - my_ties;
-    __syncthreads();
+    int ties_before;
+    block_exclusive_sum(my_ties, &ties_before, warp_tot);
     int my_sel = 0;
     for (int w = w0; w < w1; w++) {
         unsigned tw = tie[w];
@@ -934,24 +919,8 @@ topk_finish(const int* lens, int ld, int k, const int* counters, const int* take
         }
         my_sel += __popc(sel[w]);
     }
-    incl = my_sel;
-    for (int d = 1; d < 32; d <<= 1) {
-        int n = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += n;
-    }
-    if (lane == 31) warp_tot[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        int v = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
-        int x = v;
-        for (int d = 1; d < 32; d <<= 1) {
-            int n = __shfl_up_sync(0xffffffffu, x, d);
-            if (lane >= d) x += n;
-        }
-        warp_tot[lane] = x - v;
-    }
-    __syncthreads();
-    int at = warp_tot[warp] + incl - my_sel;
+    int at;
+    block_exclusive_sum(my_sel, &at, warp_tot);
     for (int w = w0; w < w1; w++) {
         unsigned sw = sel[w];
         while (sw) {

@@ -170,6 +170,16 @@ pub struct TopkWork {
 /// shared memory).
 const TOPK_CAP: usize = 4096;
 
+/// A launch of a `x` × `y` grid of `block`-thread blocks with `smem` bytes of dynamic shared
+/// memory.
+fn config(x: u32, y: u32, block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x, y, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
 /// Launches kernel `$name` of the loaded module on the GPU's stream with `$cfg` and the
 /// arguments in order; a failure names the kernel.
 macro_rules! launch {
@@ -324,11 +334,7 @@ impl Gpu {
         eps: f32,
     ) -> Result<(), GpuError> {
         let n32 = n as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(rows as u32, 1, 256, 0);
         launch!(self, "rms_norm_f32", cfg, x, w, y, &n32, &eps);
         Ok(())
     }
@@ -357,11 +363,7 @@ impl Gpu {
             dim as i32,
             interleaved as i32,
         );
-        let cfg = LaunchConfig {
-            grid_dim: (total.div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(total.div_ceil(256), 1, 256, 0);
         launch!(
             self, "rope_f32", cfg, x, positions, cos, sin, &c, &pp, &st, &off, &d, &il
         );
@@ -376,11 +378,7 @@ impl Gpu {
         n: usize,
     ) -> Result<(), GpuError> {
         let n32 = n as i32;
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config((n as u32).div_ceil(256), 1, 256, 0);
         launch!(self, "swiglu_f32", cfg, gate, up, out, &n32);
         Ok(())
     }
@@ -400,11 +398,12 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: INDEXER_SMEM,
-        };
+        let cfg = config(
+            (s as u32).div_ceil(128 * 8),
+            (t as u32).div_ceil(4),
+            256,
+            INDEXER_SMEM,
+        );
         launch!(
             self,
             "indexer_logits_bf16",
@@ -432,11 +431,7 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(rows as u32, 1, 1024, 0);
         launch!(self, "topk_rows", cfg, logits, out, &ld32, &k32, &fp);
         Ok(())
     }
@@ -451,11 +446,7 @@ impl Gpu {
         rows: usize,
     ) -> Result<(), GpuError> {
         let r32 = rows as i32;
-        let cfg = LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(8), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config((rows as u32).div_ceil(8), 1, 256, 0);
         launch!(self, "hadamard_quant_e4m3", cfg, x, q8, scale, &r32);
         Ok(())
     }
@@ -476,11 +467,12 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((s as u32).div_ceil(128 * 8), (t as u32).div_ceil(4), 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: INDEXER_FP8_SMEM,
-        };
+        let cfg = config(
+            (s as u32).div_ceil(128 * 8),
+            (t as u32).div_ceil(4),
+            256,
+            INDEXER_FP8_SMEM,
+        );
         launch!(
             self,
             "indexer_logits_fp8",
@@ -527,11 +519,7 @@ impl Gpu {
             i32::from(cfg.norm_topk_prob),
             cfg.routed_scaling_factor as f32,
         );
-        let cfg = LaunchConfig {
-            grid_dim: ((t as u32).div_ceil(8), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config((t as u32).div_ceil(8), 1, 256, 0);
         launch!(
             self,
             "moe_route",
@@ -581,11 +569,12 @@ impl Gpu {
         ld: usize,
     ) -> Result<(), GpuError> {
         let (s32, ld32) = (s as i32, ld as i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((s as u32).div_ceil(128), rows as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: INDEXER_DECODE_SMEM,
-        };
+        let cfg = config(
+            (s as u32).div_ceil(128),
+            rows as u32,
+            128,
+            INDEXER_DECODE_SMEM,
+        );
         launch!(
             self,
             "indexer_decode_bf16",
@@ -623,11 +612,7 @@ impl Gpu {
         self.stream.memset_zeros(&mut work.counters).map_err(cuda)?;
         let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
         let chunks = (ld as u32).div_ceil(1024);
-        let grid = LaunchConfig {
-            grid_dim: (chunks, rows as u32, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let grid = config(chunks, rows as u32, 512, 0);
         launch!(self, "topk_hist1", grid, logits, lens, &ld32, &work.hist);
         launch!(
             self,
@@ -653,11 +638,7 @@ impl Gpu {
             &work.cand,
             &cap
         );
-        let one = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let one = config(rows as u32, 1, 1024, 0);
         launch!(
             self,
             "topk_finish",
@@ -740,11 +721,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp) = (topk as i32, s as i32, splits as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (splits as u32, t as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: MLA_SMEM,
-        };
+        let cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
         match paging {
             Some((table, page)) => {
                 let page32 = page as i32;
@@ -786,11 +763,7 @@ impl Gpu {
             }
         }
         let (h, dv) = (64i32, 512i32);
-        let cfg = LaunchConfig {
-            grid_dim: ((t * 64) as u32, 1, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config((t * 64) as u32, 1, 512, 0);
         launch!(self, "mla_combine", cfg, &*part, &*lse, out, &h, &sp, &dv);
         Ok(())
     }
