@@ -115,6 +115,9 @@ pub struct BenchArgs {
     /// whose top-k 2048 only selects beyond 2048 tokens).
     #[arg(long)]
     pub topk: Option<usize>,
+    /// Sequences decoding together in the batched row (beside the single-sequence rows).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -342,12 +345,55 @@ fn bench(a: BenchArgs) -> Result<()> {
             index_topk: cfg.index_topk,
         });
     }
+    // Batched decode: `batch` copies of the prompt's context decoding together (sparse).
+    if a.batch > 1 {
+        let mut cache = Cache::new(&model);
+        let logits = model.prefill(&mut cache, &prompt)?;
+        let first = SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        let mut caches: Vec<Cache> = (0..a.batch).map(|_| cache.clone()).collect();
+        let mut samplers: Vec<Sampler> = (0..a.batch)
+            .map(|_| Sampler::new(first, 0))
+            .collect::<Result<_, _>>()?;
+        let mut next: Vec<u32> = samplers.iter_mut().map(|s| s.sample(&logits)).collect();
+        let t = Instant::now();
+        for _ in 0..a.new_tokens {
+            let mut batch: Vec<(&mut Cache, u32)> =
+                caches.iter_mut().zip(next.iter().copied()).collect();
+            let l = model.decode_batch(&mut batch)?;
+            for ((n, s), row) in next.iter_mut().zip(&mut samplers).zip(&l) {
+                *n = s.sample(row);
+            }
+        }
+        let decode = t.elapsed().as_secs_f64();
+        rows.push(BenchRow {
+            preset: a.preset.clone(),
+            attention: "sparse, batched",
+            prompt_tokens: a.prompt_tokens,
+            prefill_tokens_per_s: f64::NAN,
+            decode_tokens_per_s: (a.batch * a.new_tokens) as f64 / decode,
+            context_at_decode: a.prompt_tokens,
+            index_topk: cfg.index_topk,
+        });
+    }
     println!("| preset | attention | prompt | prefill tok/s | decode tok/s |");
     println!("|---|---|---:|---:|---:|");
     for r in &rows {
+        let attention = if r.attention == "sparse, batched" {
+            format!("sparse, {} sequences together", a.batch)
+        } else {
+            r.attention.to_string()
+        };
+        let prefill = if r.prefill_tokens_per_s.is_nan() {
+            "".to_string()
+        } else {
+            format!("{:.1}", r.prefill_tokens_per_s)
+        };
         println!(
-            "| {} | {} | {} | {:.1} | {:.2} |",
-            r.preset, r.attention, r.prompt_tokens, r.prefill_tokens_per_s, r.decode_tokens_per_s
+            "| {} | {attention} | {} | {prefill} | {:.2} |",
+            r.preset, r.prompt_tokens, r.decode_tokens_per_s
         );
     }
     if let Some(path) = &a.json {

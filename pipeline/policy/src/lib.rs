@@ -5,13 +5,15 @@
 //!   scales, dequantized on load; the writer behind `envsynth model init`.
 //! - [`model`]: the CPU reference forward (MLA in MHA and absorbed modes, the lightning indexer,
 //!   top-k sparse attention, MoE), per-sequence caches, batched decode.
-//! - [`sample`], [`generate`]: seeded sampling and generation with stop conditions.
+//! - [`sample`], [`generate`]: seeded sampling and generation with stop conditions;
+//!   [`batch`]: continuous batching of concurrent requests on one worker.
 //! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate, and byte-level BPE training.
 //! - [`init`]: random-weight checkpoints.
 //! - [`local`]: the rollout engine's `local:DIR` policy.
 //! - [`gpu`]: CUDA kernels for the GPU backend (cudarc, NVRTC, loaded at run time) and the
 //!   program that checks them against this CPU reference and benchmarks them.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod generate;
@@ -25,6 +27,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
+pub use batch::Batcher;
 pub use config::{Config, Preset};
 pub use generate::{Finish, Generation, Stop, generate, generate_batch};
 pub use local::LocalPolicy;
@@ -52,6 +55,8 @@ pub enum ModelError {
     Sampling(String),
     #[error("no tokens to run")]
     Empty,
+    #[error("batcher: {0}")]
+    Batcher(String),
 }
 
 impl ModelError {

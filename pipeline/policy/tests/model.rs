@@ -544,3 +544,67 @@ fn numpy_reference_agrees_with_the_rust_forward() {
         eprintln!("{store:?}:\n{text}");
     }
 }
+
+/// Continuous batching: concurrent requests (more than the batch holds, of different lengths,
+/// joining while others decode) get exactly the tokens each gets alone.
+#[test]
+fn continuous_batching_gives_each_request_its_own_tokens() {
+    let model = std::sync::Arc::new(tiny_model(10));
+    let batcher = envsynth_policy::Batcher::start(
+        model.clone(),
+        std::sync::Arc::new(|_: &[u32]| String::new()),
+        3,
+    );
+    let stop = |n: usize| Stop {
+        eos: vec![1],
+        max_new_tokens: n,
+        strings: vec![],
+    };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        top_k: 40,
+    };
+    let jobs: Vec<(Vec<u32>, u64, usize)> = (0..7)
+        .map(|i| (tokens(5 + 9 * i, i as u32), 100 + i as u64, 4 + 3 * i))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let together: Vec<envsynth_policy::Generation> = rt.block_on(async {
+        let handles: Vec<_> = jobs
+            .iter()
+            .cloned()
+            .map(|(prompt, seed, n)| {
+                let b = batcher.clone();
+                tokio::spawn(async move {
+                    b.generate(prompt, Sampler::new(params, seed).expect("valid"), stop(n))
+                        .await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("task").expect("generation"));
+        }
+        out
+    });
+    for ((prompt, seed, n), got) in jobs.iter().zip(&together) {
+        let mut s = Sampler::new(params, *seed).expect("valid");
+        let alone = generate(&model, prompt, &mut s, &stop(*n), |_| String::new()).expect("alone");
+        assert_eq!(got, &alone, "prompt of {} tokens", prompt.len());
+    }
+    // A request that cannot start is answered with the reason, and the batcher keeps serving.
+    let too_long = tokens(200, 9);
+    let e = rt
+        .block_on(batcher.generate(too_long, Sampler::new(params, 1).expect("valid"), stop(3)))
+        .expect_err("longer than the context");
+    assert!(e.to_string().contains("max_position_embeddings"), "{e}");
+    let again = rt.block_on(batcher.generate(
+        tokens(6, 1),
+        Sampler::new(params, 5).expect("valid"),
+        stop(3),
+    ));
+    assert!(again.is_ok());
+}
