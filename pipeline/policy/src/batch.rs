@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::ModelError;
-use crate::generate::{Finish, Generation, Stop};
+use crate::generate::{Generation, Stop, stop_reason};
 use crate::model::{Cache, Forward, Model, Segment};
 use crate::sample::Sampler;
 
@@ -96,7 +96,10 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
         while i < running.len() {
             let r = &mut running[i];
             r.out.push(r.next);
-            if let Some(finish) = finished(model, r, detokenize) {
+            let limit = model.cfg.max_position_embeddings;
+            if let Some(finish) =
+                stop_reason(&r.stop, &r.out, r.cache.len(), limit, detokenize.as_ref())
+            {
                 let r = running.swap_remove(i);
                 let _ = r.reply.send(Ok(Generation {
                     tokens: r.out,
@@ -162,24 +165,5 @@ fn admit(model: &Model, job: Job) -> Option<Running> {
             let _ = reply.send(Err(e));
             None
         }
-    }
-}
-
-/// The same stop rules, in the same order, as `generate::generate_batch`.
-fn finished(model: &Model, r: &Running, detokenize: &Detokenize) -> Option<Finish> {
-    let last = *r.out.last()?;
-    if r.stop.eos.contains(&last) {
-        Some(Finish::Eos)
-    } else if !r.stop.strings.is_empty() && {
-        let text = detokenize(&r.out);
-        r.stop.strings.iter().any(|s| text.contains(s.as_str()))
-    } {
-        Some(Finish::StopString)
-    } else if r.out.len() >= r.stop.max_new_tokens {
-        Some(Finish::Length)
-    } else if r.cache.len() >= model.cfg.max_position_embeddings {
-        Some(Finish::Context)
-    } else {
-        None
     }
 }

@@ -30,6 +30,32 @@ pub struct Generation {
     pub finish: Finish,
 }
 
+/// Why a sequence that has generated `out` (its last token just sampled, its cache holding
+/// `cached` tokens) stops, if it does: EOS, a stop string, the token budget, then the context.
+pub(crate) fn stop_reason(
+    stop: &Stop,
+    out: &[u32],
+    cached: usize,
+    limit: usize,
+    decode: &dyn Fn(&[u32]) -> String,
+) -> Option<Finish> {
+    let last = *out.last()?;
+    if stop.eos.contains(&last) {
+        Some(Finish::Eos)
+    } else if !stop.strings.is_empty() && {
+        let text = decode(out);
+        stop.strings.iter().any(|s| text.contains(s.as_str()))
+    } {
+        Some(Finish::StopString)
+    } else if out.len() >= stop.max_new_tokens {
+        Some(Finish::Length)
+    } else if cached >= limit {
+        Some(Finish::Context)
+    } else {
+        None
+    }
+}
+
 /// Generates one continuation. `decode` turns generated tokens into text for stop strings
 /// (pass `|_| String::new()` when there are none).
 pub fn generate(
@@ -78,20 +104,7 @@ pub fn generate_batch(
                 continue;
             }
             outs[i].push(next[i]);
-            finish[i] = if stop.eos.contains(&next[i]) {
-                Some(Finish::Eos)
-            } else if !stop.strings.is_empty() && {
-                let text = decode(&outs[i]);
-                stop.strings.iter().any(|s| text.contains(s.as_str()))
-            } {
-                Some(Finish::StopString)
-            } else if outs[i].len() >= stop.max_new_tokens {
-                Some(Finish::Length)
-            } else if caches[i].len() >= limit {
-                Some(Finish::Context)
-            } else {
-                None
-            };
+            finish[i] = stop_reason(stop, &outs[i], caches[i].len(), limit, &decode);
         }
         let active: Vec<usize> = (0..prompts.len())
             .filter(|&i| finish[i].is_none())

@@ -52,6 +52,31 @@ __device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, uns
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Sum (or, with MAX, maximum) of `v` over the block (at most 1024 threads); every thread gets
+// the result. `part` is 32 floats of shared memory, free again on return.
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* part) {
+    const float none = MAX ? -__int_as_float(0x7f800000) : 0.f;
+    for (int o = 16; o > 0; o >>= 1) {
+        float x = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, x) : v + x;
+    }
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float x = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : none;
+        for (int o = 16; o > 0; o >>= 1) {
+            float y = __shfl_xor_sync(0xffffffffu, x, o);
+            x = MAX ? fmaxf(x, y) : x + y;
+        }
+        if (threadIdx.x == 0) part[0] = x;
+    }
+    __syncthreads();
+    float r = part[0];
+    __syncthreads();
+    return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Elementwise kernels (f32).
 
@@ -62,16 +87,8 @@ extern "C" __global__ void rms_norm_f32(const float* x, const float* w, float* y
     __shared__ float part[32];
     float s = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    float r = rsqrtf(part[0] / n + eps);
+    s = block_reduce<false>(s, part);
+    float r = rsqrtf(s / n + eps);
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * r * w[i];
 }
 
@@ -631,45 +648,22 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
 extern "C" __global__ void mla_combine(const float* o_part, const float* lse_part, float* out,
                                        int H, int splits, int dv) {
     __shared__ float wts[1024];
-    __shared__ float red[32];
+    __shared__ float part[32];
     int t = blockIdx.x / H, h = blockIdx.x % H;
-    float l = -__int_as_float(0x7f800000);
-    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
-        l = lse_part[((size_t)t * splits + p) * H + h];
-        wts[p] = l;
-    }
-    // block max of lse
     float m = -__int_as_float(0x7f800000);
-    for (int p = threadIdx.x; p < splits; p += blockDim.x) m = fmaxf(m, wts[p]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : -__int_as_float(0x7f800000);
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) red[0] = v;
+    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
+        wts[p] = lse_part[((size_t)t * splits + p) * H + h];
+        m = fmaxf(m, wts[p]);
     }
-    __syncthreads();
-    float M = red[0];
-    __syncthreads();
+    float M = block_reduce<true>(m, part);
     float sum = 0.f;
     for (int p = threadIdx.x; p < splits; p += blockDim.x) {
         float w = wts[p] == -__int_as_float(0x7f800000) ? 0.f : exp2f(wts[p] - M);
         wts[p] = w;
         sum += w;
     }
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) red[0] = v;
-    }
-    __syncthreads();
-    float total = red[0];
+    float total = block_reduce<false>(sum, part);  // its barriers also publish wts
     float inv = total > 0.f ? 1.f / total : 0.f;
-    (void)l;
     for (int c = threadIdx.x; c < dv; c += blockDim.x) {
         float acc = 0.f;
 #pragma unroll 8
@@ -1014,12 +1008,10 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, int
     float gs = -__int_as_float(0x7f800000);
     if (lane < groups) {
         float b1 = -__int_as_float(0x7f800000), b2 = b1;
-        int i1 = -1;
         for (int i = 0; i < per; i++) {
             float v = choice[lane * per + i];
-            if (v > b1) { b2 = b1; b1 = v; i1 = i; } else if (v > b2) { b2 = v; }
+            if (v > b1) { b2 = b1; b1 = v; } else if (v > b2) { b2 = v; }
         }
-        (void)i1;
         gs = b1 + b2;
     }
     // Keep the best topk_group groups: repeated warp argmax (ties to the lower group).
@@ -1036,7 +1028,6 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, int
     }
     // The best k experts of the kept groups.
     unsigned long long taken[4] = {0ull, 0ull, 0ull, 0ull};  // bitmask over 256 experts
-    int chosen = 0;
     float my_weight = 0.f;
     int my_id = -1;
     for (int r = 0; r < k; r++) {
@@ -1054,9 +1045,7 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, int
         }
         taken[idx >> 6] |= 1ull << (idx & 63);
         if (lane == r) { my_id = idx; my_weight = score[idx]; }
-        chosen++;
     }
-    (void)chosen;
     float sum = lane < k ? my_weight : 0.f;
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     float wgt = (norm ? my_weight / (sum + 1e-20f) : my_weight) * scale;
