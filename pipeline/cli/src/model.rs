@@ -50,6 +50,18 @@ pub struct GpuCheckArgs {
     /// Write the full report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A checkpoint folder (`model init --preset small`) to decode end to end on the GPU.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Batch sizes of the end-to-end decode.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,128")]
+    pub e2e_batches: Vec<usize>,
+    /// Prompt tokens per sequence of the end-to-end decode.
+    #[arg(long, default_value_t = 2560)]
+    pub e2e_prompt: usize,
+    /// Greedy decode steps timed per batch.
+    #[arg(long, default_value_t = 64)]
+    pub e2e_steps: usize,
 }
 
 #[derive(clap::Args)]
@@ -446,7 +458,10 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
     } else {
         a.contexts.clone()
     };
-    let report = gpu::check::run(&g, seed, &contexts, !a.checks_only)?;
+    let mut report = gpu::check::run(&g, seed, &contexts, !a.checks_only)?;
+    if let Some(dir) = &a.model {
+        report.e2e = e2e(&g, dir, &a)?;
+    }
     println!("| check | precision | rel. error | bound | result |");
     println!("|---|---|---:|---:|---|");
     for c in &report.checks {
@@ -508,6 +523,17 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
             report.decode_batch
         );
     }
+    if !report.e2e.is_empty() {
+        println!();
+        println!("| batch | prompt | prefill s | decode steps | decode s | decode tok/s |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for r in &report.e2e {
+            println!(
+                "| {} | {} | {:.2} | {} | {:.3} | {:.0} |",
+                r.batch, r.prompt, r.prefill_s, r.steps, r.decode_s, r.decode_tokens_per_s
+            );
+        }
+    }
     if let Some(path) = &a.json {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');
@@ -518,4 +544,34 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
         bail!("gpu-check: some kernels disagree with the CPU reference (seed {seed})");
     }
     Ok(())
+}
+
+/// End-to-end greedy decoding of the checkpoint in `dir` on the GPU, one batch size after
+/// another, all sequences of a batch decoding together.
+fn e2e(
+    g: &envsynth_policy::gpu::Gpu,
+    dir: &std::path::Path,
+    a: &GpuCheckArgs,
+) -> Result<Vec<envsynth_policy::gpu::model_check::E2e>> {
+    use envsynth_policy::gpu::{model, model_check};
+    if a.e2e_prompt == 0 || a.e2e_steps == 0 || a.e2e_batches.contains(&0) {
+        bail!("--e2e-prompt, --e2e-steps and --e2e-batches must be positive");
+    }
+    let cpu = envsynth_policy::Model::load(dir)?;
+    let most = a.e2e_batches.iter().copied().max().unwrap_or(1);
+    let per_seq = (a.e2e_prompt + a.e2e_steps + 1).next_multiple_of(model::PAGE);
+    let mut gm = model::GpuModel::new(
+        g.clone(),
+        &cpu,
+        model::GpuOptions {
+            cache_tokens: most * per_seq,
+        },
+    )?;
+    drop(cpu);
+    model_check::e2e(&mut gm, 1, 256, 4)?; // warm-up
+    let mut out = Vec::new();
+    for &b in &a.e2e_batches {
+        out.push(model_check::e2e(&mut gm, b, a.e2e_prompt, a.e2e_steps)?);
+    }
+    Ok(out)
 }

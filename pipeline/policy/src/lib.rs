@@ -57,6 +57,8 @@ pub enum ModelError {
     Empty,
     #[error("batcher: {0}")]
     Batcher(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 impl ModelError {

@@ -63,57 +63,57 @@ impl Forward {
     };
 }
 
-struct Indexer {
-    wq_b: Linear,
-    wk: Linear,
-    k_norm_w: Vec<f32>,
-    k_norm_b: Vec<f32>,
-    weights_proj: Linear,
+pub(crate) struct Indexer {
+    pub(crate) wq_b: Linear,
+    pub(crate) wk: Linear,
+    pub(crate) k_norm_w: Vec<f32>,
+    pub(crate) k_norm_b: Vec<f32>,
+    pub(crate) weights_proj: Linear,
 }
 
-struct Attention {
-    q_a: Linear,
-    q_a_norm: Vec<f32>,
-    q_b: Linear,
-    kv_a: Linear,
-    kv_a_norm: Vec<f32>,
-    kv_b: Linear,
-    o: Linear,
-    indexer: Indexer,
+pub(crate) struct Attention {
+    pub(crate) q_a: Linear,
+    pub(crate) q_a_norm: Vec<f32>,
+    pub(crate) q_b: Linear,
+    pub(crate) kv_a: Linear,
+    pub(crate) kv_a_norm: Vec<f32>,
+    pub(crate) kv_b: Linear,
+    pub(crate) o: Linear,
+    pub(crate) indexer: Indexer,
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(crate) struct Mlp {
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
-struct Moe {
-    router: Linear,
-    bias: Vec<f32>,
-    experts: Vec<Mlp>,
-    shared: Option<Mlp>,
+pub(crate) struct Moe {
+    pub(crate) router: Linear,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) experts: Vec<Mlp>,
+    pub(crate) shared: Option<Mlp>,
 }
 
-enum FeedForward {
+pub(crate) enum FeedForward {
     Dense(Mlp),
     Moe(Moe),
 }
 
-struct Layer {
-    input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
-    attn: Attention,
-    ffn: FeedForward,
+pub(crate) struct Layer {
+    pub(crate) input_norm: Vec<f32>,
+    pub(crate) post_norm: Vec<f32>,
+    pub(crate) attn: Attention,
+    pub(crate) ffn: FeedForward,
 }
 
 pub struct Model {
     pub cfg: Config,
-    embed: Vec<f32>,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
-    lm_head: Option<Linear>,
-    rope: Rope,
+    pub(crate) embed: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Vec<f32>,
+    pub(crate) lm_head: Option<Linear>,
+    pub(crate) rope: Rope,
     /// The indexer's RoPE convention; only tests change it, to show that it matters.
     pub(crate) index_rope: IndexRope,
 }

@@ -144,12 +144,19 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 
 // Queue the copy of keys s0..s0+127 (zero rows past S) into `dst`: rows of ROW bytes, stored
 // PITCH bytes apart (16 bytes of padding, so ldmatrix's eight rows fall in different banks).
+// With a page table, key s lives in cache row pages[s / 128] * 128 + s % 128 (a page is one
+// tile of 128 keys, so a tile is contiguous).
+__device__ __forceinline__ size_t ix_key_row(const int* pages, int s) {
+    return pages ? (size_t)pages[s / IX_KEYS] * IX_KEYS + s % IX_KEYS : (size_t)s;
+}
+
 template <int ROW>
-__device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S) {
+__device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S,
+                                             const int* pages) {
     for (int i = threadIdx.x; i < IX_KEYS * (ROW / 16); i += blockDim.x) {
         int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = s0 + r < S;
-        cp_async16(dst + r * (ROW + 16) + c * 16, ok ? k + (size_t)(s0 + r) * ROW + c * 16 : k, ok);
+        cp_async16(dst + r * (ROW + 16) + c * 16, ok ? k + ix_key_row(pages, s0 + r) * ROW + c * 16 : k, ok);
     }
 }
 
@@ -174,7 +181,7 @@ template <bool FP8>
 __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const float* q_scale,
                                               const unsigned char* k, const float* k_scale,
                                               const float* w, float* logits, int T, int S, int ld,
-                                              int first_pos) {
+                                              int first_pos, const int* pages) {
     constexpr int ROW = FP8 ? IX_D : 2 * IX_D;  // bytes of one row of 128 values
     constexpr int PITCH = ROW + 16;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -197,7 +204,7 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         bool ok = t0 + r / IX_HEADS < T;
         cp_async16(qs + r * PITCH + c * 16, ok ? q + ((size_t)t0 * IX_HEADS + r) * ROW + c * 16 : q, ok);
     }
-    ix_load_keys<ROW>(kbuf, k, s_begin, S);
+    ix_load_keys<ROW>(kbuf, k, s_begin, S, pages);
     cp_async_commit();
     for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
         size_t at = (size_t)t0 * IX_HEADS + i;
@@ -210,9 +217,9 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     for (int j = 0; j < tiles; j++) {
         int s0 = s_begin + j * IX_KEYS;
         for (int i = threadIdx.x; i < IX_KEYS; i += blockDim.x)
-            kss[(j & 1) * IX_KEYS + i] = FP8 ? (s0 + i < S ? k_scale[s0 + i] : 0.f) : 1.f;
+            kss[(j & 1) * IX_KEYS + i] = FP8 ? (s0 + i < S ? k_scale[ix_key_row(pages, s0 + i)] : 0.f) : 1.f;
         if (j + 1 < tiles) {
-            ix_load_keys<ROW>(kbuf + ((j + 1) & 1) * IX_KEYS * PITCH, k, s0 + IX_KEYS, S);
+            ix_load_keys<ROW>(kbuf + ((j + 1) & 1) * IX_KEYS * PITCH, k, s0 + IX_KEYS, S, pages);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -287,17 +294,17 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
-                    int ld, int first_pos) {
+                    int ld, int first_pos, const int* pages) {
     indexer_tiles<false>(reinterpret_cast<const unsigned char*>(q), nullptr,
                          reinterpret_cast<const unsigned char*>(k), nullptr, w, logits, T, S, ld,
-                         first_pos);
+                         first_pos, pages);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k,
                    const float* k_scale, const float* w, float* logits, int T, int S, int ld,
-                   int first_pos) {
-    indexer_tiles<true>(q, q_scale, k, k_scale, w, logits, T, S, ld, first_pos);
+                   int first_pos, const int* pages) {
+    indexer_tiles<true>(q, q_scale, k, k_scale, w, logits, T, S, ld, first_pos, pages);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -680,7 +687,7 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
-                    int S, int ld) {
+                    int S, int ld, const int* pages, int pages_stride) {
     // 54 KB: more than a block may declare statically, so it is dynamic shared memory.
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* qs = reinterpret_cast<bf16*>(smem_raw);                      // 64 x IX_STRIDE
@@ -699,7 +706,9 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
         int r = i / (IX_D / 8), c = i % (IX_D / 8);
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (s0 + r < len) v = *reinterpret_cast<const uint4*>(k + (size_t)(s0 + r) * IX_D + c * 8);
+        if (s0 + r < len)
+            v = *reinterpret_cast<const uint4*>(
+                k + ix_key_row(pages ? pages + (size_t)t * pages_stride : nullptr, s0 + r) * IX_D + c * 8);
         *reinterpret_cast<uint4*>(ks + r * IX_STRIDE + c * 8) = v;
     }
     if (threadIdx.x < IX_HEADS) ws[threadIdx.x] = w[(size_t)t * IX_HEADS + threadIdx.x];
@@ -1058,5 +1067,176 @@ extern "C" __global__ void moe_route(const float* logits, const float* bias, int
     if (lane < k) {
         ids[(size_t)t * k + rank] = my_id;
         weights[(size_t)t * k + rank] = wgt;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole model's glue (gpu/model.rs). Activations stay f32 between steps; whatever feeds a
+// matrix product is written as bf16. Caches are paged in pages of 128 rows: MLA rows of 576 bf16
+// (RMSNorm'd latent | interleaved-RoPE key), indexer rows of 128 bf16 (LayerNorm, NeoX RoPE on
+// the leading 64 dims, Hadamard). `rows[i]` is the cache row token i is written to. RoPE tables
+// are [positions, 32] (rope dim 64).
+
+// RMSNorm of row blockIdx.x (x rows `ldx` floats apart) into bf16 rows of n.
+extern "C" __global__ void rms_norm_bf16(const float* x, const float* w, bf16* y, int n, float eps,
+                                         int ldx) {
+    const float* xr = x + (size_t)blockIdx.x * ldx;
+    bf16* yr = y + (size_t)blockIdx.x * n;
+    __shared__ float part[32];
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    s = block_reduce<false>(s, part);
+    float r = rsqrtf(s / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = f32_to_bf16(xr[i] * r * w[i]);
+}
+
+extern "C" __global__ void embed_rows(const float* table, const int* tokens, float* out, int d) {
+    const float* src = table + (size_t)tokens[blockIdx.x] * d;
+    float* dst = out + (size_t)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void to_bf16(const float* x, bf16* y, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = f32_to_bf16(x[i]);
+}
+
+// gu holds rows of [gate (inter) | up (inter)]; out[r, i] = silu(gate) * up, as bf16.
+extern "C" __global__ void swiglu_bf16(const float* gu, bf16* out, long long rows, int inter) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * inter) return;
+    long long r = i / inter;
+    int c = (int)(i % inter);
+    float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
+    out[i] = f32_to_bf16(g / (1.f + __expf(-g)) * u);
+}
+
+// One warp per token: the MLA cache row from kv_a's output [n, 576]: RMSNorm of the latent
+// (512), interleaved RoPE of the shared key (64).
+extern "C" __global__ void kv_prep(const float* kv, const float* norm_w, const int* positions,
+                                   const float* cos_t, const float* sin_t, const int* rows,
+                                   bf16* cache, int n, float eps) {
+    int tok = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (tok >= n) return;
+    const float* x = kv + (size_t)tok * 576;
+    bf16* o = cache + (size_t)rows[tok] * 576;
+    float v[16], s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        v[i] = x[lane * 16 + i];
+        s += v[i] * v[i];
+    }
+    for (int m = 16; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    float r = rsqrtf(s / 512.f + eps);
+#pragma unroll
+    for (int i = 0; i < 16; i++) o[lane * 16 + i] = f32_to_bf16(v[i] * r * norm_w[lane * 16 + i]);
+    int pos = positions[tok];
+    float c = cos_t[pos * 32 + lane], sn = sin_t[pos * 32 + lane];
+    float a = x[512 + 2 * lane], b = x[513 + 2 * lane];
+    o[512 + 2 * lane] = f32_to_bf16(a * c - b * sn);
+    o[513 + 2 * lane] = f32_to_bf16(a * sn + b * c);
+}
+
+// NeoX RoPE on the leading 64 of a 128-vector held 4 per lane (pairs (p, p + 32)), then the
+// Hadamard rotation scaled by 128^-0.5.
+__device__ __forceinline__ void index_rope_hadamard(float* v, int lane, int pos, const float* cos_t,
+                                                    const float* sin_t) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float other = __shfl_xor_sync(0xffffffffu, v[i], 8);
+        if (lane < 16) {
+            int p = 4 * (lane & 7) + i;
+            float c = cos_t[pos * 32 + p], s = sin_t[pos * 32 + p];
+            v[i] = lane < 8 ? v[i] * c - other * s : other * s + v[i] * c;
+        }
+    }
+    float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+    v[0] = a0 + a2; v[2] = a0 - a2; v[1] = a1 + a3; v[3] = a1 - a3;
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1) {
+        bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float other = __shfl_xor_sync(0xffffffffu, v[i], m);
+            v[i] = upper ? other - v[i] : v[i] + other;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] *= 0.08838834764831845f;
+}
+
+// One warp per token: the indexer key (LayerNorm with eps 1e-6, RoPE, Hadamard) into the cache.
+extern "C" __global__ void index_key_prep(const float* k, const float* w, const float* b,
+                                          const int* positions, const float* cos_t,
+                                          const float* sin_t, const int* rows, bf16* cache, int n) {
+    int tok = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (tok >= n) return;
+    float v[4], s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[i] = k[(size_t)tok * 128 + lane * 4 + i];
+        s += v[i];
+    }
+    for (int m = 16; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+    float mean = s / 128.f, var = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) var += (v[i] - mean) * (v[i] - mean);
+    for (int m = 16; m > 0; m >>= 1) var += __shfl_xor_sync(0xffffffffu, var, m);
+    float r = rsqrtf(var / 128.f + 1e-6f);
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = (v[i] - mean) * r * w[lane * 4 + i] + b[lane * 4 + i];
+    index_rope_hadamard(v, lane, positions[tok], cos_t, sin_t);
+    bf16* o = cache + (size_t)rows[tok] * 128 + lane * 4;
+#pragma unroll
+    for (int i = 0; i < 4; i++) o[i] = f32_to_bf16(v[i]);
+}
+
+// One warp per (token, indexer head): RoPE and Hadamard of the query [n, 64, 128] into bf16.
+extern "C" __global__ void index_query_prep(const float* q, const int* positions, const float* cos_t,
+                                            const float* sin_t, bf16* out, int n) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= n * 64) return;
+    float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = q[(size_t)row * 128 + lane * 4 + i];
+    index_rope_hadamard(v, lane, positions[row / 64], cos_t, sin_t);
+#pragma unroll
+    for (int i = 0; i < 4; i++) out[(size_t)row * 128 + lane * 4 + i] = f32_to_bf16(v[i]);
+}
+
+// One warp per (token, head): the rope part of the absorbed query. q is q_b's output
+// [n, H, 192] (nope 128 | rope 64); out is the MLA query [n, H, 576], whose first 512 the
+// absorption product wrote.
+extern "C" __global__ void q_rope_pack(const float* q, const int* positions, const float* cos_t,
+                                       const float* sin_t, bf16* out, int n, int heads) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= n * heads) return;
+    int pos = positions[row / heads];
+    const float* x = q + (size_t)row * 192 + 128;
+    float c = cos_t[pos * 32 + lane], s = sin_t[pos * 32 + lane];
+    float a = x[2 * lane], b = x[2 * lane + 1];
+    out[(size_t)row * 576 + 512 + 2 * lane] = f32_to_bf16(a * c - b * s);
+    out[(size_t)row * 576 + 513 + 2 * lane] = f32_to_bf16(a * s + b * c);
+}
+
+// Logical positions chosen by top-k ([n, k], -1 = none) to cache rows through each row's page
+// table (rows `stride` ints apart; pages of 128).
+extern "C" __global__ void map_pages(const int* idx, int* out, const int* pages, int stride, int k,
+                                     int n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * k) return;
+    int r = (int)(i / k), s = idx[i];
+    out[i] = s < 0 ? -1 : pages[(size_t)r * stride + s / 128] * 128 + s % 128;
+}
+
+// hidden[r] += sum_j w[r, j] * y[ids[r, j], r] over the token's k experts; y is [E, n, d].
+extern "C" __global__ void moe_combine(float* hidden, const float* y, const int* ids, const float* w,
+                                       int n, int k, int d) {
+    int r = blockIdx.x;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < k; j++)
+            acc += w[r * k + j] * y[((size_t)ids[r * k + j] * n + r) * d + c];
+        hidden[(size_t)r * d + c] += acc;
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -186,13 +186,14 @@ macro_rules! launch {
     ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let f = $gpu.function($name)?;
         let mut b = $gpu.stream.launch_builder(&f);
-        $( b.arg($arg); )+
+        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
         // SAFETY: the argument types and their order match the kernel's signature in kernels.cu.
         unsafe { b.launch($cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
     }};
 }
 
-/// One GPU with the kernels loaded.
+/// One GPU with the kernels loaded (clones share the context, stream and module).
+#[derive(Clone)]
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
@@ -203,7 +204,9 @@ pub struct Gpu {
     pub cached: bool,
 }
 
-/// Shared memory of the two tensor-core kernels (see kernels.cu).
+/// A null device pointer (an absent page table).
+const NULL: u64 = 0;
+
 /// Shared memory of `indexer_tiles` for rows of `row` bytes: queries (256 rows) and two key
 /// tiles (128 rows each) at `row + 16` bytes apart, plus head weights and key scales.
 const fn indexer_smem(row: usize) -> u32 {
@@ -415,7 +418,8 @@ impl Gpu {
             &t32,
             &s32,
             &ld32,
-            &fp
+            &fp,
+            &NULL
         );
         Ok(())
     }
@@ -486,7 +490,8 @@ impl Gpu {
             &t32,
             &s32,
             &ld32,
-            &fp
+            &fp,
+            &NULL
         );
         Ok(())
     }
@@ -499,6 +504,26 @@ impl Gpu {
         bias: &CudaSlice<f32>,
         ids: &mut CudaSlice<i32>,
         weights: &mut CudaSlice<f32>,
+        t: usize,
+        cfg: &crate::Config,
+    ) -> Result<(), GpuError> {
+        self.moe_route_raw(
+            self.ptr(logits),
+            self.ptr(bias),
+            self.ptr(ids),
+            self.ptr(weights),
+            t,
+            cfg,
+        )
+    }
+
+    /// [`Gpu::moe_route`] on device addresses.
+    pub(crate) fn moe_route_raw(
+        &self,
+        logits: u64,
+        bias: u64,
+        ids: u64,
+        weights: u64,
         t: usize,
         cfg: &crate::Config,
     ) -> Result<(), GpuError> {
@@ -524,10 +549,10 @@ impl Gpu {
             self,
             "moe_route",
             cfg,
-            logits,
-            bias,
-            ids,
-            weights,
+            &logits,
+            &bias,
+            &ids,
+            &weights,
             &t32,
             &e,
             &g,
@@ -537,6 +562,12 @@ impl Gpu {
             &scale
         );
         Ok(())
+    }
+
+    /// The device address of a buffer (one stream, so no event bookkeeping).
+    pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
     }
 
     pub fn topk_work(&self, rows: usize, k: usize) -> Result<TopkWork, GpuError> {
@@ -585,7 +616,9 @@ impl Gpu {
             logits,
             lens,
             &s32,
-            &ld32
+            &ld32,
+            &NULL,
+            &0i32
         );
         Ok(())
     }
@@ -602,6 +635,26 @@ impl Gpu {
         work: &mut TopkWork,
         out: &mut CudaSlice<i32>,
     ) -> Result<(), GpuError> {
+        self.topk_decode_raw(
+            self.ptr(logits),
+            self.ptr(lens),
+            rows,
+            ld,
+            work,
+            self.ptr(out),
+        )
+    }
+
+    /// [`Gpu::topk_decode`] on device addresses.
+    pub(crate) fn topk_decode_raw(
+        &self,
+        logits: u64,
+        lens: u64,
+        rows: usize,
+        ld: usize,
+        work: &mut TopkWork,
+        out: u64,
+    ) -> Result<(), GpuError> {
         if rows > work.rows {
             return Err(GpuError::Cuda(format!(
                 "top-k work space holds {} rows, not {rows}",
@@ -613,13 +666,13 @@ impl Gpu {
         let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
         let chunks = (ld as u32).div_ceil(1024);
         let grid = config(chunks, rows as u32, 512, 0);
-        launch!(self, "topk_hist1", grid, logits, lens, &ld32, &work.hist);
+        launch!(self, "topk_hist1", grid, &logits, &lens, &ld32, &work.hist);
         launch!(
             self,
             "topk_hist2",
             grid,
-            logits,
-            lens,
+            &logits,
+            &lens,
             &ld32,
             &k32,
             &work.hist
@@ -628,8 +681,8 @@ impl Gpu {
             self,
             "topk_collect",
             grid,
-            logits,
-            lens,
+            &logits,
+            &lens,
             &ld32,
             &k32,
             &work.hist,
@@ -643,26 +696,26 @@ impl Gpu {
             self,
             "topk_finish",
             one,
-            lens,
+            &lens,
             &ld32,
             &k32,
             &work.counters,
             &work.taken,
             &work.cand,
             &cap,
-            &mut *out
+            &out
         );
         launch!(
             self,
             "topk_fallback",
             one,
-            logits,
-            lens,
+            &logits,
+            &lens,
             &ld32,
             &k32,
             &work.counters,
             &cap,
-            out
+            &out
         );
         Ok(())
     }
@@ -743,7 +796,7 @@ impl Gpu {
                 );
             }
             None => {
-                let (null, page32) = (0u64, 0i32);
+                let page32 = 0i32;
                 launch!(
                     self,
                     "sparse_mla_bf16",
@@ -757,7 +810,7 @@ impl Gpu {
                     &s32,
                     &sp,
                     &scale_log2,
-                    &null,
+                    &NULL,
                     &page32
                 );
             }
@@ -768,3 +821,6 @@ impl Gpu {
         Ok(())
     }
 }
+
+pub mod model;
+pub mod model_check;
