@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark run, in one call on the GPU machine (see BENCHMARKS.md):
 # every kernel against the CPU reference on fresh random inputs, our DSA kernels at the small
-# preset's shapes for 8K-128K contexts, PyTorch's dense attention on the same GPU, and the
-# side-by-side table. Usage: tests/gpu/run.sh [ENVSYNTH_BINARY] (results in $OUT or out/gpu).
+# preset's shapes for 8K-128K contexts, PyTorch's dense attention on the same GPU, the whole
+# small-preset model decoding end to end against a PyTorch eager implementation of it, and the
+# side-by-side tables. Usage: tests/gpu/run.sh [ENVSYNTH_BINARY] (results in $OUT or out/gpu).
 set -euo pipefail
 BIN=${1:-target/release/envsynth}
 OUT=${OUT:-out/gpu}
 SP=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 export LD_LIBRARY_PATH="$SP/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
 mkdir -p "$OUT"
-"$BIN" model gpu-check --json "$OUT/gpu_check.json" | tee "$OUT/gpu_check.md"
+MODEL=$(mktemp -d)/small  # random small-preset weights, outside $OUT (200 MB)
+"$BIN" model init --preset small --dtype bf16 --seed 7 --out "$MODEL" > /dev/null
+"$BIN" model gpu-check --model "$MODEL" --json "$OUT/gpu_check.json" | tee "$OUT/gpu_check.md"
 python3 -W ignore tests/gpu/dense_baseline.py "$OUT/dense.json" > "$OUT/dense.log"
-python3 tests/gpu/side_by_side.py "$OUT/gpu_check.json" "$OUT/dense.json" | tee "$OUT/side_by_side.md"
+python3 tests/gpu/eager_decode.py "$MODEL" "$OUT/eager.json" | tee "$OUT/eager.log"
+python3 tests/gpu/side_by_side.py "$OUT/gpu_check.json" "$OUT/dense.json" "$OUT/eager.json" | tee "$OUT/side_by_side.md"

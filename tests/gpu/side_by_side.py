@@ -2,7 +2,10 @@
 """Prints the side-by-side table of one GPU run: envsynth's sparse path (gpu-check JSON) against
 PyTorch's dense attention (dense_baseline.py JSON), per context length.
 
-usage: side_by_side.py GPU_CHECK.json DENSE.json
+With EAGER.json (eager_decode.py), also the end-to-end decode of the same checkpoint against the
+PyTorch eager implementation, and whether the greedy tokens agree.
+
+usage: side_by_side.py GPU_CHECK.json DENSE.json [EAGER.json]
 """
 
 import json
@@ -23,3 +26,18 @@ for b in ours["bench"]:
         f"{b['decode_sparse_ms']:.3f} | {b['decode_dense_ms'] / b['decode_sparse_ms']:.2f}x |"
     )
 print(f"sparse decode, batch {ours['decode_batch']}: {ours['decode_batch_tflops']:.0f} TFLOP/s")
+
+if len(sys.argv) > 3 and ours.get("e2e"):
+    eager = {r["batch"]: r for r in json.load(open(sys.argv[3]))["eager"]}
+    print()
+    print("| batch | prompt | decode steps | ours tok/s | PyTorch eager tok/s | speed-up | greedy tokens of sequence 0 equal |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in ours["e2e"]:
+        e = eager.get(r["batch"])
+        if e is None:
+            continue
+        same = sum(1 for a, b in zip(r["tokens0"], e["tokens0"]) if a == b)
+        print(
+            f"| {r['batch']} | {r['prompt']} | {r['steps']} | {r['decode_tokens_per_s']:.0f} | {e['decode_tokens_per_s']:.0f} | "
+            f"{r['decode_tokens_per_s'] / e['decode_tokens_per_s']:.1f}x | {same} of {len(r['tokens0'])} |"
+        )

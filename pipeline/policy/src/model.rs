@@ -63,6 +63,14 @@ impl Forward {
     };
 }
 
+/// The discrete choices of one forward call, per layer and row: the top-k positions (ascending)
+/// and, in MoE layers, the experts (ascending).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Choices {
+    pub topk: Vec<Vec<Vec<usize>>>,
+    pub experts: Vec<Vec<Vec<usize>>>,
+}
+
 pub(crate) struct Indexer {
     pub(crate) wq_b: Linear,
     pub(crate) wk: Linear,
@@ -312,7 +320,24 @@ impl Model {
         segments: &mut [Segment<'_>],
         how: Forward,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_with(segments, how, None, &mut Choices::default())
+    }
+
+    /// [`Model::forward`] taking its discrete choices (top-k positions, experts) from `forced`
+    /// where given, so another implementation's numerics can be compared row by row even where
+    /// rounding tipped a near-tie; `own` receives the choices this model would have made itself.
+    pub fn forward_with(
+        &self,
+        segments: &mut [Segment<'_>],
+        how: Forward,
+        forced: Option<&Choices>,
+        own: &mut Choices,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.cfg;
+        *own = Choices {
+            topk: vec![Vec::new(); self.layers.len()],
+            experts: vec![Vec::new(); self.layers.len()],
+        };
         let d = cfg.hidden_size;
         let mut rows = Vec::new();
         for (seg, s) in segments.iter().enumerate() {
@@ -344,12 +369,15 @@ impl Model {
         }
         for (l, layer) in self.layers.iter().enumerate() {
             let x = norm_rows(&hidden, &layer.input_norm, cfg.rms_norm_eps as f32, d);
-            let attn = self.attention(l, &layer.attn, &x, &rows, segments, how);
+            let attn = self.attention(l, &layer.attn, &x, &rows, segments, how, forced, own);
             axpy(&mut hidden, 1.0, &attn);
             let x = norm_rows(&hidden, &layer.post_norm, cfg.rms_norm_eps as f32, d);
             let ffn = match &layer.ffn {
                 FeedForward::Dense(m) => m.apply_rows(&x, rows.len()),
-                FeedForward::Moe(m) => self.moe(m, &x, rows.len()),
+                FeedForward::Moe(m) => {
+                    let chosen = forced.and_then(|f| f.experts.get(l));
+                    self.moe(m, &x, rows.len(), chosen, &mut own.experts[l])
+                }
             };
             axpy(&mut hidden, 1.0, &ffn);
         }
@@ -420,6 +448,7 @@ impl Model {
         self.forward(&mut segments, Forward::DECODE)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         l: usize,
@@ -428,6 +457,8 @@ impl Model {
         rows: &[Row],
         segments: &mut [Segment<'_>],
         how: Forward,
+        forced: Option<&Choices>,
+        own: &mut Choices,
     ) -> Vec<f32> {
         let cfg = &self.cfg;
         let eps = cfg.rms_norm_eps as f32;
@@ -502,7 +533,12 @@ impl Model {
                         .map(|v| v * (ih as f32).powf(-0.5))
                         .collect();
                     let scores = index_scores(&qi, &w, &c.index_keys[..visible * id], id);
-                    top_k(&scores, cfg.index_topk.min(visible))
+                    let mine = top_k(&scores, cfg.index_topk.min(visible));
+                    own.topk[l].push(mine.clone());
+                    match forced.and_then(|f| f.topk.get(l)).and_then(|t| t.get(r)) {
+                        Some(theirs) => theirs.clone(),
+                        None => mine,
+                    }
                 }
             };
             for head in 0..h {
@@ -577,14 +613,23 @@ impl Model {
         self.rope.apply(&mut v[span], pos, self.index_rope.style);
     }
 
-    fn route(&self, m: &Moe, x: &[f32]) -> Vec<(usize, f32)> {
-        route(&self.cfg, &m.router.apply(x), &m.bias)
-    }
-
-    fn moe(&self, m: &Moe, x: &[f32], n: usize) -> Vec<f32> {
+    fn moe(
+        &self,
+        m: &Moe,
+        x: &[f32],
+        n: usize,
+        forced: Option<&Vec<Vec<usize>>>,
+        own: &mut Vec<Vec<usize>>,
+    ) -> Vec<f32> {
         let d = self.cfg.hidden_size;
         let routes: Vec<Vec<(usize, f32)>> = (0..n)
-            .map(|r| self.route(m, &x[r * d..(r + 1) * d]))
+            .map(|r| {
+                let logits = m.router.apply(&x[r * d..(r + 1) * d]);
+                let mine = choose_experts(&self.cfg, &logits, &m.bias);
+                own.push(mine.clone());
+                let chosen = forced.and_then(|f| f.get(r)).cloned().unwrap_or(mine);
+                weigh_experts(&self.cfg, &logits, chosen)
+            })
             .collect();
         let mut out = match &m.shared {
             Some(s) => s.apply_rows(x, n),
@@ -642,8 +687,16 @@ fn norm_rows(x: &[f32], w: &[f32], eps: f32, width: usize) -> Vec<f32> {
 /// two best experts), weighted by their plain sigmoid scores, renormalized, then scaled by
 /// `routed_scaling_factor`. Returns (expert, weight) in ascending expert order.
 pub fn route(cfg: &Config, logits: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
-    let scores: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
-    let choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+    weigh_experts(cfg, logits, choose_experts(cfg, logits, bias))
+}
+
+/// The experts [`route`] picks, ascending.
+fn choose_experts(cfg: &Config, logits: &[f32], bias: &[f32]) -> Vec<usize> {
+    let choice: Vec<f32> = logits
+        .iter()
+        .zip(bias)
+        .map(|(&l, b)| sigmoid(l) + b)
+        .collect();
     let per = cfg.n_routed_experts / cfg.n_group;
     let group_scores: Vec<f32> = (0..cfg.n_group)
         .map(|g| {
@@ -663,7 +716,12 @@ pub fn route(cfg: &Config, logits: &[f32], bias: &[f32]) -> Vec<(usize, f32)> {
             }
         })
         .collect();
-    let chosen = top_k(&masked, cfg.num_experts_per_tok);
+    top_k(&masked, cfg.num_experts_per_tok)
+}
+
+/// The weights of `chosen` experts: plain sigmoid scores, renormalized, scaled.
+fn weigh_experts(cfg: &Config, logits: &[f32], chosen: Vec<usize>) -> Vec<(usize, f32)> {
+    let scores: Vec<f32> = logits.iter().copied().map(sigmoid).collect();
     let mut weights: Vec<f32> = chosen.iter().map(|&e| scores[e]).collect();
     if cfg.norm_topk_prob {
         let sum: f32 = weights.iter().sum::<f32>() + 1e-20;

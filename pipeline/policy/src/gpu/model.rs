@@ -13,7 +13,7 @@ use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 use super::{Gpu, GpuError, NULL, TopkWork, config, cuda};
-use crate::model::{FeedForward, IndexRope, Logits, Model};
+use crate::model::{Choices, FeedForward, IndexRope, Logits, Model};
 use crate::ops::Linear;
 use crate::{Config, ModelError};
 
@@ -371,6 +371,23 @@ impl GpuModel {
         segs: &mut [(&mut GpuSeq, &[u32])],
         logits: Logits,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_recording(segs, logits, None)
+    }
+
+    /// [`GpuModel::forward`], also reading back every layer's top-k positions and experts into
+    /// `choices` (for [`Model::forward_with`]).
+    pub fn forward_recording(
+        &mut self,
+        segs: &mut [(&mut GpuSeq, &[u32])],
+        logits: Logits,
+        mut choices: Option<&mut Choices>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if let Some(c) = choices.as_deref_mut() {
+            *c = Choices {
+                topk: vec![Vec::new(); self.layers.len()],
+                experts: vec![Vec::new(); self.layers.len()],
+            };
+        }
         let cfg = self.cfg.clone();
         let n: usize = segs.iter().map(|(_, t)| t.len()).sum();
         if n == 0 {
@@ -488,6 +505,7 @@ impl GpuModel {
             max_len,
             [d_tok, d_pos, d_rows, d_lens, d_tab],
             &mut topk_work,
+            choices,
         );
         self.topk_work = topk_work;
         result?;
@@ -520,18 +538,11 @@ impl GpuModel {
                 )?;
             }
         }
-        let mut host = vec![0f32; wanted.len() * v];
-        let arena = self.arena.as_ref().ok_or(ModelError::Empty)?;
-        let off = (s.out - ptr(arena, &self.gpu)) as usize;
-        let view = arena.slice(off..off + host.len() * 4);
-        let mut bytes = vec![0u8; host.len() * 4];
-        self.gpu
-            .stream
-            .memcpy_dtoh(&view, bytes.as_mut_slice())
-            .map_err(cuda)?;
-        for (h, b) in host.iter_mut().zip(bytes.chunks_exact(4)) {
-            *h = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        let bytes = self.read_scratch(s.out, wanted.len() * v * 4)?;
+        let host: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         Ok(host.chunks_exact(v).map(|c| c.to_vec()).collect())
     }
 
@@ -547,6 +558,7 @@ impl GpuModel {
         max_len: usize,
         [d_tok, d_pos, d_rows, d_lens, d_tab]: [u64; 5],
         topk_work: &mut Option<TopkWork>,
+        mut record: Option<&mut Choices>,
     ) -> Result<(), GpuError> {
         let cfg = &self.cfg;
         let g = &self.gpu;
@@ -568,7 +580,7 @@ impl GpuModel {
         let (cos, sin) = (ptr(&self.cos, g), ptr(&self.sin, g));
         let warps = |count: usize| config((count as u32).div_ceil(8), 1, 256, 0);
         let elems = |count: usize| config((count as u32).div_ceil(256), 1, 256, 0);
-        for layer in &self.layers {
+        for (li, layer) in self.layers.iter().enumerate() {
             let kvc = ptr(&layer.kv_cache, g);
             let ixc = ptr(&layer.ix_cache, g);
             self.norm_bf16(s.hidden, &layer.input_norm, s.xb, n, d, eps)?;
@@ -736,6 +748,9 @@ impl GpuModel {
                     row0 += toks.len();
                 }
             }
+            if let Some(c) = record.as_deref_mut() {
+                c.topk[li] = self.read_rows(s.idx, n, k)?;
+            }
             let (st32, nk) = (stride as i32, n as i32);
             launch!(
                 g,
@@ -818,6 +833,9 @@ impl GpuModel {
                     let i = *inter;
                     self.linear(router, s.xb, n, s.rl, false, 1.0, 0.0)?;
                     g.moe_route_raw(s.rl, ptr(bias, g), s.ids, s.wts, n, cfg)?;
+                    if let Some(c) = record.as_deref_mut() {
+                        c.experts[li] = self.read_rows(s.ids, n, cfg.num_experts_per_tok)?;
+                    }
                     if let Some((gu, dn)) = shared {
                         self.mlp(gu, dn, s.xb, n, &s)?;
                     }
@@ -941,6 +959,34 @@ impl GpuModel {
         }
         let base = ptr(self.arena.as_ref().expect("allocated above"), &self.gpu);
         Ok(plan(base, &self.cfg).0)
+    }
+
+    /// `rows` rows of `width` indices at `addr` in the scratch, without the -1 padding.
+    fn read_rows(&self, addr: u64, rows: usize, width: usize) -> Result<Vec<Vec<usize>>, GpuError> {
+        let bytes = self.read_scratch(addr, rows * width * 4)?;
+        let vals: Vec<i32> = bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(vals
+            .chunks_exact(width)
+            .map(|r| r.iter().filter(|&&v| v >= 0).map(|&v| v as usize).collect())
+            .collect())
+    }
+
+    /// `len` bytes at `addr` in the scratch arena.
+    fn read_scratch(&self, addr: u64, len: usize) -> Result<Vec<u8>, GpuError> {
+        let arena = self
+            .arena
+            .as_ref()
+            .ok_or_else(|| GpuError::Cuda("no scratch allocated".into()))?;
+        let off = (addr - ptr(arena, &self.gpu)) as usize;
+        let mut bytes = vec![0u8; len];
+        self.gpu
+            .stream
+            .memcpy_dtoh(&arena.slice(off..off + len), bytes.as_mut_slice())
+            .map_err(cuda)?;
+        Ok(bytes)
     }
 
     fn ints_of(&mut self, n: usize) -> Result<(), GpuError> {
