@@ -36,6 +36,9 @@ pub struct Args {
     /// `local:DIR` for the local model in checkpoint folder DIR (see `envsynth model`).
     #[arg(long)]
     pub policy: String,
+    /// Where `local:DIR` runs: cpu (the reference) or gpu (CUDA, sm_90a).
+    #[arg(long, default_value = "cpu")]
+    pub device: envsynth_policy::local::Device,
     /// The model name sent to the server (vLLM's served model name).
     #[arg(long, default_value = "default")]
     pub model: String,
@@ -221,6 +224,7 @@ async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
                 temperature: a.temperature as f32,
                 ..SamplingParams::default()
             },
+            device: a.device,
             ..LocalOptions::default()
         };
         let local = tokio::task::spawn_blocking(move || LocalPolicy::load(&dir, options))

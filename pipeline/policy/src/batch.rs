@@ -9,8 +9,93 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use crate::ModelError;
 use crate::generate::{Generation, Stop, stop_reason};
+use crate::gpu::model::{GpuModel, GpuSeq};
+use crate::model::Logits;
 use crate::model::{Cache, Forward, Model, Segment};
 use crate::sample::Sampler;
+
+/// What the batcher drives: a model that prefills one sequence at a time and decodes many
+/// together. The CPU reference (`Arc<Model>`) and the GPU model both are one.
+pub trait Backend: Send + 'static {
+    /// One sequence's state (its cache).
+    type Seq: Send;
+    /// The most tokens a sequence may hold.
+    fn context_limit(&self) -> usize;
+    /// A new sequence holding `prompt`, and the logits after its last token.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<(Self::Seq, Vec<f32>), ModelError>;
+    /// One token more for each sequence, all in one step; logits per sequence.
+    fn decode(&mut self, batch: &mut [(&mut Self::Seq, u32)]) -> Result<Vec<Vec<f32>>, ModelError>;
+    fn seq_len(seq: &Self::Seq) -> usize;
+    /// Gives back what a finished sequence held.
+    fn release(&mut self, seq: Self::Seq);
+}
+
+impl Backend for Arc<Model> {
+    type Seq = Cache;
+
+    fn context_limit(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn prefill(&mut self, prompt: &[u32]) -> Result<(Cache, Vec<f32>), ModelError> {
+        let mut cache = Cache::new(self);
+        let logits = Model::prefill(self, &mut cache, prompt)?;
+        Ok((cache, logits))
+    }
+
+    fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let tokens: Vec<[u32; 1]> = batch.iter().map(|(_, t)| [*t]).collect();
+        let mut segments: Vec<Segment<'_>> = batch
+            .iter_mut()
+            .zip(&tokens)
+            .map(|((cache, _), t)| Segment { cache, tokens: t })
+            .collect();
+        self.forward(&mut segments, Forward::DECODE)
+    }
+
+    fn seq_len(seq: &Cache) -> usize {
+        seq.len()
+    }
+
+    fn release(&mut self, _seq: Cache) {}
+}
+
+impl Backend for GpuModel {
+    type Seq = GpuSeq;
+
+    fn context_limit(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn prefill(&mut self, prompt: &[u32]) -> Result<(GpuSeq, Vec<f32>), ModelError> {
+        let mut seq = self.new_seq();
+        match self.forward(&mut [(&mut seq, prompt)], Logits::Last) {
+            Ok(mut logits) => Ok((seq, logits.pop().ok_or(ModelError::Empty)?)),
+            Err(e) => {
+                self.release(seq);
+                Err(e)
+            }
+        }
+    }
+
+    fn decode(&mut self, batch: &mut [(&mut GpuSeq, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let tokens: Vec<[u32; 1]> = batch.iter().map(|(_, t)| [*t]).collect();
+        let mut segs: Vec<(&mut GpuSeq, &[u32])> = batch
+            .iter_mut()
+            .zip(&tokens)
+            .map(|((seq, _), t)| (&mut **seq, t.as_slice()))
+            .collect();
+        self.forward(&mut segs, Logits::Last)
+    }
+
+    fn seq_len(seq: &GpuSeq) -> usize {
+        seq.len()
+    }
+
+    fn release(&mut self, seq: GpuSeq) {
+        GpuModel::release(self, seq);
+    }
+}
 
 /// Turns generated tokens into text for stop strings.
 pub type Detokenize = Arc<dyn Fn(&[u32]) -> String + Send + Sync>;
@@ -22,8 +107,8 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Generation, ModelError>>,
 }
 
-struct Running {
-    cache: Cache,
+struct Running<S> {
+    seq: S,
     out: Vec<u32>,
     next: u32,
     sampler: Sampler,
@@ -38,12 +123,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the worker. `max_batch` bounds the sequences decoding together.
-    pub fn start(model: Arc<Model>, detokenize: Detokenize, max_batch: usize) -> Batcher {
+    /// Starts the worker, which owns `backend`. `max_batch` bounds the sequences decoding
+    /// together.
+    pub fn start<B: Backend>(backend: B, detokenize: Detokenize, max_batch: usize) -> Batcher {
         let (jobs, rx) = channel();
+        let mut backend = backend;
         std::thread::Builder::new()
             .name("envsynth-batcher".into())
-            .spawn(move || run(&model, &detokenize, &rx, max_batch.max(1)))
+            .spawn(move || run(&mut backend, &detokenize, &rx, max_batch.max(1)))
             .expect("the batcher thread starts");
         Batcher { jobs }
     }
@@ -70,8 +157,13 @@ impl Batcher {
     }
 }
 
-fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: usize) {
-    let mut running: Vec<Running> = Vec::new();
+fn run<B: Backend>(
+    backend: &mut B,
+    detokenize: &Detokenize,
+    jobs: &Receiver<Job>,
+    max_batch: usize,
+) {
+    let mut running: Vec<Running<B::Seq>> = Vec::new();
     loop {
         // Admit: wait when idle, else take whatever is queued, up to the batch bound.
         while running.len() < max_batch {
@@ -87,7 +179,7 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
-            if let Some(r) = admit(model, job) {
+            if let Some(r) = admit(backend, job) {
                 running.push(r);
             }
         }
@@ -96,11 +188,16 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
         while i < running.len() {
             let r = &mut running[i];
             r.out.push(r.next);
-            let limit = model.cfg.max_position_embeddings;
-            if let Some(finish) =
-                stop_reason(&r.stop, &r.out, r.cache.len(), limit, detokenize.as_ref())
-            {
+            let limit = backend.context_limit();
+            if let Some(finish) = stop_reason(
+                &r.stop,
+                &r.out,
+                B::seq_len(&r.seq),
+                limit,
+                detokenize.as_ref(),
+            ) {
                 let r = running.swap_remove(i);
+                backend.release(r.seq);
                 let _ = r.reply.send(Ok(Generation {
                     tokens: r.out,
                     finish,
@@ -113,16 +210,9 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
             continue;
         }
         // One decode step for everyone still running.
-        let tokens: Vec<[u32; 1]> = running.iter().map(|r| [r.next]).collect();
-        let mut segments: Vec<Segment<'_>> = running
-            .iter_mut()
-            .zip(&tokens)
-            .map(|(r, t)| Segment {
-                cache: &mut r.cache,
-                tokens: t,
-            })
-            .collect();
-        match model.forward(&mut segments, Forward::DECODE) {
+        let mut batch: Vec<(&mut B::Seq, u32)> =
+            running.iter_mut().map(|r| (&mut r.seq, r.next)).collect();
+        match backend.decode(&mut batch) {
             Ok(logits) => {
                 for (r, l) in running.iter_mut().zip(&logits) {
                     r.next = r.sampler.sample(l);
@@ -130,6 +220,7 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
             }
             Err(e) => {
                 for r in running.drain(..) {
+                    backend.release(r.seq);
                     let _ = r
                         .reply
                         .send(Err(ModelError::Batcher(format!("decode step failed: {e}"))));
@@ -140,7 +231,7 @@ fn run(model: &Model, detokenize: &Detokenize, jobs: &Receiver<Job>, max_batch: 
 }
 
 /// Prefills a new request and samples its first token; answers at once if it cannot start.
-fn admit(model: &Model, job: Job) -> Option<Running> {
+fn admit<B: Backend>(backend: &mut B, job: Job) -> Option<Running<B::Seq>> {
     let Job {
         prompt,
         mut sampler,
@@ -151,11 +242,10 @@ fn admit(model: &Model, job: Job) -> Option<Running> {
         let _ = reply.send(Err(ModelError::Empty));
         return None;
     }
-    let mut cache = Cache::new(model);
-    match model.prefill(&mut cache, &prompt) {
-        Ok(logits) => Some(Running {
+    match backend.prefill(&prompt) {
+        Ok((seq, logits)) => Some(Running {
             next: sampler.sample(&logits),
-            cache,
+            seq,
             out: Vec::new(),
             sampler,
             stop,

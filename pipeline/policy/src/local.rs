@@ -26,6 +26,27 @@ pub struct LocalOptions {
     pub max_new_tokens: usize,
     /// Sequences decoding together.
     pub max_batch: usize,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+/// Where the local model runs: the CPU reference or the GPU backend (`crate::gpu::model`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            other => Err(format!("device must be cpu or gpu, not {other:?}")),
+        }
+    }
 }
 
 impl Default for LocalOptions {
@@ -34,12 +55,14 @@ impl Default for LocalOptions {
             sampling: SamplingParams::default(),
             max_new_tokens: 256,
             max_batch: 16,
+            device: Device::Cpu,
         }
     }
 }
 
 struct Engine {
-    model: Arc<Model>,
+    /// The model's context (max_position_embeddings).
+    context: usize,
     batcher: Batcher,
     tokenizer: tokenizers::Tokenizer,
     chat: DeepSeekV32,
@@ -56,12 +79,23 @@ impl LocalPolicy {
     /// Loads the checkpoint folder (config.json, safetensors, tokenizer.json).
     pub fn load(dir: &Path, options: LocalOptions) -> Result<LocalPolicy, ModelError> {
         options.sampling.validate()?;
-        let model = Arc::new(Model::load(dir)?);
-        let batcher = Batcher::start(
-            model.clone(),
-            Arc::new(|_: &[u32]| String::new()),
-            options.max_batch,
-        );
+        let model = Model::load(dir)?;
+        let context = model.cfg.max_position_embeddings;
+        let detokenize: crate::batch::Detokenize = Arc::new(|_: &[u32]| String::new());
+        let batcher = match options.device {
+            Device::Cpu => Batcher::start(Arc::new(model), detokenize, options.max_batch),
+            Device::Gpu => {
+                let gpu = crate::gpu::Gpu::open(&crate::gpu::default_cache())?;
+                // Room for every sequence of a full batch at the whole context, up to 2M rows.
+                let cache_tokens = (options.max_batch * context).min(1 << 21);
+                let gm = crate::gpu::model::GpuModel::new(
+                    gpu,
+                    &model,
+                    crate::gpu::model::GpuOptions { cache_tokens },
+                )?;
+                Batcher::start(gm, detokenize, options.max_batch)
+            }
+        };
         let tokenizer = tokenizer::load(dir)?;
         let eos = tokenizer.token_to_id(deepseek::EOS).ok_or_else(|| {
             ModelError::Tokenizer(format!("tokenizer.json has no {} token", deepseek::EOS))
@@ -77,7 +111,7 @@ impl LocalPolicy {
         Ok(LocalPolicy {
             name,
             engine: Arc::new(Engine {
-                model,
+                context,
                 batcher,
                 tokenizer,
                 chat,
@@ -98,7 +132,7 @@ impl Engine {
             .map_err(|e| refused(format!("chat template: {e}")))?;
         let ids =
             tokenizer::encode(&self.tokenizer, &prompt).map_err(|e| refused(e.to_string()))?;
-        let limit = self.model.cfg.max_position_embeddings;
+        let limit = self.context;
         if ids.len() >= limit {
             return Err(refused(format!(
                 "the prompt has {} tokens; the model's context is {limit}",

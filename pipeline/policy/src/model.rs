@@ -785,6 +785,55 @@ mod tests {
     }
 
     #[test]
+    fn forced_choices_are_followed_and_the_own_ones_reported() {
+        let model = tiny();
+        let toks = tokens(40); // top-k 8 of up to 40 positions
+        let how = Forward {
+            logits: Logits::All,
+            ..Forward::PREFILL
+        };
+        let run = |forced: Option<&Choices>| {
+            let mut cache = Cache::new(&model);
+            let mut own = Choices::default();
+            let logits = model
+                .forward_with(
+                    &mut [Segment {
+                        cache: &mut cache,
+                        tokens: &toks,
+                    }],
+                    how,
+                    forced,
+                    &mut own,
+                )
+                .expect("forward");
+            (logits, own)
+        };
+        let (free, own) = run(None);
+        assert_eq!(free, all_logits(&model, &toks, Forward::PREFILL));
+        assert_eq!(own.topk[0].len(), toks.len());
+        assert!(own.experts[1].iter().all(|e| e.len() == 2));
+        assert!(own.experts[0].is_empty(), "layer 0 is dense");
+        // Its own choices, forced, change nothing.
+        let (same, again) = run(Some(&own));
+        assert_eq!(same, free);
+        assert_eq!(again, own);
+        // Other positions and experts for the last row change its logits, not the choices the
+        // model reports as its own for the rows before.
+        let mut other = own.clone();
+        let last = toks.len() - 1;
+        other.topk[0][last] = (0..8).collect();
+        other.experts[1][last] = (0..8)
+            .filter(|e| !own.experts[1][last].contains(e))
+            .take(2)
+            .collect();
+        assert_ne!(own.topk[0][last], other.topk[0][last]);
+        let (changed, theirs) = run(Some(&other));
+        assert_eq!(changed[..last], free[..last]);
+        assert_ne!(changed[last], free[last]);
+        assert_eq!(theirs.topk[0][..last], own.topk[0][..last]);
+    }
+
+    #[test]
     fn indexer_rope_is_non_interleaved_on_the_leading_dims() {
         let model = tiny();
         let rope = model.cfg.qk_rope_head_dim; // 16: pairs (i, i + 8)

@@ -382,6 +382,8 @@ impl GpuModel {
         logits: Logits,
         mut choices: Option<&mut Choices>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        // The caller's thread may be new to CUDA (the batcher's worker).
+        self.gpu.ctx.bind_to_thread().map_err(cuda)?;
         if let Some(c) = choices.as_deref_mut() {
             *c = Choices {
                 topk: vec![Vec::new(); self.layers.len()],
