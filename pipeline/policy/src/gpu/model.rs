@@ -30,6 +30,8 @@ struct W {
     inp: usize,
 }
 
+/// One per layer, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Ffn {
     Dense {
         gate_up: W,
@@ -822,7 +824,7 @@ impl GpuModel {
             // Feed-forward.
             self.norm_bf16(s.hidden, &layer.post_norm, s.xb, n, d, eps)?;
             match &layer.ffn {
-                Ffn::Dense { gate_up, down } => self.mlp(gate_up, down, s.xb, n, &s)?,
+                Ffn::Dense { gate_up, down } => self.mlp(gate_up, down, s.xb, n, s)?,
                 Ffn::Moe {
                     router,
                     bias,
@@ -839,7 +841,7 @@ impl GpuModel {
                         c.experts[li] = self.read_rows(s.ids, n, cfg.num_experts_per_tok)?;
                     }
                     if let Some((gu, dn)) = shared {
-                        self.mlp(gu, dn, s.xb, n, &s)?;
+                        self.mlp(gu, dn, s.xb, n, s)?;
                     }
                     self.gemm(
                         true,
