@@ -11,7 +11,7 @@ use crate::ModelError;
 use crate::generate::{Generation, Stop, stop_reason};
 use crate::gpu::model::{GpuModel, GpuSeq};
 use crate::model::Logits;
-use crate::model::{Cache, Forward, Model, Segment};
+use crate::model::{Cache, Model};
 use crate::sample::Sampler;
 
 /// What the batcher drives: a model that prefills one sequence at a time and decodes many
@@ -44,13 +44,7 @@ impl Backend for Arc<Model> {
     }
 
     fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let tokens: Vec<[u32; 1]> = batch.iter().map(|(_, t)| [*t]).collect();
-        let mut segments: Vec<Segment<'_>> = batch
-            .iter_mut()
-            .zip(&tokens)
-            .map(|((cache, _), t)| Segment { cache, tokens: t })
-            .collect();
-        self.forward(&mut segments, Forward::DECODE)
+        self.decode_batch(batch)
     }
 
     fn seq_len(seq: &Cache) -> usize {
