@@ -113,7 +113,7 @@ pub(crate) fn check(
 }
 
 /// Random values in ±1, and the same values rounded to bf16 (bits and f32).
-fn random_bf16(rng: &mut ChaCha8Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
+pub(crate) fn random_bf16(rng: &mut ChaCha8Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
     let mut bits = Vec::with_capacity(n);
     let mut vals = Vec::with_capacity(n);
     for _ in 0..n {

@@ -1229,14 +1229,140 @@ extern "C" __global__ void map_pages(const int* idx, int* out, const int* pages,
     out[i] = s < 0 ? -1 : pages[(size_t)r * stride + s / 128] * 128 + s % 128;
 }
 
-// hidden[r] += sum_j w[r, j] * y[ids[r, j], r] over the token's k experts; y is [E, n, d].
-extern "C" __global__ void moe_combine(float* hidden, const float* y, const int* ids, const float* w,
-                                       int n, int k, int d) {
+
+// ---------------------------------------------------------------------------------------------
+// Grouped expert products. `moe_sort` (one block) groups the (token, slot) pairs of the routing
+// by expert: expert e's rows are sorted rows off[e]..off[e+1], cut into tiles of GG_BM rows
+// starting at tile number tiles[e]; sorted row p belongs to token token_of[p], and pair
+// (token r, slot j) sits at sorted row pos[r * k + j]. Within an expert the order of rows does
+// not affect any value. E <= 256.
+
+#define GG_BM 64
+#define GG_BN 128
+#define GG_BK 32
+#define GG_PITCH (GG_BK + 8)
+
+extern "C" __global__ void __launch_bounds__(1024)
+moe_sort(const int* ids, int total, int E, int* token_of, int* pos, int* off, int* tiles, int k) {
+    __shared__ int count[256], start[256], cursor[256];
+    __shared__ int warp_tot[33];
+    for (int e = threadIdx.x; e < 256; e += blockDim.x) count[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < total; i += blockDim.x) atomicAdd(&count[ids[i]], 1);
+    __syncthreads();
+    int c = threadIdx.x < E ? count[threadIdx.x] : 0;
+    int t = threadIdx.x < E ? (c + GG_BM - 1) / GG_BM : 0;
+    int c_before, t_before;
+    int c_all = block_exclusive_sum(c, &c_before, warp_tot);
+    int t_all = block_exclusive_sum(t, &t_before, warp_tot);
+    if (threadIdx.x < E) {
+        start[threadIdx.x] = c_before;
+        cursor[threadIdx.x] = 0;
+        off[threadIdx.x] = c_before;
+        tiles[threadIdx.x] = t_before;
+    }
+    if (threadIdx.x == 0) {
+        off[E] = c_all;
+        tiles[E] = t_all;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+        int e = ids[i];
+        int p = start[e] + atomicAdd(&cursor[e], 1);
+        token_of[p] = i / k;
+        pos[i] = p;
+    }
+}
+
+// C[p, :] = A[row(p), :] · W_e[N, K]ᵀ for every sorted row p of expert e, with row(p) =
+// token_of[p] (gather) or p; bf16 in, f32 out. Block (x, y): columns x·128.., tile y of the
+// experts' tiles. 8 warps as 2 × 4, each 32 × 32 of the 64 × 128 tile. K % 32 == 0, N % 128 == 0.
+extern "C" __global__ void __launch_bounds__(256)
+grouped_gemm_bf16(const bf16* A, const int* token_of, int gather, const bf16* W, float* C,
+                  const int* off, const int* tiles, int E, int N, int K) {
+    __shared__ __align__(16) bf16 as[GG_BM * GG_PITCH];
+    __shared__ __align__(16) bf16 ws[GG_BN * GG_PITCH];
+    __shared__ int e_s;
+    int y = blockIdx.y;
+    if (threadIdx.x == 0) {
+        int e = -1;
+        for (int i = 0; i < E; i++)
+            if (tiles[i] <= y && y < tiles[i + 1]) { e = i; break; }
+        e_s = e;
+    }
+    __syncthreads();
+    int e = e_s;
+    if (e < 0) return;
+    int row_begin = off[e] + (y - tiles[e]) * GG_BM, row_end = off[e + 1];
+    int n0 = blockIdx.x * GG_BN;
+    const bf16* We = W + (size_t)e * N * K;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int wm = (warp >> 2) * 32, wn = (warp & 3) * 32;
+    int g = lane >> 2, tig = lane & 3;
+    // The A row this thread loads (one 16-byte piece per k step).
+    int a_r = threadIdx.x >> 2, a_c = threadIdx.x & 3;
+    int a_p = row_begin + a_r;
+    const bf16* a_src = nullptr;
+    if (a_p < row_end) a_src = A + (size_t)(gather ? token_of[a_p] : a_p) * K;
+    float acc[2][4][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[m][n][i] = 0.f;
+    for (int k0 = 0; k0 < K; k0 += GG_BK) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (a_src) v = *reinterpret_cast<const uint4*>(a_src + k0 + a_c * 8);
+        *reinterpret_cast<uint4*>(as + a_r * GG_PITCH + a_c * 8) = v;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int i = threadIdx.x + h * 256;
+            int r = i >> 2, c = i & 3;
+            *reinterpret_cast<uint4*>(ws + r * GG_PITCH + c * 8) =
+                *reinterpret_cast<const uint4*>(We + (size_t)(n0 + r) * K + k0 + c * 8);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GG_BK; kk += 16) {
+            unsigned a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+                ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
+                            as + (wm + m * 16 + (lane & 15)) * GG_PITCH + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < 4; n += 2) {
+                unsigned b0, b1, b2, b3;
+                int wrow = wn + n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, ws + wrow * GG_PITCH + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                    mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int p = row_begin + wm + m * 16 + g + (i >= 2 ? 8 : 0);
+                int col = n0 + wn + n * 8 + tig * 2 + (i & 1);
+                if (p < row_end) C[(size_t)p * N + col] = acc[m][n][i];
+            }
+}
+
+// hidden[r] += sum_j w[r, j] * y[pos[r * k + j]] over the token's k experts (y in sorted rows).
+extern "C" __global__ void moe_combine_sorted(float* hidden, const float* y, const int* pos,
+                                              const float* w, int k, int d) {
     int r = blockIdx.x;
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float acc = 0.f;
-        for (int j = 0; j < k; j++)
-            acc += w[r * k + j] * y[((size_t)ids[r * k + j] * n + r) * d + c];
+        for (int j = 0; j < k; j++) acc += w[r * k + j] * y[(size_t)pos[r * k + j] * d + c];
         hidden[(size_t)r * d + c] += acc;
     }
 }

@@ -564,6 +564,80 @@ impl Gpu {
         Ok(())
     }
 
+    /// Groups the `total` (token, slot) pairs of `ids` ([tokens, k] expert ids) by expert for
+    /// [`Gpu::grouped_gemm_raw`]: `token_of` and `pos` get `total` ints, `off` and `tiles` E + 1.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn moe_sort_raw(
+        &self,
+        ids: u64,
+        total: usize,
+        experts: usize,
+        k: usize,
+        token_of: u64,
+        pos: u64,
+        off: u64,
+        tiles: u64,
+    ) -> Result<(), GpuError> {
+        if experts > 256 {
+            return Err(GpuError::Cuda(format!(
+                "moe_sort handles up to 256 experts, not {experts}"
+            )));
+        }
+        let (t32, e32, k32) = (total as i32, experts as i32, k as i32);
+        let cfg = config(1, 1, 1024, 0);
+        launch!(
+            self, "moe_sort", cfg, &ids, &t32, &e32, &token_of, &pos, &off, &tiles, &k32
+        );
+        Ok(())
+    }
+
+    /// Each expert's product over its sorted rows: C[p] = A[row(p)] · W_eᵀ with W [E, n, k]
+    /// bf16, A rows of k bf16 (gathered through `token_of` when `gather`), C [total, n] f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn grouped_gemm_raw(
+        &self,
+        a: u64,
+        token_of: u64,
+        gather: bool,
+        w: u64,
+        c: u64,
+        off: u64,
+        tiles: u64,
+        experts: usize,
+        total: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        if n % 128 != 0 || k % 32 != 0 {
+            return Err(GpuError::Cuda(format!(
+                "the grouped expert product needs widths that are multiples of 128 (out) and 32 (in), not {n} and {k}"
+            )));
+        }
+        let (gather32, e32, n32, k32) = (i32::from(gather), experts as i32, n as i32, k as i32);
+        let cfg = config(
+            (n / 128) as u32,
+            (total.div_ceil(64) + experts) as u32,
+            256,
+            0,
+        );
+        launch!(
+            self,
+            "grouped_gemm_bf16",
+            cfg,
+            &a,
+            &token_of,
+            &gather32,
+            &w,
+            &c,
+            &off,
+            &tiles,
+            &e32,
+            &n32,
+            &k32
+        );
+        Ok(())
+    }
+
     /// The device address of a buffer (one stream, so no event bookkeeping).
     pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(&self.stream);

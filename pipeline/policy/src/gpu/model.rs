@@ -4,9 +4,8 @@
 //!
 //! Every token takes the absorbed (MQA) path: prefill and decode differ only in how the indexer
 //! and top-k run (one sequence's queries against its keys, or one query per sequence). MoE
-//! layers run every expert over the call's tokens as one strided-batched product and combine
-//! the routed ones by their weights (at decode batch sizes every expert's weights are read
-//! anyway). Activations are f32 between steps and rounded to bf16 where they feed a product;
+//! layers sort the (token, expert) pairs by expert on the GPU and run grouped products over
+//! each expert's rows, so no host round trip is needed and a step can be captured. Activations are f32 between steps and rounded to bf16 where they feed a product;
 //! `check` states the resulting bound against the f32 CPU reference.
 
 use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
@@ -153,6 +152,12 @@ fn unsupported(cfg: &Config) -> Option<String> {
             cfg.index_topk
         ));
     }
+    if cfg.hidden_size % 128 != 0 || cfg.moe_intermediate_size % 64 != 0 {
+        return Some(format!(
+            "the grouped expert products need hidden_size a multiple of 128 and moe_intermediate_size of 64; the config has {} and {}",
+            cfg.hidden_size, cfg.moe_intermediate_size
+        ));
+    }
     if cfg.n_routed_experts > 256 || cfg.num_experts_per_tok > 32 || cfg.n_group > 32 {
         return Some("the GPU router handles up to 256 experts, 32 per token, 32 groups".into());
     }
@@ -206,9 +211,13 @@ struct Scratch {
     rl: u64,
     ids: u64,
     wts: u64,
-    gue: u64,
-    acte: u64,
-    ye: u64,
+    token_of: u64,
+    pos: u64,
+    off: u64,
+    tiles: u64,
+    gus: u64,
+    acts: u64,
+    ys: u64,
     out: u64,
 }
 
@@ -843,65 +852,56 @@ impl GpuModel {
                     if let Some((gu, dn)) = shared {
                         self.mlp(gu, dn, s.xb, n, s)?;
                     }
-                    self.gemm(
-                        true,
-                        2 * i,
-                        n,
-                        d,
-                        1.0,
-                        ptr(gate_up, g),
-                        d,
-                        (2 * i * d) as i64,
+                    // Grouped expert products over the (token, expert) pairs, sorted by expert.
+                    let kk = cfg.num_experts_per_tok;
+                    let total = n * kk;
+                    g.moe_sort_raw(s.ids, total, e, kk, s.token_of, s.pos, s.off, s.tiles)?;
+                    g.grouped_gemm_raw(
                         s.xb,
-                        d,
-                        0,
-                        0.0,
-                        s.gue,
-                        false,
-                        2 * i,
-                        (n * 2 * i) as i64,
+                        s.token_of,
+                        true,
+                        ptr(gate_up, g),
+                        s.gus,
+                        s.off,
+                        s.tiles,
                         e,
+                        total,
+                        2 * i,
+                        d,
                     )?;
-                    let (rows_e, i32_) = ((e * n) as i64, i as i32);
+                    let (rows_t, i32_) = (total as i64, i as i32);
                     launch!(
                         g,
                         "swiglu_bf16",
-                        elems(e * n * i),
-                        &s.gue,
-                        &s.acte,
-                        &rows_e,
+                        elems(total * i),
+                        &s.gus,
+                        &s.acts,
+                        &rows_t,
                         &i32_
                     );
-                    self.gemm(
-                        true,
-                        d,
-                        n,
-                        i,
-                        1.0,
-                        ptr(down, g),
-                        i,
-                        (d * i) as i64,
-                        s.acte,
-                        i,
-                        (n * i) as i64,
-                        0.0,
-                        s.ye,
+                    g.grouped_gemm_raw(
+                        s.acts,
+                        s.token_of,
                         false,
-                        d,
-                        (n * d) as i64,
+                        ptr(down, g),
+                        s.ys,
+                        s.off,
+                        s.tiles,
                         e,
+                        total,
+                        d,
+                        i,
                     )?;
-                    let kk = cfg.num_experts_per_tok as i32;
+                    let kk32 = kk as i32;
                     launch!(
                         g,
-                        "moe_combine",
+                        "moe_combine_sorted",
                         config(n as u32, 1, 256, 0),
                         &s.hidden,
-                        &s.ye,
-                        &s.ids,
+                        &s.ys,
+                        &s.pos,
                         &s.wts,
-                        &n32,
-                        &kk,
+                        &kk32,
                         &d32
                     );
                 }
@@ -922,6 +922,7 @@ impl GpuModel {
                 .intermediate_size
                 .max(cfg.moe_intermediate_size * cfg.n_shared_experts);
             let k = cfg.index_topk;
+            let pairs = n * cfg.num_experts_per_tok.max(1);
             let s = Scratch {
                 hidden: c.take::<f32>(n * d),
                 xb: c.take::<u16>(n * d),
@@ -948,9 +949,13 @@ impl GpuModel {
                 rl: c.take::<f32>(n * e),
                 ids: c.take::<i32>(n * cfg.num_experts_per_tok.max(1)),
                 wts: c.take::<f32>(n * cfg.num_experts_per_tok.max(1)),
-                gue: c.take::<f32>(e * n * 2 * ie),
-                acte: c.take::<u16>(e * n * ie),
-                ye: c.take::<f32>(e * n * d),
+                token_of: c.take::<i32>(pairs),
+                pos: c.take::<i32>(pairs),
+                off: c.take::<i32>(e + 1),
+                tiles: c.take::<i32>(e + 1),
+                gus: c.take::<f32>(pairs * 2 * ie),
+                acts: c.take::<u16>(pairs * ie),
+                ys: c.take::<f32>(pairs * d),
                 out: c.take::<f32>(n * cfg.vocab_size),
             };
             (s, c.end)
