@@ -846,8 +846,6 @@ pub fn run(gpu: &Gpu, seed: u64, contexts: &[usize], throughput: bool) -> Result
         checks,
         not_checked: vec![
             "FP8 indexer in decode and in the model: the model uses the bf16 indexer".into(),
-            "grouped expert GEMMs: MoE layers run every expert as one strided-batched product"
-                .into(),
         ],
         bench,
         decode_batch: batch,

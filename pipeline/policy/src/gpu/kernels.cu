@@ -1366,3 +1366,10 @@ extern "C" __global__ void moe_combine_sorted(float* hidden, const float* y, con
         hidden[(size_t)r * d + c] += acc;
     }
 }
+
+// Top-k of rows with their own lengths (decode with many sequences): one block per row.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+topk_rows_lens(const float* logits, const int* lens, int* out, int ld, int k) {
+    int t = blockIdx.x;
+    topk_row_block(logits + (size_t)t * ld, min(lens[t], ld), k, out + (size_t)t * k);
+}

@@ -505,7 +505,10 @@ impl GpuModel {
             at(off_tables),
         );
 
-        if decode && self.topk_work.as_ref().is_none_or(|w| w.rows < n) {
+        if decode
+            && multi_block_topk(n, max_len, self.gpu.multiprocessors as usize)
+            && self.topk_work.as_ref().is_none_or(|w| w.rows < n)
+        {
             self.topk_work = Some(self.gpu.topk_work(n.next_power_of_two(), k)?);
         }
         let mut topk_work = self.topk_work.take();
@@ -551,11 +554,21 @@ impl GpuModel {
                 )?;
             }
         }
-        let bytes = self.read_scratch(s.out, wanted.len() * v * 4)?;
-        let host: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        // One copy into a typed host buffer (a byte-wise conversion cost more than the transfer).
+        let mut host = vec![0f32; wanted.len() * v];
+        let arena = self.arena.as_ref().ok_or(ModelError::Empty)?;
+        let off = (s.out - ptr(arena, &self.gpu)) as usize;
+        // SAFETY: the view covers the logits just written: f32 values at a 256-byte-aligned offset.
+        let view = unsafe {
+            arena
+                .slice(off..off + host.len() * 4)
+                .transmute::<f32>(host.len())
+        }
+        .ok_or_else(|| ModelError::Gpu("logits view out of range".into()))?;
+        self.gpu
+            .stream
+            .memcpy_dtoh(&view, host.as_mut_slice())
+            .map_err(cuda)?;
         Ok(host.chunks_exact(v).map(|c| c.to_vec()).collect())
     }
 
@@ -707,10 +720,24 @@ impl GpuModel {
                     &d_tab,
                     &st32
                 );
-                let work = topk_work
-                    .as_mut()
-                    .ok_or(GpuError::Cuda("no top-k work space".into()))?;
-                g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
+                if multi_block_topk(n, max_len, g.multiprocessors as usize) {
+                    let work = topk_work
+                        .as_mut()
+                        .ok_or(GpuError::Cuda("no top-k work space".into()))?;
+                    g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
+                } else {
+                    let ld32 = max_len as i32;
+                    launch!(
+                        g,
+                        "topk_rows_lens",
+                        config(n as u32, 1, 1024, 0),
+                        &s.logits,
+                        &d_lens,
+                        &s.idx,
+                        &ld32,
+                        &k32
+                    );
+                }
             } else {
                 let mut row0 = 0;
                 for (seq, toks) in segs.iter() {
@@ -1168,6 +1195,12 @@ impl GpuModel {
         };
         r.map_err(|e| GpuError::Cuda(format!("cuBLAS gemm {m}x{n}x{k} (batch {batch}): {e:?}")))
     }
+}
+
+/// Whether decode's top-k splits each row over many blocks (a few long rows) rather than giving
+/// each row one block (many rows, or short ones).
+fn multi_block_topk(rows: usize, len: usize, multiprocessors: usize) -> bool {
+    len >= 16_384 && rows * 4 < multiprocessors
 }
 
 fn bf16s(v: &[f32]) -> Vec<u16> {
