@@ -608,7 +608,7 @@ impl Gpu {
         n: usize,
         k: usize,
     ) -> Result<(), GpuError> {
-        if n % 128 != 0 || k % 32 != 0 {
+        if !n.is_multiple_of(128) || !k.is_multiple_of(32) {
             return Err(GpuError::Cuda(format!(
                 "the grouped expert product needs widths that are multiples of 128 (out) and 32 (in), not {n} and {k}"
             )));

@@ -21,6 +21,8 @@ pub const PAGE: usize = 128;
 /// Queries per indexer + top-k pass in prefill (bounds the logits buffer to PREFILL_CHUNK rows).
 const PREFILL_CHUNK: usize = 1024;
 const WORKSPACE: usize = 32 << 20;
+/// Decode lengths are rounded up to a multiple of this for the graph shapes (a multiple of PAGE).
+const DECODE_BUCKET: usize = 2048;
 
 /// A bf16 weight matrix [out, inp] on the GPU.
 struct W {
@@ -119,7 +121,17 @@ pub struct GpuModel {
     arena: Option<CudaSlice<u8>>,
     ints: Option<CudaSlice<i32>>,
     topk_work: Option<TopkWork>,
+    /// Decode steps captured as CUDA graphs, by (batch, length bucket).
+    graphs: Vec<((usize, usize), SendGraph)>,
+    /// Decode shapes run once already (captured on their second step).
+    seen: Vec<(usize, usize)>,
 }
+
+/// A captured graph. CUDA graphs must not be used from two threads at once; the model is only
+/// used through `&mut self`, so moving it (and its graphs) to another thread is sound.
+struct SendGraph(cudarc::driver::CudaGraph);
+// SAFETY: see above; every use of the graph goes through `&mut GpuModel`.
+unsafe impl Send for SendGraph {}
 
 fn ptr<T>(s: &CudaSlice<T>, gpu: &Gpu) -> u64 {
     let (p, _sync) = s.device_ptr(&gpu.stream);
@@ -152,7 +164,7 @@ fn unsupported(cfg: &Config) -> Option<String> {
             cfg.index_topk
         ));
     }
-    if cfg.hidden_size % 128 != 0 || cfg.moe_intermediate_size % 64 != 0 {
+    if !cfg.hidden_size.is_multiple_of(128) || !cfg.moe_intermediate_size.is_multiple_of(64) {
         return Some(format!(
             "the grouped expert products need hidden_size a multiple of 128 and moe_intermediate_size of 64; the config has {} and {}",
             cfg.hidden_size, cfg.moe_intermediate_size
@@ -348,6 +360,8 @@ impl GpuModel {
             arena: None,
             ints: None,
             topk_work: None,
+            graphs: Vec::new(),
+            seen: Vec::new(),
             _workspace: workspace,
             blas,
             gpu,
@@ -441,7 +455,19 @@ impl GpuModel {
             }
         }
         let decode = segs.iter().all(|(_, t)| t.len() == 1);
-        let stride = segs.iter().map(|(s, _)| s.pages.len()).max().unwrap_or(1);
+        let max_len = segs.iter().map(|(s, t)| s.len + t.len()).max().unwrap_or(1);
+        // Decode steps of the same batch size and length bucket have the same shapes (lengths
+        // beyond a row's own are masked by `lens`), so one captured graph serves them all.
+        let ld = if decode {
+            max_len.next_multiple_of(DECODE_BUCKET)
+        } else {
+            max_len
+        };
+        let stride = if decode {
+            ld / PAGE
+        } else {
+            segs.iter().map(|(s, _)| s.pages.len()).max().unwrap_or(1)
+        };
         // Host-side row data: tokens, positions, cache rows, visible lengths, per-row page tables.
         let (mut tokens, mut positions, mut rows, mut lens) = (
             Vec::with_capacity(n),
@@ -463,7 +489,6 @@ impl GpuModel {
                 seg_of_row.push(i);
             }
         }
-        let max_len = segs.iter().map(|(s, t)| s.len + t.len()).max().unwrap_or(1);
         let k = cfg.index_topk;
         let splits = if n >= 2 * self.gpu.multiprocessors as usize {
             1
@@ -476,9 +501,10 @@ impl GpuModel {
         let shape = Shape {
             n,
             logit_rows: if decode { n } else { n.min(PREFILL_CHUNK) },
-            ld: max_len,
+            ld,
             splits,
         };
+        let buffers_before = self.buffers();
         let s = self.scratch(&shape)?;
         let mut ints = tokens;
         let off_pos = ints.len();
@@ -490,6 +516,10 @@ impl GpuModel {
         let off_tables = ints.len();
         ints.extend(&tables);
         self.ints_of(ints.len())?;
+        if self.buffers() != buffers_before {
+            // Captured graphs hold the old addresses.
+            self.graphs.clear();
+        }
         let ibuf = self.ints.as_mut().ok_or(ModelError::Empty)?;
         self.gpu
             .stream
@@ -506,54 +536,63 @@ impl GpuModel {
         );
 
         if decode
-            && multi_block_topk(n, max_len, self.gpu.multiprocessors as usize)
+            && multi_block_topk(n, ld, self.gpu.multiprocessors as usize)
             && self.topk_work.as_ref().is_none_or(|w| w.rows < n)
         {
             self.topk_work = Some(self.gpu.topk_work(n.next_power_of_two(), k)?);
+            self.graphs.clear();
         }
-        let mut topk_work = self.topk_work.take();
-        let result = self.layers_forward(
-            &s,
-            &shape,
-            segs,
-            decode,
-            stride,
-            max_len,
-            [d_tok, d_pos, d_rows, d_lens, d_tab],
-            &mut topk_work,
-            choices,
-        );
-        self.topk_work = topk_work;
-        result?;
-        let d = cfg.hidden_size;
-        let eps = cfg.rms_norm_eps as f32;
-        for (seq, toks) in segs.iter_mut() {
-            seq.len += toks.len();
-        }
-        // The final norm and the LM head over the wanted rows.
+        // The final norm and the LM head over the wanted rows (every row, in decode).
         let wanted: Vec<usize> = match logits {
             Logits::All => (0..n).collect(),
             Logits::Last => (0..n)
                 .filter(|&r| r + 1 == n || seg_of_row[r + 1] != seg_of_row[r])
                 .collect(),
         };
-        self.norm_bf16(s.hidden, &self.norm, s.xb, n, d, eps)?;
-        let v = cfg.vocab_size;
-        if wanted.len() == n {
-            self.linear(&self.head, s.xb, n, s.out, false, 1.0, 0.0)?;
-        } else {
-            for (j, &r) in wanted.iter().enumerate() {
-                self.linear(
-                    &self.head,
-                    s.xb + (r * d * 2) as u64,
-                    1,
-                    s.out + (j * v * 4) as u64,
-                    false,
-                    1.0,
-                    0.0,
-                )?;
+        let ptrs = [d_tok, d_pos, d_rows, d_lens, d_tab];
+        let mut topk_work = self.topk_work.take();
+        let segs_ro: &[(&mut GpuSeq, &[u32])] = segs;
+        let mut step = |me: &Self, choices: Option<&mut Choices>| -> Result<(), GpuError> {
+            me.layers_forward(
+                &s,
+                &shape,
+                segs_ro,
+                decode,
+                stride,
+                ld,
+                ptrs,
+                &mut topk_work,
+                choices,
+            )?;
+            me.head(&s, n, &wanted)
+        };
+        let key = (n, ld);
+        let result = if !decode || choices.is_some() {
+            step(self, choices)
+        } else if let Some((_, graph)) = self.graphs.iter().find(|(k, _)| *k == key) {
+            graph.0.launch().map_err(cuda)
+        } else if self.seen.contains(&key) {
+            // Second step of this shape: record it (the first ran plainly, so cuBLAS has made
+            // its choices outside a capture) and replay it from now on.
+            let captured = self.gpu.capture(|| step(self, None));
+            match captured {
+                Ok(graph) => {
+                    let launched = graph.launch().map_err(cuda);
+                    self.graphs.push((key, SendGraph(graph)));
+                    launched
+                }
+                Err(e) => Err(e),
             }
+        } else {
+            self.seen.push(key);
+            step(self, None)
+        };
+        self.topk_work = topk_work;
+        result?;
+        for (seq, toks) in segs.iter_mut() {
+            seq.len += toks.len();
         }
+        let v = cfg.vocab_size;
         // One copy into a typed host buffer (a byte-wise conversion cost more than the transfer).
         let mut host = vec![0f32; wanted.len() * v];
         let arena = self.arena.as_ref().ok_or(ModelError::Empty)?;
@@ -1030,6 +1069,46 @@ impl GpuModel {
             self.ints = Some(self.gpu.zeros(n.next_power_of_two())?);
         }
         Ok(())
+    }
+
+    /// The final norm and the LM head of `wanted` rows into `s.out`.
+    fn head(&self, s: &Scratch, n: usize, wanted: &[usize]) -> Result<(), GpuError> {
+        let (d, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        self.norm_bf16(
+            s.hidden,
+            &self.norm,
+            s.xb,
+            n,
+            d,
+            self.cfg.rms_norm_eps as f32,
+        )?;
+        if wanted.len() == n {
+            return self.linear(&self.head, s.xb, n, s.out, false, 1.0, 0.0);
+        }
+        for (j, &r) in wanted.iter().enumerate() {
+            self.linear(
+                &self.head,
+                s.xb + (r * d * 2) as u64,
+                1,
+                s.out + (j * v * 4) as u64,
+                false,
+                1.0,
+                0.0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The addresses and sizes of the buffers a captured graph refers to.
+    fn buffers(&self) -> [(u64, usize); 2] {
+        [
+            self.arena
+                .as_ref()
+                .map_or((0, 0), |a| (ptr(a, &self.gpu), a.len())),
+            self.ints
+                .as_ref()
+                .map_or((0, 0), |a| (ptr(a, &self.gpu), a.len())),
+        ]
     }
 
     fn norm_bf16(

@@ -42,7 +42,7 @@ pub fn check_model(seed: u64, index_topk: usize, positions: usize) -> Result<Mod
 }
 
 /// Two sequences prefilled together (one call; MHA mode on the CPU), then decoded together for
-/// three steps (absorbed mode on the CPU). The CPU reference takes the GPU's discrete choices
+/// four steps (absorbed mode on the CPU). The CPU reference takes the GPU's discrete choices
 /// (top-k positions, experts) so every row's numerics are compared; the choices themselves are
 /// compared with the ones the CPU makes on its own.
 pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
@@ -100,10 +100,12 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
             lens[0], lens[1]
         ),
     )];
-    let steps = 3;
+    let steps = 4;
     let (mut got_d, mut want_d) = (Vec::new(), Vec::new());
+    let mut fed = Vec::new();
     for _ in 0..steps {
         let next = [rng.random_range(0..vocab), rng.random_range(0..vocab)];
+        fed.push(next);
         let [s0, s1] = &mut seqs;
         got_d.extend(
             gm.forward_recording(
@@ -157,9 +159,35 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
             agree.experts_same, agree.expert_rows
         ),
     ));
-    let [s0, s1] = seqs;
-    gm.release(s0);
-    gm.release(s1);
+    // The same decode again without reading choices back: the first step runs plainly, the
+    // second is captured as a CUDA graph, the rest replay it.
+    let mut again = [gm.new_seq(), gm.new_seq()];
+    {
+        let [a0, a1] = &mut again;
+        gm.forward(
+            &mut [(a0, prompts[0].as_slice()), (a1, prompts[1].as_slice())],
+            Logits::Last,
+        )
+        .map_err(model_err)?;
+    }
+    let mut replayed = Vec::new();
+    for next in &fed {
+        let [a0, a1] = &mut again;
+        replayed.extend(
+            gm.forward(&mut [(a0, &next[..1]), (a1, &next[1..])], Logits::Last)
+                .map_err(model_err)?,
+        );
+    }
+    out.push(check(
+        "model_decode_graph_replay",
+        "captured and replayed decode steps against plain ones",
+        rel_err(&f64s(&replayed.concat()), &f64s(&got_d.concat())),
+        1e-6,
+        format!("{steps} steps of batch 2: one plain, one captured, the rest replayed"),
+    ));
+    for seq in seqs.into_iter().chain(again) {
+        gm.release(seq);
+    }
     out.push(grouped_gemm_check(gpu, rng)?);
     Ok(out)
 }
