@@ -116,7 +116,7 @@ pub struct GpuModel {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
     layers: Vec<Layer>,
-    free_pages: Vec<i32>,
+    pool: PagePool,
     pool_rows: usize,
     arena: Option<CudaSlice<u8>>,
     ints: Option<CudaSlice<i32>>,
@@ -355,7 +355,7 @@ impl GpuModel {
             sin: gpu.upload(&sin)?,
             head,
             layers,
-            free_pages: (0..pages as i32).rev().collect(),
+            pool: PagePool::new(pages),
             pool_rows,
             arena: None,
             ints: None,
@@ -380,12 +380,12 @@ impl GpuModel {
 
     /// Returns a finished sequence's pages to the pool.
     pub fn release(&mut self, seq: GpuSeq) {
-        self.free_pages.extend(seq.pages);
+        self.pool.give_back(seq.pages);
     }
 
     /// Cache rows not yet given to any sequence.
     pub fn free_tokens(&self) -> usize {
-        self.free_pages.len() * PAGE
+        self.pool.free.len() * PAGE
     }
 
     /// Runs each sequence's new tokens through the model, appending to its cache; logits rows as
@@ -421,7 +421,6 @@ impl GpuModel {
             return Err(ModelError::Empty);
         }
         // Validate everything before taking pages, so a refused call changes nothing.
-        let mut need_pages = 0;
         for (seq, toks) in segs.iter() {
             let end = seq.len + toks.len();
             if end > cfg.max_position_embeddings {
@@ -436,24 +435,15 @@ impl GpuModel {
                     vocab: cfg.vocab_size,
                 });
             }
-            need_pages += end.div_ceil(PAGE).saturating_sub(seq.pages.len());
         }
-        if need_pages > self.free_pages.len() {
-            return Err(ModelError::Gpu(format!(
-                "the GPU cache is full: {} more pages of {PAGE} tokens needed, {} free (raise cache_tokens)",
-                need_pages,
-                self.free_pages.len()
-            )));
-        }
-        for (seq, toks) in segs.iter_mut() {
-            while seq.pages.len() * PAGE < seq.len + toks.len() {
-                let page = self
-                    .free_pages
-                    .pop()
-                    .ok_or_else(|| ModelError::Gpu("page accounting: the pool ran dry".into()))?;
-                seq.pages.push(page);
-            }
-        }
+        let mut wants: Vec<(&mut Vec<i32>, usize)> = segs
+            .iter_mut()
+            .map(|(seq, toks)| {
+                let end = seq.len + toks.len();
+                (&mut seq.pages, end)
+            })
+            .collect();
+        self.pool.grow(&mut wants)?;
         let decode = segs.iter().all(|(_, t)| t.len() == 1);
         let max_len = segs.iter().map(|(s, t)| s.len + t.len()).max().unwrap_or(1);
         // Decode steps of the same batch size and length bucket have the same shapes (lengths
@@ -1276,6 +1266,45 @@ impl GpuModel {
     }
 }
 
+/// The cache pages no sequence holds.
+struct PagePool {
+    free: Vec<i32>,
+}
+
+impl PagePool {
+    fn new(pages: usize) -> PagePool {
+        PagePool {
+            free: (0..pages as i32).rev().collect(),
+        }
+    }
+
+    /// Gives each page list enough pages for its token count, or, when the pool cannot cover
+    /// them all, gives none and says so.
+    fn grow(&mut self, wants: &mut [(&mut Vec<i32>, usize)]) -> Result<(), ModelError> {
+        let need: usize = wants
+            .iter()
+            .map(|(pages, end)| end.div_ceil(PAGE).saturating_sub(pages.len()))
+            .sum();
+        if need > self.free.len() {
+            return Err(ModelError::Gpu(format!(
+                "the GPU cache is full: {need} more pages of {PAGE} tokens needed, {} free (raise cache_tokens)",
+                self.free.len()
+            )));
+        }
+        for (pages, end) in wants.iter_mut() {
+            while pages.len() * PAGE < *end {
+                let page = self.free.pop().expect("counted above");
+                pages.push(page);
+            }
+        }
+        Ok(())
+    }
+
+    fn give_back(&mut self, pages: Vec<i32>) {
+        self.free.extend(pages);
+    }
+}
+
 /// Whether decode's top-k splits each row over many blocks (a few long rows) rather than giving
 /// each row one block (many rows, or short ones).
 fn multi_block_topk(rows: usize, len: usize, multiprocessors: usize) -> bool {
@@ -1286,4 +1315,49 @@ fn bf16s(v: &[f32]) -> Vec<u16> {
     v.iter()
         .map(|&x| half::bf16::from_f32(x).to_bits())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    #[test]
+    fn the_page_pool_gives_all_or_nothing() {
+        let mut pool = PagePool::new(4);
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        pool.grow(&mut [(&mut a, 200), (&mut b, 129)])
+            .expect("4 pages cover 2 + 2");
+        assert_eq!((a.len(), b.len()), (2, 2));
+        let mut all: Vec<i32> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2, 3], "no page is handed out twice");
+        // Growing within a page takes nothing; a new page from an empty pool is refused, and
+        // the refused call changes no list.
+        pool.grow(&mut [(&mut a, 256)]).expect("still 2 pages");
+        let err = pool
+            .grow(&mut [(&mut c, 1), (&mut a, 257)])
+            .expect_err("the pool is empty");
+        assert!(err.to_string().contains("cache is full"), "{err}");
+        assert_eq!((a.len(), c.len()), (2, 0));
+        pool.give_back(std::mem::take(&mut b));
+        pool.grow(&mut [(&mut c, 1), (&mut a, 257)])
+            .expect("b's pages came back");
+        assert_eq!((a.len(), c.len()), (3, 1));
+    }
+
+    #[test]
+    fn configs_the_kernels_do_not_run_are_refused_by_field() {
+        assert_eq!(unsupported(&Preset::Small.config()), None);
+        let tiny = unsupported(&Preset::Tiny.config()).expect("tiny has 4 heads");
+        assert!(tiny.contains("num_attention_heads"), "{tiny}");
+        let mut cfg = Preset::Small.config();
+        cfg.index_topk = 4096;
+        let why = unsupported(&cfg).expect("top-k above 2048");
+        assert!(why.contains("index_topk"), "{why}");
+        let mut cfg = Preset::Small.config();
+        cfg.moe_intermediate_size = 500;
+        let why = unsupported(&cfg).expect("not a multiple of 64");
+        assert!(why.contains("moe_intermediate_size"), "{why}");
+    }
 }
