@@ -10,8 +10,9 @@
 //! - [`tokenizer`]: tokenizer.json through the `tokenizers` crate, and byte-level BPE training.
 //! - [`init`]: random-weight checkpoints.
 //! - [`local`]: the rollout engine's `local:DIR` policy.
-//! - [`gpu`]: CUDA kernels for the GPU backend (cudarc, NVRTC, loaded at run time) and the
-//!   program that checks them against this CPU reference and benchmarks them.
+//! - [`gpu`]: the GPU backend (cudarc; CUDA and NVRTC loaded at run time): its kernels, the
+//!   whole model on the GPU (`gpu::model`), and the program that checks both against this CPU
+//!   reference and benchmarks them.
 
 pub mod batch;
 pub mod checkpoint;

@@ -5,8 +5,10 @@
 //!
 //! Kernels (`kernels.cu`): RMSNorm, RoPE in both pairings, SwiGLU, the lightning indexer's
 //! logits (bf16 tensor cores, ReLU-weighted head sum, causal mask), top-k per row by radix
-//! select, and sparse MLA in the absorbed form over selected rows with split-KV and a combine
-//! step. `check` compares each against the CPU reference and benchmarks them.
+//! select, sparse MLA in the absorbed form over selected rows with split-KV and a combine step,
+//! MoE routing and grouped expert products, and the glue of the whole model. `model` runs the
+//! whole forward pass with them (the GPU policy backend); `check` and `model_check` compare
+//! kernels and model against the CPU reference and benchmark them.
 
 pub mod check;
 
