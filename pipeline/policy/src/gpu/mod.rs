@@ -402,6 +402,25 @@ impl Gpu {
         ld: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
+        let (q, k, w, l) = (self.ptr(q), self.ptr(k), self.ptr(w), self.ptr(logits));
+        self.indexer_logits_raw(q, k, w, l, t, s, ld, first_pos, NULL)
+    }
+
+    /// [`Gpu::indexer_logits`] on device addresses; with a page table (not [`NULL`]) key `s`
+    /// lives in cache row `pages[s / 128] · 128 + s % 128`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn indexer_logits_raw(
+        &self,
+        q: u64,
+        k: u64,
+        w: u64,
+        logits: u64,
+        t: usize,
+        s: usize,
+        ld: usize,
+        first_pos: usize,
+        pages: u64,
+    ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = config(
             (s as u32).div_ceil(128 * 8),
@@ -413,15 +432,15 @@ impl Gpu {
             self,
             "indexer_logits_bf16",
             cfg,
-            q,
-            k,
-            w,
-            logits,
+            &q,
+            &k,
+            &w,
+            &logits,
             &t32,
             &s32,
             &ld32,
             &fp,
-            &NULL
+            &pages
         );
         Ok(())
     }
@@ -436,9 +455,22 @@ impl Gpu {
         k: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
+        self.topk_raw(self.ptr(logits), self.ptr(out), rows, ld, k, first_pos)
+    }
+
+    /// [`Gpu::topk`] on device addresses.
+    pub(crate) fn topk_raw(
+        &self,
+        logits: u64,
+        out: u64,
+        rows: usize,
+        ld: usize,
+        k: usize,
+        first_pos: usize,
+    ) -> Result<(), GpuError> {
         let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
         let cfg = config(rows as u32, 1, 1024, 0);
-        launch!(self, "topk_rows", cfg, logits, out, &ld32, &k32, &fp);
+        launch!(self, "topk_rows", cfg, &logits, &out, &ld32, &k32, &fp);
         Ok(())
     }
 
@@ -675,7 +707,28 @@ impl Gpu {
         s: usize,
         ld: usize,
     ) -> Result<(), GpuError> {
-        let (s32, ld32) = (s as i32, ld as i32);
+        let (q, k, w) = (self.ptr(q), self.ptr(k), self.ptr(w));
+        let (l, n) = (self.ptr(logits), self.ptr(lens));
+        self.indexer_decode_raw(q, k, w, l, n, rows, s, ld, NULL, 0)
+    }
+
+    /// [`Gpu::indexer_decode`] on device addresses; with page tables (not [`NULL`]) row `t`'s
+    /// key `s` lives in cache row `pages[t · pages_stride + s / 128] · 128 + s % 128`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn indexer_decode_raw(
+        &self,
+        q: u64,
+        k: u64,
+        w: u64,
+        logits: u64,
+        lens: u64,
+        rows: usize,
+        s: usize,
+        ld: usize,
+        pages: u64,
+        pages_stride: usize,
+    ) -> Result<(), GpuError> {
+        let (s32, ld32, st32) = (s as i32, ld as i32, pages_stride as i32);
         let cfg = config(
             (s as u32).div_ceil(128),
             rows as u32,
@@ -686,15 +739,15 @@ impl Gpu {
             self,
             "indexer_decode_bf16",
             cfg,
-            q,
-            k,
-            w,
-            logits,
-            lens,
+            &q,
+            &k,
+            &w,
+            &logits,
+            &lens,
             &s32,
             &ld32,
-            &NULL,
-            &0i32
+            &pages,
+            &st32
         );
         Ok(())
     }
@@ -848,52 +901,61 @@ impl Gpu {
         splits: usize,
         softmax_scale: f32,
     ) -> Result<(), GpuError> {
+        let (table, page) = paging.map_or((NULL, 0), |(tb, p)| (self.ptr(tb), p));
+        let (q, kv, idx) = (self.ptr(q), self.ptr(kv), self.ptr(indices));
+        let (part, lse, out) = (self.ptr(part), self.ptr(lse), self.ptr(out));
+        self.sparse_mla_raw(
+            q,
+            kv,
+            (table, page),
+            idx,
+            [part, lse, out],
+            t,
+            s,
+            topk,
+            splits,
+            softmax_scale,
+        )
+    }
+
+    /// [`Gpu::sparse_mla_paged`] on device addresses (`[part, lse, out]`; table [`NULL`] for a
+    /// flat cache).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sparse_mla_raw(
+        &self,
+        q: u64,
+        kv: u64,
+        (table, page): (u64, usize),
+        indices: u64,
+        [part, lse, out]: [u64; 3],
+        t: usize,
+        s: usize,
+        topk: usize,
+        splits: usize,
+        softmax_scale: f32,
+    ) -> Result<(), GpuError> {
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
-        let (k32, s32, sp) = (topk as i32, s as i32, splits as i32);
+        let (k32, s32, sp, page32) = (topk as i32, s as i32, splits as i32, page as i32);
         let cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
-        match paging {
-            Some((table, page)) => {
-                let page32 = page as i32;
-                launch!(
-                    self,
-                    "sparse_mla_bf16",
-                    cfg,
-                    q,
-                    kv,
-                    indices,
-                    &mut *part,
-                    &mut *lse,
-                    &k32,
-                    &s32,
-                    &sp,
-                    &scale_log2,
-                    table,
-                    &page32
-                );
-            }
-            None => {
-                let page32 = 0i32;
-                launch!(
-                    self,
-                    "sparse_mla_bf16",
-                    cfg,
-                    q,
-                    kv,
-                    indices,
-                    &mut *part,
-                    &mut *lse,
-                    &k32,
-                    &s32,
-                    &sp,
-                    &scale_log2,
-                    &NULL,
-                    &page32
-                );
-            }
-        }
+        launch!(
+            self,
+            "sparse_mla_bf16",
+            cfg,
+            &q,
+            &kv,
+            &indices,
+            &part,
+            &lse,
+            &k32,
+            &s32,
+            &sp,
+            &scale_log2,
+            &table,
+            &page32
+        );
         let (h, dv) = (64i32, 512i32);
         let cfg = config((t * 64) as u32, 1, 512, 0);
-        launch!(self, "mla_combine", cfg, &*part, &*lse, out, &h, &sp, &dv);
+        launch!(self, "mla_combine", cfg, &part, &lse, &out, &h, &sp, &dv);
         Ok(())
     }
 }

@@ -729,26 +729,9 @@ impl GpuModel {
             // Top-k positions per query.
             let k32 = k as i32;
             if decode {
-                let (s32, ld32, st32) = (max_len as i32, max_len as i32, stride as i32);
-                launch!(
-                    g,
-                    "indexer_decode_bf16",
-                    config(
-                        (max_len as u32).div_ceil(128),
-                        n as u32,
-                        128,
-                        super::INDEXER_DECODE_SMEM
-                    ),
-                    &s.iqb,
-                    &ixc,
-                    &s.iwf,
-                    &s.logits,
-                    &d_lens,
-                    &s32,
-                    &ld32,
-                    &d_tab,
-                    &st32
-                );
+                g.indexer_decode_raw(
+                    s.iqb, ixc, s.iwf, s.logits, d_lens, n, max_len, max_len, d_tab, stride,
+                )?;
                 if multi_block_topk(n, max_len, g.multiprocessors as usize) {
                     let work = topk_work
                         .as_mut()
@@ -776,42 +759,16 @@ impl GpuModel {
                         let t = (toks.len() - c0).min(PREFILL_CHUNK);
                         let first = seq.len + c0;
                         let keys = first + t;
-                        let (t32, s32, fp) = (t as i32, keys as i32, first as i32);
                         let r = (row0 + c0) as u64;
                         let (q_at, w_at, idx_at) = (
                             s.iqb + r * 64 * 128 * 2,
                             s.iwf + r * 64 * 4,
                             s.idx + r * k as u64 * 4,
                         );
-                        launch!(
-                            g,
-                            "indexer_logits_bf16",
-                            config(
-                                (keys as u32).div_ceil(128 * 8),
-                                (t as u32).div_ceil(4),
-                                256,
-                                super::INDEXER_SMEM
-                            ),
-                            &q_at,
-                            &ixc,
-                            &w_at,
-                            &s.logits,
-                            &t32,
-                            &s32,
-                            &s32,
-                            &fp,
-                            &table
-                        );
-                        launch!(
-                            g,
-                            "topk_rows",
-                            config(t as u32, 1, 1024, 0),
-                            &s.logits,
-                            &idx_at,
-                            &s32,
-                            &k32,
-                            &fp
-                        );
+                        g.indexer_logits_raw(
+                            q_at, ixc, w_at, s.logits, t, keys, keys, first, table,
+                        )?;
+                        g.topk_raw(s.logits, idx_at, t, keys, k, first)?;
                         c0 += t;
                     }
                     row0 += toks.len();
@@ -833,37 +790,18 @@ impl GpuModel {
                 &nk
             );
             // Sparse MLA over the chosen rows, then W_UV and the output projection.
-            let (s32, sp) = (self.pool_rows as i32, splits as i32);
-            let scale_log2 = cfg.softmax_scale() * std::f32::consts::LOG2_E;
-            let page0 = 0i32;
-            launch!(
-                g,
-                "sparse_mla_bf16",
-                config(splits as u32, n as u32, 256, super::MLA_SMEM),
-                &s.mlaq,
-                &kvc,
-                &s.idxp,
-                &s.part,
-                &s.lse,
-                &k32,
-                &s32,
-                &sp,
-                &scale_log2,
-                &NULL,
-                &page0
-            );
-            let (h, dv) = (64i32, 512i32);
-            launch!(
-                g,
-                "mla_combine",
-                config((n * 64) as u32, 1, 512, 0),
-                &s.part,
-                &s.lse,
-                &s.olat,
-                &h,
-                &sp,
-                &dv
-            );
+            g.sparse_mla_raw(
+                s.mlaq,
+                kvc,
+                (NULL, 0),
+                s.idxp,
+                [s.part, s.lse, s.olat],
+                n,
+                self.pool_rows,
+                k,
+                splits,
+                cfg.softmax_scale(),
+            )?;
             let on = (n * 64 * 512) as i64;
             launch!(g, "to_bf16", elems(on as usize), &s.olat, &s.olatb, &on);
             self.gemm(
@@ -1211,56 +1149,33 @@ impl GpuModel {
         );
         let (m, n, k) = (m as i32, n as i32, k as i32);
         // SAFETY: the pointers address live device buffers sized by the callers for these shapes.
+        // One call for single and batched products (a batch of one ignores the strides).
         let r = unsafe {
-            if batch == 1 {
-                blas::gemm_ex(
-                    h,
-                    ta,
-                    nb,
-                    m,
-                    n,
-                    k,
-                    alpha_p,
-                    a as *const _,
-                    bf,
-                    lda as i32,
-                    b as *const _,
-                    bf,
-                    ldb as i32,
-                    beta_p,
-                    c as *mut _,
-                    ct,
-                    ldc as i32,
-                    compute,
-                    algo,
-                )
-            } else {
-                blas::gemm_strided_batched_ex(
-                    h,
-                    ta,
-                    nb,
-                    m,
-                    n,
-                    k,
-                    alpha_p,
-                    a as *const _,
-                    bf,
-                    lda as i32,
-                    sa,
-                    b as *const _,
-                    bf,
-                    ldb as i32,
-                    sb,
-                    beta_p,
-                    c as *mut _,
-                    ct,
-                    ldc as i32,
-                    sc,
-                    batch as i32,
-                    compute,
-                    algo,
-                )
-            }
+            blas::gemm_strided_batched_ex(
+                h,
+                ta,
+                nb,
+                m,
+                n,
+                k,
+                alpha_p,
+                a as *const _,
+                bf,
+                lda as i32,
+                sa,
+                b as *const _,
+                bf,
+                ldb as i32,
+                sb,
+                beta_p,
+                c as *mut _,
+                ct,
+                ldc as i32,
+                sc,
+                batch as i32,
+                compute,
+                algo,
+            )
         };
         r.map_err(|e| GpuError::Cuda(format!("cuBLAS gemm {m}x{n}x{k} (batch {batch}): {e:?}")))
     }
