@@ -123,16 +123,25 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 
 // ---------------------------------------------------------------------------------------------
 // Lightning indexer logits: logits[t, s] = sum_h w[t, h] * relu(q[t, h] . k[s]) for s <= pos(t),
-// -inf beyond. A block takes 4 query tokens (4 x 64 head rows) against 128 keys; warp w owns
-// rows 32w..32w+31 (half of one token's heads). HI must be 64, the head dim 128.
+// -inf beyond. HI must be 64, the head dim 128.
+//
+// The indexer's prefill logits on Hopper's warpgroup matrix instructions (wgmma), bf16 or e4m3
+// operands. A block takes 8 queries (512 head rows, kept in shared memory) against up to
+// IX_CHUNK keys, streamed in tiles of 64 through a 4-stage cp.async ring. It computes K·Qᵀ with
+// keys as rows: warpgroup g multiplies the 64-key tile by the 256 head rows of queries 4g..4g+3,
+// so the sum over heads runs along each thread's own accumulator columns and then across the 4
+// lanes of a quad (a reduce-scatter: 6 shuffles for 8 sums). Both operands sit in shared memory
+// in the 128-byte-swizzled K-major layout wgmma reads directly: a row's 128-byte slab holds 8
+// chunks of 16 bytes, chunk c stored at c ^ (row & 7). Both precisions step 32 bytes per
+// instruction (k16 bf16 or k32 e4m3). With e4m3, q's scale is folded into the head weight and
+// k's applied after the head sum (ReLU(a x) = a ReLU(x) for a > 0).
 
 #define IX_D 128
 #define IX_HEADS 64
-#define IX_TOK 4
-#define IX_KEYS 128
-#define IX_STRIDE (IX_D + 8)
-
-#define IX_TILES 8  // key tiles per block: the queries are loaded once for 1024 keys
+#define IX_TOK 8            // queries per block
+#define IX_TILE 64          // keys per tile
+#define IX_STAGES 4
+#define IX_CHUNK 2048       // keys per block
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
@@ -142,153 +151,193 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Queue the copy of keys s0..s0+127 (zero rows past S) into `dst`: rows of ROW bytes, stored
-// PITCH bytes apart (16 bytes of padding, so ldmatrix's eight rows fall in different banks).
-// With a page table, key s lives in cache row pages[s / 128] * 128 + s % 128 (a page is one
-// tile of 128 keys, so a tile is contiguous).
+// With a page table, key s lives in cache row pages[s / 128] * 128 + s % 128 (a page holds 128
+// keys, so a tile of 64 is contiguous).
 __device__ __forceinline__ size_t ix_key_row(const int* pages, int s) {
-    return pages ? (size_t)pages[s / IX_KEYS] * IX_KEYS + s % IX_KEYS : (size_t)s;
+    return pages ? (size_t)pages[s / 128] * 128 + s % 128 : (size_t)s;
+}
+
+// Byte offset of (row, byte) in a swizzled tile of `rows` rows: slab (byte / 128) after slab.
+__device__ __forceinline__ int swz(int rows, int row, int byte) {
+    return (byte >> 7) * rows * 128 + row * 128 + ((((byte >> 4) & 7) ^ (row & 7)) << 4) + (byte & 15);
+}
+
+// A wgmma shared-memory descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+// `lbo` only matters for N-major operands (`_bt`): the byte distance between 64-wide groups of N.
+__device__ __forceinline__ unsigned long long wg_desc(const void* p, unsigned lbo = 16) {
+    return (unsigned long long)((smem_u32(p) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           (64ull << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Pins accumulator registers after a wgmma wait: the compiler sees the asm outputs as ready at
+// the mma itself, so without this it may read them before the wait.
+template <int N>
+__device__ __forceinline__ void reg_fence(float* r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+__device__ __forceinline__ void fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// D (+)= A·B on a warpgroup, A and B in shared memory (descriptors), f32 accumulators.
+__device__ __forceinline__ void wgmma_n256_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmma_n256_e4m3(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// B stored N-major (transposed).
+__device__ __forceinline__ void wgmma_n256_bf16_bt(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "r"(accumulate));
 }
 
 template <int ROW>
 __device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S,
                                              const int* pages) {
-    for (int i = threadIdx.x; i < IX_KEYS * (ROW / 16); i += blockDim.x) {
+    for (int i = threadIdx.x; i < IX_TILE * (ROW / 16); i += blockDim.x) {
         int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = s0 + r < S;
-        cp_async16(dst + r * (ROW + 16) + c * 16, ok ? k + ix_key_row(pages, s0 + r) * ROW + c * 16 : k, ok);
+        cp_async16(dst + swz(IX_TILE, r, c * 16), ok ? k + ix_key_row(pages, s0 + r) * ROW + c * 16 : k, ok);
     }
 }
 
-__device__ __forceinline__ void mma_e4m3(float* c, unsigned a0, unsigned a1, unsigned a2,
-                                         unsigned a3, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// The indexer's prefill logits, bf16 or e4m3 operands. A block takes 4 queries (4 x 64 head
-// rows) against up to 8 tiles of 128 keys, keeping the queries in shared memory and
-// double-buffering the keys with cp.async. It computes K·Qᵀ, keys as rows and heads as columns,
-// so the sum over heads runs along each thread's own columns plus two shuffles. Warp w owns 32
-// keys (32·(w & 3)) against the 128 head rows of two queries (2·(w >> 2), +1). Both precisions
-// step 32 bytes of the 128 values per mma (16 bf16 or 32 e4m3), so the fragment addressing is the
-// same. With e4m3, q's scale is folded into the head weight and k's applied after the head sum
-// (ReLU(a x) = a ReLU(x) for a > 0).
 template <bool FP8>
 __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const float* q_scale,
                                               const unsigned char* k, const float* k_scale,
                                               const float* w, float* logits, int T, int S, int ld,
                                               int first_pos, const int* pages) {
     constexpr int ROW = FP8 ? IX_D : 2 * IX_D;  // bytes of one row of 128 values
-    constexpr int PITCH = ROW + 16;
+    constexpr int QROWS = IX_TOK * IX_HEADS;
+    constexpr int STAGE = IX_TILE * ROW;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    unsigned char* qs = smem_raw;                                          // 256 rows
-    unsigned char* kbuf = qs + IX_TOK * IX_HEADS * PITCH;                  // 2 x 128 rows
-    float* ws = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * PITCH);      // 256
-    float* kss = ws + IX_TOK * IX_HEADS;                                   // 2 x 128
+    // The swizzle pattern repeats every 1,024 bytes, so the tiles start on such a boundary.
+    unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // QROWS rows
+    unsigned char* kbuf = qs + QROWS * ROW;                        // IX_STAGES tiles
+    float* ws = reinterpret_cast<float*>(kbuf + IX_STAGES * STAGE);  // QROWS head weights
 
     int t0 = blockIdx.y * IX_TOK;
     int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
-    int s_begin = blockIdx.x * IX_KEYS * IX_TILES;
+    int s_begin = blockIdx.x * IX_CHUNK;
     // Tiles at or before the block's last query position (later keys are every query's future).
-    int s_end = min(min(S, last_pos + 1), s_begin + IX_KEYS * IX_TILES);
+    int s_end = min(min(S, last_pos + 1), s_begin + IX_CHUNK);
     if (s_begin >= s_end) return;
-    int tiles = (s_end - s_begin + IX_KEYS - 1) / IX_KEYS;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int tiles = (s_end - s_begin + IX_TILE - 1) / IX_TILE;
 
-    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS * (ROW / 16); i += blockDim.x) {
+    for (int i = threadIdx.x; i < QROWS * (ROW / 16); i += blockDim.x) {
         int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = t0 + r / IX_HEADS < T;
-        cp_async16(qs + r * PITCH + c * 16, ok ? q + ((size_t)t0 * IX_HEADS + r) * ROW + c * 16 : q, ok);
+        cp_async16(qs + swz(QROWS, r, c * 16), ok ? q + ((size_t)t0 * IX_HEADS + r) * ROW + c * 16 : q, ok);
     }
-    ix_load_keys<ROW>(kbuf, k, s_begin, S, pages);
-    cp_async_commit();
-    for (int i = threadIdx.x; i < IX_TOK * IX_HEADS; i += blockDim.x) {
+    for (int i = threadIdx.x; i < QROWS; i += blockDim.x) {
         size_t at = (size_t)t0 * IX_HEADS + i;
         ws[i] = t0 + i / IX_HEADS < T ? w[at] * (FP8 ? q_scale[at] : 1.f) : 0.f;
     }
-    int key0 = 32 * (warp & 3);        // this warp's keys within a tile
-    int hrow0 = 128 * (warp >> 2);     // this warp's head rows: queries 2·(warp >> 2), +1
-    int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int st = 0; st < IX_STAGES - 1; st++) {
+        if (st < tiles) ix_load_keys<ROW>(kbuf + st * STAGE, k, s_begin + st * IX_TILE, S, pages);
+        cp_async_commit();  // the queries ride in the first group
+    }
+
+    int wg = threadIdx.x >> 7, wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    int tig = lane & 3, row0 = 16 * wq + (lane >> 2);  // this thread's keys: row0, row0 + 8
+    int my_tok = 4 * wg + tig;                          // the query this lane writes
+    int t = t0 + my_tok;
+    const float2* wv = reinterpret_cast<const float2*>(ws) + wg * 4 * 32 + tig;
+    const unsigned char* qg = qs + wg * 256 * 128;     // this warpgroup's 256 head rows
 
     for (int j = 0; j < tiles; j++) {
-        int s0 = s_begin + j * IX_KEYS;
-        for (int i = threadIdx.x; i < IX_KEYS; i += blockDim.x)
-            kss[(j & 1) * IX_KEYS + i] = FP8 ? (s0 + i < S ? k_scale[ix_key_row(pages, s0 + i)] : 0.f) : 1.f;
-        if (j + 1 < tiles) {
-            ix_load_keys<ROW>(kbuf + ((j + 1) & 1) * IX_KEYS * PITCH, k, s0 + IX_KEYS, S, pages);
+        cp_async_wait<IX_STAGES - 2>();
+        fence_async_smem();
+        __syncthreads();  // tile j landed for all; every warpgroup is done with tile j - 1
+        {
+            int nj = j + IX_STAGES - 1;
+            if (nj < tiles) ix_load_keys<ROW>(kbuf + (nj % IX_STAGES) * STAGE, k, s_begin + nj * IX_TILE, S, pages);
             cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
         }
-        __syncthreads();
-        const unsigned char* ks = kbuf + (j & 1) * IX_KEYS * PITCH;
+        const unsigned char* ks = kbuf + (j % IX_STAGES) * STAGE;
+        float d[128];
+        wg_fence();
+#pragma unroll
+        for (int kb = 0; kb < ROW; kb += 32) {
+            unsigned long long da = wg_desc(ks + (kb >> 7) * IX_TILE * 128 + (kb & 127));
+            unsigned long long db = wg_desc(qg + (kb >> 7) * QROWS * 128 + (kb & 127));
+            if constexpr (FP8) wgmma_n256_e4m3(d, da, db, kb > 0);
+            else wgmma_n256_bf16(d, da, db, kb > 0);
+        }
+        wg_commit();
+        wg_wait0();
+        reg_fence<128>(d);
 
-        float acc[2][16][4];  // [key m-tile][head n-tile][fragment]
+        // Per query of the warpgroup: ReLU, weight by head, sum the thread's 16 heads.
+        float lo[4], hi[4];  // keys row0 and row0 + 8
 #pragma unroll
-        for (int m = 0; m < 2; m++)
+        for (int tok = 0; tok < 4; tok++) {
+            lo[tok] = 0.f;
+            hi[tok] = 0.f;
 #pragma unroll
-            for (int n = 0; n < 16; n++)
+            for (int jj = 0; jj < 8; jj++) {
+                int n = 8 * tok + jj;
+                float2 wt = wv[tok * 32 + 4 * jj];
+                lo[tok] += wt.x * fmaxf(d[4 * n], 0.f) + wt.y * fmaxf(d[4 * n + 1], 0.f);
+                hi[tok] += wt.x * fmaxf(d[4 * n + 2], 0.f) + wt.y * fmaxf(d[4 * n + 3], 0.f);
+            }
+        }
+        // Reduce-scatter over the quad: lane tig ends with query tig's sums.
+        bool b1 = tig & 2, b0 = tig & 1;
+        float l2[2], h2[2];
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[m][n][e] = 0.f;
+        for (int i = 0; i < 2; i++) {
+            float sl = b1 ? lo[i] : lo[2 + i], sh = b1 ? hi[i] : hi[2 + i];
+            l2[i] = (b1 ? lo[2 + i] : lo[i]) + __shfl_xor_sync(0xffffffffu, sl, 2);
+            h2[i] = (b1 ? hi[2 + i] : hi[i]) + __shfl_xor_sync(0xffffffffu, sh, 2);
+        }
+        float vl = (b0 ? l2[1] : l2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? l2[0] : l2[1], 1);
+        float vh = (b0 ? h2[1] : h2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? h2[0] : h2[1], 1);
+        if (t < T) {
+            int s0 = s_begin + j * IX_TILE;
 #pragma unroll
-        for (int kk = 0; kk < ROW; kk += 32) {
-            unsigned a[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++)
-                ldmatrix_x4(a[m][0], a[m][1], a[m][2], a[m][3],
-                            ks + (key0 + m * 16 + (lane & 15)) * PITCH + kk + (lane >> 4) * 16);
-#pragma unroll
-            for (int n = 0; n < 16; n += 2) {
-                unsigned b0, b1, b2, b3;
-                int hrow = hrow0 + n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, qs + hrow * PITCH + kk + ((lane >> 3) & 1) * 16);
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    if constexpr (FP8) {
-                        mma_e4m3(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                        mma_e4m3(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
-                    } else {
-                        mma_bf16(acc[m][n], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
-                        mma_bf16(acc[m][n + 1], a[m][0], a[m][1], a[m][2], a[m][3], b2, b3);
-                    }
+            for (int half = 0; half < 2; half++) {
+                int s = s0 + row0 + 8 * half;
+                if (s < S) {
+                    float v = half ? vh : vl;
+                    if (FP8) v *= k_scale[ix_key_row(pages, s)];
+                    logits[(size_t)t * ld + s] = s > first_pos + t ? -__int_as_float(0x7f800000) : v;
                 }
             }
         }
-        // Per query: ReLU, weight by head, sum the thread's 16 heads, then the 4 lanes of a row.
-#pragma unroll
-        for (int tt = 0; tt < 2; tt++) {
-            int t = t0 + 2 * (warp >> 2) + tt;
-#pragma unroll
-            for (int m = 0; m < 2; m++) {
-                float lo = 0.f, hi = 0.f;  // keys g and g + 8 of m-tile m
-#pragma unroll
-                for (int n = 8 * tt; n < 8 * tt + 8; n++) {
-                    float w0 = ws[hrow0 + n * 8 + 2 * tig], w1 = ws[hrow0 + n * 8 + 2 * tig + 1];
-                    lo += w0 * fmaxf(acc[m][n][0], 0.f) + w1 * fmaxf(acc[m][n][1], 0.f);
-                    hi += w0 * fmaxf(acc[m][n][2], 0.f) + w1 * fmaxf(acc[m][n][3], 0.f);
-                }
-                lo += __shfl_xor_sync(0xffffffffu, lo, 1);
-                lo += __shfl_xor_sync(0xffffffffu, lo, 2);
-                hi += __shfl_xor_sync(0xffffffffu, hi, 1);
-                hi += __shfl_xor_sync(0xffffffffu, hi, 2);
-                if (tig == 0 && t < T) {
-#pragma unroll
-                    for (int half = 0; half < 2; half++) {
-                        int c = key0 + m * 16 + g + 8 * half, s = s0 + c;
-                        if (s < S) {
-                            float v = (half ? hi : lo) * kss[(j & 1) * IX_KEYS + c];
-                            logits[(size_t)t * ld + s] = s > first_pos + t ? -__int_as_float(0x7f800000) : v;
-                        }
-                    }
-                }
-            }
-        }
-        __syncthreads();  // every warp is done with this key buffer before it is refilled
     }
 }
 
@@ -445,207 +494,179 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
 // token t and each of H = 64 heads,
 //   o[h] = softmax_j(scale * q[h] . kv[idx_j]) . kv[idx_j][:512]
 // over the token's selected positions. Grid (splits, T): split p takes a contiguous share of the
-// index list in blocks of 64 positions and writes its normalized partial output and its
+// index list in tiles of 64 positions and writes its normalized partial output and its
 // log-sum-exp (log2); `mla_combine` merges the splits.
+//
+// On wgmma, two warpgroups: warpgroup g scores the tile's keys 32g..32g+31 against all 64 heads
+// (S = Q·Kᵀ, 36 steps over the 576 dims), the two exchange row maxima, each writes its half of
+// P = exp2(S - m) to shared memory as bf16, and then each accumulates O[:, 256g..256g+255] +=
+// P·V, reading V from the same gathered rows as an N-major operand. Query, both gather stages
+// and P are stored in the 128-byte-swizzled layout (see the indexer), so the next tile's gather
+// (cp.async) runs under the current tile's products. Row sums stay per thread until the end.
 
 #define MLA_H 64
 #define MLA_DQK 576
 #define MLA_DV 512
 #define MLA_BN 64
-#define MLA_STRIDE (MLA_DQK + 8)
-#define P_STRIDE (MLA_BN + 8)
+#define MLA_TILE (MLA_BN * MLA_DQK * 2)  // 64 rows of 576 bf16: 9 slabs of 8 KB
+
+// Queue the gather of index-list entries j0..j0+63 into `dst` (missing rows zero-filled) and
+// record which are valid. 256 threads: 4 per row.
+__device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf16* kv, const int* idx,
+                                           int j0, int topk, int S, const int* page_table,
+                                           int page_size) {
+    int r = threadIdx.x >> 2, part = threadIdx.x & 3;
+    int j = j0 + r;
+    int s = j < topk ? idx[j] : -1;
+    bool valid = s >= 0 && s < S;
+    // A paged cache keeps position s in page page_table[s / page_size].
+    size_t phys = !valid ? 0 : page_table ? (size_t)page_table[s / page_size] * page_size + s % page_size : (size_t)s;
+    const unsigned char* src = reinterpret_cast<const unsigned char*>(kv + phys * MLA_DQK);
+    for (int c = part; c < MLA_DQK / 8; c += 4) cp_async16(dst + swz(MLA_BN, r, c * 16), src + c * 16, valid);
+    if (part == 0) ok[r] = valid;
+}
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
                 int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* qs = reinterpret_cast<bf16*>(smem_raw);           // 64 x MLA_STRIDE
-    bf16* ks = qs + MLA_H * MLA_STRIDE;                      // 64 x MLA_STRIDE
-    bf16* ps = ks + MLA_BN * MLA_STRIDE;                     // 64 x P_STRIDE
-    float* red_max = reinterpret_cast<float*>(ps + MLA_H * P_STRIDE);  // 2 x 64
-    float* red_sum = red_max + 2 * MLA_H;                    // 2 x 64
-    float* m_s = red_sum + 2 * MLA_H;                        // 64
-    float* l_s = m_s + MLA_H;                                // 64
-    float* alpha_s = l_s + MLA_H;                            // 64
-    int* col_ok = reinterpret_cast<int*>(alpha_s + MLA_H);   // 64
-    const bf16** rows = reinterpret_cast<const bf16**>(col_ok + MLA_BN);  // 64 pointers
+    unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // 64 heads
+    unsigned char* kvs = qs + MLA_TILE;                                  // 2 gather stages
+    unsigned char* ps = kvs + 2 * MLA_TILE;                              // P: 64 x 64 bf16
+    float* red_max = reinterpret_cast<float*>(ps + MLA_H * 128);         // [2][64]
+    float* red_l = red_max + 2 * MLA_H;                                  // [2][64]
+    int* ok = reinterpret_cast<int*>(red_l + 2 * MLA_H);                 // [2 stages][64]
 
+    const float NEG_INF = -__int_as_float(0x7f800000);
     int t = blockIdx.y, split = blockIdx.x;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int wg = threadIdx.x >> 7, wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int g = lane >> 2, tig = lane & 3;
+    int r0 = 16 * wq + g;  // this thread's head rows: r0, r0 + 8
     const int* idx = indices + (size_t)t * topk;
     int blocks = (topk + MLA_BN - 1) / MLA_BN;
     int per = (blocks + splits - 1) / splits;
     int b_begin = split * per, b_end = min(blocks, b_begin + per);
 
-    for (int i = threadIdx.x; i < MLA_H; i += blockDim.x) {
-        m_s[i] = -__int_as_float(0x7f800000);
-        l_s[i] = 0.f;
-    }
     for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
         int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
-        cp_async16(qs + r * MLA_STRIDE + c * 8, q + ((size_t)t * MLA_H + r) * MLA_DQK + c * 8, true);
+        cp_async16(qs + swz(MLA_H, r, c * 16),
+                   reinterpret_cast<const unsigned char*>(q + ((size_t)t * MLA_H + r) * MLA_DQK) + c * 16, true);
     }
+    if (b_begin < b_end) mla_gather(kvs, ok, kv, idx, b_begin * MLA_BN, topk, S, page_table, page_size);
     cp_async_commit();
 
-    // S tile: warp owns rows 16*(warp&3) and key columns 32*(warp>>2). O: same rows, value
-    // columns 256*(warp>>2).
-    int srow = 16 * (warp & 3), scol = 32 * (warp >> 2), half = warp >> 2;
-    float o[32][4];
+    float o[128];
 #pragma unroll
-    for (int n = 0; n < 32; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[n][e] = 0.f;
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 
     for (int b = b_begin; b < b_end; b++) {
-        __syncthreads();  // the previous block's readers of ks and ps are done
-        for (int i = threadIdx.x; i < MLA_BN; i += blockDim.x) {
-            int j = b * MLA_BN + i;
-            int s = j < topk ? idx[j] : -1;
-            int ok = s >= 0 && s < S;
-            col_ok[i] = ok;
-            // A paged cache keeps position s in page page_table[s / page_size].
-            size_t phys = page_table ? (size_t)page_table[s / page_size] * page_size + s % page_size : (size_t)s;
-            rows[i] = ok ? kv + phys * MLA_DQK : 0;
-        }
-        __syncthreads();
-        // Gather the selected rows with every copy in flight at once (cp.async; missing rows
-        // are zero-filled).
-        for (int i = threadIdx.x; i < MLA_BN * (MLA_DQK / 8); i += blockDim.x) {
-            int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
-            const bf16* src = rows[r];
-            cp_async16(ks + r * MLA_STRIDE + c * 8, src ? src + c * 8 : kv, src != 0);
-        }
+        int st = (b - b_begin) & 1;
+        __syncthreads();  // both warpgroups are done with tile b - 1: its stage, P and maxima
+        if (b + 1 < b_end)
+            mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx, (b + 1) * MLA_BN, topk,
+                       S, page_table, page_size);
         cp_async_commit();
-        cp_async_wait<0>();
+        cp_async_wait<1>();
+        fence_async_smem();
         __syncthreads();
+        const unsigned char* ks = kvs + st * MLA_TILE;
+        const int* okb = ok + st * MLA_BN;
 
-        float sacc[4][4];
+        float s[16];
+        wg_fence();
 #pragma unroll
-        for (int n = 0; n < 4; n++)
+        for (int kb = 0; kb < MLA_DQK * 2; kb += 32)
+            wgmma_n32_bf16(s, wg_desc(qs + (kb >> 7) * (MLA_H * 128) + (kb & 127)),
+                           wg_desc(ks + (kb >> 7) * (MLA_BN * 128) + wg * 32 * 128 + (kb & 127)), kb > 0);
+        wg_commit();
+        wg_wait0();
+        reg_fence<16>(s);
+
+        // Scale into the log2 domain, mask missing positions, row maxima over both halves.
+        float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-            for (int e = 0; e < 4; e++) sacc[n][e] = 0.f;
-#pragma unroll 4
-        for (int kk = 0; kk < MLA_DQK; kk += 16) {
-            unsigned a0, a1, a2, a3;
-            ldmatrix_x4(a0, a1, a2, a3, qs + (srow + (lane & 15)) * MLA_STRIDE + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int n = 0; n < 4; n += 2) {
-                unsigned b0, b1, b2, b3;
-                int krow = scol + n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, ks + krow * MLA_STRIDE + kk + ((lane >> 3) & 1) * 8);
-                mma_bf16(sacc[n], a0, a1, a2, a3, b0, b1);
-                mma_bf16(sacc[n + 1], a0, a1, a2, a3, b2, b3);
-            }
+        for (int i = 0; i < 16; i++) {
+            int col = 32 * wg + 8 * (i >> 2) + 2 * tig + (i & 1);
+            float v = okb[col] ? s[i] * scale_log2 : NEG_INF;
+            s[i] = v;
+            mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], v);
         }
-        // Scale into the log2 domain, mask missing positions, row maxima of this warp's half.
-        float mx[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)};
-#pragma unroll
-        for (int n = 0; n < 4; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = scol + n * 8 + tig * 2 + (e & 1);
-                float v = col_ok[col] ? sacc[n][e] * scale_log2 : -__int_as_float(0x7f800000);
-                sacc[n][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         }
         if (tig == 0) {
-            red_max[half * MLA_H + srow + g] = mx[0];
-            red_max[half * MLA_H + srow + g + 8] = mx[1];
+            red_max[wg * MLA_H + r0] = mx[0];
+            red_max[wg * MLA_H + r0 + 8] = mx[1];
         }
         __syncthreads();
-        float m_new[2], alpha[2], sum[2] = {0.f, 0.f};
+        float alpha[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            int row = srow + g + 8 * r;
-            float m_old = m_s[row];
-            m_new[r] = fmaxf(m_old, fmaxf(red_max[row], red_max[MLA_H + row]));
+            int row = r0 + 8 * r;
+            float m_new = fmaxf(m[r], fmaxf(red_max[row], red_max[MLA_H + row]));
             // A row with nothing valid yet keeps m = -inf; use 0 so exp2 gives 0, not NaN.
-            float m_use = m_new[r] == -__int_as_float(0x7f800000) ? 0.f : m_new[r];
-            alpha[r] = exp2f(m_old - m_use);
-            m_new[r] = m_use;
+            if (m_new == NEG_INF) m_new = 0.f;
+            alpha[r] = exp2f(m[r] - m_new);
+            m[r] = m_new;
+            l[r] *= alpha[r];
         }
 #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            float p0 = exp2f(sacc[n][0] - m_new[0]), p1 = exp2f(sacc[n][1] - m_new[0]);
-            float p2 = exp2f(sacc[n][2] - m_new[1]), p3 = exp2f(sacc[n][3] - m_new[1]);
-            sum[0] += p0 + p1;
-            sum[1] += p2 + p3;
-            int col = scol + n * 8 + tig * 2;
-            *reinterpret_cast<unsigned*>(ps + (srow + g) * P_STRIDE + col) = pack_bf16(p0, p1);
-            *reinterpret_cast<unsigned*>(ps + (srow + g + 8) * P_STRIDE + col) = pack_bf16(p2, p3);
+        for (int j = 0; j < 4; j++) {
+            float p0 = exp2f(s[4 * j] - m[0]), p1 = exp2f(s[4 * j + 1] - m[0]);
+            float p2 = exp2f(s[4 * j + 2] - m[1]), p3 = exp2f(s[4 * j + 3] - m[1]);
+            l[0] += p0 + p1;
+            l[1] += p2 + p3;
+            int col = 32 * wg + 8 * j + 2 * tig;
+            *reinterpret_cast<unsigned*>(ps + swz(MLA_H, r0, 2 * col)) = pack_bf16(p0, p1);
+            *reinterpret_cast<unsigned*>(ps + swz(MLA_H, r0 + 8, 2 * col)) = pack_bf16(p2, p3);
         }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
-            sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-        }
-        if (tig == 0) {
-            red_sum[half * MLA_H + srow + g] = sum[0];
-            red_sum[half * MLA_H + srow + g + 8] = sum[1];
-            if (half == 0) {
-                alpha_s[srow + g] = alpha[0];
-                alpha_s[srow + g + 8] = alpha[1];
-            }
-        }
-        __syncthreads();
-        if (half == 0 && tig == 0) {
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                int row = srow + g + 8 * r;
-                l_s[row] = l_s[row] * alpha[r] + red_sum[row] + red_sum[MLA_H + row];
-                m_s[row] = m_new[r];
-            }
-        }
-        // O = alpha * O + P . V, V = the latent part of the gathered rows.
-        float al0 = alpha_s[srow + g], al1 = alpha_s[srow + g + 8];
 #pragma unroll
         for (int n = 0; n < 32; n++) {
-            o[n][0] *= al0;
-            o[n][1] *= al0;
-            o[n][2] *= al1;
-            o[n][3] *= al1;
+            o[4 * n] *= alpha[0];
+            o[4 * n + 1] *= alpha[0];
+            o[4 * n + 2] *= alpha[1];
+            o[4 * n + 3] *= alpha[1];
         }
-        int vcol = 256 * half;
+        fence_async_smem();
+        __syncthreads();  // all of P is written
+        wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < MLA_BN; kk += 16) {
-            unsigned a0, a1, a2, a3;
-            ldmatrix_x4(a0, a1, a2, a3, ps + (srow + (lane & 15)) * P_STRIDE + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int n = 0; n < 32; n += 2) {
-                unsigned b0, b1, b2, b3;
-                ldmatrix_x4_trans(b0, b1, b2, b3,
-                                  ks + (kk + (lane & 15)) * MLA_STRIDE + vcol + n * 8 + (lane >> 4) * 8);
-                mma_bf16(o[n], a0, a1, a2, a3, b0, b1);
-                mma_bf16(o[n + 1], a0, a1, a2, a3, b2, b3);
-            }
-        }
+        for (int kk = 0; kk < MLA_BN / 16; kk++)
+            wgmma_n256_bf16_bt(o, wg_desc(ps + kk * 32),
+                               wg_desc(ks + 4 * wg * (MLA_BN * 128) + kk * 16 * 128, MLA_BN * 128), 1);
+        wg_commit();
+        wg_wait0();
+        reg_fence<128>(o);
     }
-    cp_async_wait<0>();  // a split with no blocks still queued its query copy
+    cp_async_wait<0>();  // a split with no tiles still queued its query copy
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    if (tig == 0) {
+        red_l[wg * MLA_H + r0] = l[0];
+        red_l[wg * MLA_H + r0 + 8] = l[1];
+    }
     __syncthreads();
     // Normalize and write this split's partial result.
-    int r0 = srow + g, r1 = srow + g + 8;
-    float l0 = l_s[r0], l1 = l_s[r1];
+    float l0 = red_l[r0] + red_l[MLA_H + r0], l1 = red_l[r0 + 8] + red_l[MLA_H + r0 + 8];
     float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
     size_t base = ((size_t)t * splits + split) * MLA_H;
 #pragma unroll
     for (int n = 0; n < 32; n++) {
-        int col = 256 * half + n * 8 + tig * 2;
-        float* p0 = o_part + (base + r0) * MLA_DV + col;
-        float* p1 = o_part + (base + r1) * MLA_DV + col;
-        p0[0] = o[n][0] * inv0;
-        p0[1] = o[n][1] * inv0;
-        p1[0] = o[n][2] * inv1;
-        p1[1] = o[n][3] * inv1;
+        int col = 256 * wg + n * 8 + tig * 2;
+        float2* p0 = reinterpret_cast<float2*>(o_part + (base + r0) * MLA_DV + col);
+        float2* p1 = reinterpret_cast<float2*>(o_part + (base + r0 + 8) * MLA_DV + col);
+        *p0 = make_float2(o[4 * n] * inv0, o[4 * n + 1] * inv0);
+        *p1 = make_float2(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
     }
-    if (half == 0 && tig == 0) {
-        lse_part[base + r0] = l0 > 0.f ? m_s[r0] + log2f(l0) : -__int_as_float(0x7f800000);
-        lse_part[base + r1] = l1 > 0.f ? m_s[r1] + log2f(l1) : -__int_as_float(0x7f800000);
+    if (wg == 0 && tig == 0) {
+        lse_part[base + r0] = l0 > 0.f ? m[0] + log2f(l0) : NEG_INF;
+        lse_part[base + r0 + 8] = l1 > 0.f ? m[1] + log2f(l1) : NEG_INF;
     }
 }
 
@@ -684,6 +705,9 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 // Decode: one query per row (its own position), so the prefill kernels' 4-token tiles and
 // one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (4 warps of
 // 16 heads against 128 keys); top-k splits each long row over many blocks.
+
+#define IX_KEYS 128
+#define IX_STRIDE (IX_D + 8)  // 16 bytes of padding, so ldmatrix's eight rows fall in different banks
 
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,

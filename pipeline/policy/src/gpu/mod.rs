@@ -209,17 +209,20 @@ pub struct Gpu {
 /// A null device pointer (an absent page table).
 const NULL: u64 = 0;
 
-/// Shared memory of `indexer_tiles` for rows of `row` bytes: queries (256 rows) and two key
-/// tiles (128 rows each) at `row + 16` bytes apart, plus head weights and key scales.
+/// Shared memory of `indexer_tiles` for rows of `row` bytes: 512 query rows, 4 stages of 64 key
+/// rows and 512 head weights, plus 1 KB so the swizzled tiles can start on a 1,024-byte boundary.
 const fn indexer_smem(row: usize) -> u32 {
-    ((256 + 2 * 128) * (row + 16) + 256 * 4 + 2 * 128 * 4) as u32
+    ((512 + 4 * 64) * row + 512 * 4 + 1024) as u32
 }
 const INDEXER_SMEM: u32 = indexer_smem(256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
 /// Shared memory of `indexer_decode_bf16`: 64 query rows and 128 key rows of 136 bf16, head
 /// sums of 4 warps, 64 weights.
 const INDEXER_DECODE_SMEM: u32 = ((64 + 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
-const MLA_SMEM: u32 = (64 * 584 * 2 * 2 + 64 * 72 * 2 + 4 * 64 * 4 * 2 + 64 * 4 + 64 * 8) as u32;
+/// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
+/// each), P (64 × 64 bf16), row maxima and sums of both warpgroups, two stages of valid flags,
+/// and 1 KB to align the swizzled tiles.
+const MLA_SMEM: u32 = (3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024) as u32;
 
 impl Gpu {
     /// Opens device 0 and loads the kernels; says plainly what is missing.
@@ -423,8 +426,8 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = config(
-            (s as u32).div_ceil(128 * 8),
-            (t as u32).div_ceil(4),
+            (s as u32).div_ceil(2048),
+            (t as u32).div_ceil(8),
             256,
             INDEXER_SMEM,
         );
@@ -506,8 +509,8 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = config(
-            (s as u32).div_ceil(128 * 8),
-            (t as u32).div_ceil(4),
+            (s as u32).div_ceil(2048),
+            (t as u32).div_ceil(8),
             256,
             INDEXER_FP8_SMEM,
         );
