@@ -140,7 +140,7 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 #define IX_HEADS 64
 #define IX_TOK 8            // queries per block
 #define IX_TILE 64          // keys per tile
-#define IX_STAGES 4
+#define IX_STAGES 4         // key tiles in the ring (3 in flight ahead)
 #define IX_CHUNK 2048       // keys per block
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
@@ -246,7 +246,6 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     // The swizzle pattern repeats every 1,024 bytes, so the tiles start on such a boundary.
     unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // QROWS rows
     unsigned char* kbuf = qs + QROWS * ROW;                        // IX_STAGES tiles
-    float* ws = reinterpret_cast<float*>(kbuf + IX_STAGES * STAGE);  // QROWS head weights
 
     int t0 = blockIdx.y * IX_TOK;
     int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
@@ -261,10 +260,6 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         bool ok = t0 + r / IX_HEADS < T;
         cp_async16(qs + swz(QROWS, r, c * 16), ok ? q + ((size_t)t0 * IX_HEADS + r) * ROW + c * 16 : q, ok);
     }
-    for (int i = threadIdx.x; i < QROWS; i += blockDim.x) {
-        size_t at = (size_t)t0 * IX_HEADS + i;
-        ws[i] = t0 + i / IX_HEADS < T ? w[at] * (FP8 ? q_scale[at] : 1.f) : 0.f;
-    }
 #pragma unroll
     for (int st = 0; st < IX_STAGES - 1; st++) {
         if (st < tiles) ix_load_keys<ROW>(kbuf + st * STAGE, k, s_begin + st * IX_TILE, S, pages);
@@ -275,7 +270,19 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     int tig = lane & 3, row0 = 16 * wq + (lane >> 2);  // this thread's keys: row0, row0 + 8
     int my_tok = 4 * wg + tig;                          // the query this lane writes
     int t = t0 + my_tok;
-    const float2* wv = reinterpret_cast<const float2*>(ws) + wg * 4 * 32 + tig;
+    // The head weights of this thread's columns stay in registers: [query][head group], heads
+    // 8·jj + 2·tig and +1 (shared-memory loads here would contend with wgmma's operand reads).
+    float2 wr[4][8];
+#pragma unroll
+    for (int tok = 0; tok < 4; tok++) {
+        int tt = t0 + 4 * wg + tok;
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) {
+            size_t at = (size_t)tt * IX_HEADS + 8 * jj + 2 * tig;
+            wr[tok][jj] = tt < T ? make_float2(w[at] * (FP8 ? q_scale[at] : 1.f), w[at + 1] * (FP8 ? q_scale[at + 1] : 1.f))
+                                 : make_float2(0.f, 0.f);
+        }
+    }
     const unsigned char* qg = qs + wg * 256 * 128;     // this warpgroup's 256 head rows
 
     for (int j = 0; j < tiles; j++) {
@@ -310,7 +317,7 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
 #pragma unroll
             for (int jj = 0; jj < 8; jj++) {
                 int n = 8 * tok + jj;
-                float2 wt = wv[tok * 32 + 4 * jj];
+                float2 wt = wr[tok][jj];
                 lo[tok] += wt.x * fmaxf(d[4 * n], 0.f) + wt.y * fmaxf(d[4 * n + 1], 0.f);
                 hi[tok] += wt.x * fmaxf(d[4 * n + 2], 0.f) + wt.y * fmaxf(d[4 * n + 3], 0.f);
             }
@@ -562,14 +569,9 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
 
     for (int b = b_begin; b < b_end; b++) {
         int st = (b - b_begin) & 1;
-        __syncthreads();  // both warpgroups are done with tile b - 1: its stage, P and maxima
-        if (b + 1 < b_end)
-            mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx, (b + 1) * MLA_BN, topk,
-                       S, page_table, page_size);
-        cp_async_commit();
-        cp_async_wait<1>();
+        cp_async_wait<0>();
         fence_async_smem();
-        __syncthreads();
+        __syncthreads();  // tile b landed; both warpgroups are done with tile b - 1
         const unsigned char* ks = kvs + st * MLA_TILE;
         const int* okb = ok + st * MLA_BN;
 
@@ -580,6 +582,11 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             wgmma_n32_bf16(s, wg_desc(qs + (kb >> 7) * (MLA_H * 128) + (kb & 127)),
                            wg_desc(ks + (kb >> 7) * (MLA_BN * 128) + wg * 32 * 128 + (kb & 127)), kb > 0);
         wg_commit();
+        // The next tile's gather (index loads included) is queued while the scores compute.
+        if (b + 1 < b_end)
+            mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx, (b + 1) * MLA_BN, topk,
+                       S, page_table, page_size);
+        cp_async_commit();
         wg_wait0();
         reg_fence<16>(s);
 

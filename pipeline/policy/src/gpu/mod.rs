@@ -209,10 +209,10 @@ pub struct Gpu {
 /// A null device pointer (an absent page table).
 const NULL: u64 = 0;
 
-/// Shared memory of `indexer_tiles` for rows of `row` bytes: 512 query rows, 4 stages of 64 key
-/// rows and 512 head weights, plus 1 KB so the swizzled tiles can start on a 1,024-byte boundary.
+/// Shared memory of `indexer_tiles` for rows of `row` bytes: 512 query rows and 4 stages of 64
+/// key rows, plus 1 KB so the swizzled tiles can start on a 1,024-byte boundary.
 const fn indexer_smem(row: usize) -> u32 {
-    ((512 + 4 * 64) * row + 512 * 4 + 1024) as u32
+    ((512 + 4 * 64) * row + 1024) as u32
 }
 const INDEXER_SMEM: u32 = indexer_smem(256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
@@ -854,7 +854,8 @@ impl Gpu {
 
     /// Sparse MLA (absorbed, 64 heads, d_qk 576, d_v 512) of `t` queries over their `topk`
     /// indices into `s` cache rows, in `splits` parts per query, then combined into `out`
-    /// ([t, 64, 512] f32). `part` holds t·splits·64·512 floats, `lse` t·splits·64.
+    /// ([t, 64, 512] f32). `part` holds t·splits·64·512 floats, `lse` t·splits·64; with one
+    /// split the kernel writes `out` itself and `part` is not touched.
     #[allow(clippy::too_many_arguments)]
     pub fn sparse_mla(
         &self,
@@ -940,6 +941,9 @@ impl Gpu {
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp, page32) = (topk as i32, s as i32, splits as i32, page as i32);
         let cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
+        // One split's normalized partial is the answer ([t, 1, h, dv] is [t, h, dv]): written
+        // straight to `out`, with no combine pass.
+        let first = if splits == 1 { out } else { part };
         launch!(
             self,
             "sparse_mla_bf16",
@@ -947,7 +951,7 @@ impl Gpu {
             &q,
             &kv,
             &indices,
-            &part,
+            &first,
             &lse,
             &k32,
             &s32,
@@ -956,9 +960,11 @@ impl Gpu {
             &table,
             &page32
         );
-        let (h, dv) = (64i32, 512i32);
-        let cfg = config((t * 64) as u32, 1, 512, 0);
-        launch!(self, "mla_combine", cfg, &part, &lse, &out, &h, &sp, &dv);
+        if splits > 1 {
+            let (h, dv) = (64i32, 512i32);
+            let cfg = config((t * 64) as u32, 1, 512, 0);
+            launch!(self, "mla_combine", cfg, &part, &lse, &out, &h, &sp, &dv);
+        }
         Ok(())
     }
 }
