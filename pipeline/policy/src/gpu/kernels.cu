@@ -141,7 +141,7 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 #define IX_TOK 8            // queries per block
 #define IX_TILE 64          // keys per tile
 #define IX_STAGES 4         // key tiles in the ring (3 in flight ahead)
-#define IX_CHUNK 2048       // keys per block
+#define IX_CHUNK 8192       // keys per block
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
@@ -729,20 +729,20 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     int len = min(lens[t], S);
     if (s0 >= len) return;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Every copy in flight at once (cp.async; keys past the row's length zero-filled).
     for (int i = threadIdx.x; i < IX_HEADS * (IX_D / 8); i += blockDim.x) {
         int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        *reinterpret_cast<uint4*>(qs + r * IX_STRIDE + c * 8) =
-            *reinterpret_cast<const uint4*>(q + ((size_t)t * IX_HEADS + r) * IX_D + c * 8);
+        cp_async16(qs + r * IX_STRIDE + c * 8, q + ((size_t)t * IX_HEADS + r) * IX_D + c * 8, true);
     }
+    const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
     for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
         int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (s0 + r < len)
-            v = *reinterpret_cast<const uint4*>(
-                k + ix_key_row(pages ? pages + (size_t)t * pages_stride : nullptr, s0 + r) * IX_D + c * 8);
-        *reinterpret_cast<uint4*>(ks + r * IX_STRIDE + c * 8) = v;
+        bool ok = s0 + r < len;
+        cp_async16(ks + r * IX_STRIDE + c * 8, ok ? k + ix_key_row(row_pages, s0 + r) * IX_D + c * 8 : k, ok);
     }
+    cp_async_commit();
     if (threadIdx.x < IX_HEADS) ws[threadIdx.x] = w[(size_t)t * IX_HEADS + threadIdx.x];
+    cp_async_wait<0>();
     __syncthreads();
     float acc[16][4];
 #pragma unroll
@@ -793,8 +793,9 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
 //   3. every key above (b1, b2) is taken; keys in (b1, b2) are candidates
 // then one block per row picks the best candidates (stable: higher key, then lower index) and
 // writes the k indices in ascending order. Work buffers per row: hist 2 x 2048 ints, counters
-// 2 ints, taken k ints, candidates `cap` (key, index) pairs; zero hist and counters first.
-// A row whose candidates overflow `cap` is marked (counter 1 = -1) for the one-block fallback.
+// 2 ints, taken k ints, candidates `cap` (key, index) pairs. Hist and counters start zeroed and
+// topk_finish zeroes them again, so a call needs no memset. A row whose candidates overflow
+// `cap` is done by topk_finish with the one-block select.
 
 
 extern "C" __global__ void topk_hist1(const float* logits, const int* lens, int ld, int* hist) {
@@ -886,8 +887,8 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
 #define TK_WORDS (TK_MAX_LEN / 32)
 
 extern "C" __global__ void __launch_bounds__(1024)
-topk_finish(const int* lens, int ld, int k, const int* counters, const int* taken,
-            const unsigned long long* cand, int cap, int* out) {
+topk_finish(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
+            const int* taken, const unsigned long long* cand, int cap, int* out) {
     __shared__ unsigned sel[TK_WORDS];
     __shared__ unsigned tie[TK_WORDS];
     __shared__ int h3[1024];
@@ -895,12 +896,23 @@ topk_finish(const int* lens, int ld, int k, const int* counters, const int* take
     __shared__ int b3_s, above3_s;
     int t = blockIdx.x, len = min(lens[t], ld);
     int* o = out + (size_t)t * k;
+    int n_taken = counters[2 * t], n_cand = counters[2 * t + 1];
+    // The row's histograms and counters are read for the last time: zero them for the next call
+    // (every thread has read the counters before the barrier).
+    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) hist[(size_t)t * 2 * TK_BINS + i] = 0;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        counters[2 * t] = 0;
+        counters[2 * t + 1] = 0;
+    }
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
     }
-    int n_taken = counters[2 * t], n_cand = counters[2 * t + 1];
-    if (n_cand > cap || len > TK_MAX_LEN) return;  // topk_fallback does this row
+    if (n_cand > cap || len > TK_MAX_LEN) {  // the candidates overflowed: one block does the row
+        topk_row_block(logits + (size_t)t * ld, len, k, o);
+        return;
+    }
     int need = k - n_taken;
     int words = (len + 31) / 32;
     for (int i = threadIdx.x; i < words; i += blockDim.x) {
@@ -963,15 +975,6 @@ topk_finish(const int* lens, int ld, int k, const int* counters, const int* take
             sw &= sw - 1;
         }
     }
-}
-
-// The rows whose candidates overflowed the multi-block path's buffer, done by one block each.
-extern "C" __global__ void __launch_bounds__(1024, 1)
-topk_fallback(const float* logits, const int* lens, int ld, int k, const int* counters, int cap, int* out) {
-    int t = blockIdx.x;
-    int len = min(lens[t], ld);
-    if (len <= k || (counters[2 * t + 1] <= cap && len <= TK_MAX_LEN)) return;
-    topk_row_block(logits + (size_t)t * ld, len, k, out + (size_t)t * k);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -426,7 +426,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = config(
-            (s as u32).div_ceil(2048),
+            (s as u32).div_ceil(8192),
             (t as u32).div_ceil(8),
             256,
             INDEXER_SMEM,
@@ -509,7 +509,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
         let cfg = config(
-            (s as u32).div_ceil(2048),
+            (s as u32).div_ceil(8192),
             (t as u32).div_ceil(8),
             256,
             INDEXER_FP8_SMEM,
@@ -793,8 +793,6 @@ impl Gpu {
                 work.rows
             )));
         }
-        self.stream.memset_zeros(&mut work.hist).map_err(cuda)?;
-        self.stream.memset_zeros(&mut work.counters).map_err(cuda)?;
         let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
         let chunks = (ld as u32).div_ceil(1024);
         let grid = config(chunks, rows as u32, 512, 0);
@@ -828,24 +826,14 @@ impl Gpu {
             self,
             "topk_finish",
             one,
-            &lens,
-            &ld32,
-            &k32,
-            &work.counters,
-            &work.taken,
-            &work.cand,
-            &cap,
-            &out
-        );
-        launch!(
-            self,
-            "topk_fallback",
-            one,
             &logits,
             &lens,
             &ld32,
             &k32,
+            &work.hist,
             &work.counters,
+            &work.taken,
+            &work.cand,
             &cap,
             &out
         );
