@@ -709,81 +709,98 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decode: one query per row (its own position), so the prefill kernels' 4-token tiles and
+// Decode: one query per row (its own position), so the prefill kernels' 8-query tiles and
 // one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (4 warps of
-// 16 heads against 128 keys); top-k splits each long row over many blocks.
+// 16 heads) against 4 tiles of 128 keys, double-buffered; top-k splits each long row over many
+// blocks.
 
 #define IX_KEYS 128
 #define IX_STRIDE (IX_D + 8)  // 16 bytes of padding, so ldmatrix's eight rows fall in different banks
 
+#define IXD_TILES 4  // key tiles of 128 per block: the query is loaded once for 512 keys
+
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
                     int S, int ld, const int* pages, int pages_stride) {
-    // 54 KB: more than a block may declare statically, so it is dynamic shared memory.
+    // 87 KB: more than a block may declare statically, so it is dynamic shared memory.
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* qs = reinterpret_cast<bf16*>(smem_raw);                      // 64 x IX_STRIDE
-    bf16* ks = qs + IX_HEADS * IX_STRIDE;                               // 128 x IX_STRIDE
-    float* red = reinterpret_cast<float*>(ks + IX_KEYS * IX_STRIDE);    // 4 x 128
+    bf16* kbuf = qs + IX_HEADS * IX_STRIDE;                             // 2 x 128 x IX_STRIDE
+    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX_STRIDE);  // 4 x 128
     float* ws = red + 4 * IX_KEYS;                                      // 64
-    int t = blockIdx.y, s0 = blockIdx.x * IX_KEYS;
+    int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * IXD_TILES;
     int len = min(lens[t], S);
-    if (s0 >= len) return;
+    if (s_begin >= len) return;
+    int tiles = min(IXD_TILES, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // Every copy in flight at once (cp.async; keys past the row's length zero-filled).
+    const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
+    // Keys past the row's length are zero-filled.
+    auto load_keys = [&](bf16* dst, int s0) {
+        for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
+            int r = i / (IX_D / 8), c = i % (IX_D / 8);
+            bool ok = s0 + r < len;
+            cp_async16(dst + r * IX_STRIDE + c * 8, ok ? k + ix_key_row(row_pages, s0 + r) * IX_D + c * 8 : k, ok);
+        }
+    };
     for (int i = threadIdx.x; i < IX_HEADS * (IX_D / 8); i += blockDim.x) {
         int r = i / (IX_D / 8), c = i % (IX_D / 8);
         cp_async16(qs + r * IX_STRIDE + c * 8, q + ((size_t)t * IX_HEADS + r) * IX_D + c * 8, true);
     }
-    const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
-    for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
-        int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        bool ok = s0 + r < len;
-        cp_async16(ks + r * IX_STRIDE + c * 8, ok ? k + ix_key_row(row_pages, s0 + r) * IX_D + c * 8 : k, ok);
-    }
+    load_keys(kbuf, s_begin);
     cp_async_commit();
     if (threadIdx.x < IX_HEADS) ws[threadIdx.x] = w[(size_t)t * IX_HEADS + threadIdx.x];
-    cp_async_wait<0>();
-    __syncthreads();
-    float acc[16][4];
-#pragma unroll
-    for (int n = 0; n < 16; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
-    int row0 = warp * 16;
-#pragma unroll
-    for (int kk = 0; kk < IX_D; kk += 16) {
-        unsigned a0, a1, a2, a3;
-        ldmatrix_x4(a0, a1, a2, a3, qs + (row0 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
-#pragma unroll
-        for (int n = 0; n < 16; n += 2) {
-            unsigned b0, b1, b2, b3;
-            int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-            ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
-            mma_bf16(acc[n], a0, a1, a2, a3, b0, b1);
-            mma_bf16(acc[n + 1], a0, a1, a2, a3, b2, b3);
+    int row0 = warp * 16, g = lane >> 2, tig = lane & 3;
+
+    for (int j = 0; j < tiles; j++) {
+        // The next tile's copies go out before this one is waited for (double buffer).
+        if (j + 1 < tiles) {
+            load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX_STRIDE, s_begin + (j + 1) * IX_KEYS);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
-    }
-    int g = lane >> 2, tig = lane & 3;
-    float wa = ws[row0 + g], wb = ws[row0 + g + 8];
+        __syncthreads();  // tile j landed; every thread is done with tile j - 1 and its sums
+        const bf16* ks = kbuf + (j & 1) * IX_KEYS * IX_STRIDE;
+        float acc[16][4];
 #pragma unroll
-    for (int n = 0; n < 16; n++) {
-        float c0 = wa * fmaxf(acc[n][0], 0.f) + wb * fmaxf(acc[n][2], 0.f);
-        float c1 = wa * fmaxf(acc[n][1], 0.f) + wb * fmaxf(acc[n][3], 0.f);
+        for (int n = 0; n < 16; n++)
 #pragma unroll
-        for (int o = 4; o < 32; o <<= 1) {
-            c0 += __shfl_xor_sync(0xffffffffu, c0, o);
-            c1 += __shfl_xor_sync(0xffffffffu, c1, o);
+            for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < IX_D; kk += 16) {
+            unsigned a0, a1, a2, a3;
+            ldmatrix_x4(a0, a1, a2, a3, qs + (row0 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int n = 0; n < 16; n += 2) {
+                unsigned b0, b1, b2, b3;
+                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
+                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
+                mma_bf16(acc[n], a0, a1, a2, a3, b0, b1);
+                mma_bf16(acc[n + 1], a0, a1, a2, a3, b2, b3);
+            }
         }
-        if (g == 0) {
-            red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
-            red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+        float wa = ws[row0 + g], wb = ws[row0 + g + 8];
+#pragma unroll
+        for (int n = 0; n < 16; n++) {
+            float c0 = wa * fmaxf(acc[n][0], 0.f) + wb * fmaxf(acc[n][2], 0.f);
+            float c1 = wa * fmaxf(acc[n][1], 0.f) + wb * fmaxf(acc[n][3], 0.f);
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
+                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
+            }
+            if (g == 0) {
+                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
+                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
+            }
         }
-    }
-    __syncthreads();
-    for (int c = threadIdx.x; c < IX_KEYS; c += blockDim.x) {
-        int s = s0 + c;
-        if (s < len)
-            logits[(size_t)t * ld + s] = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
+        __syncthreads();
+        for (int c = threadIdx.x; c < IX_KEYS; c += blockDim.x) {
+            int s = s_begin + j * IX_KEYS + c;
+            if (s < len)
+                logits[(size_t)t * ld + s] = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
+        }
     }
 }
 

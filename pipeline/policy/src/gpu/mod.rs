@@ -216,9 +216,9 @@ const fn indexer_smem(row: usize) -> u32 {
 }
 const INDEXER_SMEM: u32 = indexer_smem(256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
-/// Shared memory of `indexer_decode_bf16`: 64 query rows and 128 key rows of 136 bf16, head
-/// sums of 4 warps, 64 weights.
-const INDEXER_DECODE_SMEM: u32 = ((64 + 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
+/// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
+/// bf16 each, head sums of 4 warps, 64 weights.
+const INDEXER_DECODE_SMEM: u32 = ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
 /// each), P (64 × 64 bf16), row maxima and sums of both warpgroups, two stages of valid flags,
 /// and 1 KB to align the swizzled tiles.
@@ -733,7 +733,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (s32, ld32, st32) = (s as i32, ld as i32, pages_stride as i32);
         let cfg = config(
-            (s as u32).div_ceil(128),
+            (s as u32).div_ceil(512),
             rows as u32,
             128,
             INDEXER_DECODE_SMEM,
