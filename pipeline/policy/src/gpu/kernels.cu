@@ -1,6 +1,8 @@
 // DSA kernels for Hopper (sm_90a), compiled at run time by NVRTC. No headers: bf16 values are
-// carried as `unsigned short` and converted by hand; matrix products use mma.sync m16n8k16
-// (bf16 in, f32 accumulate) fed by ldmatrix from shared memory.
+// carried as `unsigned short` and converted by hand. The prefill indexer and sparse MLA multiply on
+// warpgroup tensor-core instructions (wgmma) reading 128-byte-swizzled shared memory; the decode
+// indexer and the grouped expert product use mma.sync m16n8k16 fed by ldmatrix. All accumulate
+// in f32.
 //
 // Layouts (row-major, contiguous):
 //   indexer q   [T, HI, 128] bf16 (RoPE and Hadamard applied), k [S, 128] bf16, w [T, HI] f32
@@ -32,13 +34,6 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 __device__ __forceinline__ void ldmatrix_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
                                             const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned& r0, unsigned& r1, unsigned& r2,
-                                                  unsigned& r3, const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(smem_u32(p)));
 }
