@@ -326,10 +326,13 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             mismatched += 1;
         }
     }
-    let (rows, len) = (3usize, 131_072usize);
-    let long: Vec<f32> = (0..rows * len)
+    // Long rows of 5,000 levels (ties everywhere; the threshold bin needs the second 11-bit
+    // pass), and one all-equal row (too many candidates: the radix fallback).
+    let (rows, len) = (4usize, 131_072usize);
+    let mut long: Vec<f32> = (0..rows * len)
         .map(|_| (rng.random_range(0..5000) as f32) / 100.0)
         .collect();
+    long[3 * len..].iter_mut().for_each(|v| *v = 1.5);
     let dlong = gpu.upload(&long)?;
     let mut dli = gpu.zeros::<i32>(rows * TOPK)?;
     gpu.topk(&dlong, &mut dli, rows, len, TOPK, len)?;
@@ -350,7 +353,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             "exact",
             mismatched as f64,
             0.0,
-            format!("{t} causal rows (k {k}) and {rows} rows of {len} with ties (k {TOPK}); rows differing: {mismatched}"),
+            format!("{t} causal rows (k {k}) and {rows} rows of {len} with ties, the last all equal (k {TOPK}); rows differing: {mismatched}"),
         )
     });
 

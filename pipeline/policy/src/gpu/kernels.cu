@@ -485,11 +485,6 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024, 1)
-topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
-    int t = blockIdx.x;
-    topk_row_block(logits + (size_t)t * ld, min(first_pos + t + 1, ld), k, out + (size_t)t * k);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Sparse MLA, absorbed (MQA) form (the cache flat, or paged through a page table): for query
@@ -898,6 +893,159 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
 #define TK_MAX_LEN 131072
 #define TK_WORDS (TK_MAX_LEN / 32)
 
+// The last step of both top-k paths. `sel` marks the positions already chosen and `tie` those
+// equal to the threshold key (bitmaps of `words` words over the row): the first `ties_needed`
+// ties in index order join, and every chosen position is written to `o` in ascending order. Each
+// thread owns a run of consecutive words.
+__device__ void emit_selected(unsigned* sel, const unsigned* tie, int ties_needed, int words, int* o,
+                              int* warp_tot) {
+    int per = (words + blockDim.x - 1) / blockDim.x;
+    int w0 = min(words, threadIdx.x * per), w1 = min(words, w0 + per);
+    int my_ties = 0;
+    for (int w = w0; w < w1; w++) my_ties += __popc(tie[w]);
+    int ties_before;
+    block_exclusive_sum(my_ties, &ties_before, warp_tot);
+    int my_sel = 0;
+    for (int w = w0; w < w1; w++) {
+        unsigned tw = tie[w];
+        while (tw && ties_before < ties_needed) {
+            unsigned bit = tw & (0u - tw);
+            sel[w] |= bit;
+            tw ^= bit;
+            ties_before++;
+        }
+        my_sel += __popc(sel[w]);
+    }
+    int at;
+    block_exclusive_sum(my_sel, &at, warp_tot);
+    for (int w = w0; w < w1; w++) {
+        unsigned sw = sel[w];
+        while (sw) {
+            int b = __ffs(sw) - 1;
+            o[at++] = w * 32 + b;
+            sw &= sw - 1;
+        }
+    }
+}
+
+// One block selects the top k of `row[0..len)` into `o`, in two or three passes over the row. A
+// histogram of the keys' top 11 bits finds the threshold bin; if that bin holds more than TKR_CAP
+// keys, a second pass narrows it by the next 11 bits. The last pass marks every key above the
+// threshold prefix in a bitmap (one ballot per 32 positions) and keeps the keys sharing it as
+// candidates in shared memory, where histograms of their remaining bits find the exact threshold
+// key; emit_selected resolves ties by index. Rows longer than TK_MAX_LEN, or with more than
+// TKR_CAP candidates even so (e.g. many equal keys), take topk_row_block. `smem` is TKR_SMEM bytes.
+#define TKR_CAP 4096
+#define TKR_SMEM (TK_BINS * 4 + 2 * TK_WORDS * 4 + TKR_CAP * 8)
+
+__device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned char* smem) {
+    __shared__ int warp_tot[33];
+    __shared__ int n_cand_s, bin_s, above_s, count_s;
+    if (len <= k) {
+        for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
+        return;
+    }
+    if (len > TK_MAX_LEN) {
+        topk_row_block(row, len, k, o);
+        return;
+    }
+    int* hist = reinterpret_cast<int*>(smem);                         // TK_BINS
+    unsigned* sel = reinterpret_cast<unsigned*>(hist + TK_BINS);      // TK_WORDS
+    unsigned* tie = sel + TK_WORDS;                                   // TK_WORDS
+    unsigned long long* cand = reinterpret_cast<unsigned long long*>(tie + TK_WORDS);  // TKR_CAP
+    int words = (len + 31) / 32;
+    int lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) tie[i] = 0u;
+    if (threadIdx.x == 0) n_cand_s = 0;
+
+    // Histograms over the row, 11 bits at a time, until the threshold prefix's bin is small.
+    int need = k;
+    unsigned prefix = 0;
+    int shift = 32;  // keys share prefix in their bits above `shift`
+    while (shift == 32 || (shift == 21 && count_s > TKR_CAP)) {
+        int s = shift - 11;
+        __syncthreads();
+        for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < len; i += blockDim.x) {
+            unsigned key = order_key(row[i]);
+            if (shift == 32 || (key >> shift) == prefix) atomicAdd(&hist[(key >> s) & (TK_BINS - 1)], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            int above;
+            int b = find_bin(hist, need, &above);
+            if (threadIdx.x == 0) {
+                bin_s = b;
+                above_s = above;
+                count_s = hist[b];
+            }
+        }
+        __syncthreads();
+        need -= above_s;
+        prefix = (shift == 32 ? 0u : prefix << 11) | (unsigned)bin_s;
+        shift = s;
+    }
+    // Mark the keys above the prefix; keep those sharing it. Whole warps go round together over
+    // 32 aligned positions, so one ballot is one bitmap word.
+    unsigned below = (1u << lane) - 1u;
+    for (int base = 0; base < len; base += blockDim.x) {
+        int i = base + threadIdx.x;
+        unsigned key = i < len ? order_key(row[i]) : 0u;
+        unsigned top = key >> shift;
+        unsigned mt = __ballot_sync(0xffffffffu, i < len && top > prefix);
+        unsigned mc = __ballot_sync(0xffffffffu, i < len && top == prefix);
+        if (lane == 0 && i < len) sel[i >> 5] = mt;
+        int at = 0;
+        if (lane == 0 && mc) at = atomicAdd(&n_cand_s, __popc(mc));
+        at = __shfl_sync(0xffffffffu, at, 0) + __popc(mc & below);
+        if (i < len && top == prefix && at < TKR_CAP) cand[at] = ((unsigned long long)key << 32) | (unsigned)i;
+    }
+    __syncthreads();
+    int n_cand = n_cand_s;
+    if (n_cand > TKR_CAP) {
+        topk_row_block(row, len, k, o);
+        return;
+    }
+    // The candidates' remaining bits: 11 then 10, or 10, each by a histogram.
+    unsigned cur = prefix;
+    for (int hi = shift; hi > 0;) {
+        int s = hi > 10 ? 10 : 0, nb = 1 << (hi - s);
+        __syncthreads();
+        for (int i = threadIdx.x; i < nb; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int c = threadIdx.x; c < n_cand; c += blockDim.x) {
+            unsigned key = (unsigned)(cand[c] >> 32);
+            if ((key >> hi) == cur) atomicAdd(&hist[(key >> s) & (nb - 1)], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            int above;
+            int b = find_bin_n(hist, nb, need, &above);
+            if (threadIdx.x == 0) {
+                bin_s = b;
+                above_s = above;
+            }
+        }
+        __syncthreads();
+        unsigned b = bin_s;
+        for (int c = threadIdx.x; c < n_cand; c += blockDim.x) {
+            unsigned key = (unsigned)(cand[c] >> 32);
+            int i = (int)(unsigned)(cand[c] & 0xffffffffull);
+            if ((key >> hi) != cur) continue;
+            unsigned v = (key >> s) & (nb - 1);
+            if (v > b) atomicOr(&sel[i >> 5], 1u << (i & 31));
+            else if (v == b && s == 0) atomicOr(&tie[i >> 5], 1u << (i & 31));
+        }
+        need -= above_s;
+        cur = (cur << (hi - s)) | b;
+        hi = s;
+    }
+    __syncthreads();
+    emit_selected(sel, tie, need, words, o, warp_tot);
+}
+
+
 extern "C" __global__ void __launch_bounds__(1024)
 topk_finish(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
             const int* taken, const unsigned long long* cand, int cap, int* out) {
@@ -959,34 +1107,7 @@ topk_finish(const float* logits, const int* lens, int ld, int k, int* hist, int*
         else if (low == b3) atomicOr(&tie[idx >> 5], 1u << (idx & 31));
     }
     __syncthreads();
-    // Each thread owns a run of consecutive words; ties are taken in index order.
-    int per = (words + blockDim.x - 1) / blockDim.x;
-    int w0 = min(words, threadIdx.x * per), w1 = min(words, w0 + per);
-    int my_ties = 0;
-    for (int w = w0; w < w1; w++) my_ties += __popc(tie[w]);
-    int ties_before;
-    block_exclusive_sum(my_ties, &ties_before, warp_tot);
-    int my_sel = 0;
-    for (int w = w0; w < w1; w++) {
-        unsigned tw = tie[w];
-        while (tw && ties_before < ties_needed) {
-            unsigned bit = tw & (0u - tw);
-            sel[w] |= bit;
-            tw ^= bit;
-            ties_before++;
-        }
-        my_sel += __popc(sel[w]);
-    }
-    int at;
-    block_exclusive_sum(my_sel, &at, warp_tot);
-    for (int w = w0; w < w1; w++) {
-        unsigned sw = sel[w];
-        while (sw) {
-            int b = __ffs(sw) - 1;
-            o[at++] = w * 32 + b;
-            sw &= sw - 1;
-        }
-    }
+    emit_selected(sel, tie, ties_needed, words, o, warp_tot);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1413,9 +1534,18 @@ extern "C" __global__ void moe_combine_sorted(float* hidden, const float* y, con
     }
 }
 
-// Top-k of rows with their own lengths (decode with many sequences): one block per row.
-extern "C" __global__ void __launch_bounds__(1024, 1)
-topk_rows_lens(const float* logits, const int* lens, int* out, int ld, int k) {
+// Top-k per row, one block per row (prefill: row t sees first_pos + t + 1 positions).
+extern "C" __global__ void __launch_bounds__(1024)
+topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
     int t = blockIdx.x;
-    topk_row_block(logits + (size_t)t * ld, min(lens[t], ld), k, out + (size_t)t * k);
+    topk_row_fast(logits + (size_t)t * ld, min(first_pos + t + 1, ld), k, out + (size_t)t * k, smem_raw);
+}
+
+// Top-k of rows with their own lengths (decode with many sequences): one block per row.
+extern "C" __global__ void __launch_bounds__(1024)
+topk_rows_lens(const float* logits, const int* lens, int* out, int ld, int k) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    int t = blockIdx.x;
+    topk_row_fast(logits + (size_t)t * ld, min(lens[t], ld), k, out + (size_t)t * k, smem_raw);
 }

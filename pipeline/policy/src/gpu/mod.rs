@@ -219,6 +219,9 @@ const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
 /// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
 /// bf16 each, head sums of 4 warps, 64 weights.
 const INDEXER_DECODE_SMEM: u32 = ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
+/// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
+/// positions and 4,096 candidates of 8 bytes.
+const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
 /// each), P (64 × 64 bf16), row maxima and sums of both warpgroups, two stages of valid flags,
 /// and 1 KB to align the swizzled tiles.
@@ -268,6 +271,8 @@ impl Gpu {
             ("indexer_logits_fp8", INDEXER_FP8_SMEM),
             ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
+            ("topk_rows", TOPK_ROWS_SMEM),
+            ("topk_rows_lens", TOPK_ROWS_SMEM),
         ] {
             gpu.function(f)?
                 .set_attribute(
@@ -472,8 +477,34 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
-        let cfg = config(rows as u32, 1, 1024, 0);
+        let cfg = config(rows as u32, 1, 1024, TOPK_ROWS_SMEM);
         launch!(self, "topk_rows", cfg, &logits, &out, &ld32, &k32, &fp);
+        Ok(())
+    }
+
+    /// Top-`k` positions of `rows` logits rows, one block per row, row `t` considering its first
+    /// `lens[t]` entries (decode with many sequences).
+    pub(crate) fn topk_rows_lens_raw(
+        &self,
+        logits: u64,
+        lens: u64,
+        out: u64,
+        rows: usize,
+        ld: usize,
+        k: usize,
+    ) -> Result<(), GpuError> {
+        let (ld32, k32) = (ld as i32, k as i32);
+        let cfg = config(rows as u32, 1, 1024, TOPK_ROWS_SMEM);
+        launch!(
+            self,
+            "topk_rows_lens",
+            cfg,
+            &logits,
+            &lens,
+            &out,
+            &ld32,
+            &k32
+        );
         Ok(())
     }
 

@@ -738,17 +738,7 @@ impl GpuModel {
                         .ok_or(GpuError::Cuda("no top-k work space".into()))?;
                     g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
                 } else {
-                    let ld32 = max_len as i32;
-                    launch!(
-                        g,
-                        "topk_rows_lens",
-                        config(n as u32, 1, 1024, 0),
-                        &s.logits,
-                        &d_lens,
-                        &s.idx,
-                        &ld32,
-                        &k32
-                    );
+                    g.topk_rows_lens_raw(s.logits, d_lens, s.idx, n, max_len, k)?;
                 }
             } else {
                 let mut row0 = 0;
