@@ -158,7 +158,9 @@ pub fn default_cache() -> PathBuf {
     base.join(".cache/envsynth/kernels")
 }
 
-/// Scratch buffers of the multi-block top-k (`Gpu::topk_decode`).
+/// Scratch buffers of the multi-block top-k (`Gpu::topk_decode`). Its histograms and counters
+/// start zeroed, and each call's last kernel zeroes them again, so calls need no memset; after a
+/// failed launch, make a new one rather than reuse it.
 pub struct TopkWork {
     hist: CudaSlice<i32>,
     counters: CudaSlice<i32>,
