@@ -992,3 +992,66 @@ impl Gpu {
 
 pub mod model;
 pub mod model_check;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hopper's opt-in limit of dynamic shared memory per block (227 KB).
+    const SM90_MAX_SMEM: u32 = 232_448;
+
+    /// The value of `#define NAME value` in the kernel source.
+    fn define(name: &str) -> u32 {
+        KERNELS
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("kernels.cu has no numeric #define {name}"))
+    }
+
+    #[test]
+    fn every_kernel_fits_in_hoppers_shared_memory() {
+        for (name, smem) in [
+            ("indexer_logits_bf16", INDEXER_SMEM),
+            ("indexer_logits_fp8", INDEXER_FP8_SMEM),
+            ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
+            ("sparse_mla_bf16", MLA_SMEM),
+            ("topk_rows", TOPK_ROWS_SMEM),
+        ] {
+            assert!(smem <= SM90_MAX_SMEM, "{name} asks for {smem} bytes");
+        }
+    }
+
+    /// The launch-side sizes follow the kernels' own layout constants, so editing one side alone
+    /// fails here rather than as a shared-memory overrun on the GPU.
+    #[test]
+    fn shared_memory_sizes_match_the_kernel_layouts() {
+        let (tok, heads, tile, stages) = (
+            define("IX_TOK"),
+            define("IX_HEADS"),
+            define("IX_TILE"),
+            define("IX_STAGES"),
+        );
+        let d = define("IX_D");
+        for (smem, row) in [(INDEXER_SMEM, 2 * d), (INDEXER_FP8_SMEM, d)] {
+            let want = (tok * heads + stages * tile) * row + 1024;
+            assert_eq!(smem, want, "indexer, rows of {row} bytes");
+        }
+        let (keys, stride) = (define("IX_KEYS"), d + 8);
+        assert_eq!(
+            INDEXER_DECODE_SMEM,
+            (heads + 2 * keys) * stride * 2 + 4 * keys * 4 + heads * 4
+        );
+        let (bn, dqk) = (define("MLA_BN"), define("MLA_DQK"));
+        assert_eq!(
+            MLA_SMEM,
+            3 * bn * dqk * 2 + bn * bn * 2 + 2 * 2 * bn * 4 + 2 * bn * 4 + 1024
+        );
+        let words = define("TK_MAX_LEN") / 32;
+        assert_eq!(
+            TOPK_ROWS_SMEM,
+            define("TK_BINS") * 4 + 2 * words * 4 + define("TKR_CAP") * 8
+        );
+    }
+}
