@@ -211,6 +211,22 @@ pub struct Gpu {
 /// A null device pointer (an absent page table).
 const NULL: u64 = 0;
 
+/// Keys and queries one block of `indexer_tiles` takes (IX_CHUNK, IX_TOK in kernels.cu), and keys
+/// one block of `indexer_decode_bf16` takes (IX_KEYS · IXD_TILES).
+const IX_CHUNK: u32 = 8192;
+const IX_TOK: u32 = 8;
+const IXD_KEYS: u32 = 512;
+
+/// The grid of the prefill indexer (bf16 or FP8) over `t` queries and `s` keys: 256 threads a block.
+fn indexer_grid(t: usize, s: usize, smem: u32) -> LaunchConfig {
+    config(
+        (s as u32).div_ceil(IX_CHUNK),
+        (t as u32).div_ceil(IX_TOK),
+        256,
+        smem,
+    )
+}
+
 /// Shared memory of `indexer_tiles` for rows of `row` bytes: 512 query rows and 4 stages of 64
 /// key rows, plus 1 KB so the swizzled tiles can start on a 1,024-byte boundary.
 const fn indexer_smem(row: usize) -> u32 {
@@ -432,12 +448,7 @@ impl Gpu {
         pages: u64,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = config(
-            (s as u32).div_ceil(8192),
-            (t as u32).div_ceil(8),
-            256,
-            INDEXER_SMEM,
-        );
+        let cfg = indexer_grid(t, s, INDEXER_SMEM);
         launch!(
             self,
             "indexer_logits_bf16",
@@ -541,12 +552,7 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = config(
-            (s as u32).div_ceil(8192),
-            (t as u32).div_ceil(8),
-            256,
-            INDEXER_FP8_SMEM,
-        );
+        let cfg = indexer_grid(t, s, INDEXER_FP8_SMEM);
         launch!(
             self,
             "indexer_logits_fp8",
@@ -766,7 +772,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let (s32, ld32, st32) = (s as i32, ld as i32, pages_stride as i32);
         let cfg = config(
-            (s as u32).div_ceil(512),
+            (s as u32).div_ceil(IXD_KEYS),
             rows as u32,
             128,
             INDEXER_DECODE_SMEM,
@@ -1047,6 +1053,15 @@ mod tests {
         assert_eq!(
             MLA_SMEM,
             3 * bn * dqk * 2 + bn * bn * 2 + 2 * 2 * bn * 4 + 2 * bn * 4 + 1024
+        );
+        assert_eq!(
+            (IX_CHUNK, IX_TOK, IXD_KEYS),
+            (
+                define("IX_CHUNK"),
+                tok,
+                define("IX_KEYS") * define("IXD_TILES")
+            ),
+            "the indexer grids"
         );
         let words = define("TK_MAX_LEN") / 32;
         assert_eq!(
