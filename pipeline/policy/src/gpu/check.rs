@@ -421,10 +421,13 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     out.push(check(
         "indexer_logits_fp8",
         // Hopper's FP8 tensor cores keep about 14 bits while they accumulate (DeepSeek-V3 report,
-        // §3.3.2); over one 128-long dot product that is ~1e-4, not f32's ~1e-7.
-        "e4m3 in, ~14-bit tensor-core accumulate",
+        // §3.3.2): ~1e-4 over one 128-long dot product. The head sum then runs on the tensor
+        // cores too, with ReLU(q·k) and the weights rounded to bf16 (8-bit mantissa: ~2e-3
+        // relative). Both are far below e4m3's own rounding of q and k, which the top-k overlap
+        // check below measures.
+        "e4m3 in, ~14-bit accumulate, bf16 head sum",
         rel_err(&g64, &w64),
-        1e-3,
+        5e-3,
         format!("{t} queries × {s} keys against an f64 sum of the same e4m3 values"),
     ));
     let share = overlap as f64 / (t * TOPK) as f64;

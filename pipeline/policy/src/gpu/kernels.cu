@@ -121,19 +121,30 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 // -inf beyond. HI must be 64, the head dim 128.
 //
 // The indexer's prefill logits on Hopper's warpgroup matrix instructions (wgmma), bf16 or e4m3
-// operands. A block takes 8 queries (512 head rows, kept in shared memory) against up to
-// IX_CHUNK keys, streamed in tiles of 64 through a 4-stage cp.async ring. It computes K·Qᵀ with
-// keys as rows: warpgroup g multiplies the 64-key tile by the 256 head rows of queries 4g..4g+3,
-// so the sum over heads runs along each thread's own accumulator columns and then across the 4
-// lanes of a quad (a reduce-scatter: 6 shuffles for 8 sums). Both operands sit in shared memory
-// in the 128-byte-swizzled K-major layout wgmma reads directly: a row's 128-byte slab holds 8
-// chunks of 16 bytes, chunk c stored at c ^ (row & 7). Both precisions step 32 bytes per
-// instruction (k16 bf16 or k32 e4m3). With e4m3, q's scale is folded into the head weight and
-// k's applied after the head sum (ReLU(a x) = a ReLU(x) for a > 0).
+// operands. A block of WGS warpgroups takes 4·WGS queries (256 head rows per warpgroup, kept in
+// shared memory) against up to IX_CHUNK keys, streamed in tiles of 64 through a 4-stage cp.async
+// ring. It computes K·Qᵀ with keys as rows: warpgroup g multiplies the 64-key tile by the 256
+// head rows of queries 4g..4g+3. Both operands sit in shared memory in the 128-byte-swizzled
+// K-major layout wgmma reads directly: a row's 128-byte slab holds 8 chunks of 16 bytes, chunk c
+// stored at c ^ (row & 7). Both precisions step 32 bytes per instruction (k16 bf16 or k32 e4m3).
+//
+// The warpgroups take turns on the tensor cores (named barriers order their issues), so one
+// reduces a tile while the next multiplies; ring stages are handed over with mbarriers (full:
+// every thread's copies landed; empty: every warpgroup is done with it), not block barriers.
+// The reduction over heads differs by precision:
+//   bf16: ReLU and weight on the CUDA cores in f32, summed along each thread's accumulator
+//         columns and then across the 4 lanes of a quad (a reduce-scatter, 6 shuffles).
+//   e4m3: one more product on the tensor cores: ReLU(S) packed to bf16 right in the accumulator
+//         layout (the A operand of wgmma from registers) times the weights (bf16, 8 x 256, block
+//         diagonal), f32 accumulate. It needs a quarter of the instructions, which is what lets
+//         three warpgroups keep the FP8 units busy; the rounding costs ~2e-3 relative, well
+//         under e4m3's own. q's scale is folded into the weights and k's applied after the sum
+//         (ReLU(a x) = a ReLU(x) for a > 0).
 
 #define IX_D 128
 #define IX_HEADS 64
-#define IX_TOK 8            // queries per block
+#define IX_WGS_BF16 2       // warpgroups per block (4 queries each), bf16 operands
+#define IX_WGS_FP8 3        // and e4m3
 #define IX_TILE 64          // keys per tile
 #define IX_STAGES 4         // key tiles in the ring (3 in flight ahead)
 #define IX_CHUNK 8192       // keys per block
@@ -141,6 +152,10 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                  "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+                 "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -175,6 +190,36 @@ __device__ __forceinline__ void reg_fence(float* r) {
 }
 __device__ __forceinline__ void fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Shared-memory barriers (mbarrier) for rings whose stages are filled and freed by different
+// warpgroups at different times, and named barriers for ordering warpgroups.
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// Arrives once this thread's earlier cp.async copies have landed (counted in the init count).
+__device__ __forceinline__ void mbar_arrive_cp_async(unsigned long long* bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// Waits until the barrier's phase of parity `parity` has completed.
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+    unsigned done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_u32(bar)), "r"(parity)
+            : "memory");
+    }
+}
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // D (+)= A·B on a warpgroup, A and B in shared memory (descriptors), f32 accumulators; `TAIL`
@@ -228,37 +273,85 @@ __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, u
         : "l"(a), "l"(b), "r"(accumulate));
 }
 
-template <int ROW>
+// Queues the copy of key tile s0..s0+63 into `dst` (swizzled) and, with e4m3 keys, of their
+// scales into `scale_dst`; keys at or past S are zero-filled. NT threads; a tile starts on a
+// multiple of 64, so it lies in one page and its rows are contiguous.
+// D (+)= A·B with A (64 x 16 bf16) from registers in the accumulator-fragment layout, B (16 x 8)
+// from shared memory: the FP8 indexer's head sum.
+__device__ __forceinline__ void wgmma_n8_bf16_rs(float* d, const unsigned* a, unsigned long long b,
+                                                 int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// Two f32 to a bf16 pair, each ReLU'd (one instruction); `lo` in the low half.
+__device__ __forceinline__ unsigned relu_pack_bf16(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.relu.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+template <int ROW, int NT>
 __device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S,
-                                             const int* pages) {
-    for (int i = threadIdx.x; i < IX_TILE * (ROW / 16); i += blockDim.x) {
-        int r = i / (ROW / 16), c = i % (ROW / 16);
-        bool ok = s0 + r < S;
-        cp_async16(dst + swz(IX_TILE, r, c * 16), ok ? k + ix_key_row(pages, s0 + r) * ROW + c * 16 : k, ok);
+                                             const int* pages, const float* k_scale, float* scale_dst) {
+    constexpr int CHUNKS = ROW / 16;  // 16-byte chunks per row
+    size_t row0 = ix_key_row(pages, s0);
+    const unsigned char* src = k + row0 * ROW;
+    int rows = S - s0;  // valid rows in the tile, if fewer than 64
+#pragma unroll
+    for (int u = 0; u < (IX_TILE * CHUNKS + NT - 1) / NT; u++) {
+        int i = threadIdx.x + NT * u;
+        if (IX_TILE * CHUNKS % NT != 0 && i >= IX_TILE * CHUNKS) break;
+        int r = i / CHUNKS, c = i % CHUNKS;
+        bool ok = r < rows;
+        cp_async16(dst + swz(IX_TILE, r, c * 16), ok ? src + r * ROW + c * 16 : src, ok);
+    }
+    if (k_scale && threadIdx.x < IX_TILE) {
+        bool ok = (int)threadIdx.x < rows;
+        cp_async4(scale_dst + threadIdx.x, k_scale + row0 + (ok ? threadIdx.x : 0), ok);
     }
 }
 
-template <bool FP8>
+template <bool FP8, int WGS>
 __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const float* q_scale,
                                               const unsigned char* k, const float* k_scale,
                                               const float* w, float* logits, int T, int S, int ld,
                                               int first_pos, const int* pages) {
     constexpr int ROW = FP8 ? IX_D : 2 * IX_D;  // bytes of one row of 128 values
-    constexpr int QROWS = IX_TOK * IX_HEADS;
+    constexpr int TOK = 4 * WGS, NT = 128 * WGS;  // queries and threads per block
+    constexpr int QROWS = TOK * IX_HEADS;
     constexpr int STAGE = IX_TILE * ROW;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // The swizzle pattern repeats every 1,024 bytes, so the tiles start on such a boundary.
     unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // QROWS rows
     unsigned char* kbuf = qs + QROWS * ROW;                        // IX_STAGES tiles
+    // e4m3 only: per warpgroup, the head weights as the B operand of the head sum (8 x 256 bf16,
+    // swizzled; row n holds query n's weights in columns 64n..64n+63, zero elsewhere), and a ring
+    // of the key tiles' scales.
+    unsigned char* wsum = kbuf + IX_STAGES * STAGE;                      // WGS x 4 KB
+    float* kscale = reinterpret_cast<float*>(wsum + (FP8 ? WGS * 4096 : 0));  // IX_STAGES x 64
 
-    int t0 = blockIdx.y * IX_TOK;
-    int last_pos = first_pos + min(t0 + IX_TOK, T) - 1;
+    int t0 = blockIdx.y * TOK;
+    int last_pos = first_pos + min(t0 + TOK, T) - 1;
     int s_begin = blockIdx.x * IX_CHUNK;
     // Tiles at or before the block's last query position (later keys are every query's future).
     int s_end = min(min(S, last_pos + 1), s_begin + IX_CHUNK);
     if (s_begin >= s_end) return;
     int tiles = (s_end - s_begin + IX_TILE - 1) / IX_TILE;
 
+    // Ring stage st holds tile j (j % IX_STAGES == st). full[st]: all NT threads' copies of the
+    // tile landed; empty[st]: every warpgroup's products on it are done.
+    __shared__ __align__(8) unsigned long long full[IX_STAGES], empty[IX_STAGES];
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < IX_STAGES; st++) {
+            mbar_init(&full[st], NT);
+            mbar_init(&empty[st], WGS);
+        }
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < QROWS * (ROW / 16); i += blockDim.x) {
         int r = i / (ROW / 16), c = i % (ROW / 16);
         bool ok = t0 + r / IX_HEADS < T;
@@ -266,105 +359,168 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     }
 #pragma unroll
     for (int st = 0; st < IX_STAGES - 1; st++) {
-        if (st < tiles) ix_load_keys<ROW>(kbuf + st * STAGE, k, s_begin + st * IX_TILE, S, pages);
-        cp_async_commit();  // the queries ride in the first group
+        if (st < tiles) {
+            ix_load_keys<ROW, NT>(kbuf + st * STAGE, k, s_begin + st * IX_TILE, S, pages, k_scale,
+                                  kscale + st * IX_TILE);
+            mbar_arrive_cp_async(&full[st]);  // the queries ride with the first tile
+        }
     }
 
     int wg = threadIdx.x >> 7, wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int tig = lane & 3, row0 = 16 * wq + (lane >> 2);  // this thread's keys: row0, row0 + 8
-    int my_tok = 4 * wg + tig;                          // the query this lane writes
-    int t = t0 + my_tok;
-    // The head weights of this thread's columns stay in registers: [query][head group], heads
-    // 8·jj + 2·tig and +1 (shared-memory loads here would contend with wgmma's operand reads).
+    int t = t0 + 4 * wg + tig;                          // bf16: the query this lane writes
+    // bf16: the head weights of this thread's columns stay in registers: [query][head group],
+    // heads 8·jj + 2·tig and +1 (shared-memory loads here would contend with wgmma's operand
+    // reads). e4m3: they go to shared memory as the head sum's B operand.
     float2 wr[4][8];
+    if constexpr (FP8) {
+        for (int i = threadIdx.x; i < WGS * 8 * 256; i += NT) {
+            int g = i / (8 * 256), n = (i / 256) % 8, c = i % 256;
+            int tt = t0 + 4 * g + n;
+            float v = 0.f;
+            if (n == c / 64 && tt < T) {
+                size_t at = (size_t)tt * IX_HEADS + c % 64;
+                v = w[at] * q_scale[at];
+            }
+            *reinterpret_cast<bf16*>(wsum + g * 4096 + swz(8, n, 2 * c)) = f32_to_bf16(v);
+        }
+        fence_async_smem();  // read by wgmma
+        __syncthreads();
+    } else {
 #pragma unroll
-    for (int tok = 0; tok < 4; tok++) {
-        int tt = t0 + 4 * wg + tok;
+        for (int tok = 0; tok < 4; tok++) {
+            int tt = t0 + 4 * wg + tok;
 #pragma unroll
-        for (int jj = 0; jj < 8; jj++) {
-            size_t at = (size_t)tt * IX_HEADS + 8 * jj + 2 * tig;
-            wr[tok][jj] = tt < T ? make_float2(w[at] * (FP8 ? q_scale[at] : 1.f), w[at + 1] * (FP8 ? q_scale[at + 1] : 1.f))
-                                 : make_float2(0.f, 0.f);
+            for (int jj = 0; jj < 8; jj++) {
+                size_t at = (size_t)tt * IX_HEADS + 8 * jj + 2 * tig;
+                wr[tok][jj] = tt < T ? make_float2(w[at], w[at + 1]) : make_float2(0.f, 0.f);
+            }
         }
     }
     const unsigned char* qg = qs + wg * 256 * 128;     // this warpgroup's 256 head rows
+    const unsigned long long desc_q = wg_desc(qg), desc_k = wg_desc(kbuf), desc_w = wg_desc(wsum + wg * 4096);
 
+    // The warpgroups take turns on the tensor cores: warpgroup g issues after g - 1 (named
+    // barrier 1 + g), warpgroup 0 after the last one's previous tile, so while one runs its
+    // products for a tile the others reduce theirs.
     for (int j = 0; j < tiles; j++) {
-        cp_async_wait<IX_STAGES - 2>();
-        fence_async_smem();
-        __syncthreads();  // tile j landed for all; every warpgroup is done with tile j - 1
-        {
-            int nj = j + IX_STAGES - 1;
-            if (nj < tiles) ix_load_keys<ROW>(kbuf + (nj % IX_STAGES) * STAGE, k, s_begin + nj * IX_TILE, S, pages);
-            cp_async_commit();
-        }
-        const unsigned char* ks = kbuf + (j % IX_STAGES) * STAGE;
+        int st = j % IX_STAGES;
+        mbar_wait(&full[st], (j / IX_STAGES) & 1);
+        fence_async_smem();  // the copies (generic proxy) become visible to wgmma (async proxy)
+        if (wg > 0 || j > 0) named_bar_sync(1 + wg, 256);
         float d[128];
         wg_fence();
 #pragma unroll
         for (int kb = 0; kb < ROW; kb += 32) {
-            unsigned long long da = wg_desc(ks + (kb >> 7) * IX_TILE * 128 + (kb & 127));
-            unsigned long long db = wg_desc(qg + (kb >> 7) * QROWS * 128 + (kb & 127));
+            // Descriptors advance by address / 16 in their low bits.
+            unsigned long long da = desc_k + ((st * STAGE + (kb >> 7) * IX_TILE * 128 + (kb & 127)) >> 4);
+            unsigned long long db = desc_q + (((kb >> 7) * QROWS * 128 + (kb & 127)) >> 4);
             if constexpr (FP8) wgmma_n256_e4m3(d, da, db, kb > 0);
             else wgmma_n256_bf16(d, da, db, kb > 0);
         }
         wg_commit();
+        if (wg + 1 < WGS) named_bar_arrive(2 + wg, 256);
+        else if (j + 1 < tiles) named_bar_arrive(1, 256);
+        // Refill the stage of tile j - 1 with tile j + IX_STAGES - 1 once every warpgroup is
+        // done with it.
+        int nj = j + IX_STAGES - 1;
+        if (nj < tiles) {
+            int ns = nj % IX_STAGES;
+            if (j > 0) mbar_wait(&empty[ns], ((j - 1) / IX_STAGES) & 1);
+            ix_load_keys<ROW, NT>(kbuf + ns * STAGE, k, s_begin + nj * IX_TILE, S, pages, k_scale,
+                                  kscale + ns * IX_TILE);
+            mbar_arrive_cp_async(&full[ns]);
+        }
+        int s0 = s_begin + j * IX_TILE;
         wg_wait0();
         reg_fence<128>(d);
+        // The last reads of the stage; then it may be refilled.
+        float ksc_lo = FP8 ? kscale[st * IX_TILE + row0] : 1.f, ksc_hi = FP8 ? kscale[st * IX_TILE + row0 + 8] : 1.f;
+        if ((threadIdx.x & 127) == 0) mbar_arrive(&empty[st]);
 
-        // Per query of the warpgroup: ReLU, weight by head, sum the thread's 16 heads.
-        float lo[4], hi[4];  // keys row0 and row0 + 8
+        if constexpr (FP8) {
+            // The head sum on the tensor cores: ReLU(S) rounded to bf16 is the A operand as it
+            // lies in the accumulators (columns 16kk..16kk+15 of S are k-step kk), times the
+            // weights; out[key][n] is query n's logit.
+            unsigned a[64];
 #pragma unroll
-        for (int tok = 0; tok < 4; tok++) {
-            lo[tok] = 0.f;
-            hi[tok] = 0.f;
+            for (int i = 0; i < 64; i++) a[i] = relu_pack_bf16(d[2 * i], d[2 * i + 1]);
+            float o[4];
+            wg_fence();
 #pragma unroll
-            for (int jj = 0; jj < 8; jj++) {
-                int n = 8 * tok + jj;
-                float2 wt = wr[tok][jj];
-                lo[tok] += wt.x * fmaxf(d[4 * n], 0.f) + wt.y * fmaxf(d[4 * n + 1], 0.f);
-                hi[tok] += wt.x * fmaxf(d[4 * n + 2], 0.f) + wt.y * fmaxf(d[4 * n + 3], 0.f);
+            for (int kk = 0; kk < 16; kk++)
+                wgmma_n8_bf16_rs(o, a + 4 * kk, desc_w + ((kk >> 2) * 1024 + (kk & 3) * 32) / 16, kk > 0);
+            wg_commit();
+            wg_wait0();
+            reg_fence<4>(o);
+            // Lanes 0 and 1 of each quad hold queries 2·tig and 2·tig + 1.
+            if (tig < 2) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int tq = t0 + 4 * wg + 2 * tig + (e & 1);
+                    int s = s0 + row0 + 8 * (e >> 1);
+                    if (tq < T && s < S)
+                        logits[(size_t)tq * ld + s] =
+                            s > first_pos + tq ? -__int_as_float(0x7f800000) : o[e] * ((e >> 1) ? ksc_hi : ksc_lo);
+                }
             }
-        }
-        // Reduce-scatter over the quad: lane tig ends with query tig's sums.
-        bool b1 = tig & 2, b0 = tig & 1;
-        float l2[2], h2[2];
+        } else {
+            // Per query of the warpgroup: ReLU, weight by head, sum the thread's 16 heads (two
+            // partial sums per key keep 16 chains of fused multiply-adds in flight).
+            float lo[4], hi[4];  // keys row0 and row0 + 8
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            float sl = b1 ? lo[i] : lo[2 + i], sh = b1 ? hi[i] : hi[2 + i];
-            l2[i] = (b1 ? lo[2 + i] : lo[i]) + __shfl_xor_sync(0xffffffffu, sl, 2);
-            h2[i] = (b1 ? hi[2 + i] : hi[i]) + __shfl_xor_sync(0xffffffffu, sh, 2);
-        }
-        float vl = (b0 ? l2[1] : l2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? l2[0] : l2[1], 1);
-        float vh = (b0 ? h2[1] : h2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? h2[0] : h2[1], 1);
-        if (t < T) {
-            int s0 = s_begin + j * IX_TILE;
+            for (int tok = 0; tok < 4; tok++) {
+                float la = 0.f, lb = 0.f, ha = 0.f, hb = 0.f;
 #pragma unroll
-            for (int half = 0; half < 2; half++) {
-                int s = s0 + row0 + 8 * half;
-                if (s < S) {
-                    float v = half ? vh : vl;
-                    if (FP8) v *= k_scale[ix_key_row(pages, s)];
-                    logits[(size_t)t * ld + s] = s > first_pos + t ? -__int_as_float(0x7f800000) : v;
+                for (int jj = 0; jj < 8; jj++) {
+                    int n = 8 * tok + jj;
+                    float2 wt = wr[tok][jj];
+                    la = fmaf(wt.x, fmaxf(d[4 * n], 0.f), la);
+                    lb = fmaf(wt.y, fmaxf(d[4 * n + 1], 0.f), lb);
+                    ha = fmaf(wt.x, fmaxf(d[4 * n + 2], 0.f), ha);
+                    hb = fmaf(wt.y, fmaxf(d[4 * n + 3], 0.f), hb);
+                }
+                lo[tok] = la + lb;
+                hi[tok] = ha + hb;
+            }
+            // Reduce-scatter over the quad: lane tig ends with query tig's sums.
+            bool b1 = tig & 2, b0 = tig & 1;
+            float l2[2], h2[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                float sl = b1 ? lo[i] : lo[2 + i], sh = b1 ? hi[i] : hi[2 + i];
+                l2[i] = (b1 ? lo[2 + i] : lo[i]) + __shfl_xor_sync(0xffffffffu, sl, 2);
+                h2[i] = (b1 ? hi[2 + i] : hi[i]) + __shfl_xor_sync(0xffffffffu, sh, 2);
+            }
+            float vl = (b0 ? l2[1] : l2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? l2[0] : l2[1], 1);
+            float vh = (b0 ? h2[1] : h2[0]) + __shfl_xor_sync(0xffffffffu, b0 ? h2[0] : h2[1], 1);
+            if (t < T) {
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    int s = s0 + row0 + 8 * half;
+                    if (s < S) {
+                        float v = half ? vh : vl;
+                        logits[(size_t)t * ld + s] = s > first_pos + t ? -__int_as_float(0x7f800000) : v;
+                    }
                 }
             }
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
+extern "C" __global__ void __launch_bounds__(128 * IX_WGS_BF16, 1)
 indexer_logits_bf16(const bf16* q, const bf16* k, const float* w, float* logits, int T, int S,
                     int ld, int first_pos, const int* pages) {
-    indexer_tiles<false>(reinterpret_cast<const unsigned char*>(q), nullptr,
+    indexer_tiles<false, IX_WGS_BF16>(reinterpret_cast<const unsigned char*>(q), nullptr,
                          reinterpret_cast<const unsigned char*>(k), nullptr, w, logits, T, S, ld,
                          first_pos, pages);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
+extern "C" __global__ void __launch_bounds__(128 * IX_WGS_FP8, 1)
 indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k,
                    const float* k_scale, const float* w, float* logits, int T, int S, int ld,
                    int first_pos, const int* pages) {
-    indexer_tiles<true>(q, q_scale, k, k_scale, w, logits, T, S, ld, first_pos, pages);
+    indexer_tiles<true, IX_WGS_FP8>(q, q_scale, k, k_scale, w, logits, T, S, ld, first_pos, pages);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -211,29 +211,38 @@ pub struct Gpu {
 /// A null device pointer (an absent page table).
 const NULL: u64 = 0;
 
-/// Keys and queries one block of `indexer_tiles` takes (IX_CHUNK, IX_TOK in kernels.cu), and keys
-/// one block of `indexer_decode_bf16` takes (IX_KEYS · IXD_TILES).
+/// Keys one block of `indexer_tiles` takes (IX_CHUNK in kernels.cu), its warpgroups of 4 queries
+/// each with bf16 and with e4m3 operands (IX_WGS_BF16, IX_WGS_FP8), and keys one block of
+/// `indexer_decode_bf16` takes (IX_KEYS · IXD_TILES).
 const IX_CHUNK: u32 = 8192;
-const IX_TOK: u32 = 8;
+const IX_WGS_BF16: u32 = 2;
+const IX_WGS_FP8: u32 = 3;
 const IXD_KEYS: u32 = 512;
 
-/// The grid of the prefill indexer (bf16 or FP8) over `t` queries and `s` keys: 256 threads a block.
-fn indexer_grid(t: usize, s: usize, smem: u32) -> LaunchConfig {
+/// The grid of the prefill indexer over `t` queries and `s` keys, `wgs` warpgroups a block.
+fn indexer_grid(t: usize, s: usize, wgs: u32, smem: u32) -> LaunchConfig {
     config(
         (s as u32).div_ceil(IX_CHUNK),
-        (t as u32).div_ceil(IX_TOK),
-        256,
+        (t as u32).div_ceil(4 * wgs),
+        128 * wgs,
         smem,
     )
 }
 
-/// Shared memory of `indexer_tiles` for rows of `row` bytes: 512 query rows and 4 stages of 64
-/// key rows, plus 1 KB so the swizzled tiles can start on a 1,024-byte boundary.
-const fn indexer_smem(row: usize) -> u32 {
-    ((512 + 4 * 64) * row + 1024) as u32
+/// Shared memory of `indexer_tiles` with `wgs` warpgroups and rows of `row` bytes: 256 query
+/// rows a warpgroup and 4 stages of 64 key rows, plus 1 KB so the swizzled tiles can start on a
+/// 1,024-byte boundary; with e4m3 (`row` 128) also each warpgroup's head-sum weights (4 KB) and
+/// the key tiles' scales.
+const fn indexer_smem(wgs: usize, row: usize) -> u32 {
+    let fp8_extra = if row == 128 {
+        wgs * 4096 + 4 * 64 * 4
+    } else {
+        0
+    };
+    ((wgs * 256 + 4 * 64) * row + 1024 + fp8_extra) as u32
 }
-const INDEXER_SMEM: u32 = indexer_smem(256);
-const INDEXER_FP8_SMEM: u32 = indexer_smem(128);
+const INDEXER_SMEM: u32 = indexer_smem(IX_WGS_BF16 as usize, 256);
+const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, 128);
 /// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
 /// bf16 each, head sums of 4 warps, 64 weights.
 const INDEXER_DECODE_SMEM: u32 = ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
@@ -448,7 +457,7 @@ impl Gpu {
         pages: u64,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = indexer_grid(t, s, INDEXER_SMEM);
+        let cfg = indexer_grid(t, s, IX_WGS_BF16, INDEXER_SMEM);
         launch!(
             self,
             "indexer_logits_bf16",
@@ -552,7 +561,7 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = indexer_grid(t, s, INDEXER_FP8_SMEM);
+        let cfg = indexer_grid(t, s, IX_WGS_FP8, INDEXER_FP8_SMEM);
         launch!(
             self,
             "indexer_logits_fp8",
@@ -1033,17 +1042,23 @@ mod tests {
     /// fails here rather than as a shared-memory overrun on the GPU.
     #[test]
     fn shared_memory_sizes_match_the_kernel_layouts() {
-        let (tok, heads, tile, stages) = (
-            define("IX_TOK"),
-            define("IX_HEADS"),
-            define("IX_TILE"),
-            define("IX_STAGES"),
-        );
+        let (heads, tile, stages) = (define("IX_HEADS"), define("IX_TILE"), define("IX_STAGES"));
+        let (wgs_bf16, wgs_fp8) = (define("IX_WGS_BF16"), define("IX_WGS_FP8"));
         let d = define("IX_D");
-        for (smem, row) in [(INDEXER_SMEM, 2 * d), (INDEXER_FP8_SMEM, d)] {
-            let want = (tok * heads + stages * tile) * row + 1024;
-            assert_eq!(smem, want, "indexer, rows of {row} bytes");
-        }
+        assert_eq!(
+            INDEXER_SMEM,
+            (4 * wgs_bf16 * heads + stages * tile) * 2 * d + 1024,
+            "bf16 indexer"
+        );
+        // e4m3: each warpgroup's head-sum weights (8 x 256 bf16) and the tiles' scales (f32).
+        assert_eq!(
+            INDEXER_FP8_SMEM,
+            (4 * wgs_fp8 * heads + stages * tile) * d
+                + 1024
+                + wgs_fp8 * 8 * 256 * 2
+                + stages * tile * 4,
+            "FP8 indexer"
+        );
         let (keys, stride) = (define("IX_KEYS"), d + 8);
         assert_eq!(
             INDEXER_DECODE_SMEM,
@@ -1055,10 +1070,11 @@ mod tests {
             3 * bn * dqk * 2 + bn * bn * 2 + 2 * 2 * bn * 4 + 2 * bn * 4 + 1024
         );
         assert_eq!(
-            (IX_CHUNK, IX_TOK, IXD_KEYS),
+            (IX_CHUNK, IX_WGS_BF16, IX_WGS_FP8, IXD_KEYS),
             (
                 define("IX_CHUNK"),
-                tok,
+                wgs_bf16,
+                wgs_fp8,
                 define("IX_KEYS") * define("IXD_TILES")
             ),
             "the indexer grids"
