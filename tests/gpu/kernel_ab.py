@@ -88,6 +88,8 @@ def launch(f, grid, block, smem, args):
             holders.append(ctypes.c_uint64(a.data_ptr()))
         elif isinstance(a, int):
             holders.append(ctypes.c_int32(a))
+        elif isinstance(a, float):
+            holders.append(ctypes.c_float(a))
         elif a is None:
             holders.append(ctypes.c_uint64(0))
         else:
@@ -169,4 +171,5 @@ def main():
             )
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -445,8 +445,9 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         )
     });
 
-    // Decode: the one-query indexer over per-row lengths, and the multi-block top-k on long
-    // rows (with ties), a short row, and a row of equal values (forcing the fallback).
+    // Decode: the one-query indexer over per-row lengths (building the top-k's first histograms
+    // as it goes, then that top-k), and the multi-block top-k on long rows (with ties), a short
+    // row, and a row of equal values (forcing the fallback).
     let (rows, s_len) = (3usize, 5000usize);
     let lens: Vec<i32> = vec![5000, 130, 4097];
     let (qb, qv) = random_bf16(rng, rows * IH * ID);
@@ -460,8 +461,23 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         gpu.upload(&lens)?,
     );
     let mut dl = gpu.upload(&vec![f32::NAN; rows * s_len])?;
-    gpu.indexer_decode(&dq, &dk, &dw, &mut dl, &dlens, rows, s_len, s_len)?;
+    let mut work = gpu.topk_work(rows, TOPK)?;
+    gpu.indexer_decode(
+        &dq,
+        &dk,
+        &dw,
+        &mut dl,
+        &dlens,
+        rows,
+        s_len,
+        s_len,
+        Some(&mut work),
+    )?;
+    let mut dsel = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
+    gpu.topk_decode(&dl, &dlens, rows, s_len, &mut work, &mut dsel)?;
     let got = gpu.download(&dl)?;
+    let sel = gpu.download(&dsel)?;
+    let mut sel_differ = Vec::new();
     let (mut g64, mut w64) = (Vec::new(), Vec::new());
     for r in 0..rows {
         let len = lens[r] as usize;
@@ -473,6 +489,15 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         );
         g64.extend(got[r * s_len..r * s_len + len].iter().map(|&v| v as f64));
         w64.extend(want.iter().map(|&v| v as f64));
+        // The selection from the indexer's histograms, against a sort of the same logits.
+        let mut want_sel: Vec<i32> = top_k(&got[r * s_len..r * s_len + len], TOPK.min(len))
+            .into_iter()
+            .map(|i| i as i32)
+            .collect();
+        want_sel.resize(TOPK, -1);
+        if sel[r * TOPK..(r + 1) * TOPK] != want_sel[..] {
+            sel_differ.push(r);
+        }
     }
     out.push(check(
         "indexer_decode",
@@ -481,6 +506,16 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         1e-4,
         format!("{rows} queries, lengths {lens:?}"),
     ));
+    out.push(Check {
+        passed: sel_differ.is_empty(),
+        ..check(
+            "indexer_decode_topk",
+            "exact",
+            sel_differ.len() as f64,
+            0.0,
+            format!("top-{TOPK} from the histograms the indexer built, against a sort of its logits; rows differing: {sel_differ:?}"),
+        )
+    });
 
     let (rows, len) = (4usize, 131_072usize);
     let mut long: Vec<f32> = (0..rows * len)
@@ -804,7 +839,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
         )
     })?;
     let mut stage = |which: u8| match which {
-        0 => gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l),
+        0 => gpu.indexer_decode(&dqi, &dk, &dw, &mut logits, &dlen, 1, l, l, Some(&mut work)),
         1 => gpu.topk_decode(&logits, &dlen, 1, l, &mut work, &mut idx),
         _ => gpu.sparse_mla(
             &dqm,

@@ -597,6 +597,41 @@ __device__ __forceinline__ int find_bin(const int* hist, int want, int* above_ou
     return find_bin_n(hist, TK_BINS, want, above_out);
 }
 
+// find_bin_n by the whole block, every thread getting the answer: each thread sums a run of
+// bins (highest first), a block scan gives the count above each run, and the one run where the
+// count reaches `want` is searched. A few barriers instead of one warp's bins/32 sequential
+// steps, which dominated the decode top-k. `warp_tot` is 33 ints of shared memory.
+__device__ int find_bin_block(const int* hist, int bins, int want, int* above_out, int* warp_tot) {
+    __shared__ int res_b, res_above;
+    int per = (bins + blockDim.x - 1) / blockDim.x;
+    int hi = bins - (int)threadIdx.x * per, lo = max(0, hi - per);  // this thread's bins [lo, hi)
+    int sum = 0;
+    for (int b = lo; b < hi; b++) sum += hist[b];
+    int above;
+    int total = block_exclusive_sum(sum, &above, warp_tot);
+    if (threadIdx.x == 0) {
+        res_b = 0;
+        res_above = total;  // `want` beyond the total: bin 0, everything above it
+    }
+    __syncthreads();
+    if (hi > lo && above + sum >= want && (threadIdx.x == 0 || above < want)) {
+        int run = above;
+        for (int b = hi - 1; b >= lo; b--) {
+            if (run + hist[b] >= want) {
+                res_b = b;
+                res_above = run;
+                break;
+            }
+            run += hist[b];
+        }
+    }
+    __syncthreads();
+    int b = res_b;
+    *above_out = res_above;
+    __syncthreads();  // res_b is free for the next call
+    return b;
+}
+
 // One block selects the top k of `row[0..len)` into `o`.
 __device__ void topk_row_block(const float* row, int len, int k, int* o) {
     __shared__ int hist[256];
@@ -876,16 +911,22 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
-                    int S, int ld, const int* pages, int pages_stride) {
+                    int S, int ld, const int* pages, int pages_stride, int* hist, int hist_k) {
     // 87 KB: more than a block may declare statically, so it is dynamic shared memory.
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* qs = reinterpret_cast<bf16*>(smem_raw);                      // 64 x IX_STRIDE
     bf16* kbuf = qs + IX_HEADS * IX_STRIDE;                             // 2 x 128 x IX_STRIDE
     float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX_STRIDE);  // 4 x 128
     float* ws = red + 4 * IX_KEYS;                                      // 64
+    int* hh = reinterpret_cast<int*>(ws + IX_HEADS);                    // TK_BINS
     int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * IXD_TILES;
     int len = min(lens[t], S);
     if (s_begin >= len) return;
+    // With `hist`, the block also adds its logits to the row's top-11-bit histogram (phase 1 of
+    // topk_decode_fused, which then skips it) for rows longer than hist_k.
+    bool histogram = hist && len > hist_k;
+    if (histogram)
+        for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hh[i] = 0;
     int tiles = min(IXD_TILES, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
@@ -953,88 +994,106 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
         __syncthreads();
         for (int c = threadIdx.x; c < IX_KEYS; c += blockDim.x) {
             int s = s_begin + j * IX_KEYS + c;
-            if (s < len)
-                logits[(size_t)t * ld + s] = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
+            if (s < len) {
+                float v = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
+                logits[(size_t)t * ld + s] = v;
+                if (histogram) atomicAdd(&hh[order_key(v) >> 21], 1);
+            }
         }
+    }
+    if (histogram) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+            if (hh[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + i], hh[i]);
     }
 }
 
-// Multi-block top-k for few long rows, in three passes over each row (which stays in L2):
-//   1. histogram of the key's top 11 bits            (grid: chunks x rows)
-//   2. histogram of the next 11 bits inside bin b1    (b1 found by each block from pass 1)
+// Multi-block top-k for few long rows (decode), one launch in four phases separated by grid-wide
+// barriers, each row staying in L2:
+//   1. histogram of the key's top 11 bits            (units of TK_CHUNK keys of a row)
+//   2. histogram of the next 11 bits inside bin b1    (b1 found by each unit from phase 1)
 //   3. every key above (b1, b2) is taken; keys in (b1, b2) are candidates
-// then one block per row picks the best candidates (stable: higher key, then lower index) and
-// writes the k indices in ascending order. Work buffers per row: hist 2 x 2048 ints, counters
-// 2 ints, taken k ints, candidates `cap` (key, index) pairs. Hist and counters start zeroed and
-// topk_finish zeroes them again, so a call needs no memset. A row whose candidates overflow
-// `cap` is done by topk_finish with the one-block select.
+//   4. one block per row picks the best candidates (stable: higher key, then lower index) and
+//      writes the k indices in ascending order.
+// Work buffers per row: hist 2 x 2048 ints, counters 2 ints, taken k ints, candidates `cap`
+// (key, index) pairs; one barrier of 2 ints for the call. All start zeroed and phase 4 zeroes
+// hist and counters again, so a call needs no memset. A row whose candidates overflow `cap` is
+// done in phase 4 by the one-block select. Data other blocks wrote is read with __ldcg (L2),
+// never from a possibly stale L1 line.
 
+// A barrier across the whole grid, for a launch whose blocks are all resident at once (at most
+// one per multiprocessor). bar[0] counts arrivals; the last arrival resets it and advances the
+// generation bar[1], which the others wait for.
+__device__ void grid_sync(unsigned* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned* gen = bar + 1;
+        unsigned g = *gen;
+        __threadfence();  // this block's writes before the arrival
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        } else {
+            while (*gen == g) __nanosleep(32);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
 
-extern "C" __global__ void topk_hist1(const float* logits, const int* lens, int ld, int* hist) {
-    __shared__ int h[TK_BINS];
-    int t = blockIdx.y, len = min(lens[t], ld);
+// Phase 1 for keys chunk·TK_CHUNK.. of row t; `h` is TK_BINS ints of shared memory.
+__device__ void tk_hist1(const float* logits, int len, int ld, int* hist, int t, int chunk, int* h) {
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
     __syncthreads();
     const float* row = logits + (size_t)t * ld;
-    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
-    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x)
+    int end = min(len, (chunk + 1) * TK_CHUNK);
+    for (int i = chunk * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x)
         atomicAdd(&h[order_key(row[i]) >> 21], 1);
     __syncthreads();
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
         if (h[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + i], h[i]);
+    __syncthreads();  // `h` is free for the next unit
 }
 
-extern "C" __global__ void topk_hist2(const float* logits, const int* lens, int ld, int k, int* hist) {
-    __shared__ int h[TK_BINS];
-    __shared__ int b1s;
-    int t = blockIdx.y, len = min(lens[t], ld);
-    if (len <= k) return;
+// Phase 2 for the same unit.
+__device__ void tk_hist2(const float* logits, int len, int ld, int k, int* hist, int t, int chunk, int* h) {
+    __shared__ int warp_tot[33];
     // One coalesced read of the histogram; the scan then runs in shared memory.
-    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = hist[(size_t)t * 2 * TK_BINS + i];
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
     __syncthreads();
-    if (threadIdx.x < 32) {
-        int above;
-        int b = find_bin(h, k, &above);
-        if (threadIdx.x == 0) b1s = b;
-    }
-    __syncthreads();
+    int above;
+    unsigned b1 = find_bin_block(h, TK_BINS, k, &above, warp_tot);
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
     __syncthreads();
-    unsigned b1 = b1s;
     const float* row = logits + (size_t)t * ld;
-    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
-    for (int i = blockIdx.x * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
+    int end = min(len, (chunk + 1) * TK_CHUNK);
+    for (int i = chunk * TK_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
         unsigned key = order_key(row[i]);
         if ((key >> 21) == b1) atomicAdd(&h[(key >> 10) & (TK_BINS - 1)], 1);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
         if (h[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + TK_BINS + i], h[i]);
+    __syncthreads();
 }
 
-extern "C" __global__ void topk_collect(const float* logits, const int* lens, int ld, int k,
-                                        const int* hist, int* counters, int* taken,
-                                        unsigned long long* cand, int cap) {
-    __shared__ unsigned prefix_s;
-    __shared__ int h[2 * TK_BINS];
-    int t = blockIdx.y, len = min(lens[t], ld);
-    if (len <= k) return;
-    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) h[i] = hist[(size_t)t * 2 * TK_BINS + i];
+// Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory.
+__device__ void tk_collect(const float* logits, int len, int ld, int k, const int* hist, int* counters,
+                           int* taken, unsigned long long* cand, int cap, int t, int chunk, int* h) {
+    __shared__ int warp_tot[33];
+    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
     __syncthreads();
-    if (threadIdx.x < 32) {
-        int above1, above2;
-        int b1 = find_bin(h, k, &above1);
-        int b2 = find_bin(h + TK_BINS, k - above1, &above2);
-        if (threadIdx.x == 0) prefix_s = ((unsigned)b1 << 11) | (unsigned)b2;
-    }
-    __syncthreads();
-    unsigned prefix = prefix_s;
+    int above1, above2;
+    int b1 = find_bin_block(h, TK_BINS, k, &above1, warp_tot);
+    int b2 = find_bin_block(h + TK_BINS, TK_BINS, k - above1, &above2, warp_tot);
+    unsigned prefix = ((unsigned)b1 << 11) | (unsigned)b2;
     const float* row = logits + (size_t)t * ld;
-    int end = min(len, (blockIdx.x + 1) * TK_CHUNK);
+    int end = min(len, (chunk + 1) * TK_CHUNK);
     int lane = threadIdx.x & 31;
     unsigned below = (1u << lane) - 1u;
     // Whole warps go round together, so each warp takes its slots with one atomic per kind.
-    for (int base = blockIdx.x * TK_CHUNK; base < end; base += blockDim.x) {
+    for (int base = chunk * TK_CHUNK; base < end; base += blockDim.x) {
         int i = base + threadIdx.x;
         unsigned key = i < end ? order_key(row[i]) : 0u;
         unsigned top = key >> 10;
@@ -1048,6 +1107,7 @@ extern "C" __global__ void topk_collect(const float* logits, const int* lens, in
         if (take) taken[(size_t)t * k + at_t] = i;
         if (maybe && at_c < cap) cand[(size_t)t * cap + at_c] = ((unsigned long long)key << 32) | (unsigned)(~i);
     }
+    __syncthreads();  // `h` is free for the next unit
 }
 
 // Finishes one row: the keys above (b1, b2) are taken; among the candidates (keys in bucket
@@ -1211,17 +1271,18 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
 }
 
 
-extern "C" __global__ void __launch_bounds__(1024)
-topk_finish(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
-            const int* taken, const unsigned long long* cand, int cap, int* out) {
-    __shared__ unsigned sel[TK_WORDS];
-    __shared__ unsigned tie[TK_WORDS];
-    __shared__ int h3[1024];
+// Phase 4 for row t; `smem` holds TKF_SMEM bytes.
+#define TKF_SMEM (2 * TK_WORDS * 4 + 1024 * 4)
+__device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist, int* counters,
+                          const int* taken, const unsigned long long* cand, int cap, int* out, int t,
+                          unsigned char* smem) {
+    unsigned* sel = reinterpret_cast<unsigned*>(smem);  // TK_WORDS
+    unsigned* tie = sel + TK_WORDS;                      // TK_WORDS
+    int* h3 = reinterpret_cast<int*>(tie + TK_WORDS);    // 1024
     __shared__ int warp_tot[33];
-    __shared__ int b3_s, above3_s;
-    int t = blockIdx.x, len = min(lens[t], ld);
     int* o = out + (size_t)t * k;
-    int n_taken = counters[2 * t], n_cand = counters[2 * t + 1];
+    __syncthreads();  // the block is done with the previous row's shared memory
+    int n_taken = __ldcg(&counters[2 * t]), n_cand = __ldcg(&counters[2 * t + 1]);
     // The row's histograms and counters are read for the last time: zero them for the next call
     // (every thread has read the counters before the barrier).
     for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) hist[(size_t)t * 2 * TK_BINS + i] = 0;
@@ -1248,31 +1309,56 @@ topk_finish(const float* logits, const int* lens, int ld, int k, int* hist, int*
     __syncthreads();
     const unsigned long long* c = cand + (size_t)t * cap;
     for (int i = threadIdx.x; i < n_taken; i += blockDim.x) {
-        int idx = taken[(size_t)t * k + i];
+        int idx = __ldcg(&taken[(size_t)t * k + i]);
         atomicOr(&sel[idx >> 5], 1u << (idx & 31));
     }
     for (int i = threadIdx.x; i < n_cand; i += blockDim.x)
-        atomicAdd(&h3[(unsigned)(c[i] >> 32) & 1023u], 1);
+        atomicAdd(&h3[(unsigned)(__ldcg(&c[i]) >> 32) & 1023u], 1);
     __syncthreads();
-    if (threadIdx.x < 32) {
-        int above;
-        int b = find_bin_n(h3, 1024, need, &above);
-        if (threadIdx.x == 0) {
-            b3_s = b;
-            above3_s = above;
-        }
-    }
-    __syncthreads();
-    unsigned b3 = b3_s;
-    int ties_needed = need - above3_s;
+    int above3;
+    unsigned b3 = find_bin_block(h3, 1024, need, &above3, warp_tot);
+    int ties_needed = need - above3;
     for (int i = threadIdx.x; i < n_cand; i += blockDim.x) {
-        unsigned low = (unsigned)(c[i] >> 32) & 1023u;
-        int idx = (int)(~(unsigned)(c[i] & 0xffffffffull));
+        unsigned long long ci = __ldcg(&c[i]);
+        unsigned low = (unsigned)(ci >> 32) & 1023u;
+        int idx = (int)(~(unsigned)(ci & 0xffffffffull));
         if (low > b3) atomicOr(&sel[idx >> 5], 1u << (idx & 31));
         else if (low == b3) atomicOr(&tie[idx >> 5], 1u << (idx & 31));
     }
     __syncthreads();
     emit_selected(sel, tie, ties_needed, words, o, warp_tot);
+}
+
+// The decode top-k in one launch: grid = min(multiprocessors, rows x chunks) blocks of 512, all
+// resident, each taking units (row, chunk) in turn; `bar` is the grid barrier (2 ints, zeroed).
+// With `hist_ready`, indexer_decode_bf16 has built phase 1's histograms already.
+extern "C" __global__ void __launch_bounds__(512)
+topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
+                  int* taken, unsigned long long* cand, int cap, int* out, unsigned* bar, int rows,
+                  int hist_ready) {
+    extern __shared__ __align__(16) unsigned char tk_smem[];
+    int* h = reinterpret_cast<int*>(tk_smem);
+    int chunks = (ld + TK_CHUNK - 1) / TK_CHUNK, units = rows * chunks;
+    if (!hist_ready) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
+            if (len > k && chunk * TK_CHUNK < len) tk_hist1(logits, len, ld, hist, t, chunk, h);
+        }
+        grid_sync(bar);
+    }
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
+        if (len > k && chunk * TK_CHUNK < len) tk_hist2(logits, len, ld, k, hist, t, chunk, h);
+    }
+    grid_sync(bar);
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
+        if (len > k && chunk * TK_CHUNK < len)
+            tk_collect(logits, len, ld, k, hist, counters, taken, cand, cap, t, chunk, h);
+    }
+    grid_sync(bar);
+    for (int t = blockIdx.x; t < rows; t += gridDim.x)
+        tk_finish(logits, min(lens[t], ld), ld, k, hist, counters, taken, cand, cap, out, t, tk_smem);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -158,20 +158,24 @@ pub fn default_cache() -> PathBuf {
     base.join(".cache/envsynth/kernels")
 }
 
-/// Scratch buffers of the multi-block top-k (`Gpu::topk_decode`). Its histograms and counters
-/// start zeroed, and each call's last kernel zeroes them again, so calls need no memset; after a
-/// failed launch, make a new one rather than reuse it.
+/// Scratch buffers of the multi-block top-k (`Gpu::topk_decode`). Its histograms, counters and
+/// grid barrier start zeroed, and each call leaves them zeroed again, so calls need no memset;
+/// after a failed launch, make a new one rather than reuse it.
 pub struct TopkWork {
     hist: CudaSlice<i32>,
     counters: CudaSlice<i32>,
     taken: CudaSlice<i32>,
     cand: CudaSlice<u64>,
+    barrier: CudaSlice<u32>,
     rows: usize,
     k: usize,
+    /// Set by [`Gpu::indexer_decode`] when it built the first histograms; the next
+    /// [`Gpu::topk_decode`] on this work space skips that pass and clears it.
+    hist_ready: bool,
 }
 
-/// Candidates kept per row before the one-block fallback takes over (topk_finish sorts them in
-/// shared memory).
+/// Candidates kept per row before the one-block fallback takes over (the fused top-k's last
+/// phase resolves them in shared memory).
 const TOPK_CAP: usize = 4096;
 
 /// A launch of a `x` × `y` grid of `block`-thread blocks with `smem` bytes of dynamic shared
@@ -244,8 +248,12 @@ const fn indexer_smem(wgs: usize, row: usize) -> u32 {
 const INDEXER_SMEM: u32 = indexer_smem(IX_WGS_BF16 as usize, 256);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, 128);
 /// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
-/// bf16 each, head sums of 4 warps, 64 weights.
-const INDEXER_DECODE_SMEM: u32 = ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4) as u32;
+/// bf16 each, head sums of 4 warps, 64 weights, and a 2,048-bin histogram for the top-k.
+const INDEXER_DECODE_SMEM: u32 =
+    ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4 + 2048 * 4) as u32;
+/// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): two bitmaps over 131,072 positions
+/// and a 1,024-bin histogram (the histogram phases use less).
+const TOPK_DECODE_SMEM: u32 = (2 * 4096 * 4 + 1024 * 4) as u32;
 /// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
@@ -740,12 +748,16 @@ impl Gpu {
             counters: self.zeros(rows * 2)?,
             taken: self.zeros(rows * k)?,
             cand: self.zeros(rows * TOPK_CAP)?,
+            barrier: self.zeros(2)?,
             rows,
             k,
+            hist_ready: false,
         })
     }
 
-    /// Indexer logits of one query per row (decode): row `t` scores keys `0..lens[t]`.
+    /// Indexer logits of one query per row (decode): row `t` scores keys `0..lens[t]`. With a
+    /// top-k work space it also builds that top-k's first histograms (one pass over the logits
+    /// fewer); [`Gpu::topk_decode`] on the same work space and logits must come next.
     #[allow(clippy::too_many_arguments)]
     pub fn indexer_decode(
         &self,
@@ -757,10 +769,11 @@ impl Gpu {
         rows: usize,
         s: usize,
         ld: usize,
+        topk: Option<&mut TopkWork>,
     ) -> Result<(), GpuError> {
         let (q, k, w) = (self.ptr(q), self.ptr(k), self.ptr(w));
         let (l, n) = (self.ptr(logits), self.ptr(lens));
-        self.indexer_decode_raw(q, k, w, l, n, rows, s, ld, NULL, 0)
+        self.indexer_decode_raw(q, k, w, l, n, rows, s, ld, NULL, 0, topk)
     }
 
     /// [`Gpu::indexer_decode`] on device addresses; with page tables (not [`NULL`]) row `t`'s
@@ -778,8 +791,22 @@ impl Gpu {
         ld: usize,
         pages: u64,
         pages_stride: usize,
+        topk: Option<&mut TopkWork>,
     ) -> Result<(), GpuError> {
         let (s32, ld32, st32) = (s as i32, ld as i32, pages_stride as i32);
+        let (hist, hist_k) = match topk {
+            Some(work) => {
+                if rows > work.rows {
+                    return Err(GpuError::Cuda(format!(
+                        "top-k work space holds {} rows, not {rows}",
+                        work.rows
+                    )));
+                }
+                work.hist_ready = true;
+                (self.ptr(&work.hist), work.k as i32)
+            }
+            None => (NULL, 0),
+        };
         let cfg = config(
             (s as u32).div_ceil(IXD_KEYS),
             rows as u32,
@@ -798,14 +825,17 @@ impl Gpu {
             &s32,
             &ld32,
             &pages,
-            &st32
+            &st32,
+            &hist,
+            &hist_k
         );
         Ok(())
     }
 
-    /// Top-k of a few long rows (decode), each split over many blocks: two histogram passes,
-    /// a collect pass, and a one-block finish per row; rows with too many tied candidates are
-    /// redone by the one-block radix select. Same result as [`Gpu::topk`].
+    /// Top-k of a few long rows (decode), each split over many blocks, in one launch: two
+    /// histogram passes (the first skipped when [`Gpu::indexer_decode`] built it), a collect
+    /// pass, and a one-block finish per row, meeting at grid-wide barriers; rows with too many
+    /// tied candidates are redone by the one-block radix select. Same result as [`Gpu::topk`].
     pub fn topk_decode(
         &self,
         logits: &CudaSlice<f32>,
@@ -841,39 +871,17 @@ impl Gpu {
                 work.rows
             )));
         }
-        let (ld32, k32, cap) = (ld as i32, work.k as i32, TOPK_CAP as i32);
-        let chunks = (ld as u32).div_ceil(1024);
-        let grid = config(chunks, rows as u32, 512, 0);
-        launch!(self, "topk_hist1", grid, &logits, &lens, &ld32, &work.hist);
+        let (ld32, k32, cap, rows32) = (ld as i32, work.k as i32, TOPK_CAP as i32, rows as i32);
+        let hist_ready = i32::from(std::mem::take(&mut work.hist_ready));
+        // Every block resident at once (the kernel's phases meet at grid-wide barriers): at most
+        // one per multiprocessor.
+        let units = (rows as u32) * (ld as u32).div_ceil(1024);
+        let blocks = units.clamp(1, self.multiprocessors as u32);
+        let cfg = config(blocks, 1, 512, TOPK_DECODE_SMEM);
         launch!(
             self,
-            "topk_hist2",
-            grid,
-            &logits,
-            &lens,
-            &ld32,
-            &k32,
-            &work.hist
-        );
-        launch!(
-            self,
-            "topk_collect",
-            grid,
-            &logits,
-            &lens,
-            &ld32,
-            &k32,
-            &work.hist,
-            &work.counters,
-            &work.taken,
-            &work.cand,
-            &cap
-        );
-        let one = config(rows as u32, 1, 1024, 0);
-        launch!(
-            self,
-            "topk_finish",
-            one,
+            "topk_decode_fused",
+            cfg,
             &logits,
             &lens,
             &ld32,
@@ -883,7 +891,10 @@ impl Gpu {
             &work.taken,
             &work.cand,
             &cap,
-            &out
+            &out,
+            &work.barrier,
+            &rows32,
+            &hist_ready
         );
         Ok(())
     }
@@ -1033,6 +1044,7 @@ mod tests {
             ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
             ("topk_rows", TOPK_ROWS_SMEM),
+            ("topk_decode_fused", TOPK_DECODE_SMEM),
         ] {
             assert!(smem <= SM90_MAX_SMEM, "{name} asks for {smem} bytes");
         }
@@ -1062,7 +1074,12 @@ mod tests {
         let (keys, stride) = (define("IX_KEYS"), d + 8);
         assert_eq!(
             INDEXER_DECODE_SMEM,
-            (heads + 2 * keys) * stride * 2 + 4 * keys * 4 + heads * 4
+            (heads + 2 * keys) * stride * 2 + 4 * keys * 4 + heads * 4 + define("TK_BINS") * 4
+        );
+        assert_eq!(
+            TOPK_DECODE_SMEM,
+            2 * (define("TK_MAX_LEN") / 32) * 4 + 1024 * 4,
+            "topk_decode_fused (TKF_SMEM)"
         );
         let (bn, dqk) = (define("MLA_BN"), define("MLA_DQK"));
         assert_eq!(
