@@ -19,6 +19,13 @@ import torch
 
 from kernel_ab import Module, cuda, launch
 
+
+def define(path, name, default):
+    for line in open(path):
+        if line.startswith(f"#define {name} "):
+            return int(line.split()[2])
+    return default
+
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
 TK_CAP = 4096
 INDEXER_DECODE_SMEM = (64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4
@@ -48,6 +55,7 @@ def main():
     for path in paths:
         m = Module(path)
         indexer_hist = "int hist_k" in open(path).read()
+        ixd_keys = 128 * define(path, "IXD_TILES", 4)
         has_fused = cuda.cuModuleGetFunction(ctypes_ptr(), m.mod, b"topk_decode_fused") == 0
         ix = m.function("indexer_decode_bf16", INDEXER_DECODE_SMEM + 8192)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
@@ -82,7 +90,7 @@ def main():
 
         def indexer():
             extra = [hist, TOPK] if indexer_hist else []
-            launch(ix, ((l + 511) // 512, 1), 128, INDEXER_DECODE_SMEM + 8192,
+            launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, INDEXER_DECODE_SMEM + 8192,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
         def attention(sp=splits):
