@@ -1330,7 +1330,8 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
 }
 
 // The decode top-k in one launch: grid = min(multiprocessors, rows x chunks) blocks of 512, all
-// resident, each taking units (row, chunk) in turn; `bar` is the grid barrier (2 ints, zeroed).
+// resident (a cooperative launch), each taking units (row, chunk) in turn; `bar` is the grid
+// barrier (2 ints, zeroed).
 // With `hist_ready`, indexer_decode_bf16 has built phase 1's histograms already.
 extern "C" __global__ void __launch_bounds__(512)
 topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,

@@ -198,6 +198,16 @@ macro_rules! launch {
         // SAFETY: the argument types and their order match the kernel's signature in kernels.cu.
         unsafe { b.launch($cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
     }};
+    // For kernels whose blocks meet at grid-wide barriers: the driver refuses the launch if the
+    // blocks cannot all be resident at once, rather than letting it hang.
+    (cooperative $gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $gpu.function($name)?;
+        let mut b = $gpu.stream.launch_builder(&f);
+        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
+        // SAFETY: as above.
+        unsafe { b.launch_cooperative($cfg) }
+            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
+    }};
 }
 
 /// One GPU with the kernels loaded (clones share the context, stream and module).
@@ -879,7 +889,7 @@ impl Gpu {
         let blocks = units.clamp(1, self.multiprocessors as u32);
         let cfg = config(blocks, 1, 512, TOPK_DECODE_SMEM);
         launch!(
-            self,
+            cooperative self,
             "topk_decode_fused",
             cfg,
             &logits,
