@@ -17,14 +17,8 @@ import sys
 
 import torch
 
-from kernel_ab import Module, cuda, launch
+from kernel_ab import Module, cuda, define, launch
 
-
-def define(path, name, default):
-    for line in open(path):
-        if line.startswith(f"#define {name} "):
-            return int(line.split()[2])
-    return default
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
 TK_CAP = 4096

@@ -53,12 +53,17 @@ def compile_cubin(path):
     return cubin
 
 
+def define(path, name, default):
+    """The value of `#define NAME value` in the source, or `default`."""
+    for line in open(path):
+        if line.startswith(f"#define {name} "):
+            return int(line.split()[2])
+    return default
+
+
 def warpgroups(path, prec):
     """Warpgroups per block (4 queries each) as the source's IX_WGS_<PREC> says; 2 if absent."""
-    for line in open(path):
-        if line.startswith(f"#define IX_WGS_{prec.upper()} "):
-            return int(line.split()[2])
-    return 2
+    return define(path, f"IX_WGS_{prec.upper()}", 2)
 
 
 class Module:
@@ -126,12 +131,13 @@ def main():
         fns = [m.function(name, smem) for m in mods]
 
         wgs = [warpgroups(m.path, prec) for m in mods]
+        chunk_keys = [define(m.path, "IX_CHUNK", 8192) for m in mods]
 
         def sweep(i, out):
             for c0 in range(0, l, CHUNK):
                 t = min(CHUNK, l - c0)
                 s = c0 + t
-                grid = ((s + 8191) // 8192, (t + 4 * wgs[i] - 1) // (4 * wgs[i]))
+                grid = ((s + chunk_keys[i] - 1) // chunk_keys[i], (t + 4 * wgs[i] - 1) // (4 * wgs[i]))
                 if prec == "bf16":
                     args = [q, k, w, out, t, s, l, c0, None]
                 else:
