@@ -12,6 +12,7 @@ that one kernel (after an indexer that builds its first histogram, if the indexe
 usage: decode_ab.py A.cu B.cu [C.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
 """
 
+import ctypes
 import os
 import sys
 
@@ -50,7 +51,8 @@ def main():
         m = Module(path)
         indexer_hist = "int hist_k" in open(path).read()
         ixd_keys = 128 * define(path, "IXD_TILES", 4)
-        has_fused = cuda.cuModuleGetFunction(ctypes_ptr(), m.mod, b"topk_decode_fused") == 0
+        probe = ctypes.c_void_p()
+        has_fused = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"topk_decode_fused") == 0
         ix = m.function("indexer_decode_bf16", INDEXER_DECODE_SMEM + 8192)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
         comb = m.function("mla_combine", 0)
@@ -133,12 +135,6 @@ def main():
         for name, v in t.items():
             if name.startswith("attention/"):
                 print(f"  {name} splits: {v:.1f} us")
-
-
-def ctypes_ptr():
-    import ctypes
-
-    return ctypes.byref(ctypes.c_void_p())
 
 
 if __name__ == "__main__":

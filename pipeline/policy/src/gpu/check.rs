@@ -86,6 +86,17 @@ pub fn fresh_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What the GPU top-k kernels write for `row`: the positions of its `k` largest values (ties to
+/// the lower position) in ascending order, padded with -1 when the row is shorter than `k`.
+fn topk_padded(row: &[f32], k: usize) -> Vec<i32> {
+    let mut want: Vec<i32> = top_k(row, k.min(row.len()))
+        .into_iter()
+        .map(|i| i as i32)
+        .collect();
+    want.resize(k, -1);
+    want
+}
+
 pub(crate) fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
@@ -318,11 +329,8 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     for r in 0..t {
         let len = first_pos + r + 1;
         let row = &logits_host[r * s..(r + 1) * s];
-        let want: Vec<i32> = top_k(&row[..len], k.min(len))
-            .into_iter()
-            .map(|i| i as i32)
-            .collect();
-        if got[r * k..r * k + want.len()] != want[..] {
+        let n = k.min(len);
+        if got[r * k..r * k + n] != topk_padded(&row[..len], k)[..n] {
             mismatched += 1;
         }
     }
@@ -338,11 +346,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     gpu.topk(&dlong, &mut dli, rows, len, TOPK, len)?;
     let got = gpu.download(&dli)?;
     for r in 0..rows {
-        let want: Vec<i32> = top_k(&long[r * len..(r + 1) * len], TOPK)
-            .into_iter()
-            .map(|i| i as i32)
-            .collect();
-        if got[r * TOPK..(r + 1) * TOPK] != want[..] {
+        if got[r * TOPK..(r + 1) * TOPK] != topk_padded(&long[r * len..(r + 1) * len], TOPK)[..] {
             mismatched += 1;
         }
     }
@@ -490,12 +494,8 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         g64.extend(got[r * s_len..r * s_len + len].iter().map(|&v| v as f64));
         w64.extend(want.iter().map(|&v| v as f64));
         // The selection from the indexer's histograms, against a sort of the same logits.
-        let mut want_sel: Vec<i32> = top_k(&got[r * s_len..r * s_len + len], TOPK.min(len))
-            .into_iter()
-            .map(|i| i as i32)
-            .collect();
-        want_sel.resize(TOPK, -1);
-        if sel[r * TOPK..(r + 1) * TOPK] != want_sel[..] {
+        if sel[r * TOPK..(r + 1) * TOPK] != topk_padded(&got[r * s_len..r * s_len + len], TOPK)[..]
+        {
             sel_differ.push(r);
         }
     }
@@ -533,12 +533,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         let got = gpu.download(&dout)?;
         for r in 0..rows {
             let l = lens[r] as usize;
-            let mut want: Vec<i32> = top_k(&long[r * len..r * len + l], TOPK.min(l))
-                .into_iter()
-                .map(|i| i as i32)
-                .collect();
-            want.resize(TOPK, -1);
-            if got[r * TOPK..(r + 1) * TOPK] != want[..] {
+            if got[r * TOPK..(r + 1) * TOPK] != topk_padded(&long[r * len..r * len + l], TOPK)[..] {
                 differing.push((call, r));
             }
         }
@@ -926,4 +921,15 @@ fn decode_throughput(gpu: &Gpu, rng: &mut ChaCha8Rng, batch: usize) -> Result<f6
     }
     let flop = 2.0 * (batch * H * (DQK + DV) * TOPK) as f64;
     Ok(flop / (median(times) * 1e-3) / 1e12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topk_padded;
+
+    #[test]
+    fn the_expected_top_k_is_ascending_tie_broken_low_and_padded() {
+        assert_eq!(topk_padded(&[1.0, 3.0, 3.0, 2.0], 2), vec![1, 2]);
+        assert_eq!(topk_padded(&[1.0, 3.0], 4), vec![0, 1, -1, -1]);
+    }
 }

@@ -243,20 +243,20 @@ fn indexer_grid(t: usize, s: usize, wgs: u32, smem: u32) -> LaunchConfig {
     )
 }
 
-/// Shared memory of `indexer_tiles` with `wgs` warpgroups and rows of `row` bytes: 256 query
-/// rows a warpgroup and 4 stages of 64 key rows, plus 1 KB so the swizzled tiles can start on a
-/// 1,024-byte boundary; with e4m3 (`row` 128) also each warpgroup's head-sum weights (4 KB) and
-/// the key tiles' scales.
-const fn indexer_smem(wgs: usize, row: usize) -> u32 {
-    let fp8_extra = if row == 128 {
-        wgs * 4096 + 4 * 64 * 4
+/// Shared memory of `indexer_tiles` with `wgs` warpgroups, bf16 or e4m3 operands (rows of 256 or
+/// 128 bytes): 256 query rows a warpgroup and 4 stages of 64 key rows, plus 1 KB so the swizzled
+/// tiles can start on a 1,024-byte boundary; with e4m3 also each warpgroup's head-sum weights
+/// (4 KB) and the key tiles' scales.
+const fn indexer_smem(wgs: usize, fp8: bool) -> u32 {
+    let (row, fp8_extra) = if fp8 {
+        (128, wgs * 4096 + 4 * 64 * 4)
     } else {
-        0
+        (256, 0)
     };
     ((wgs * 256 + 4 * 64) * row + 1024 + fp8_extra) as u32
 }
-const INDEXER_SMEM: u32 = indexer_smem(IX_WGS_BF16 as usize, 256);
-const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, 128);
+const INDEXER_SMEM: u32 = indexer_smem(IX_WGS_BF16 as usize, false);
+const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, true);
 /// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
 /// bf16 each, head sums of 4 warps, 64 weights, and a 2,048-bin histogram for the top-k.
 const INDEXER_DECODE_SMEM: u32 =
