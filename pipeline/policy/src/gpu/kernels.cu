@@ -23,8 +23,11 @@ __device__ __forceinline__ bf16 f32_to_bf16(float f) {
     return (bf16)(u >> 16);
 }
 
+// Two f32 to a bf16 pair, rounded to nearest even (one instruction); `lo` in the low half.
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
-    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -706,20 +709,31 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 #define MLA_DV 512
 #define MLA_BN 64
 #define MLA_TILE (MLA_BN * MLA_DQK * 2)  // 64 rows of 576 bf16: 9 slabs of 8 KB
+#define MLA_SLACK 8.f
 
-// Queue the gather of index-list entries j0..j0+63 into `dst` (missing rows zero-filled) and
-// record which are valid. 256 threads: 4 per row.
-__device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf16* kv, const int* idx,
+// Queue the copy of index-list entries j0..j0+63 into shared memory (`dst`, 64 ints), so the
+// gather that reads them a tile later never waits on a global load.
+__device__ __forceinline__ void mla_fetch_indices(int* dst, const int* idx, int j0, int topk) {
+    if (threadIdx.x < MLA_BN) cp_async4(dst + threadIdx.x, idx + j0 + threadIdx.x, j0 + (int)threadIdx.x < topk);
+}
+
+// Queue the gather of index-list entries j0..j0+63 (their values in shared memory, `idx_s`)
+// into `dst` (missing rows zero-filled) and record which are valid. 256 threads: 4 per row.
+__device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf16* kv, const int* idx_s,
                                            int j0, int topk, int S, const int* page_table,
                                            int page_size) {
     int r = threadIdx.x >> 2, part = threadIdx.x & 3;
-    int j = j0 + r;
-    int s = j < topk ? idx[j] : -1;
+    int s = j0 + r < topk ? idx_s[r] : -1;
     bool valid = s >= 0 && s < S;
     // A paged cache keeps position s in page page_table[s / page_size].
     size_t phys = !valid ? 0 : page_table ? (size_t)page_table[s / page_size] * page_size + s % page_size : (size_t)s;
-    const unsigned char* src = reinterpret_cast<const unsigned char*>(kv + phys * MLA_DQK);
-    for (int c = part; c < MLA_DQK / 8; c += 4) cp_async16(dst + swz(MLA_BN, r, c * 16), src + c * 16, valid);
+    const unsigned char* src = reinterpret_cast<const unsigned char*>(kv + phys * MLA_DQK) + part * 16;
+    // This thread's chunks are part, part + 4, ...: in the swizzled tile they alternate between
+    // two offsets within a slab (see swz), one slab every two chunks.
+    int sw[2] = {r * 128 + ((part ^ (r & 7)) << 4), r * 128 + (((part + 4) ^ (r & 7)) << 4)};
+#pragma unroll
+    for (int i = 0; i < MLA_DQK / 32; i++)
+        cp_async16(dst + (i >> 1) * (MLA_BN * 128) + sw[i & 1], src + 64 * i, valid);
     if (part == 0) ok[r] = valid;
 }
 
@@ -731,8 +745,9 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     unsigned char* kvs = qs + MLA_TILE;                                  // 2 gather stages
     unsigned char* ps = kvs + 2 * MLA_TILE;                              // P: 64 x 64 bf16
     float* red_max = reinterpret_cast<float*>(ps + MLA_H * 128);         // [2][64]
-    float* red_l = red_max + 2 * MLA_H;                                  // [2][64]
-    int* ok = reinterpret_cast<int*>(red_l + 2 * MLA_H);                 // [2 stages][64]
+    float* red_l = red_max;                                              // [2][64], after the loop
+    int* ok = reinterpret_cast<int*>(red_max + 2 * MLA_H);               // [2 stages][64]
+    int* idx_s = ok + 2 * MLA_BN;                                        // [2 stages][64]
 
     const float NEG_INF = -__int_as_float(0x7f800000);
     int t = blockIdx.y, split = blockIdx.x;
@@ -749,13 +764,25 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
         cp_async16(qs + swz(MLA_H, r, c * 16),
                    reinterpret_cast<const unsigned char*>(q + ((size_t)t * MLA_H + r) * MLA_DQK) + c * 16, true);
     }
-    if (b_begin < b_end) mla_gather(kvs, ok, kv, idx, b_begin * MLA_BN, topk, S, page_table, page_size);
+    // The first tile's indices are waited for here; after that, tile b + 2's are copied while
+    // tile b computes, and tile b + 1's gather reads them from shared memory.
+    if (b_begin < b_end) {
+        mla_fetch_indices(idx_s, idx, b_begin * MLA_BN, topk);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        mla_gather(kvs, ok, kv, idx_s, b_begin * MLA_BN, topk, S, page_table, page_size);
+        if (b_begin + 1 < b_end) mla_fetch_indices(idx_s + MLA_BN, idx, (b_begin + 1) * MLA_BN, topk);
+    }
     cp_async_commit();
 
     float o[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) o[i] = 0.f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    // Descriptors are computed once; a step adds its byte offset / 16 to the address field
+    // (which cannot carry: shared memory is under 256 KB).
+    const unsigned long long desc_q = wg_desc(qs), desc_p = wg_desc(ps);
 
     for (int b = b_begin; b < b_end; b++) {
         int st = (b - b_begin) & 1;
@@ -766,16 +793,20 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
         const int* okb = ok + st * MLA_BN;
 
         float s[16];
+        const unsigned long long desc_k = wg_desc(ks + wg * 32 * 128);
+        const unsigned long long desc_v = wg_desc(ks + 4 * wg * (MLA_BN * 128), MLA_BN * 128);
         wg_fence();
 #pragma unroll
         for (int kb = 0; kb < MLA_DQK * 2; kb += 32)
-            wgmma_n32_bf16(s, wg_desc(qs + (kb >> 7) * (MLA_H * 128) + (kb & 127)),
-                           wg_desc(ks + (kb >> 7) * (MLA_BN * 128) + wg * 32 * 128 + (kb & 127)), kb > 0);
+            wgmma_n32_bf16(s, desc_q + (((kb >> 7) * (MLA_H * 128) + (kb & 127)) >> 4),
+                           desc_k + (((kb >> 7) * (MLA_BN * 128) + (kb & 127)) >> 4), kb > 0);
         wg_commit();
         // The next tile's gather (index loads included) is queued while the scores compute.
         if (b + 1 < b_end)
-            mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx, (b + 1) * MLA_BN, topk,
-                       S, page_table, page_size);
+            mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx_s + (st ^ 1) * MLA_BN,
+                       (b + 1) * MLA_BN, topk, S, page_table, page_size);
+        // Tile b's indices were read by its gather a tile ago: their stage takes tile b + 2's.
+        if (b + 2 < b_end) mla_fetch_indices(idx_s + st * MLA_BN, idx, (b + 2) * MLA_BN, topk);
         cp_async_commit();
         wg_wait0();
         reg_fence<16>(s);
@@ -783,11 +814,14 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
         // Scale into the log2 domain, mask missing positions, row maxima over both halves.
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            int col = 32 * wg + 8 * (i >> 2) + 2 * tig + (i & 1);
-            float v = okb[col] ? s[i] * scale_log2 : NEG_INF;
-            s[i] = v;
-            mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], v);
+        for (int j = 0; j < 4; j++) {
+            int2 valid = *reinterpret_cast<const int2*>(okb + 32 * wg + 8 * j + 2 * tig);
+#pragma unroll
+            for (int i = 4 * j; i < 4 * j + 4; i++) {
+                float v = ((i & 1) ? valid.y : valid.x) ? s[i] * scale_log2 : NEG_INF;
+                s[i] = v;
+                mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], v);
+            }
         }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -799,41 +833,51 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             red_max[wg * MLA_H + r0 + 8] = mx[1];
         }
         __syncthreads();
-        float alpha[2];
+        // The running maximum m only moves when the tile's exceeds it by more than MLA_SLACK
+        // (log2 units): P = 2^(S - m) then stays below 2^MLA_SLACK, harmless in bf16 and f32,
+        // and most tiles skip rescaling O (128 multiplies a thread). Exact either way: m is
+        // only the reference that P, l and O share.
+        float alpha[2] = {1.f, 1.f};
+        bool moved = false;
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             int row = r0 + 8 * r;
-            float m_new = fmaxf(m[r], fmaxf(red_max[row], red_max[MLA_H + row]));
-            // A row with nothing valid yet keeps m = -inf; use 0 so exp2 gives 0, not NaN.
-            if (m_new == NEG_INF) m_new = 0.f;
-            alpha[r] = exp2f(m[r] - m_new);
-            m[r] = m_new;
-            l[r] *= alpha[r];
+            float m_tile = fmaxf(red_max[row], red_max[MLA_H + row]);
+            if (m_tile > m[r] + MLA_SLACK) {
+                // A row with nothing valid keeps m = -inf, so exp2 below gives 0, not NaN.
+                alpha[r] = exp2f(m[r] - m_tile);
+                m[r] = m_tile;
+                l[r] *= alpha[r];
+                moved = true;
+            }
         }
+        // With every score -inf so far, m stays -inf; subtract 0 instead so P is 0, not NaN.
+        float mr[2] = {m[0] == NEG_INF ? 0.f : m[0], m[1] == NEG_INF ? 0.f : m[1]};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float p0 = exp2f(s[4 * j] - m[0]), p1 = exp2f(s[4 * j + 1] - m[0]);
-            float p2 = exp2f(s[4 * j + 2] - m[1]), p3 = exp2f(s[4 * j + 3] - m[1]);
+            float p0 = exp2f(s[4 * j] - mr[0]), p1 = exp2f(s[4 * j + 1] - mr[0]);
+            float p2 = exp2f(s[4 * j + 2] - mr[1]), p3 = exp2f(s[4 * j + 3] - mr[1]);
             l[0] += p0 + p1;
             l[1] += p2 + p3;
             int col = 32 * wg + 8 * j + 2 * tig;
             *reinterpret_cast<unsigned*>(ps + swz(MLA_H, r0, 2 * col)) = pack_bf16(p0, p1);
             *reinterpret_cast<unsigned*>(ps + swz(MLA_H, r0 + 8, 2 * col)) = pack_bf16(p2, p3);
         }
+        if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-        for (int n = 0; n < 32; n++) {
-            o[4 * n] *= alpha[0];
-            o[4 * n + 1] *= alpha[0];
-            o[4 * n + 2] *= alpha[1];
-            o[4 * n + 3] *= alpha[1];
+            for (int n = 0; n < 32; n++) {
+                o[4 * n] *= alpha[0];
+                o[4 * n + 1] *= alpha[0];
+                o[4 * n + 2] *= alpha[1];
+                o[4 * n + 3] *= alpha[1];
+            }
         }
         fence_async_smem();
         __syncthreads();  // all of P is written
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < MLA_BN / 16; kk++)
-            wgmma_n256_bf16_bt(o, wg_desc(ps + kk * 32),
-                               wg_desc(ks + 4 * wg * (MLA_BN * 128) + kk * 16 * 128, MLA_BN * 128), 1);
+            wgmma_n256_bf16_bt(o, desc_p + ((kk * 32) >> 4), desc_v + ((kk * 16 * 128) >> 4), 1);
         wg_commit();
         wg_wait0();
         reg_fence<128>(o);

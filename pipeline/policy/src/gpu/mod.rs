@@ -268,9 +268,9 @@ const TOPK_DECODE_SMEM: u32 = (2 * 4096 * 4 + 1024 * 4) as u32;
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
-/// each), P (64 × 64 bf16), row maxima and sums of both warpgroups, two stages of valid flags,
-/// and 1 KB to align the swizzled tiles.
-const MLA_SMEM: u32 = (3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024) as u32;
+/// each), P (64 × 64 bf16), row maxima of both warpgroups (their row sums at the end), two
+/// stages of valid flags and two of indices, and 1 KB to align the swizzled tiles.
+const MLA_SMEM: u32 = (3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 64 * 4 + 2 * 2 * 64 * 4 + 1024) as u32;
 
 impl Gpu {
     /// Opens device 0 and loads the kernels; says plainly what is missing.
@@ -1094,7 +1094,8 @@ mod tests {
         let (bn, dqk) = (define("MLA_BN"), define("MLA_DQK"));
         assert_eq!(
             MLA_SMEM,
-            3 * bn * dqk * 2 + bn * bn * 2 + 2 * 2 * bn * 4 + 2 * bn * 4 + 1024
+            3 * bn * dqk * 2 + bn * bn * 2 + 2 * define("MLA_H") * 4 + 2 * 2 * bn * 4 + 1024,
+            "sparse MLA"
         );
         assert_eq!(
             (IX_CHUNK, IX_WGS_BF16, IX_WGS_FP8, IXD_KEYS),
