@@ -568,42 +568,12 @@ __device__ __forceinline__ int block_exclusive_sum(int v, int* prefix, int* warp
 #define TK_BINS 2048
 #define TK_CHUNK 1024
 
-__device__ __forceinline__ int find_bin_n(const int* hist, int bins, int want, int* above_out) {
-    // Highest bin b with (count above b) < want <= (count above b) + hist[b]; one warp, `bins`
-    // a multiple of 32.
-    int lane = threadIdx.x & 31;
-    int above = 0;
-    for (int base = bins - 32; base >= 0; base -= 32) {
-        int c = hist[base + lane];
-        // inclusive suffix sum within the warp, from lane 31 down
-        int incl = c;
-        for (int o = 1; o < 32; o <<= 1) {
-            int n = __shfl_down_sync(0xffffffffu, incl, o);
-            if (lane + o < 32) incl += n;
-        }
-        int total = __shfl_sync(0xffffffffu, incl, 0);
-        if (above + total >= want) {
-            // the bin is in this group: the highest lane whose suffix reaches want
-            unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
-            int b = 31 - __clz(hit);
-            int above_b = above + __shfl_sync(0xffffffffu, incl, b) - __shfl_sync(0xffffffffu, c, b);
-            *above_out = above_b;
-            return base + b;
-        }
-        above += total;
-    }
-    *above_out = above;
-    return 0;
-}
-
-__device__ __forceinline__ int find_bin(const int* hist, int want, int* above_out) {
-    return find_bin_n(hist, TK_BINS, want, above_out);
-}
-
-// find_bin_n by the whole block, every thread getting the answer: each thread sums a run of
-// bins (highest first), a block scan gives the count above each run, and the one run where the
-// count reaches `want` is searched. A few barriers instead of one warp's bins/32 sequential
-// steps, which dominated the decode top-k. `warp_tot` is 33 ints of shared memory.
+// The highest bin b of `hist` with (count above b) < want <= (count above b) + hist[b], and the
+// count above it (bin 0 and the total when `want` exceeds it), found by the whole block with
+// every thread getting the answer: each thread sums a run of bins (highest first), a block scan
+// gives the count above each run, and the one run where the count reaches `want` is searched.
+// A few barriers, where one warp would take bins/32 sequential steps. `warp_tot` is 33 ints of
+// shared memory.
 __device__ int find_bin_block(const int* hist, int bins, int want, int* above_out, int* warp_tot) {
     __shared__ int res_b, res_above;
     int per = (bins + blockDim.x - 1) / blockDim.x;
@@ -639,39 +609,29 @@ __device__ int find_bin_block(const int* hist, int bins, int want, int* above_ou
 __device__ void topk_row_block(const float* row, int len, int k, int* o) {
     __shared__ int hist[256];
     __shared__ int warp_tot[33];
-    __shared__ unsigned sh_prefix, sh_mask;
-    __shared__ int sh_remaining;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
     }
-    if (threadIdx.x == 0) {
-        sh_prefix = 0;
-        sh_mask = 0;
-        sh_remaining = k;
-    }
+    // Every thread follows the same threshold prefix, 8 bits a round.
+    unsigned prefix = 0, mask = 0;
+    int remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
         __syncthreads();
-        unsigned prefix = sh_prefix, mask = sh_mask;
         for (int i = threadIdx.x; i < len; i += blockDim.x) {
             unsigned key = order_key(row[i]);
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            int remaining = sh_remaining, above;
-            int b = find_bin_n(hist, 256, remaining, &above);
-            if (threadIdx.x == 0) {
-                sh_remaining = remaining - above;
-                sh_prefix = prefix | ((unsigned)b << shift);
-                sh_mask = mask | (255u << shift);
-            }
-        }
-        __syncthreads();
+        int above;
+        int b = find_bin_block(hist, 256, remaining, &above, warp_tot);
+        remaining -= above;
+        prefix |= (unsigned)b << shift;
+        mask |= 255u << shift;
     }
-    unsigned thr = sh_prefix;
-    int ties = sh_remaining;  // how many keys equal to thr to take
+    unsigned thr = prefix;
+    int ties = remaining;  // how many keys equal to thr to take
     int taken_ties = 0, written = 0;
     for (int base = 0; base < len; base += blockDim.x) {
         int i = base + threadIdx.x;
@@ -1209,7 +1169,7 @@ __device__ void emit_selected(unsigned* sel, const unsigned* tie, int ties_neede
 
 __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned char* smem) {
     __shared__ int warp_tot[33];
-    __shared__ int n_cand_s, bin_s, above_s, count_s;
+    __shared__ int n_cand_s;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
@@ -1228,10 +1188,10 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
     if (threadIdx.x == 0) n_cand_s = 0;
 
     // Histograms over the row, 11 bits at a time, until the threshold prefix's bin is small.
-    int need = k;
+    int need = k, count = 0;
     unsigned prefix = 0;
     int shift = 32;  // keys share prefix in their bits above `shift`
-    while (shift == 32 || (shift == 21 && count_s > TKR_CAP)) {
+    while (shift == 32 || (shift == 21 && count > TKR_CAP)) {
         int s = shift - 11;
         __syncthreads();
         for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hist[i] = 0;
@@ -1241,18 +1201,11 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
             if (shift == 32 || (key >> shift) == prefix) atomicAdd(&hist[(key >> s) & (TK_BINS - 1)], 1);
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            int above;
-            int b = find_bin(hist, need, &above);
-            if (threadIdx.x == 0) {
-                bin_s = b;
-                above_s = above;
-                count_s = hist[b];
-            }
-        }
-        __syncthreads();
-        need -= above_s;
-        prefix = (shift == 32 ? 0u : prefix << 11) | (unsigned)bin_s;
+        int above;
+        int b = find_bin_block(hist, TK_BINS, need, &above, warp_tot);
+        count = hist[b];
+        need -= above;
+        prefix = (shift == 32 ? 0u : prefix << 11) | (unsigned)b;
         shift = s;
     }
     // Mark the keys above the prefix; keep those sharing it. Whole warps go round together over
@@ -1288,16 +1241,8 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
             if ((key >> hi) == cur) atomicAdd(&hist[(key >> s) & (nb - 1)], 1);
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            int above;
-            int b = find_bin_n(hist, nb, need, &above);
-            if (threadIdx.x == 0) {
-                bin_s = b;
-                above_s = above;
-            }
-        }
-        __syncthreads();
-        unsigned b = bin_s;
+        int above;
+        unsigned b = (unsigned)find_bin_block(hist, nb, need, &above, warp_tot);
         for (int c = threadIdx.x; c < n_cand; c += blockDim.x) {
             unsigned key = (unsigned)(cand[c] >> 32);
             int i = (int)(unsigned)(cand[c] & 0xffffffffull);
@@ -1306,7 +1251,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
             if (v > b) atomicOr(&sel[i >> 5], 1u << (i & 31));
             else if (v == b && s == 0) atomicOr(&tie[i >> 5], 1u << (i & 31));
         }
-        need -= above_s;
+        need -= above;
         cur = (cur << (hi - s)) | b;
         hi = s;
     }
