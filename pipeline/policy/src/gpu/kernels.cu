@@ -662,7 +662,9 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 // P = exp2(S - m) to shared memory as bf16, and then each accumulates O[:, 256g..256g+255] +=
 // P·V, reading V from the same gathered rows as an N-major operand. Query, both gather stages
 // and P are stored in the 128-byte-swizzled layout (see the indexer), so the next tile's gather
-// (cp.async) runs under the current tile's products. Row sums stay per thread until the end.
+// (cp.async) runs under the current tile's products, its indices already in shared memory.
+// Row sums stay per thread until the end. The kernel is bound by instruction issue (2 warps a
+// scheduler), not by the gather: keep per-tile work out of the loop (see BENCHMARKS.md).
 
 #define MLA_H 64
 #define MLA_DQK 576
