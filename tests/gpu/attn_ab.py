@@ -3,8 +3,9 @@
 
 One chunk of 4,096 queries (64 heads, d_qk 576, d_v 512), each over 2,048 random distinct rows of
 a CONTEXT-long cache (131072 by default), as gpu-check's prefill benchmark sees them at the end of
-the context. Versions run alternately, $ROUNDS times (2 by default); every output is compared
-with the first version's. Under ncu, REPS=1 ROUNDS=1 launches each version once.
+the context; with $VALID, only that many per row, the rest -1 (a row shorter than top-k).
+Versions run alternately, $ROUNDS times (2 by default); every output is compared with the first
+version's. Under ncu, REPS=1 ROUNDS=1 launches each version once.
 
 usage: attn_ab.py A.cu [B.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
 """
@@ -30,10 +31,12 @@ def main():
     # 2,048 distinct positions per row, ascending, as the top-k writes them.
     idx = torch.argsort(torch.rand(T, l, device="cuda", generator=gen), dim=1)[:, :TOPK]
     idx = torch.sort(idx, dim=1)[0].to(torch.int32).contiguous()
+    valid = int(os.environ.get("VALID", TOPK))
+    idx[:, valid:] = -1
     out = torch.zeros(T, H, DV, device="cuda")
     lse = torch.zeros(T, H, device="cuda")
     scale_log2 = (192**-0.5) * 1.4426950408889634
-    flop = 2.0 * T * H * (DQK + DV) * TOPK
+    flop = 2.0 * T * H * (DQK + DV) * valid
     mods = [Module(path) for path in sys.argv[1:]]
     fns = [(m.path, m.function("sparse_mla_bf16", MLA_SMEM)) for m in mods]
     ref = None

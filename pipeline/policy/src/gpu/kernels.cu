@@ -731,8 +731,31 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     if (b_begin < b_end) {
         mla_fetch_indices(idx_s, idx, b_begin * MLA_BN, topk);
         cp_async_commit();
+        // Tiles after the split's last valid entry add nothing: a row shorter than top-k (a
+        // short prompt, an early position) is padded with -1 at its end. When the share's last
+        // entry is valid (every full row) that is all; otherwise the share is scanned, under the
+        // first copies, each warp's answer going to the second stage's flags, not yet in use.
+        int j_end = min(b_end * MLA_BN, topk), last = j_end - 1;
+        int s_last = idx[last];
+        const bool scan = s_last < 0 || s_last >= S;  // the same for every thread
+        if (scan) {
+            last = -1;
+            for (int j = b_begin * MLA_BN + threadIdx.x; j < j_end; j += blockDim.x) {
+                int s = idx[j];
+                if (s >= 0 && s < S) last = j;
+            }
+            last = __reduce_max_sync(0xffffffffu, last);
+            if (lane == 0) ok[MLA_BN + (threadIdx.x >> 5)] = last;
+        }
         cp_async_wait<0>();
         __syncthreads();
+        if (scan) {
+#pragma unroll
+            for (int w = 0; w < 8; w++) last = max(last, ok[MLA_BN + w]);
+            b_end = last < 0 ? b_begin : last / MLA_BN + 1;
+        }
+    }
+    if (b_begin < b_end) {
         mla_gather(kvs, ok, kv, idx_s, b_begin * MLA_BN, topk, S, page_table, page_size);
         if (b_begin + 1 < b_end) mla_fetch_indices(idx_s + MLA_BN, idx, (b_begin + 1) * MLA_BN, topk);
     }
