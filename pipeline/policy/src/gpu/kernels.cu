@@ -786,7 +786,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             wgmma_n32_bf16(s, desc_q + (((kb >> 7) * (MLA_H * 128) + (kb & 127)) >> 4),
                            desc_k + (((kb >> 7) * (MLA_BN * 128) + (kb & 127)) >> 4), kb > 0);
         wg_commit();
-        // The next tile's gather (index loads included) is queued while the scores compute.
+        // The next tile's gather is queued while the scores compute.
         if (b + 1 < b_end)
             mla_gather(kvs + (st ^ 1) * MLA_TILE, ok + (st ^ 1) * MLA_BN, kv, idx_s + (st ^ 1) * MLA_BN,
                        (b + 1) * MLA_BN, topk, S, page_table, page_size);
