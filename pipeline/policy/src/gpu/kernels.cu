@@ -664,7 +664,9 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 // and P are stored in the 128-byte-swizzled layout (see the indexer), so the next tile's gather
 // (cp.async) runs under the current tile's products, its indices already in shared memory.
 // Row sums stay per thread until the end. The kernel is bound by instruction issue (2 warps a
-// scheduler), not by the gather: keep per-tile work out of the loop (see BENCHMARKS.md).
+// scheduler), not by the gather: keep per-tile work out of the loop (see BENCHMARKS.md). Data
+// for a later tile must travel by cp.async: a plain load into registers is waited for at the
+// next bar.sync (its memory ordering covers loads), so it never overlaps a barrier.
 
 #define MLA_H 64
 #define MLA_DQK 576
