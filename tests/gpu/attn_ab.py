@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from kernel_ab import Module, launch
+from decode_ab import MLA_SMEM
+from kernel_ab import Module, launch, median_ms
 
 H, DQK, DV, TOPK, T = 64, 576, 512, 2048, 4096
-MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 
 
 def main():
@@ -42,15 +42,8 @@ def main():
     ref = None
     for _ in range(int(os.environ.get("ROUNDS", "2"))):
         for path, f in fns:
-            times = []
-            for _ in range(reps):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                launch(f, (1, T), 256, MLA_SMEM, [q, kv, idx, out, lse, TOPK, l, 1, scale_log2, None, 0])
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b))
-            ms = sorted(times)[len(times) // 2]
+            args = [q, kv, idx, out, lse, TOPK, l, 1, scale_log2, None, 0]
+            ms = median_ms(lambda: launch(f, (1, T), 256, MLA_SMEM, args), reps)
             if ref is None:
                 ref = out.clone()
             diff = ((out - ref).norm() / ref.norm()).item()

@@ -107,6 +107,19 @@ def launch(f, grid, block, smem, args):
     )
 
 
+def median_ms(run, reps):
+    """The median time of `reps` calls of `run`, in milliseconds, each between two events."""
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
 def main():
     paths = sys.argv[1:]
     l = int(os.environ.get("CONTEXT", "131072"))

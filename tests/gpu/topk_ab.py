@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from kernel_ab import Module, launch
+from kernel_ab import Module, launch, median_ms
 
 T, TOPK = 4096, 2048
 TOPK_ROWS_SMEM = 2048 * 4 + 2 * 4096 * 4 + 4096 * 8
@@ -30,18 +30,12 @@ def main():
     ref = None
     for _ in range(2):
         for path, f in fns:
-            times = []
-            for _ in range(7):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                launch(f, (T, 1), 1024, TOPK_ROWS_SMEM, [logits, out, l, TOPK, l - T])
-                b.record()
-                torch.cuda.synchronize()
-                times.append(a.elapsed_time(b))
+            args = [logits, out, l, TOPK, l - T]
+            ms = median_ms(lambda: launch(f, (T, 1), 1024, TOPK_ROWS_SMEM, args), 7)
             if ref is None:
                 ref = out.clone()
             same = torch.equal(out, ref)
-            print(f"{path}: {sorted(times)[3]:.2f} ms, indices {'equal' if same else 'DIFFER'}")
+            print(f"{path}: {ms:.2f} ms, indices {'equal' if same else 'DIFFER'}")
 
 
 if __name__ == "__main__":
