@@ -23,7 +23,6 @@ from kernel_ab import Module, cuda, define, launch
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
 TK_CAP = 4096
-INDEXER_DECODE_SMEM = (64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4
 MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
 
@@ -50,10 +49,13 @@ def main():
     for path in paths:
         m = Module(path)
         indexer_hist = "int hist_k" in open(path).read()
-        ixd_keys = 128 * define(path, "IXD_TILES", 4)
+        ix_keys = define(path, "IX_KEYS", 128)
+        ixd_keys = ix_keys * define(path, "IXD_TILES", 4)
+        # indexer_decode_bf16's shared memory: the query, two key tiles, sums, weights, histogram.
+        ix_smem = (64 + 2 * ix_keys) * 136 * 2 + 4 * ix_keys * 4 + 64 * 4 + 8192
         probe = ctypes.c_void_p()
         has_fused = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"topk_decode_fused") == 0
-        ix = m.function("indexer_decode_bf16", INDEXER_DECODE_SMEM + 8192)
+        ix = m.function("indexer_decode_bf16", ix_smem)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
         comb = m.function("mla_combine", 0)
         logits = torch.zeros(1, l, device="cuda")
@@ -86,7 +88,7 @@ def main():
 
         def indexer():
             extra = [hist, TOPK] if indexer_hist else []
-            launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, INDEXER_DECODE_SMEM + 8192,
+            launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
         def attention(sp=splits):

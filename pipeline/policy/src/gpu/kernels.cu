@@ -961,12 +961,18 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     int tiles = min(IXD_TILES, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
-    // Keys past the row's length are zero-filled.
+    // Keys past the row's length are zero-filled. A tile starts on a multiple of IX_KEYS, so it
+    // lies in one page of 128 and its rows are contiguous: the row is looked up once, and each of
+    // the 128 threads copies one 16-byte column of every eighth row.
+    static_assert(128 % IX_KEYS == 0, "a decode key tile must lie in one page");
     auto load_keys = [&](bf16* dst, int s0) {
-        for (int i = threadIdx.x; i < IX_KEYS * (IX_D / 8); i += blockDim.x) {
-            int r = i / (IX_D / 8), c = i % (IX_D / 8);
+        const bf16* src = k + ix_key_row(row_pages, s0) * IX_D;
+        int r0 = threadIdx.x >> 4, c = (threadIdx.x & 15) * 8;
+#pragma unroll
+        for (int u = 0; u < IX_KEYS / 8; u++) {
+            int r = r0 + 8 * u;
             bool ok = s0 + r < len;
-            cp_async16(dst + r * IX_STRIDE + c * 8, ok ? k + ix_key_row(row_pages, s0 + r) * IX_D + c * 8 : k, ok);
+            cp_async16(dst + r * IX_STRIDE + c, ok ? src + r * IX_D + c : k, ok);
         }
     };
     for (int i = threadIdx.x; i < IX_HEADS * (IX_D / 8); i += blockDim.x) {
