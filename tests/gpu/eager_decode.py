@@ -228,6 +228,11 @@ class Model:
         return (x @ head.t()).float()
 
 
+# Untimed decode steps before the timed ones, as envsynth's E2E_WARM_STEPS (model_check.rs): the
+# first steps at a new batch size settle cuBLAS and the allocator here, and record the CUDA graph there.
+WARM_STEPS = 2
+
+
 def prompt_token(b, i, vocab):
     return (i * 131 + b * 977 + 7) % vocab
 
@@ -235,7 +240,7 @@ def prompt_token(b, i, vocab):
 @torch.no_grad()
 def run(model, batch, prompt, steps):
     vocab = model.cfg["vocab_size"]
-    caches = model.caches(batch, prompt + steps + 1)
+    caches = model.caches(batch, prompt + WARM_STEPS + steps + 1)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     nxt = []
@@ -248,7 +253,9 @@ def run(model, batch, prompt, steps):
     prefill_s = time.perf_counter() - t0
     tokens0 = [int(nxt[0])]
     t0 = time.perf_counter()
-    for s in range(steps):
+    for s in range(WARM_STEPS + steps):
+        if s == WARM_STEPS:
+            t0 = time.perf_counter()
         logits = model.forward(nxt[:, None], prompt + s, caches)
         nxt = logits.argmax(-1)
         tokens0.append(int(nxt[0]))  # the host needs each token, as a sampler would

@@ -559,7 +559,8 @@ fn e2e(
     }
     let cpu = envsynth_policy::Model::load(dir)?;
     let most = a.e2e_batches.iter().copied().max().unwrap_or(1);
-    let per_seq = (a.e2e_prompt + a.e2e_steps + 1).next_multiple_of(model::PAGE);
+    let per_seq = (a.e2e_prompt + model_check::E2E_WARM_STEPS + a.e2e_steps + 1)
+        .next_multiple_of(model::PAGE);
     let mut gm = model::GpuModel::new(
         g.clone(),
         &cpu,
