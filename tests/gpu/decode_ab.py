@@ -51,8 +51,14 @@ def main():
         indexer_hist = "int hist_k" in open(path).read()
         ix_keys = define(path, "IX_KEYS", 128)
         ixd_keys = ix_keys * define(path, "IXD_TILES", 4)
-        # indexer_decode_bf16's shared memory: the query, two key tiles, sums, weights, histogram.
-        ix_smem = (64 + 2 * ix_keys) * 136 * 2 + 4 * ix_keys * 4 + 64 * 4 + 8192
+        # indexer_decode_bf16's shared memory: with IXD_STAGES (the wgmma version) the query and
+        # a ring of key tiles, swizzled, 1 KB for alignment and the histogram; before it, the
+        # query, two padded key tiles, sums, weights and the histogram.
+        stages = define(path, "IXD_STAGES", 0)
+        if stages:
+            ix_smem = 1024 + (64 + stages * ix_keys) * 256 + 8192
+        else:
+            ix_smem = (64 + 2 * ix_keys) * 136 * 2 + 4 * ix_keys * 4 + 64 * 4 + 8192
         probe = ctypes.c_void_p()
         has_fused = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"topk_decode_fused") == 0
         ix = m.function("indexer_decode_bf16", ix_smem)

@@ -931,25 +931,47 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 
 // ---------------------------------------------------------------------------------------------
 // Decode: one query per row (its own position), so the prefill kernels' 8-query tiles and
-// one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (4 warps of
-// 16 heads) against 4 tiles of 128 keys, double-buffered; top-k splits each long row over many
-// blocks.
+// one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (one
+// warpgroup) against IXD_TILES tiles of 64 keys streamed through a ring of IXD_STAGES; top-k
+// splits each long row over many blocks.
+//
+// Each tile is one product on the tensor cores, S = K·Qᵀ (m64n64k16 × 8: 64 keys by the query's
+// 64 heads, both operands in shared memory in the prefill indexer's swizzled layout). A thread
+// then holds 16 heads of keys row0 and row0 + 8: ReLU, weight and sum them, then add across the
+// quad. The kernel streams the key cache, so what matters is keeping copies in flight: three
+// tiles ahead, and three blocks on each multiprocessor.
 
-#define IX_KEYS 128
-#define IX_STRIDE (IX_D + 8)  // 16 bytes of padding, so ldmatrix's eight rows fall in different banks
+#define IX_KEYS 64      // keys per tile (one page of 128 holds two)
+#define IXD_TILES 8     // tiles per block: the query is loaded once for 512 keys
+#define IXD_STAGES 3    // ring stages (3 tiles in flight ahead)
 
-#define IXD_TILES 4  // key tiles of 128 per block: the query is loaded once for 512 keys
+__device__ __forceinline__ void wgmma_n64_bf16(float* d, unsigned long long a, unsigned long long b,
+                                               int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+        "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+          "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+          "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+          "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
 
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
                     int S, int ld, const int* pages, int pages_stride, int* hist, int hist_k) {
-    // 87 KB: more than a block may declare statically, so it is dynamic shared memory.
+    static_assert(IX_KEYS == IX_TILE, "decode tiles use the prefill tile layout");
+    constexpr int ROW = 2 * IX_D, STAGE = IX_KEYS * ROW;
+    // More than a block may declare statically, so it is dynamic shared memory; the swizzled
+    // tiles start on a 1,024-byte boundary.
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* qs = reinterpret_cast<bf16*>(smem_raw);                      // 64 x IX_STRIDE
-    bf16* kbuf = qs + IX_HEADS * IX_STRIDE;                             // 2 x 128 x IX_STRIDE
-    float* red = reinterpret_cast<float*>(kbuf + 2 * IX_KEYS * IX_STRIDE);  // 4 x 128
-    float* ws = red + 4 * IX_KEYS;                                      // 64
-    int* hh = reinterpret_cast<int*>(ws + IX_HEADS);                    // TK_BINS
+    unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // 64 rows
+    unsigned char* kbuf = qs + IX_HEADS * ROW;                                       // the ring
+    int* hh = reinterpret_cast<int*>(kbuf + IXD_STAGES * STAGE);                     // TK_BINS
     int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * IXD_TILES;
     int len = min(lens[t], S);
     if (s_begin >= len) return;
@@ -959,80 +981,65 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     if (histogram)
         for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hh[i] = 0;
     int tiles = min(IXD_TILES, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
-    // Keys past the row's length are zero-filled. A tile starts on a multiple of IX_KEYS, so it
-    // lies in one page of 128 and its rows are contiguous: the row is looked up once, and each of
-    // the 128 threads copies one 16-byte column of every eighth row.
-    static_assert(128 % IX_KEYS == 0, "a decode key tile must lie in one page");
-    auto load_keys = [&](bf16* dst, int s0) {
-        const bf16* src = k + ix_key_row(row_pages, s0) * IX_D;
-        int r0 = threadIdx.x >> 4, c = (threadIdx.x & 15) * 8;
-#pragma unroll
-        for (int u = 0; u < IX_KEYS / 8; u++) {
-            int r = r0 + 8 * u;
-            bool ok = s0 + r < len;
-            cp_async16(dst + r * IX_STRIDE + c, ok ? src + r * IX_D + c : k, ok);
-        }
-    };
-    for (int i = threadIdx.x; i < IX_HEADS * (IX_D / 8); i += blockDim.x) {
-        int r = i / (IX_D / 8), c = i % (IX_D / 8);
-        cp_async16(qs + r * IX_STRIDE + c * 8, q + ((size_t)t * IX_HEADS + r) * IX_D + c * 8, true);
+    const unsigned char* qrow = reinterpret_cast<const unsigned char*>(q + (size_t)t * IX_HEADS * IX_D);
+    for (int i = threadIdx.x; i < IX_HEADS * (ROW / 16); i += blockDim.x) {
+        int r = i / (ROW / 16), c = i % (ROW / 16);
+        cp_async16(qs + swz(IX_HEADS, r, c * 16), qrow + r * ROW + c * 16, true);
     }
-    load_keys(kbuf, s_begin);
-    cp_async_commit();
-    if (threadIdx.x < IX_HEADS) ws[threadIdx.x] = w[(size_t)t * IX_HEADS + threadIdx.x];
-    int row0 = warp * 16, g = lane >> 2, tig = lane & 3;
+    // Tile j goes to stage j % IXD_STAGES, keys past the row's length zero-filled. One commit
+    // group per tile slot (empty past the last tile), so wait_group counts stay uniform.
+    auto load = [&](int j) {
+        if (j < tiles)
+            ix_load_keys<ROW, 128>(kbuf + (j % IXD_STAGES) * STAGE, reinterpret_cast<const unsigned char*>(k),
+                                   s_begin + j * IX_KEYS, len, row_pages, nullptr, nullptr);
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int j = 0; j < IXD_STAGES - 1; j++) load(j);  // the query rides with tile 0
+
+    int wq = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    // This thread's heads 8n + 2·tig (+1), n = 0..7.
+    float2 wr[8];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+        wr[n] = *reinterpret_cast<const float2*>(w + (size_t)t * IX_HEADS + 8 * n + 2 * tig);
+    const unsigned long long desc_q = wg_desc(qs), desc_k = wg_desc(kbuf);
 
     for (int j = 0; j < tiles; j++) {
-        // The next tile's copies go out before this one is waited for (double buffer).
-        if (j + 1 < tiles) {
-            load_keys(kbuf + ((j + 1) & 1) * IX_KEYS * IX_STRIDE, s_begin + (j + 1) * IX_KEYS);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
+        cp_async_wait<IXD_STAGES - 2>();
+        fence_async_smem();  // this thread's copies (generic proxy) become visible to wgmma
+        __syncthreads();     // every thread's copies of tile j landed; tile j - 1 is done with
+        load(j + IXD_STAGES - 1);  // into the stage tile j - 1 used
+        int st = j % IXD_STAGES;
+        float d[32];
+        wg_fence();
+#pragma unroll
+        for (int kb = 0; kb < ROW; kb += 32) {
+            unsigned long long da = desc_k + ((st * STAGE + (kb >> 7) * IX_KEYS * 128 + (kb & 127)) >> 4);
+            unsigned long long db = desc_q + (((kb >> 7) * IX_HEADS * 128 + (kb & 127)) >> 4);
+            wgmma_n64_bf16(d, da, db, kb > 0);
         }
-        __syncthreads();  // tile j landed; every thread is done with tile j - 1 and its sums
-        const bf16* ks = kbuf + (j & 1) * IX_KEYS * IX_STRIDE;
-        float acc[16][4];
+        wg_commit();
+        wg_wait0();
+        reg_fence<32>(d);
+        float lo = 0.f, hi = 0.f;  // keys row0 and row0 + 8
 #pragma unroll
-        for (int n = 0; n < 16; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[n][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < IX_D; kk += 16) {
-            unsigned a0, a1, a2, a3;
-            ldmatrix_x4(a0, a1, a2, a3, qs + (row0 + (lane & 15)) * IX_STRIDE + kk + (lane >> 4) * 8);
-#pragma unroll
-            for (int n = 0; n < 16; n += 2) {
-                unsigned b0, b1, b2, b3;
-                int krow = n * 8 + (lane & 7) + ((lane >> 4) << 3);
-                ldmatrix_x4(b0, b1, b2, b3, ks + krow * IX_STRIDE + kk + ((lane >> 3) & 1) * 8);
-                mma_bf16(acc[n], a0, a1, a2, a3, b0, b1);
-                mma_bf16(acc[n + 1], a0, a1, a2, a3, b2, b3);
-            }
+        for (int n = 0; n < 8; n++) {
+            lo = fmaf(wr[n].x, fmaxf(d[4 * n], 0.f), lo);
+            lo = fmaf(wr[n].y, fmaxf(d[4 * n + 1], 0.f), lo);
+            hi = fmaf(wr[n].x, fmaxf(d[4 * n + 2], 0.f), hi);
+            hi = fmaf(wr[n].y, fmaxf(d[4 * n + 3], 0.f), hi);
         }
-        float wa = ws[row0 + g], wb = ws[row0 + g + 8];
 #pragma unroll
-        for (int n = 0; n < 16; n++) {
-            float c0 = wa * fmaxf(acc[n][0], 0.f) + wb * fmaxf(acc[n][2], 0.f);
-            float c1 = wa * fmaxf(acc[n][1], 0.f) + wb * fmaxf(acc[n][3], 0.f);
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) {
-                c0 += __shfl_xor_sync(0xffffffffu, c0, o);
-                c1 += __shfl_xor_sync(0xffffffffu, c1, o);
-            }
-            if (g == 0) {
-                red[warp * IX_KEYS + n * 8 + tig * 2] = c0;
-                red[warp * IX_KEYS + n * 8 + tig * 2 + 1] = c1;
-            }
+        for (int o = 1; o < 4; o <<= 1) {
+            lo += __shfl_xor_sync(0xffffffffu, lo, o);
+            hi += __shfl_xor_sync(0xffffffffu, hi, o);
         }
-        __syncthreads();
-        for (int c = threadIdx.x; c < IX_KEYS; c += blockDim.x) {
-            int s = s_begin + j * IX_KEYS + c;
+        if (tig < 2) {
+            int s = s_begin + j * IX_KEYS + 16 * wq + g + 8 * tig;
+            float v = tig ? hi : lo;
             if (s < len) {
-                float v = red[c] + red[IX_KEYS + c] + red[2 * IX_KEYS + c] + red[3 * IX_KEYS + c];
                 logits[(size_t)t * ld + s] = v;
                 if (histogram) atomicAdd(&hh[order_key(v) >> 21], 1);
             }

@@ -257,10 +257,10 @@ const fn indexer_smem(wgs: usize, fp8: bool) -> u32 {
 }
 const INDEXER_SMEM: u32 = indexer_smem(IX_WGS_BF16 as usize, false);
 const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, true);
-/// Shared memory of `indexer_decode_bf16`: 64 query rows and two buffers of 128 key rows, 136
-/// bf16 each, head sums of 4 warps, 64 weights, and a 2,048-bin histogram for the top-k.
-const INDEXER_DECODE_SMEM: u32 =
-    ((64 + 2 * 128) * 136 * 2 + 4 * 128 * 4 + 64 * 4 + 2048 * 4) as u32;
+/// Shared memory of `indexer_decode_bf16`: 64 query rows and a ring of 3 tiles of 64 key rows,
+/// 256 bytes each, 1 KB so the swizzled tiles can start on a 1,024-byte boundary, and a
+/// 2,048-bin histogram for the top-k.
+const INDEXER_DECODE_SMEM: u32 = ((64 + 3 * 64) * 256 + 1024 + 2048 * 4) as u32;
 /// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): two bitmaps over 131,072 positions
 /// and a 1,024-bin histogram (the histogram phases use less).
 const TOPK_DECODE_SMEM: u32 = (2 * 4096 * 4 + 1024 * 4) as u32;
@@ -1081,10 +1081,12 @@ mod tests {
                 + stages * tile * 4,
             "FP8 indexer"
         );
-        let (keys, stride) = (define("IX_KEYS"), d + 8);
         assert_eq!(
             INDEXER_DECODE_SMEM,
-            (heads + 2 * keys) * stride * 2 + 4 * keys * 4 + heads * 4 + define("TK_BINS") * 4
+            (heads + define("IXD_STAGES") * define("IX_KEYS")) * 2 * d
+                + 1024
+                + define("TK_BINS") * 4,
+            "decode indexer"
         );
         assert_eq!(
             TOPK_DECODE_SMEM,
