@@ -484,12 +484,7 @@ impl GpuModel {
             }
         }
         let k = cfg.index_topk;
-        // Attention splits: one block per multiprocessor (a block takes one), so rows x splits
-        // fills the GPU once. More splits only add partial outputs for mla_combine to read: at
-        // batch 128 the old rule (2 blocks per multiprocessor) gave 3 splits, whose combine took
-        // 62 µs per layer under ncu, 40% of the attention's own time, for no gain.
-        let sms = self.gpu.multiprocessors as usize;
-        let splits = (sms / n).clamp(1, k.div_ceil(64));
+        let splits = attention_splits(n, self.gpu.multiprocessors as usize, k);
         let shape = Shape {
             n,
             logit_rows: if decode { n } else { n.min(PREFILL_CHUNK) },
@@ -1236,6 +1231,15 @@ fn multi_block_topk(rows: usize, len: usize, multiprocessors: usize) -> bool {
     len >= 16_384 && rows * 4 < multiprocessors
 }
 
+/// Splits of each row's selected positions in the sparse attention: enough that rows x splits
+/// fills the multiprocessors once (a block of `sparse_mla_bf16` takes a whole one), at most one
+/// per 64-row tile. More splits only add partial outputs for `mla_combine` to read: at batch 128
+/// the earlier rule (two blocks per multiprocessor) gave 3 splits, whose combine took 62 µs per
+/// layer under ncu, 40% of the attention's own time, for no gain.
+fn attention_splits(rows: usize, multiprocessors: usize, topk: usize) -> usize {
+    (multiprocessors / rows.max(1)).clamp(1, topk.div_ceil(64))
+}
+
 fn bf16s(v: &[f32]) -> Vec<u16> {
     v.iter()
         .map(|&x| half::bf16::from_f32(x).to_bits())
@@ -1246,6 +1250,26 @@ fn bf16s(v: &[f32]) -> Vec<u16> {
 mod tests {
     use super::*;
     use crate::config::Preset;
+
+    #[test]
+    fn attention_splits_fill_the_multiprocessors_once() {
+        // An H200 has 132 multiprocessors; top-k 2048 is 32 tiles of 64.
+        let splits = |rows| attention_splits(rows, 132, 2048);
+        assert_eq!(
+            splits(1),
+            32,
+            "batch 1: one tile a block, capped by the tiles"
+        );
+        assert_eq!(splits(32), 4);
+        assert_eq!(splits(66), 2);
+        assert_eq!(splits(128), 1, "batch 128: no partial outputs to combine");
+        assert_eq!(splits(4096), 1, "prefill-sized calls");
+        assert_eq!(
+            attention_splits(1, 132, 100),
+            2,
+            "short top-k: at most one split a tile"
+        );
+    }
 
     #[test]
     fn the_page_pool_gives_all_or_nothing() {
