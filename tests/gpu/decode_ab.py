@@ -22,7 +22,7 @@ from kernel_ab import Module, cuda, define, launch
 
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
-TK_CAP = 4096
+TK_CAP = 8192
 MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
 
@@ -61,12 +61,15 @@ def main():
             ix_smem = (64 + 2 * ix_keys) * 136 * 2 + 4 * ix_keys * 4 + 64 * 4 + 8192
         probe = ctypes.c_void_p()
         has_fused = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"topk_decode_fused") == 0
+        # The finish keeps its candidates in shared memory where the source defines TK_CAP.
+        tk_cap = define(path, "TK_CAP", 0)
+        fused_smem = tk_cap * 8 + 2 * 4096 * 4 + 2048 * 4 if tk_cap else TOPK_FUSED_SMEM
         ix = m.function("indexer_decode_bf16", ix_smem)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
         comb = m.function("mla_combine", 0)
         logits = torch.zeros(1, l, device="cuda")
         hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
-        counters = torch.zeros(2, dtype=torch.int32, device="cuda")
+        counters = torch.zeros(4, dtype=torch.int32, device="cuda")  # 2 before the 11-bit collect
         taken = torch.zeros(TOPK, dtype=torch.int32, device="cuda")
         cand = torch.zeros(TK_CAP, dtype=torch.int64, device="cuda")
         sync = torch.zeros(2, dtype=torch.int32, device="cuda")
@@ -76,11 +79,11 @@ def main():
         out = torch.zeros(H * DV, device="cuda")
         chunks = (l + 1023) // 1024
         if has_fused:
-            fused = m.function("topk_decode_fused", TOPK_FUSED_SMEM)
+            fused = m.function("topk_decode_fused", fused_smem)
             grid = min(sm_count(), chunks)
 
             def topk():
-                launch(fused, (grid, 1), 512, TOPK_FUSED_SMEM,
+                launch(fused, (grid, 1), 512, fused_smem,
                        [logits, lens, l, TOPK, hist, counters, taken, cand, TK_CAP, idx, sync, 1,
                         int(indexer_hist)])
         else:

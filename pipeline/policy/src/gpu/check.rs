@@ -517,10 +517,18 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         )
     });
 
+    // Row 0's keys are 0..40 in steps of 0.01: its top-11-bit threshold bin, [32, 40), holds a
+    // fifth of the row, more than the candidate buffer, so it takes the second histogram, and
+    // its candidates tie. Row 2's keys are continuous (exponential, shifted below 0), so its bin
+    // fits and it is collected on 11 bits. Row 3 is all equal (the fallback). Then each of rows
+    // 0, 2 and 3 alone: a single row that fits skips the second histogram and its barrier.
     let (rows, len) = (4usize, 131_072usize);
     let mut long: Vec<f32> = (0..rows * len)
-        .map(|_| (rng.random_range(0..5000) as f32) / 100.0)
+        .map(|_| (rng.random_range(0..4000) as f32) / 100.0)
         .collect();
+    long[2 * len..3 * len]
+        .iter_mut()
+        .for_each(|v| *v = -5.0 * (1.0 - rng.random::<f32>()).ln() - 3.0);
     long[3 * len..].iter_mut().for_each(|v| *v = 1.5);
     let lens: Vec<i32> = vec![len as i32, 1000, 70_001, len as i32];
     let (dlong, dlens) = (gpu.upload(&long)?, gpu.upload(&lens)?);
@@ -538,6 +546,18 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             }
         }
     }
+    for r in [0, 2, 3] {
+        let l = lens[r] as usize;
+        let (drow, dlen) = (
+            gpu.upload(&long[r * len..(r + 1) * len])?,
+            gpu.upload(&lens[r..=r])?,
+        );
+        let mut dout = gpu.upload(&vec![i32::MIN; TOPK])?;
+        gpu.topk_decode(&drow, &dlen, 1, len, &mut work, &mut dout)?;
+        if gpu.download(&dout)? != topk_padded(&long[r * len..r * len + l], TOPK) {
+            differing.push((2, r));
+        }
+    }
     out.push(Check {
         passed: differing.is_empty(),
         ..check(
@@ -545,7 +565,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             "exact",
             differing.len() as f64,
             0.0,
-            format!("{rows} rows of {len} (lengths {lens:?}; the last all equal, via the fallback), k {TOPK}, two calls on one work space; (call, row) differing: {differing:?}"),
+            format!("{rows} rows of {len} (lengths {lens:?}; row 0 with ties past the first histogram, row 2 continuous and collected on 11 bits, row 3 all equal, via the fallback), k {TOPK}, two calls on one work space, then rows 0, 2 and 3 alone (call 2); (call, row) differing: {differing:?}"),
         )
     });
 

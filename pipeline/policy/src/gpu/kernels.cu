@@ -1052,18 +1052,24 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
     }
 }
 
-// Multi-block top-k for few long rows (decode), one launch in four phases separated by grid-wide
-// barriers, each row staying in L2:
+// Multi-block top-k for few long rows (decode), one launch in up to four phases, each row
+// staying in L2:
 //   1. histogram of the key's top 11 bits            (units of TK_CHUNK keys of a row)
-//   2. histogram of the next 11 bits inside bin b1    (b1 found by each unit from phase 1)
-//   3. every key above (b1, b2) is taken; keys in (b1, b2) are candidates
-//   4. one block per row picks the best candidates (stable: higher key, then lower index) and
-//      writes the k indices in ascending order.
-// Work buffers per row: hist 2 x 2048 ints, counters 2 ints, taken k ints, candidates `cap`
-// (key, index) pairs; one barrier of 2 ints for the call. All start zeroed and phase 4 zeroes
-// hist and counters again, so a call needs no memset. A row whose candidates overflow `cap` is
-// done in phase 4 by the one-block select. Data other blocks wrote is read with __ldcg (L2),
-// never from a possibly stale L1 line.
+//   2. histogram of the next 11 bits inside bin b1    (b1 found by each unit from phase 1), only
+//      for rows whose bin b1 holds more than `cap` keys
+//   3. every key above the threshold prefix (b1, or (b1, b2)) is taken; keys sharing it are
+//      candidates
+//   4. the block that collects a row's last unit picks the best candidates (stable: higher key,
+//      then lower index) and writes the k indices in ascending order.
+// Phases 1 to 3 are separated by grid-wide barriers; the barrier before phase 3 is skipped when
+// there is one row and it needs no phase 2, so a batch-1 decode step with the indexer's
+// histogram ready runs phases 3 and 4 without waiting on the grid.
+// Work buffers per row: hist 2 x 2048 ints, counters 4 ints (taken, candidates, units
+// collected, the threshold prefix's shift), taken k ints, candidates `cap` (key, index) pairs;
+// one barrier of 2 ints for the call. All start zeroed and phase 4 zeroes hist and counters
+// again, so a call needs no memset. A row whose candidates overflow `cap` is done in phase 4 by
+// the one-block select. Data other blocks wrote is read with __ldcg (L2), never from a possibly
+// stale L1 line.
 
 // A barrier across the whole grid, for a launch whose blocks are all resident at once (at most
 // one per multiprocessor). bar[0] counts arrivals; the last arrival resets it and advances the
@@ -1100,14 +1106,30 @@ __device__ void tk_hist1(const float* logits, int len, int ld, int* hist, int t,
     __syncthreads();  // `h` is free for the next unit
 }
 
-// Phase 2 for the same unit.
-__device__ void tk_hist2(const float* logits, int len, int ld, int k, int* hist, int t, int chunk, int* h) {
-    __shared__ int warp_tot[33];
-    // One coalesced read of the histogram; the scan then runs in shared memory.
+// Row t's threshold bin of phase 1 (the bin holding its k-th key), found by the block from the
+// histogram (one coalesced read into `h`, TK_BINS ints of shared memory, then a scan there).
+__device__ unsigned tk_bin1(const int* hist, int k, int t, int* h, int* warp_tot) {
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
     __syncthreads();
     int above;
-    unsigned b1 = find_bin_block(h, TK_BINS, k, &above, warp_tot);
+    return (unsigned)find_bin_block(h, TK_BINS, k, &above, warp_tot);
+}
+
+// Whether row t is collected on its top 11 bits: its threshold bin (`*b1`) holds at most `cap`
+// keys.
+__device__ bool tk_fits(const int* hist, int k, int cap, int t, int* h, unsigned* b1) {
+    __shared__ int warp_tot[33];
+    *b1 = tk_bin1(hist, k, t, h, warp_tot);
+    bool fits = h[*b1] <= cap;
+    __syncthreads();  // `h` is free for the caller
+    return fits;
+}
+
+// Phase 2 for the same unit (nothing for a row that fits).
+__device__ void tk_hist2(const float* logits, int len, int ld, int k, int cap, int* hist, int t, int chunk,
+                         int* h) {
+    unsigned b1;
+    if (tk_fits(hist, k, cap, t, h, &b1)) return;
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = 0;
     __syncthreads();
     const float* row = logits + (size_t)t * ld;
@@ -1122,16 +1144,28 @@ __device__ void tk_hist2(const float* logits, int len, int ld, int k, int* hist,
     __syncthreads();
 }
 
-// Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory.
-__device__ void tk_collect(const float* logits, int len, int ld, int k, const int* hist, int* counters,
-                           int* taken, unsigned long long* cand, int cap, int t, int chunk, int* h) {
+// Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory. `fit_b1`, when not
+// negative, is the row's threshold bin, already known to fit.
+__device__ void tk_collect(const float* logits, int len, int ld, int k, int cap, const int* hist, int* counters,
+                           int* taken, unsigned long long* cand, int t, int chunk, int* h, int fit_b1) {
     __shared__ int warp_tot[33];
-    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
-    __syncthreads();
-    int above1, above2;
-    int b1 = find_bin_block(h, TK_BINS, k, &above1, warp_tot);
-    int b2 = find_bin_block(h + TK_BINS, TK_BINS, k - above1, &above2, warp_tot);
-    unsigned prefix = ((unsigned)b1 << 11) | (unsigned)b2;
+    // The threshold prefix: the top 11 bits when their bin fits, else 22 (phase 2 ran).
+    unsigned prefix = (unsigned)fit_b1;
+    int shift = 21;
+    if (fit_b1 < 0) {
+        for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x)
+            h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
+        __syncthreads();
+        int above1, above2;
+        int b1 = find_bin_block(h, TK_BINS, k, &above1, warp_tot);
+        prefix = (unsigned)b1;
+        if (h[b1] > cap) {
+            int b2 = find_bin_block(h + TK_BINS, TK_BINS, k - above1, &above2, warp_tot);
+            prefix = (prefix << 11) | (unsigned)b2;
+            shift = 10;
+        }
+    }
+    if (threadIdx.x == 0 && chunk == 0) counters[4 * t + 3] = shift;
     const float* row = logits + (size_t)t * ld;
     int end = min(len, (chunk + 1) * TK_CHUNK);
     int lane = threadIdx.x & 31;
@@ -1140,12 +1174,12 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, const in
     for (int base = chunk * TK_CHUNK; base < end; base += blockDim.x) {
         int i = base + threadIdx.x;
         unsigned key = i < end ? order_key(row[i]) : 0u;
-        unsigned top = key >> 10;
+        unsigned top = key >> shift;
         bool take = i < end && top > prefix, maybe = i < end && top == prefix;
         unsigned mt = __ballot_sync(0xffffffffu, take), mc = __ballot_sync(0xffffffffu, maybe);
         int at_t = 0, at_c = 0;
-        if (lane == 0 && mt) at_t = atomicAdd(&counters[2 * t], __popc(mt));
-        if (lane == 0 && mc) at_c = atomicAdd(&counters[2 * t + 1], __popc(mc));
+        if (lane == 0 && mt) at_t = atomicAdd(&counters[4 * t], __popc(mt));
+        if (lane == 0 && mc) at_c = atomicAdd(&counters[4 * t + 1], __popc(mc));
         at_t = __shfl_sync(0xffffffffu, at_t, 0) + __popc(mt & below);
         at_c = __shfl_sync(0xffffffffu, at_c, 0) + __popc(mc & below);
         if (take) taken[(size_t)t * k + at_t] = i;
@@ -1154,9 +1188,10 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, const in
     __syncthreads();  // `h` is free for the next unit
 }
 
-// Finishes one row: the keys above (b1, b2) are taken; among the candidates (keys in bucket
-// (b1, b2)) a third histogram on the low 10 bits finds the exact threshold key, everything above
-// it is taken, and of the keys equal to it the lowest indices fill the rest. Selected positions
+// Finishes one row: the keys above the threshold prefix are taken; among the candidates (the
+// keys sharing it) histograms of the remaining bits (11 then 10, or 10) find the exact threshold
+// key, everything above it is taken, and of the keys equal to it the lowest indices fill the
+// rest. Selected positions
 // are marked in a bitmap over the row and written out in ascending order with a block scan, so
 // the result equals a stable sort's first k. Rows longer than TK_MAX_LEN take the fallback.
 #define TK_MAX_LEN 131072
@@ -1300,26 +1335,28 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
 }
 
 
-// Phase 4 for row t; `smem` holds TKF_SMEM bytes.
-#define TKF_SMEM (2 * TK_WORDS * 4 + 1024 * 4)
+// Phase 4 for row t; `smem` holds TKF_SMEM bytes. The row's candidates are copied into it
+// first (at most TK_CAP: `cap` must not exceed it), so the passes over them wait on shared
+// memory rather than L2.
+#define TK_CAP 8192
+#define TKF_SMEM (TK_CAP * 8 + 2 * TK_WORDS * 4 + TK_BINS * 4)
 __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist, int* counters,
                           const int* taken, const unsigned long long* cand, int cap, int* out, int t,
                           unsigned char* smem) {
-    unsigned* sel = reinterpret_cast<unsigned*>(smem);  // TK_WORDS
-    unsigned* tie = sel + TK_WORDS;                      // TK_WORDS
-    int* h3 = reinterpret_cast<int*>(tie + TK_WORDS);    // 1024
+    unsigned long long* cs = reinterpret_cast<unsigned long long*>(smem);  // TK_CAP
+    unsigned* sel = reinterpret_cast<unsigned*>(cs + TK_CAP);              // TK_WORDS
+    unsigned* tie = sel + TK_WORDS;                                        // TK_WORDS
+    int* hb = reinterpret_cast<int*>(tie + TK_WORDS);                      // TK_BINS
     __shared__ int warp_tot[33];
     int* o = out + (size_t)t * k;
-    __syncthreads();  // the block is done with the previous row's shared memory
-    int n_taken = __ldcg(&counters[2 * t]), n_cand = __ldcg(&counters[2 * t + 1]);
+    __syncthreads();  // the block is done with the previous unit's shared memory
+    int n_taken = __ldcg(&counters[4 * t]), n_cand = __ldcg(&counters[4 * t + 1]);
+    int shift = __ldcg(&counters[4 * t + 3]);
     // The row's histograms and counters are read for the last time: zero them for the next call
     // (every thread has read the counters before the barrier).
     for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) hist[(size_t)t * 2 * TK_BINS + i] = 0;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        counters[2 * t] = 0;
-        counters[2 * t + 1] = 0;
-    }
+    if (threadIdx.x < 4) counters[4 * t + threadIdx.x] = 0;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
@@ -1334,28 +1371,62 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
         sel[i] = 0u;
         tie[i] = 0u;
     }
-    for (int i = threadIdx.x; i < 1024; i += blockDim.x) h3[i] = 0;
-    __syncthreads();
+    // Four loads in flight per thread: these loops wait on L2, not on the arithmetic.
     const unsigned long long* c = cand + (size_t)t * cap;
-    for (int i = threadIdx.x; i < n_taken; i += blockDim.x) {
-        int idx = __ldcg(&taken[(size_t)t * k + i]);
-        atomicOr(&sel[idx >> 5], 1u << (idx & 31));
+    for (int base = 0; base < n_cand; base += 4 * blockDim.x) {
+        unsigned long long v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int i = base + j * blockDim.x + threadIdx.x;
+            v[j] = i < n_cand ? __ldcg(&c[i]) : 0ull;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int i = base + j * blockDim.x + threadIdx.x;
+            if (i < n_cand) cs[i] = v[j];
+        }
     }
-    for (int i = threadIdx.x; i < n_cand; i += blockDim.x)
-        atomicAdd(&h3[(unsigned)(__ldcg(&c[i]) >> 32) & 1023u], 1);
-    __syncthreads();
-    int above3;
-    unsigned b3 = find_bin_block(h3, 1024, need, &above3, warp_tot);
-    int ties_needed = need - above3;
-    for (int i = threadIdx.x; i < n_cand; i += blockDim.x) {
-        unsigned long long ci = __ldcg(&c[i]);
-        unsigned low = (unsigned)(ci >> 32) & 1023u;
-        int idx = (int)(~(unsigned)(ci & 0xffffffffull));
-        if (low > b3) atomicOr(&sel[idx >> 5], 1u << (idx & 31));
-        else if (low == b3) atomicOr(&tie[idx >> 5], 1u << (idx & 31));
+    __syncthreads();  // `sel` is zeroed
+    for (int base = 0; base < n_taken; base += 4 * blockDim.x) {
+        int v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int i = base + j * blockDim.x + threadIdx.x;
+            v[j] = i < n_taken ? __ldcg(&taken[(size_t)t * k + i]) : -1;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (v[j] >= 0) atomicOr(&sel[v[j] >> 5], 1u << (v[j] & 31));
     }
-    __syncthreads();
-    emit_selected(sel, tie, ties_needed, words, o, warp_tot);
+    // The candidates share their keys' bits above `shift`; `cur` is the threshold's bits from
+    // `shift` down to `hi`, found so far.
+    unsigned low_mask = (1u << shift) - 1u, cur = 0u;
+    for (int hi = shift; hi > 0;) {
+        int s = hi > 10 ? 10 : 0, nb = 1 << (hi - s);
+        for (int i = threadIdx.x; i < nb; i += blockDim.x) hb[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n_cand; i += blockDim.x) {
+            unsigned key = (unsigned)(cs[i] >> 32) & low_mask;
+            if ((key >> hi) == cur) atomicAdd(&hb[(key >> s) & (nb - 1)], 1);
+        }
+        __syncthreads();
+        int above;
+        unsigned b = (unsigned)find_bin_block(hb, nb, need, &above, warp_tot);
+        for (int i = threadIdx.x; i < n_cand; i += blockDim.x) {
+            unsigned long long ci = cs[i];
+            unsigned key = (unsigned)(ci >> 32) & low_mask;
+            if ((key >> hi) != cur) continue;
+            unsigned v = (key >> s) & (nb - 1);
+            int idx = (int)(~(unsigned)(ci & 0xffffffffull));
+            if (v > b) atomicOr(&sel[idx >> 5], 1u << (idx & 31));
+            else if (v == b && s == 0) atomicOr(&tie[idx >> 5], 1u << (idx & 31));
+        }
+        need -= above;
+        cur = (cur << (hi - s)) | b;
+        hi = s;
+        __syncthreads();  // every thread has read `hb` before the next pass clears it
+    }
+    emit_selected(sel, tie, need, words, o, warp_tot);
 }
 
 // The decode top-k in one launch: grid = min(multiprocessors, rows x chunks) blocks of 512, all
@@ -1367,6 +1438,7 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
                   int* taken, unsigned long long* cand, int cap, int* out, unsigned* bar, int rows,
                   int hist_ready) {
     extern __shared__ __align__(16) unsigned char tk_smem[];
+    __shared__ int last;
     int* h = reinterpret_cast<int*>(tk_smem);
     int chunks = (ld + TK_CHUNK - 1) / TK_CHUNK, units = rows * chunks;
     if (!hist_ready) {
@@ -1376,19 +1448,38 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
         }
         grid_sync(bar);
     }
+    // One row whose threshold bin fits needs neither phase 2 nor the barrier after it (every
+    // block reads the same histogram, so all agree).
+    unsigned b1 = 0;
+    bool skip2 = rows == 1 && (min(lens[0], ld) <= k || tk_fits(hist, k, cap, 0, h, &b1));
+    if (!skip2) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
+            if (len > k && chunk * TK_CHUNK < len) tk_hist2(logits, len, ld, k, cap, hist, t, chunk, h);
+        }
+        grid_sync(bar);
+    }
     for (int u = blockIdx.x; u < units; u += gridDim.x) {
         int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
-        if (len > k && chunk * TK_CHUNK < len) tk_hist2(logits, len, ld, k, hist, t, chunk, h);
+        // A row's units: its chunks, or one for a row of at most k keys (nothing to collect).
+        int row_units = len > k ? (len + TK_CHUNK - 1) / TK_CHUNK : 1;
+        if (chunk >= row_units) continue;
+        if (len > k)
+            tk_collect(logits, len, ld, k, cap, hist, counters, taken, cand, t, chunk, h, skip2 ? (int)b1 : -1);
+        // The block that collects a row's last unit finishes the row (no grid-wide wait): its
+        // fence-then-count orders every block's writes before the finisher's reads.
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(&counters[4 * t + 2], 1) == row_units - 1;
+            __threadfence();
+        }
+        __syncthreads();
+        if (last) {
+            tk_finish(logits, len, ld, k, hist, counters, taken, cand, cap, out, t, tk_smem);
+            __syncthreads();  // the next unit reuses the shared memory
+        }
     }
-    grid_sync(bar);
-    for (int u = blockIdx.x; u < units; u += gridDim.x) {
-        int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);
-        if (len > k && chunk * TK_CHUNK < len)
-            tk_collect(logits, len, ld, k, hist, counters, taken, cand, cap, t, chunk, h);
-    }
-    grid_sync(bar);
-    for (int t = blockIdx.x; t < rows; t += gridDim.x)
-        tk_finish(logits, min(lens[t], ld), ld, k, hist, counters, taken, cand, cap, out, t, tk_smem);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -174,9 +174,10 @@ pub struct TopkWork {
     hist_ready: bool,
 }
 
-/// Candidates kept per row before the one-block fallback takes over (the fused top-k's last
-/// phase resolves them in shared memory).
-const TOPK_CAP: usize = 4096;
+/// Candidates kept per row before the one-block fallback takes over. A row whose top-11-bit
+/// threshold bin holds at most this many keys skips the second histogram; at 128K random keys
+/// that bin holds about 4,200.
+const TOPK_CAP: usize = 8192;
 
 /// A launch of a `x` × `y` grid of `block`-thread blocks with `smem` bytes of dynamic shared
 /// memory.
@@ -261,9 +262,9 @@ const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, true);
 /// 256 bytes each, 1 KB so the swizzled tiles can start on a 1,024-byte boundary, and a
 /// 2,048-bin histogram for the top-k.
 const INDEXER_DECODE_SMEM: u32 = ((64 + 3 * 64) * 256 + 1024 + 2048 * 4) as u32;
-/// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): two bitmaps over 131,072 positions
-/// and a 1,024-bin histogram (the histogram phases use less).
-const TOPK_DECODE_SMEM: u32 = (2 * 4096 * 4 + 1024 * 4) as u32;
+/// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): the candidates (TK_CAP = TOPK_CAP),
+/// two bitmaps over 131,072 positions and a 2,048-bin histogram (the histogram phases use less).
+const TOPK_DECODE_SMEM: u32 = (TOPK_CAP * 8 + 2 * 4096 * 4 + 2048 * 4) as u32;
 /// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
@@ -318,6 +319,7 @@ impl Gpu {
             ("sparse_mla_bf16", MLA_SMEM),
             ("topk_rows", TOPK_ROWS_SMEM),
             ("topk_rows_lens", TOPK_ROWS_SMEM),
+            ("topk_decode_fused", TOPK_DECODE_SMEM),
         ] {
             gpu.function(f)?
                 .set_attribute(
@@ -755,7 +757,7 @@ impl Gpu {
         }
         Ok(TopkWork {
             hist: self.zeros(rows * 2 * 2048)?,
-            counters: self.zeros(rows * 2)?,
+            counters: self.zeros(rows * 4)?,
             taken: self.zeros(rows * k)?,
             cand: self.zeros(rows * TOPK_CAP)?,
             barrier: self.zeros(2)?,
@@ -1090,8 +1092,13 @@ mod tests {
         );
         assert_eq!(
             TOPK_DECODE_SMEM,
-            2 * (define("TK_MAX_LEN") / 32) * 4 + 1024 * 4,
+            define("TK_CAP") * 8 + 2 * (define("TK_MAX_LEN") / 32) * 4 + define("TK_BINS") * 4,
             "topk_decode_fused (TKF_SMEM)"
+        );
+        assert_eq!(
+            TOPK_CAP as u32,
+            define("TK_CAP"),
+            "the top-k's candidate buffer"
         );
         let (bn, dqk) = (define("MLA_BN"), define("MLA_DQK"));
         assert_eq!(
