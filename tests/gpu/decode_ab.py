@@ -113,6 +113,9 @@ def main():
         # The indexer and top-k graphs only make sense together when the indexer feeds top-k's
         # histogram, so "topk" is timed as the difference.
         stages = [("step", step), ("indexer", indexer), ("ix_topk", lambda: (indexer(), topk())), ("attention", attention)]
+        if os.environ.get("MLA_ALONE"):
+            stages.append(("mla", lambda: launch(mla, (splits, 1), 256, MLA_SMEM,
+                                                 [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0])))
         if path == paths[-1]:
             for sp in [int(x) for x in os.environ.get("SPLITS", "").split(",") if x]:
                 stages.append((f"attention/{sp}", lambda sp=sp: attention(sp)))
@@ -146,6 +149,8 @@ def main():
         for name, v in t.items():
             if name.startswith("attention/"):
                 print(f"  {name} splits: {v:.1f} us")
+            if name == "mla":
+                print(f"  sparse_mla_bf16 alone: {v:.1f} us")
 
 
 if __name__ == "__main__":

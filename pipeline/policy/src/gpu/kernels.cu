@@ -538,21 +538,22 @@ __device__ __forceinline__ unsigned order_key(float f) {
 }
 
 // Exclusive prefix sum of `v` over the block in thread order (at most 1024 threads); returns
-// the block's total. `warp_tot` is 33 ints of shared memory.
-__device__ __forceinline__ int block_exclusive_sum(int v, int* prefix, int* warp_tot) {
+// the block's total. `warp_tot` is 33 values of shared memory.
+template <typename T>
+__device__ __forceinline__ T block_exclusive_sum(T v, T* prefix, T* warp_tot) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int incl = v;
+    T incl = v;
     for (int d = 1; d < 32; d <<= 1) {
-        int n = __shfl_up_sync(0xffffffffu, incl, d);
+        T n = __shfl_up_sync(0xffffffffu, incl, d);
         if (lane >= d) incl += n;
     }
     if (lane == 31) warp_tot[warp] = incl;
     __syncthreads();
     if (warp == 0) {
-        int w = lane < (blockDim.x >> 5) ? warp_tot[lane] : 0;
-        int x = w;
+        T w = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : T(0);
+        T x = w;
         for (int d = 1; d < 32; d <<= 1) {
-            int n = __shfl_up_sync(0xffffffffu, x, d);
+            T n = __shfl_up_sync(0xffffffffu, x, d);
             if (lane >= d) x += n;
         }
         warp_tot[lane] = x - w;  // exclusive
@@ -560,13 +561,14 @@ __device__ __forceinline__ int block_exclusive_sum(int v, int* prefix, int* warp
     }
     __syncthreads();
     *prefix = warp_tot[warp] + incl - v;
-    int total = warp_tot[32];
+    T total = warp_tot[32];
     __syncthreads();
     return total;
 }
 
 #define TK_BINS 2048
 #define TK_CHUNK 1024
+#define TK_THREADS 512  // threads of a topk_decode_fused block
 
 // The highest bin b of `hist` with (count above b) < want <= (count above b) + hist[b], and the
 // count above it (bin 0 and the total when `want` exceeds it), found by the whole block with
@@ -1167,25 +1169,59 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
     }
     if (threadIdx.x == 0 && chunk == 0) counters[4 * t + 3] = shift;
     const float* row = logits + (size_t)t * ld;
-    int end = min(len, (chunk + 1) * TK_CHUNK);
+    int begin = chunk * TK_CHUNK, end = min(len, begin + TK_CHUNK);
     int lane = threadIdx.x & 31;
     unsigned below = (1u << lane) - 1u;
-    // Whole warps go round together, so each warp takes its slots with one atomic per kind.
-    for (int base = chunk * TK_CHUNK; base < end; base += blockDim.x) {
-        int i = base + threadIdx.x;
-        unsigned key = i < end ? order_key(row[i]) : 0u;
-        unsigned top = key >> shift;
-        bool take = i < end && top > prefix, maybe = i < end && top == prefix;
-        unsigned mt = __ballot_sync(0xffffffffu, take), mc = __ballot_sync(0xffffffffu, maybe);
-        int at_t = 0, at_c = 0;
-        if (lane == 0 && mt) at_t = atomicAdd(&counters[4 * t], __popc(mt));
-        if (lane == 0 && mc) at_c = atomicAdd(&counters[4 * t + 1], __popc(mc));
-        at_t = __shfl_sync(0xffffffffu, at_t, 0) + __popc(mt & below);
-        at_c = __shfl_sync(0xffffffffu, at_c, 0) + __popc(mc & below);
-        if (take) taken[(size_t)t * k + at_t] = i;
-        if (maybe && at_c < cap) cand[(size_t)t * cap + at_c] = ((unsigned long long)key << 32) | (unsigned)(~i);
+    // The unit's keys in 32 slots of 32 (a warp's ballot each). The block takes its places with
+    // one atomic per kind: a counter every block of the row hits once per slot would serialize
+    // thousands of atomics in L2.
+    static_assert(TK_CHUNK == 32 * 32 && TK_CHUNK % TK_THREADS == 0, "32 slots of 32 keys");
+    constexpr int IT = TK_CHUNK / TK_THREADS;
+    __shared__ int slot_t[32], slot_c[32];
+    unsigned key[IT], mt[IT], mc[IT];
+#pragma unroll
+    for (int j = 0; j < IT; j++) {
+        int i = begin + j * TK_THREADS + threadIdx.x;
+        key[j] = i < end ? order_key(row[i]) : 0u;
+        unsigned top = key[j] >> shift;
+        mt[j] = __ballot_sync(0xffffffffu, i < end && top > prefix);
+        mc[j] = __ballot_sync(0xffffffffu, i < end && top == prefix);
+        if (lane == 0) {
+            int slot = (j * TK_THREADS + threadIdx.x) >> 5;
+            slot_t[slot] = __popc(mt[j]);
+            slot_c[slot] = __popc(mc[j]);
+        }
     }
-    __syncthreads();  // `h` is free for the next unit
+    __syncthreads();
+    if (threadIdx.x < 32) {  // slot offsets: an exclusive scan, then the block's two atomics
+        int a = slot_t[lane], b = slot_c[lane], ia = a, ib = b;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            int na = __shfl_up_sync(0xffffffffu, ia, d), nb = __shfl_up_sync(0xffffffffu, ib, d);
+            if (lane >= d) {
+                ia += na;
+                ib += nb;
+            }
+        }
+        int base_t = 0, base_c = 0;
+        if (lane == 31) {
+            if (ia) base_t = atomicAdd(&counters[4 * t], ia);
+            if (ib) base_c = atomicAdd(&counters[4 * t + 1], ib);
+        }
+        slot_t[lane] = __shfl_sync(0xffffffffu, base_t, 31) + ia - a;
+        slot_c[lane] = __shfl_sync(0xffffffffu, base_c, 31) + ib - b;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < IT; j++) {
+        int i = begin + j * TK_THREADS + threadIdx.x, slot = (j * TK_THREADS + threadIdx.x) >> 5;
+        if ((mt[j] >> lane) & 1u) taken[(size_t)t * k + slot_t[slot] + __popc(mt[j] & below)] = i;
+        if ((mc[j] >> lane) & 1u) {
+            int at = slot_c[slot] + __popc(mc[j] & below);
+            if (at < cap) cand[(size_t)t * cap + at] = ((unsigned long long)key[j] << 32) | (unsigned)(~i);
+        }
+    }
+    __syncthreads();  // `h` and the slots are free for the next unit
 }
 
 // Finishes one row: the keys above the threshold prefix are taken; among the candidates (the
@@ -1198,36 +1234,51 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
 #define TK_WORDS (TK_MAX_LEN / 32)
 
 // The last step of both top-k paths. `sel` marks the positions already chosen and `tie` those
-// equal to the threshold key (bitmaps of `words` words over the row): the first `ties_needed`
-// ties in index order join, and every chosen position is written to `o` in ascending order. Each
-// thread owns a run of consecutive words.
-__device__ void emit_selected(unsigned* sel, const unsigned* tie, int ties_needed, int words, int* o,
-                              int* warp_tot) {
-    int per = (words + blockDim.x - 1) / blockDim.x;
-    int w0 = min(words, threadIdx.x * per), w1 = min(words, w0 + per);
-    int my_ties = 0;
-    for (int w = w0; w < w1; w++) my_ties += __popc(tie[w]);
-    int ties_before;
-    block_exclusive_sum(my_ties, &ties_before, warp_tot);
-    int my_sel = 0;
-    for (int w = w0; w < w1; w++) {
-        unsigned tw = tie[w];
-        while (tw && ties_before < ties_needed) {
-            unsigned bit = tw & (0u - tw);
-            sel[w] |= bit;
-            tw ^= bit;
-            ties_before++;
+// equal to the threshold key (bitmaps of `words` words over the row, 16-byte aligned, at most
+// 8 · blockDim.x words): the first `ties_needed` ties in index order join, and every chosen
+// position is written to `o` in ascending order. Thread i owns words 8i..8i+7, read as two
+// 16-byte vectors per bitmap (a warp reads 1 KB without bank conflicts); one block scan of the
+// (chosen, tied) counts gives each thread both how many ties come before it and where its
+// output starts, since the ties before it that join number min(ties_needed, ties before).
+__device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties_needed, int words, int* o) {
+    __shared__ unsigned long long tot[33];
+    int w0 = threadIdx.x * 8;
+    unsigned sw[8], tw[8];
+    int n_sel = 0, n_tie = 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        uint4 a = make_uint4(0u, 0u, 0u, 0u), b = a;
+        if (w0 + 4 * h < words) {
+            a = reinterpret_cast<const uint4*>(sel)[2 * threadIdx.x + h];
+            b = reinterpret_cast<const uint4*>(tie)[2 * threadIdx.x + h];
         }
-        my_sel += __popc(sel[w]);
+        unsigned sa[4] = {a.x, a.y, a.z, a.w}, tb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            bool in = w0 + 4 * h + j < words;  // past the row: stale words of an earlier use
+            sw[4 * h + j] = in ? sa[j] : 0u;
+            tw[4 * h + j] = in ? tb[j] : 0u;
+            n_sel += __popc(sw[4 * h + j]);
+            n_tie += __popc(tw[4 * h + j]);
+        }
     }
-    int at;
-    block_exclusive_sum(my_sel, &at, warp_tot);
-    for (int w = w0; w < w1; w++) {
-        unsigned sw = sel[w];
-        while (sw) {
-            int b = __ffs(sw) - 1;
-            o[at++] = w * 32 + b;
-            sw &= sw - 1;
+    unsigned long long before;
+    block_exclusive_sum(((unsigned long long)n_sel << 32) | (unsigned)n_tie, &before, tot);
+    int sel_before = (int)(before >> 32), ties_before = (int)(before & 0xffffffffull);
+    int join = min(n_tie, max(0, ties_needed - ties_before));
+    int at = sel_before + min(ties_needed, ties_before);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        unsigned t = tw[j], s = sw[j];
+        while (join > 0 && t) {
+            unsigned bit = t & (0u - t);
+            s |= bit;
+            t ^= bit;
+            join--;
+        }
+        while (s) {
+            o[at++] = (w0 + j) * 32 + __ffs(s) - 1;
+            s &= s - 1;
         }
     }
 }
@@ -1331,7 +1382,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         hi = s;
     }
     __syncthreads();
-    emit_selected(sel, tie, need, words, o, warp_tot);
+    emit_selected(sel, tie, need, words, o);
 }
 
 
@@ -1426,14 +1477,14 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
         hi = s;
         __syncthreads();  // every thread has read `hb` before the next pass clears it
     }
-    emit_selected(sel, tie, need, words, o, warp_tot);
+    emit_selected(sel, tie, need, words, o);
 }
 
 // The decode top-k in one launch: grid = min(multiprocessors, rows x chunks) blocks of 512, all
 // resident (a cooperative launch), each taking units (row, chunk) in turn; `bar` is the grid
 // barrier (2 ints, zeroed).
 // With `hist_ready`, indexer_decode_bf16 has built phase 1's histograms already.
-extern "C" __global__ void __launch_bounds__(512)
+extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
                   int* taken, unsigned long long* cand, int cap, int* out, unsigned* bar, int rows,
                   int hist_ready) {
