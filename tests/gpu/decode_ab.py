@@ -64,6 +64,7 @@ def main():
         # The finish keeps its candidates in shared memory where the source defines TK_CAP.
         tk_cap = define(path, "TK_CAP", 0)
         fused_smem = tk_cap * 8 + 2 * 4096 * 4 + 2048 * 4 if tk_cap else TOPK_FUSED_SMEM
+        tk_threads = define(path, "TK_THREADS", 512)
         ix = m.function("indexer_decode_bf16", ix_smem)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
         comb = m.function("mla_combine", 0)
@@ -83,7 +84,7 @@ def main():
             grid = min(sm_count(), chunks)
 
             def topk():
-                launch(fused, (grid, 1), 512, fused_smem,
+                launch(fused, (grid, 1), tk_threads, fused_smem,
                        [logits, lens, l, TOPK, hist, counters, taken, cand, TK_CAP, idx, sync, 1,
                         int(indexer_hist)])
         else:
