@@ -1243,42 +1243,49 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
 __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties_needed, int words, int* o) {
     __shared__ unsigned long long tot[33];
     int w0 = threadIdx.x * 8;
-    unsigned sw[8], tw[8];
+    // This thread's words w0 + 4h .. w0 + 4h + 3, zero past the row (stale words of an earlier
+    // use). Read twice, for the counts and for the output, rather than held in 16 registers:
+    // topk_rows runs two blocks of 1,024 threads a multiprocessor only at 32 registers.
+    auto quad = [&](const unsigned* bits, int h) {
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (w0 + 4 * h < words) v = reinterpret_cast<const uint4*>(bits)[2 * threadIdx.x + h];
+        int n = words - (w0 + 4 * h);
+        if (n < 4) {
+            v.w = 0u;
+            if (n < 3) v.z = 0u;
+            if (n < 2) v.y = 0u;
+            if (n < 1) v.x = 0u;
+        }
+        return v;
+    };
     int n_sel = 0, n_tie = 0;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        uint4 a = make_uint4(0u, 0u, 0u, 0u), b = a;
-        if (w0 + 4 * h < words) {
-            a = reinterpret_cast<const uint4*>(sel)[2 * threadIdx.x + h];
-            b = reinterpret_cast<const uint4*>(tie)[2 * threadIdx.x + h];
-        }
-        unsigned sa[4] = {a.x, a.y, a.z, a.w}, tb[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            bool in = w0 + 4 * h + j < words;  // past the row: stale words of an earlier use
-            sw[4 * h + j] = in ? sa[j] : 0u;
-            tw[4 * h + j] = in ? tb[j] : 0u;
-            n_sel += __popc(sw[4 * h + j]);
-            n_tie += __popc(tw[4 * h + j]);
-        }
+        uint4 a = quad(sel, h), b = quad(tie, h);
+        n_sel += __popc(a.x) + __popc(a.y) + __popc(a.z) + __popc(a.w);
+        n_tie += __popc(b.x) + __popc(b.y) + __popc(b.z) + __popc(b.w);
     }
     unsigned long long before;
     block_exclusive_sum(((unsigned long long)n_sel << 32) | (unsigned)n_tie, &before, tot);
     int sel_before = (int)(before >> 32), ties_before = (int)(before & 0xffffffffull);
     int join = min(n_tie, max(0, ties_needed - ties_before));
     int at = sel_before + min(ties_needed, ties_before);
+    for (int h = 0; h < 2; h++) {
+        uint4 a = quad(sel, h), b = quad(tie, h);
+        unsigned sa[4] = {a.x, a.y, a.z, a.w}, tb[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        unsigned t = tw[j], s = sw[j];
-        while (join > 0 && t) {
-            unsigned bit = t & (0u - t);
-            s |= bit;
-            t ^= bit;
-            join--;
-        }
-        while (s) {
-            o[at++] = (w0 + j) * 32 + __ffs(s) - 1;
-            s &= s - 1;
+        for (int j = 0; j < 4; j++) {
+            unsigned t = tb[j], s = sa[j];
+            while (join > 0 && t) {
+                unsigned bit = t & (0u - t);
+                s |= bit;
+                t ^= bit;
+                join--;
+            }
+            while (s) {
+                o[at++] = (w0 + 4 * h + j) * 32 + __ffs(s) - 1;
+                s &= s - 1;
+            }
         }
     }
 }
