@@ -1061,8 +1061,8 @@ indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits,
 //      for rows whose bin b1 holds more than `cap` keys
 //   3. every key above the threshold prefix (b1, or (b1, b2)) is taken; keys sharing it are
 //      candidates
-//   4. the block that collects a row's last unit picks the best candidates (stable: higher key,
-//      then lower index) and writes the k indices in ascending order.
+//   4. the last block to finish collecting a unit of the row picks the best candidates (stable:
+//      higher key, then lower index) and writes the k indices in ascending order.
 // Phases 1 to 3 are separated by grid-wide barriers; the barrier before phase 3 is skipped when
 // there is one row and it needs no phase 2, so a batch-1 decode step with the indexer's
 // histogram ready runs phases 3 and 4 without waiting on the grid.
@@ -1524,8 +1524,8 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
         if (chunk >= row_units) continue;
         if (len > k)
             tk_collect(logits, len, ld, k, cap, hist, counters, taken, cand, t, chunk, h, skip2 ? (int)b1 : -1);
-        // The block that collects a row's last unit finishes the row (no grid-wide wait): its
-        // fence-then-count orders every block's writes before the finisher's reads.
+        // The last block to finish collecting a unit of the row finishes it (no grid-wide wait):
+        // each block's fence-then-count orders its writes before the finisher's reads.
         __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
