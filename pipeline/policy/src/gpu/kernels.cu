@@ -1108,20 +1108,15 @@ __device__ void tk_hist1(const float* logits, int len, int ld, int* hist, int t,
     __syncthreads();  // `h` is free for the next unit
 }
 
-// Row t's threshold bin of phase 1 (the bin holding its k-th key), found by the block from the
-// histogram (one coalesced read into `h`, TK_BINS ints of shared memory, then a scan there).
-__device__ unsigned tk_bin1(const int* hist, int k, int t, int* h, int* warp_tot) {
+// Whether row t is collected on its top 11 bits: its threshold bin of phase 1 (`*b1`, the bin
+// holding its k-th key) holds at most `cap` keys. The block reads the histogram into `h` (TK_BINS
+// ints of shared memory) in one coalesced pass and scans it there.
+__device__ bool tk_fits(const int* hist, int k, int cap, int t, int* h, unsigned* b1) {
+    __shared__ int warp_tot[33];
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
     __syncthreads();
     int above;
-    return (unsigned)find_bin_block(h, TK_BINS, k, &above, warp_tot);
-}
-
-// Whether row t is collected on its top 11 bits: its threshold bin (`*b1`) holds at most `cap`
-// keys.
-__device__ bool tk_fits(const int* hist, int k, int cap, int t, int* h, unsigned* b1) {
-    __shared__ int warp_tot[33];
-    *b1 = tk_bin1(hist, k, t, h, warp_tot);
+    *b1 = (unsigned)find_bin_block(h, TK_BINS, k, &above, warp_tot);
     bool fits = h[*b1] <= cap;
     __syncthreads();  // `h` is free for the caller
     return fits;
