@@ -228,11 +228,13 @@ const NULL: u64 = 0;
 
 /// Keys one block of `indexer_tiles` takes (IX_CHUNK in kernels.cu), its warpgroups of 4 queries
 /// each with bf16 and with e4m3 operands (IX_WGS_BF16, IX_WGS_FP8), and keys one block of
-/// `indexer_decode_bf16` takes (IX_KEYS · IXD_TILES).
+/// `indexer_decode_bf16` and `indexer_decode_fp8` take (IX_KEYS · IXD_TILES, IX_KEYS ·
+/// IXD_TILES_FP8).
 const IX_CHUNK: u32 = 8192;
 const IX_WGS_BF16: u32 = 2;
 const IX_WGS_FP8: u32 = 3;
 const IXD_KEYS: u32 = 512;
+const IXD_KEYS_FP8: u32 = 256;
 
 /// The grid of the prefill indexer over `t` queries and `s` keys, `wgs` warpgroups a block.
 fn indexer_grid(t: usize, s: usize, wgs: u32, smem: u32) -> LaunchConfig {
@@ -262,6 +264,24 @@ const INDEXER_FP8_SMEM: u32 = indexer_smem(IX_WGS_FP8 as usize, true);
 /// 256 bytes each, 1 KB so the swizzled tiles can start on a 1,024-byte boundary, and a
 /// 2,048-bin histogram for the top-k.
 const INDEXER_DECODE_SMEM: u32 = ((64 + 3 * 64) * 256 + 1024 + 2048 * 4) as u32;
+/// Of `indexer_decode_fp8`: the same with rows of 128 bytes, plus the ring's key scales.
+const INDEXER_DECODE_FP8_SMEM: u32 = ((64 + 3 * 64) * 128 + 1024 + 3 * 64 * 4 + 2048 * 4) as u32;
+
+/// The decode indexer's query and key operands, on device addresses.
+#[derive(Clone, Copy)]
+pub(crate) enum IndexerOperands {
+    Bf16 {
+        q: u64,
+        k: u64,
+    },
+    /// e4m3, with one scale per head of q and one per key.
+    Fp8 {
+        q: u64,
+        q_scale: u64,
+        k: u64,
+        k_scale: u64,
+    },
+}
 /// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): the candidates (TK_CAP = TOPK_CAP),
 /// two bitmaps over 131,072 positions and a 2,048-bin histogram (the histogram phases use less).
 const TOPK_DECODE_SMEM: u32 = (TOPK_CAP * 8 + 2 * 4096 * 4 + 2048 * 4) as u32;
@@ -316,6 +336,7 @@ impl Gpu {
             ("indexer_logits_bf16", INDEXER_SMEM),
             ("indexer_logits_fp8", INDEXER_FP8_SMEM),
             ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
+            ("indexer_decode_fp8", INDEXER_DECODE_FP8_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
             ("topk_rows", TOPK_ROWS_SMEM),
             ("topk_rows_lens", TOPK_ROWS_SMEM),
@@ -381,6 +402,12 @@ impl Gpu {
 
     pub fn sync(&self) -> Result<(), GpuError> {
         self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Keeps the stream busy for `ns` nanoseconds of GPU time (see `hold` in kernels.cu).
+    pub fn hold(&self, ns: i64) -> Result<(), GpuError> {
+        launch!(self, "hold", config(1, 1, 1, 0), &ns);
+        Ok(())
     }
 
     /// RMSNorm of `rows` rows of width `n`.
@@ -783,9 +810,39 @@ impl Gpu {
         ld: usize,
         topk: Option<&mut TopkWork>,
     ) -> Result<(), GpuError> {
-        let (q, k, w) = (self.ptr(q), self.ptr(k), self.ptr(w));
-        let (l, n) = (self.ptr(logits), self.ptr(lens));
-        self.indexer_decode_raw(q, k, w, l, n, rows, s, ld, NULL, 0, topk)
+        let ops = IndexerOperands::Bf16 {
+            q: self.ptr(q),
+            k: self.ptr(k),
+        };
+        let (w, l, n) = (self.ptr(w), self.ptr(logits), self.ptr(lens));
+        self.indexer_decode_raw(ops, w, l, n, rows, s, ld, NULL, 0, topk)
+    }
+
+    /// [`Gpu::indexer_decode`] with e4m3 q and k and their scales (from
+    /// [`Gpu::hadamard_quant`]: one per head of q, one per key): half the key bytes to stream.
+    #[allow(clippy::too_many_arguments)]
+    pub fn indexer_decode_fp8(
+        &self,
+        q: &CudaSlice<u8>,
+        q_scale: &CudaSlice<f32>,
+        k: &CudaSlice<u8>,
+        k_scale: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        logits: &mut CudaSlice<f32>,
+        lens: &CudaSlice<i32>,
+        rows: usize,
+        s: usize,
+        ld: usize,
+        topk: Option<&mut TopkWork>,
+    ) -> Result<(), GpuError> {
+        let ops = IndexerOperands::Fp8 {
+            q: self.ptr(q),
+            q_scale: self.ptr(q_scale),
+            k: self.ptr(k),
+            k_scale: self.ptr(k_scale),
+        };
+        let (w, l, n) = (self.ptr(w), self.ptr(logits), self.ptr(lens));
+        self.indexer_decode_raw(ops, w, l, n, rows, s, ld, NULL, 0, topk)
     }
 
     /// [`Gpu::indexer_decode`] on device addresses; with page tables (not [`NULL`]) row `t`'s
@@ -793,8 +850,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn indexer_decode_raw(
         &self,
-        q: u64,
-        k: u64,
+        ops: IndexerOperands,
         w: u64,
         logits: u64,
         lens: u64,
@@ -819,28 +875,63 @@ impl Gpu {
             }
             None => (NULL, 0),
         };
-        let cfg = config(
-            (s as u32).div_ceil(IXD_KEYS),
-            rows as u32,
-            128,
-            INDEXER_DECODE_SMEM,
-        );
-        launch!(
-            self,
-            "indexer_decode_bf16",
-            cfg,
-            &q,
-            &k,
-            &w,
-            &logits,
-            &lens,
-            &s32,
-            &ld32,
-            &pages,
-            &st32,
-            &hist,
-            &hist_k
-        );
+        match ops {
+            IndexerOperands::Bf16 { q, k } => {
+                let cfg = config(
+                    (s as u32).div_ceil(IXD_KEYS),
+                    rows as u32,
+                    128,
+                    INDEXER_DECODE_SMEM,
+                );
+                launch!(
+                    self,
+                    "indexer_decode_bf16",
+                    cfg,
+                    &q,
+                    &k,
+                    &w,
+                    &logits,
+                    &lens,
+                    &s32,
+                    &ld32,
+                    &pages,
+                    &st32,
+                    &hist,
+                    &hist_k
+                );
+            }
+            IndexerOperands::Fp8 {
+                q,
+                q_scale,
+                k,
+                k_scale,
+            } => {
+                let cfg = config(
+                    (s as u32).div_ceil(IXD_KEYS_FP8),
+                    rows as u32,
+                    128,
+                    INDEXER_DECODE_FP8_SMEM,
+                );
+                launch!(
+                    self,
+                    "indexer_decode_fp8",
+                    cfg,
+                    &q,
+                    &q_scale,
+                    &k,
+                    &k_scale,
+                    &w,
+                    &logits,
+                    &lens,
+                    &s32,
+                    &ld32,
+                    &pages,
+                    &st32,
+                    &hist,
+                    &hist_k
+                );
+            }
+        }
         Ok(())
     }
 
@@ -1054,6 +1145,7 @@ mod tests {
             ("indexer_logits_bf16", INDEXER_SMEM),
             ("indexer_logits_fp8", INDEXER_FP8_SMEM),
             ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
+            ("indexer_decode_fp8", INDEXER_DECODE_FP8_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
             ("topk_rows", TOPK_ROWS_SMEM),
             ("topk_decode_fused", TOPK_DECODE_SMEM),
@@ -1090,6 +1182,15 @@ mod tests {
                 + define("TK_BINS") * 4,
             "decode indexer"
         );
+        let stages_fp8 = define("IXD_STAGES_FP8");
+        assert_eq!(
+            INDEXER_DECODE_FP8_SMEM,
+            (heads + stages_fp8 * define("IX_KEYS")) * d
+                + 1024
+                + stages_fp8 * define("IX_KEYS") * 4
+                + define("TK_BINS") * 4,
+            "FP8 decode indexer"
+        );
         assert_eq!(
             TOPK_DECODE_SMEM,
             define("TK_CAP") * 8 + 2 * (define("TK_MAX_LEN") / 32) * 4 + define("TK_BINS") * 4,
@@ -1107,12 +1208,13 @@ mod tests {
             "sparse MLA"
         );
         assert_eq!(
-            (IX_CHUNK, IX_WGS_BF16, IX_WGS_FP8, IXD_KEYS),
+            (IX_CHUNK, IX_WGS_BF16, IX_WGS_FP8, IXD_KEYS, IXD_KEYS_FP8),
             (
                 define("IX_CHUNK"),
                 wgs_bf16,
                 wgs_fp8,
-                define("IX_KEYS") * define("IXD_TILES")
+                define("IX_KEYS") * define("IXD_TILES"),
+                define("IX_KEYS") * define("IXD_TILES_FP8")
             ),
             "the indexer grids"
         );

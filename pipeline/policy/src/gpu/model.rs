@@ -11,7 +11,7 @@
 use cudarc::cublas::{CudaBlas, result as blas, sys as bsys};
 use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
 
-use super::{Gpu, GpuError, NULL, TopkWork, config, cuda};
+use super::{Gpu, GpuError, IndexerOperands, NULL, TopkWork, config, cuda};
 use crate::model::{Choices, FeedForward, IndexRope, Logits, Model};
 use crate::ops::Linear;
 use crate::{Config, ModelError};
@@ -735,8 +735,7 @@ impl GpuModel {
                         .ok_or(GpuError::Cuda("no top-k work space".into()))?;
                     // The indexer builds the top-k's first histograms as it writes the logits.
                     g.indexer_decode_raw(
-                        s.iqb,
-                        ixc,
+                        IndexerOperands::Bf16 { q: s.iqb, k: ixc },
                         s.iwf,
                         s.logits,
                         d_lens,
@@ -750,7 +749,15 @@ impl GpuModel {
                     g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
                 } else {
                     g.indexer_decode_raw(
-                        s.iqb, ixc, s.iwf, s.logits, d_lens, n, max_len, max_len, d_tab, stride,
+                        IndexerOperands::Bf16 { q: s.iqb, k: ixc },
+                        s.iwf,
+                        s.logits,
+                        d_lens,
+                        n,
+                        max_len,
+                        max_len,
+                        d_tab,
+                        stride,
                         None,
                     )?;
                     g.topk_rows_lens_raw(s.logits, d_lens, s.idx, n, max_len, k)?;

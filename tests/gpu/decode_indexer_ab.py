@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""A/B timing of the decode indexer alone between versions of kernels.cu, in one process.
+
+One query against CONTEXT keys (131072 by default), with the top-k histogram on, as a batch-1
+decode step runs it: each version's `indexer_decode_fp8` (its tiles a block and ring stages read
+from IXD_TILES_FP8 / IXD_STAGES_FP8), and the first version's `indexer_decode_bf16` as the
+baseline. Each launch is captured as a CUDA graph and replayed after a 64 MB write that evicts
+the keys from L2 and behind a 200 µs sleep (so the events time the GPU, not the host), the
+versions interleaved; medians of 35. Every version's logits are compared with the first's.
+
+usage: decode_indexer_ab.py A.cu B.cu [C.cu ...]   (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
+"""
+
+import os
+import sys
+
+import torch
+
+from kernel_ab import Module, define, launch
+
+IH, ID = 64, 128
+
+
+def main():
+    paths = sys.argv[1:]
+    l = int(os.environ.get("CONTEXT", "131072"))
+    torch.cuda.init()
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(IH, ID, device="cuda", generator=gen).to(torch.bfloat16)
+    k = torch.randn(l, ID, device="cuda", generator=gen).to(torch.bfloat16)
+    w = torch.randn(IH, device="cuda", generator=gen) * ID**-0.5
+    q8 = q.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    k8 = k.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    qsc = torch.rand(IH, device="cuda", generator=gen) + 0.5
+    ksc = torch.rand(l, device="cuda", generator=gen) + 0.5
+    lens = torch.tensor([l], dtype=torch.int32, device="cuda")
+    hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
+    flush = torch.zeros(64 << 20, dtype=torch.uint8, device="cuda")
+    hist_k = 2048  # rows longer than this build the histogram, as with the decode top-k
+    cases = []
+    for path in paths:
+        m = Module(path)
+        tiles, stages = define(path, "IXD_TILES_FP8", 8), define(path, "IXD_STAGES_FP8", 3)
+        smem8 = 1024 + (64 + stages * 64) * 128 + stages * 64 * 4 + 8192
+        f8 = m.function("indexer_decode_fp8", smem8)
+        out8 = torch.zeros(1, l, device="cuda")
+
+        def run8(f8=f8, out8=out8, tiles=tiles, smem8=smem8):
+            launch(f8, ((l + 64 * tiles - 1) // (64 * tiles), 1), 128, smem8,
+                   [q8, qsc, k8, ksc, w, out8, lens, l, l, None, 0, hist, hist_k])
+
+        cases.append((f"{path}: e4m3, {tiles} tiles a block, {stages} stages", run8, out8))
+        if path == paths[0]:
+            smemb = 1024 + (64 + 3 * 64) * 256 + 8192
+            fb = m.function("indexer_decode_bf16", smemb)
+            outb = torch.zeros(1, l, device="cuda")
+
+            def runb(fb=fb, outb=outb, smemb=smemb):
+                launch(fb, ((l + 511) // 512, 1), 128, smemb, [q, k, w, outb, lens, l, l, None, 0, hist, hist_k])
+
+            cases.append((f"{path}: bf16 (baseline)", runb, None))
+    graphs = []
+    for _, f, _ in cases:
+        f()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            f()
+        graphs.append(g)
+    times = [[] for _ in cases]
+    for rep in range(40):
+        for g, t in zip(graphs, times):
+            flush.add_(1)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(200000)
+            a.record()
+            g.replay()
+            b.record()
+            torch.cuda.synchronize()
+            if rep >= 5:
+                t.append(a.elapsed_time(b) * 1000)
+    ref = cases[0][2]
+    for (name, _, out), t in zip(cases, times):
+        t.sort()
+        same = "" if out is None else f", logits vs the first: {((out - ref).norm() / ref.norm()).item():.1e}"
+        print(f"{name}: {t[len(t) // 2]:.2f} us (min {t[0]:.2f}){same}")
+
+
+if __name__ == "__main__":
+    main()
