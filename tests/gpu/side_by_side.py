@@ -31,14 +31,15 @@ print(f"sparse decode, batch {ours['decode_batch']}: {ours['decode_batch_tflops'
 if len(sys.argv) > 3 and ours.get("e2e"):
     eager = {r["batch"]: r for r in json.load(open(sys.argv[3]))["eager"]}
     print()
-    print("| batch | prompt | decode steps | ours tok/s | PyTorch eager tok/s | speed-up | greedy tokens of sequence 0 equal |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| indexer | batch | prompt | decode steps | ours tok/s | PyTorch eager tok/s | speed-up | greedy tokens of sequence 0 equal |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in ours["e2e"]:
         e = eager.get(r["batch"])
         if e is None:
             continue
         same = sum(1 for a, b in zip(r["tokens0"], e["tokens0"]) if a == b)
         print(
-            f"| {r['batch']} | {r['prompt']} | {r['steps']} | {r['decode_tokens_per_s']:.0f} | {e['decode_tokens_per_s']:.0f} | "
+            f"| {'FP8' if r.get('fp8_indexer') else 'bf16'} | {r['batch']} | {r['prompt']} | {r['steps']} | "
+            f"{r['decode_tokens_per_s']:.0f} | {e['decode_tokens_per_s']:.0f} | "
             f"{r['decode_tokens_per_s'] / e['decode_tokens_per_s']:.1f}x | {same} of {len(r['tokens0'])} |"
         )

@@ -474,9 +474,6 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
             if c.passed { "pass" } else { "FAIL" }
         );
     }
-    for n in &report.not_checked {
-        println!("not checked: {n}");
-    }
     if !report.bench.is_empty() {
         println!();
         println!(
@@ -527,12 +524,20 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
     }
     if !report.e2e.is_empty() {
         println!();
-        println!("| batch | prompt | prefill s | decode steps | decode s | decode tok/s |");
-        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| indexer | batch | prompt | prefill s | decode steps | decode s | decode tok/s |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for r in &report.e2e {
             println!(
-                "| {} | {} | {:.2} | {} | {:.3} | {:.0} |",
-                r.batch, r.prompt, r.prefill_s, r.steps, r.decode_s, r.decode_tokens_per_s
+                "| {} | {} | {} | {:.2} | {} | {:.3} | {:.0} |",
+                if r.fp8_indexer { "FP8" } else { "bf16" },
+                r.batch,
+                r.prompt,
+                r.prefill_s,
+                r.steps,
+                r.decode_s,
+                r.decode_tokens_per_s
             );
         }
     }
@@ -549,7 +554,7 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
 }
 
 /// End-to-end greedy decoding of the checkpoint in `dir` on the GPU, one batch size after
-/// another, all sequences of a batch decoding together.
+/// another, all sequences of a batch decoding together: with the bf16 indexer, then the FP8 one.
 fn e2e(
     g: &envsynth_policy::gpu::Gpu,
     dir: &std::path::Path,
@@ -563,18 +568,20 @@ fn e2e(
     let most = a.e2e_batches.iter().copied().max().unwrap_or(1);
     let per_seq = (a.e2e_prompt + model_check::E2E_WARM_STEPS + a.e2e_steps + 1)
         .next_multiple_of(model::PAGE);
-    let mut gm = model::GpuModel::new(
-        g.clone(),
-        &cpu,
-        model::GpuOptions {
-            cache_tokens: most * per_seq,
-        },
-    )?;
-    drop(cpu);
-    model_check::e2e(&mut gm, 1, 256, 4)?; // warm-up
     let mut out = Vec::new();
-    for &b in &a.e2e_batches {
-        out.push(model_check::e2e(&mut gm, b, a.e2e_prompt, a.e2e_steps)?);
+    for fp8_indexer in [false, true] {
+        let mut gm = model::GpuModel::new(
+            g.clone(),
+            &cpu,
+            model::GpuOptions {
+                cache_tokens: most * per_seq,
+                fp8_indexer,
+            },
+        )?;
+        model_check::e2e(&mut gm, 1, 256, 4)?; // warm-up
+        for &b in &a.e2e_batches {
+            out.push(model_check::e2e(&mut gm, b, a.e2e_prompt, a.e2e_steps)?);
+        }
     }
     Ok(out)
 }

@@ -36,7 +36,8 @@ pub struct Args {
     /// `local:DIR` for the local model in checkpoint folder DIR (see `envsynth model`).
     #[arg(long)]
     pub policy: String,
-    /// Where `local:DIR` runs: cpu (the reference) or gpu (CUDA, sm_90a).
+    /// Where `local:DIR` runs: cpu (the reference), gpu (CUDA, sm_90a) or gpu-fp8 (the same
+    /// with the indexer in FP8, as DeepSeek-V3.2 runs it).
     #[arg(long, default_value = "cpu")]
     pub device: envsynth_policy::local::Device,
     /// The model name sent to the server (vLLM's served model name).

@@ -236,22 +236,24 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
     );
     // The GPU backend is chosen at run time. Without a GPU, or for shapes its kernels do not
     // run (the tiny preset), the rollout is refused with the reason before anything is written.
-    let err = refused(&[
-        "rollout",
-        "--tasks",
-        &p("tasks"),
-        "--policy",
-        &format!("local:{}", p("tiny")),
-        "--device",
-        "gpu",
-        "--out",
-        &p("gpu"),
-    ]);
-    assert!(
-        err.contains("no CUDA driver") || err.contains("FlashMLA shapes"),
-        "{err}"
-    );
-    assert!(!tmp.path().join("gpu").join("rollouts.jsonl").exists());
+    for device in ["gpu", "gpu-fp8"] {
+        let err = refused(&[
+            "rollout",
+            "--tasks",
+            &p("tasks"),
+            "--policy",
+            &format!("local:{}", p("tiny")),
+            "--device",
+            device,
+            "--out",
+            &p("gpu"),
+        ]);
+        assert!(
+            err.contains("no CUDA driver") || err.contains("FlashMLA shapes"),
+            "{device}: {err}"
+        );
+        assert!(!tmp.path().join("gpu").join("rollouts.jsonl").exists());
+    }
 }
 
 /// The folder of the pip-installed NVRTC (`nvidia-cuda-nvrtc`, see .ci/requirements.txt).

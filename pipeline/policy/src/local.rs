@@ -30,12 +30,14 @@ pub struct LocalOptions {
     pub device: Device,
 }
 
-/// Where the local model runs: the CPU reference or the GPU backend (`crate::gpu::model`).
+/// Where the local model runs: the CPU reference or the GPU backend (`crate::gpu::model`), the
+/// latter with its indexer in bf16 or, as DeepSeek-V3.2 runs it, in FP8.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     #[default]
     Cpu,
     Gpu,
+    GpuFp8,
 }
 
 impl std::str::FromStr for Device {
@@ -44,7 +46,8 @@ impl std::str::FromStr for Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "gpu" => Ok(Device::Gpu),
-            other => Err(format!("device must be cpu or gpu, not {other:?}")),
+            "gpu-fp8" => Ok(Device::GpuFp8),
+            other => Err(format!("device must be cpu, gpu or gpu-fp8, not {other:?}")),
         }
     }
 }
@@ -84,14 +87,17 @@ impl LocalPolicy {
         let detokenize: crate::batch::Detokenize = Arc::new(|_: &[u32]| String::new());
         let batcher = match options.device {
             Device::Cpu => Batcher::start(Arc::new(model), detokenize, options.max_batch),
-            Device::Gpu => {
+            Device::Gpu | Device::GpuFp8 => {
                 let gpu = crate::gpu::Gpu::open(&crate::gpu::default_cache())?;
                 // Room for every sequence of a full batch at the whole context, up to 2M rows.
                 let cache_tokens = (options.max_batch * context).min(1 << 21);
                 let gm = crate::gpu::model::GpuModel::new(
                     gpu,
                     &model,
-                    crate::gpu::model::GpuOptions { cache_tokens },
+                    crate::gpu::model::GpuOptions {
+                        cache_tokens,
+                        fp8_indexer: options.device == Device::GpuFp8,
+                    },
                 )?;
                 Batcher::start(gm, detokenize, options.max_batch)
             }
@@ -216,5 +222,19 @@ impl Policy for LocalPolicy {
             .await
             .map_err(|e| PolicyError::Refused(e.to_string()))?;
         engine.answer(prompt_tokens, &g.tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn devices_parse_by_name_and_a_bad_one_names_the_choices() {
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("gpu".parse::<Device>(), Ok(Device::Gpu));
+        assert_eq!("gpu-fp8".parse::<Device>(), Ok(Device::GpuFp8));
+        let err = "cuda".parse::<Device>().expect_err("not a device");
+        assert!(err.contains("cpu, gpu or gpu-fp8"), "{err}");
     }
 }

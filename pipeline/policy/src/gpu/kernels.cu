@@ -1584,6 +1584,22 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
 // leave the matrix product: q's scale is folded into the head weight, k's is applied after the
 // head sum.
 
+// One warp's row of 128 values, lane l holding 4l..4l+3, to e4m3 at `q8` with its scale at
+// `scale`: ue8m0, the smallest power of two that keeps the row within ±448.
+__device__ __forceinline__ void quant_e4m3_row(const float* v, int lane, unsigned char* q8, float* scale) {
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
+    float inv = 1.f / s;
+    unsigned short lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] * inv), "f"(v[2] * inv));
+    *reinterpret_cast<unsigned*>(q8 + lane * 4) = (unsigned)lo | ((unsigned)hi << 16);
+    if (lane == 0) *scale = s;
+}
+
 // One warp per row of 128 bf16: Walsh–Hadamard rotation (scaled by 128^-0.5), amax, e4m3.
 // Lane l holds elements 4l..4l+3; strides 1 and 2 stay in the lane, 4..64 cross lanes.
 extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale,
@@ -1607,21 +1623,9 @@ extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8,
             v[i] = upper ? other - v[i] : v[i] + other;
         }
     }
-    float amax = 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        v[i] *= 0.08838834764831845f;  // 128^-0.5
-        amax = fmaxf(amax, fabsf(v[i]));
-    }
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    // ue8m0: the smallest power of two that keeps the row within ±448.
-    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
-    float inv = 1.f / s;
-    unsigned short lo, hi;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] * inv), "f"(v[2] * inv));
-    *reinterpret_cast<unsigned*>(q8 + (size_t)warp * 128 + lane * 4) = (unsigned)lo | ((unsigned)hi << 16);
-    if (lane == 0) scale[warp] = s;
+    for (int i = 0; i < 4; i++) v[i] *= 0.08838834764831845f;  // 128^-0.5
+    quant_e4m3_row(v, lane, q8 + (size_t)warp * 128, scale + warp);
 }
 
 
@@ -1811,10 +1815,12 @@ __device__ __forceinline__ void index_rope_hadamard(float* v, int lane, int pos,
     for (int i = 0; i < 4; i++) v[i] *= 0.08838834764831845f;
 }
 
-// One warp per token: the indexer key (LayerNorm with eps 1e-6, RoPE, Hadamard) into the cache.
+// One warp per token: the indexer key (LayerNorm with eps 1e-6, RoPE, Hadamard) into the cache:
+// bf16, or with `cache8` e4m3 and its scale into `scale8` (the FP8 indexer's cache).
 extern "C" __global__ void index_key_prep(const float* k, const float* w, const float* b,
                                           const int* positions, const float* cos_t,
-                                          const float* sin_t, const int* rows, bf16* cache, int n) {
+                                          const float* sin_t, const int* rows, bf16* cache,
+                                          unsigned char* cache8, float* scale8, int n) {
     int tok = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (tok >= n) return;
     float v[4], s = 0.f;
@@ -1832,20 +1838,31 @@ extern "C" __global__ void index_key_prep(const float* k, const float* w, const 
 #pragma unroll
     for (int i = 0; i < 4; i++) v[i] = (v[i] - mean) * r * w[lane * 4 + i] + b[lane * 4 + i];
     index_rope_hadamard(v, lane, positions[tok], cos_t, sin_t);
-    bf16* o = cache + (size_t)rows[tok] * 128 + lane * 4;
+    size_t row = rows[tok];
+    if (cache8) {
+        quant_e4m3_row(v, lane, cache8 + row * 128, scale8 + row);
+        return;
+    }
+    bf16* o = cache + row * 128 + lane * 4;
 #pragma unroll
     for (int i = 0; i < 4; i++) o[i] = f32_to_bf16(v[i]);
 }
 
-// One warp per (token, indexer head): RoPE and Hadamard of the query [n, 64, 128] into bf16.
+// One warp per (token, indexer head): RoPE and Hadamard of the query [n, 64, 128] into bf16, or
+// with `out8` into e4m3 with one scale per head into `scale8`.
 extern "C" __global__ void index_query_prep(const float* q, const int* positions, const float* cos_t,
-                                            const float* sin_t, bf16* out, int n) {
+                                            const float* sin_t, bf16* out, unsigned char* out8,
+                                            float* scale8, int n) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= n * 64) return;
     float v[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) v[i] = q[(size_t)row * 128 + lane * 4 + i];
     index_rope_hadamard(v, lane, positions[row / 64], cos_t, sin_t);
+    if (out8) {
+        quant_e4m3_row(v, lane, out8 + (size_t)row * 128, scale8 + row);
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < 4; i++) out[(size_t)row * 128 + lane * 4 + i] = f32_to_bf16(v[i]);
 }

@@ -267,7 +267,7 @@ const INDEXER_DECODE_SMEM: u32 = ((64 + 3 * 64) * 256 + 1024 + 2048 * 4) as u32;
 /// Of `indexer_decode_fp8`: the same with rows of 128 bytes, plus the ring's key scales.
 const INDEXER_DECODE_FP8_SMEM: u32 = ((64 + 3 * 64) * 128 + 1024 + 3 * 64 * 4 + 2048 * 4) as u32;
 
-/// The decode indexer's query and key operands, on device addresses.
+/// The indexer's query and key operands (prefill and decode), on device addresses.
 #[derive(Clone, Copy)]
 pub(crate) enum IndexerOperands {
     Bf16 {
@@ -484,8 +484,12 @@ impl Gpu {
         ld: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
-        let (q, k, w, l) = (self.ptr(q), self.ptr(k), self.ptr(w), self.ptr(logits));
-        self.indexer_logits_raw(q, k, w, l, t, s, ld, first_pos, NULL)
+        let ops = IndexerOperands::Bf16 {
+            q: self.ptr(q),
+            k: self.ptr(k),
+        };
+        let (w, l) = (self.ptr(w), self.ptr(logits));
+        self.indexer_logits_raw(ops, w, l, t, s, ld, first_pos, NULL)
     }
 
     /// [`Gpu::indexer_logits`] on device addresses; with a page table (not [`NULL`]) key `s`
@@ -493,8 +497,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn indexer_logits_raw(
         &self,
-        q: u64,
-        k: u64,
+        ops: IndexerOperands,
         w: u64,
         logits: u64,
         t: usize,
@@ -504,21 +507,49 @@ impl Gpu {
         pages: u64,
     ) -> Result<(), GpuError> {
         let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = indexer_grid(t, s, IX_WGS_BF16, INDEXER_SMEM);
-        launch!(
-            self,
-            "indexer_logits_bf16",
-            cfg,
-            &q,
-            &k,
-            &w,
-            &logits,
-            &t32,
-            &s32,
-            &ld32,
-            &fp,
-            &pages
-        );
+        match ops {
+            IndexerOperands::Bf16 { q, k } => {
+                let cfg = indexer_grid(t, s, IX_WGS_BF16, INDEXER_SMEM);
+                launch!(
+                    self,
+                    "indexer_logits_bf16",
+                    cfg,
+                    &q,
+                    &k,
+                    &w,
+                    &logits,
+                    &t32,
+                    &s32,
+                    &ld32,
+                    &fp,
+                    &pages
+                );
+            }
+            IndexerOperands::Fp8 {
+                q,
+                q_scale,
+                k,
+                k_scale,
+            } => {
+                let cfg = indexer_grid(t, s, IX_WGS_FP8, INDEXER_FP8_SMEM);
+                launch!(
+                    self,
+                    "indexer_logits_fp8",
+                    cfg,
+                    &q,
+                    &q_scale,
+                    &k,
+                    &k_scale,
+                    &w,
+                    &logits,
+                    &t32,
+                    &s32,
+                    &ld32,
+                    &fp,
+                    &pages
+                );
+            }
+        }
         Ok(())
     }
 
@@ -607,25 +638,14 @@ impl Gpu {
         ld: usize,
         first_pos: usize,
     ) -> Result<(), GpuError> {
-        let (t32, s32, ld32, fp) = (t as i32, s as i32, ld as i32, first_pos as i32);
-        let cfg = indexer_grid(t, s, IX_WGS_FP8, INDEXER_FP8_SMEM);
-        launch!(
-            self,
-            "indexer_logits_fp8",
-            cfg,
-            q,
-            q_scale,
-            k,
-            k_scale,
-            w,
-            logits,
-            &t32,
-            &s32,
-            &ld32,
-            &fp,
-            &NULL
-        );
-        Ok(())
+        let ops = IndexerOperands::Fp8 {
+            q: self.ptr(q),
+            q_scale: self.ptr(q_scale),
+            k: self.ptr(k),
+            k_scale: self.ptr(k_scale),
+        };
+        let (w, l) = (self.ptr(w), self.ptr(logits));
+        self.indexer_logits_raw(ops, w, l, t, s, ld, first_pos, NULL)
     }
 
     /// Group-limited sigmoid routing of `t` tokens from their router logits ([t, E]): the

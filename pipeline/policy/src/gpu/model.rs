@@ -66,9 +66,19 @@ struct Layer {
     k_norm_b: CudaSlice<f32>,
     iw: W,
     ffn: Ffn,
-    /// Paged caches: MLA rows [pool, 576] and indexer keys [pool, 128], bf16.
+    /// Paged caches: MLA rows [pool, 576], bf16, and the indexer's keys [pool, 128].
     kv_cache: CudaSlice<u16>,
-    ix_cache: CudaSlice<u16>,
+    ix_cache: IndexCache,
+}
+
+/// The indexer's paged key cache: bf16, or e4m3 with one scale per row (half the bytes the
+/// decode indexer streams).
+enum IndexCache {
+    Bf16(CudaSlice<u16>),
+    Fp8 {
+        keys: CudaSlice<u8>,
+        scales: CudaSlice<f32>,
+    },
 }
 
 /// One sequence's place in the paged caches. Hand it back with [`GpuModel::release`].
@@ -94,12 +104,17 @@ impl GpuSeq {
 pub struct GpuOptions {
     /// Cache rows shared by all sequences (rounded up to whole pages).
     pub cache_tokens: usize,
+    /// Run the indexer in FP8, as DeepSeek-V3.2 does: queries and cached keys Hadamard-rotated
+    /// and quantized to e4m3 (one power-of-two scale per 128 values). Off, it runs in bf16, which
+    /// is what the CPU reference's top-k agrees with to within rounding.
+    pub fp8_indexer: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             cache_tokens: 1 << 20,
+            fp8_indexer: false,
         }
     }
 }
@@ -212,6 +227,8 @@ struct Scratch {
     ikf: u64,
     iqf: u64,
     iqb: u64,
+    iq8: u64,
+    iqs: u64,
     iwf: u64,
     logits: u64,
     idx: u64,
@@ -329,7 +346,14 @@ impl GpuModel {
                 iw: up_w(&a.indexer.weights_proj)?,
                 ffn,
                 kv_cache: gpu.zeros(pool_rows * 576)?,
-                ix_cache: gpu.zeros(pool_rows * 128)?,
+                ix_cache: if opts.fp8_indexer {
+                    IndexCache::Fp8 {
+                        keys: gpu.zeros(pool_rows * 128)?,
+                        scales: gpu.zeros(pool_rows)?,
+                    }
+                } else {
+                    IndexCache::Bf16(gpu.zeros(pool_rows * 128)?)
+                },
             });
         }
         let head = match &model.lm_head {
@@ -375,6 +399,14 @@ impl GpuModel {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// Whether the indexer runs in FP8 ([`GpuOptions::fp8_indexer`]).
+    pub fn fp8_indexer(&self) -> bool {
+        matches!(
+            self.layers.first().map(|l| &l.ix_cache),
+            Some(IndexCache::Fp8 { .. })
+        )
     }
 
     /// A new, empty sequence.
@@ -637,7 +669,28 @@ impl GpuModel {
         let elems = |count: usize| config((count as u32).div_ceil(256), 1, 256, 0);
         for (li, layer) in self.layers.iter().enumerate() {
             let kvc = ptr(&layer.kv_cache, g);
-            let ixc = ptr(&layer.ix_cache, g);
+            // The indexer's operands for the query of scratch row r: bf16, or e4m3 and scales.
+            let (ixc, ixc8, ixs) = match &layer.ix_cache {
+                IndexCache::Bf16(c) => (ptr(c, g), NULL, NULL),
+                IndexCache::Fp8 { keys, scales } => (NULL, ptr(keys, g), ptr(scales, g)),
+            };
+            let fp8 = ixc8 != NULL;
+            let ops_at = |r: u64| {
+                if fp8 {
+                    IndexerOperands::Fp8 {
+                        q: s.iq8 + r * 64 * 128,
+                        q_scale: s.iqs + r * 64 * 4,
+                        k: ixc8,
+                        k_scale: ixs,
+                    }
+                } else {
+                    IndexerOperands::Bf16 {
+                        q: s.iqb + r * 64 * 128 * 2,
+                        k: ixc,
+                    }
+                }
+            };
+            let (iq8, iqs) = if fp8 { (s.iq8, s.iqs) } else { (NULL, NULL) };
             self.norm_bf16(s.hidden, &layer.input_norm, s.xb, n, d, eps)?;
             // Queries.
             self.linear(&layer.q_a, s.xb, n, s.qa, false, 1.0, 0.0)?;
@@ -709,6 +762,8 @@ impl GpuModel {
                 &sin,
                 &d_rows,
                 &ixc,
+                &ixc8,
+                &ixs,
                 &n32
             );
             // Indexer queries and head weights (with the heads^-0.5 and d^-0.5 factors).
@@ -722,6 +777,8 @@ impl GpuModel {
                 &cos,
                 &sin,
                 &s.iqb,
+                &iq8,
+                &iqs,
                 &n32
             );
             let w_scale = (64f32).powf(-0.5) * (128f32).powf(-0.5);
@@ -735,7 +792,7 @@ impl GpuModel {
                         .ok_or(GpuError::Cuda("no top-k work space".into()))?;
                     // The indexer builds the top-k's first histograms as it writes the logits.
                     g.indexer_decode_raw(
-                        IndexerOperands::Bf16 { q: s.iqb, k: ixc },
+                        ops_at(0),
                         s.iwf,
                         s.logits,
                         d_lens,
@@ -749,7 +806,7 @@ impl GpuModel {
                     g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
                 } else {
                     g.indexer_decode_raw(
-                        IndexerOperands::Bf16 { q: s.iqb, k: ixc },
+                        ops_at(0),
                         s.iwf,
                         s.logits,
                         d_lens,
@@ -772,13 +829,16 @@ impl GpuModel {
                         let first = seq.len + c0;
                         let keys = first + t;
                         let r = (row0 + c0) as u64;
-                        let (q_at, w_at, idx_at) = (
-                            s.iqb + r * 64 * 128 * 2,
-                            s.iwf + r * 64 * 4,
-                            s.idx + r * k as u64 * 4,
-                        );
+                        let (w_at, idx_at) = (s.iwf + r * 64 * 4, s.idx + r * k as u64 * 4);
                         g.indexer_logits_raw(
-                            q_at, ixc, w_at, s.logits, t, keys, keys, first, table,
+                            ops_at(r),
+                            w_at,
+                            s.logits,
+                            t,
+                            keys,
+                            keys,
+                            first,
+                            table,
                         )?;
                         g.topk_raw(s.logits, idx_at, t, keys, k, first)?;
                         c0 += t;
@@ -941,6 +1001,8 @@ impl GpuModel {
                 ikf: c.take::<f32>(n * 128),
                 iqf: c.take::<f32>(n * 64 * 128),
                 iqb: c.take::<u16>(n * 64 * 128),
+                iq8: c.take::<u8>(n * 64 * 128),
+                iqs: c.take::<f32>(n * 64),
                 iwf: c.take::<f32>(n * 64),
                 logits: c.take::<f32>(sh.logit_rows * sh.ld),
                 idx: c.take::<i32>(n * k),

@@ -44,19 +44,146 @@ pub fn check_model(seed: u64, index_topk: usize, positions: usize) -> Result<Mod
 /// Two sequences prefilled together (one call; MHA mode on the CPU), then decoded together for
 /// four steps (absorbed mode on the CPU). The CPU reference takes the GPU's discrete choices
 /// (top-k positions, experts) so every row's numerics are compared; the choices themselves are
-/// compared with the ones the CPU makes on its own.
+/// compared with the ones the CPU makes on its own. Then the same with the indexer in FP8: its
+/// logits are held to the same bound (the CPU replays its choices), its top-k choices to the
+/// looser one e4m3 rounding allows.
 pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     let topk = 256;
     let model = check_model(rng.random(), topk, 2048)?;
     let vocab = model.cfg.vocab_size as u32;
-    let mut gm =
-        GpuModel::new(gpu.clone(), &model, GpuOptions { cache_tokens: 4096 }).map_err(model_err)?;
     let lens = [600usize, 333];
     let prompts: Vec<Vec<u32>> = lens
         .iter()
         .map(|&l| (0..l).map(|_| rng.random_range(0..vocab)).collect())
         .collect();
-    let mut caches = [Cache::new(&model), Cache::new(&model)];
+    let steps = 4;
+    let fed: Vec<[u32; 2]> = (0..steps)
+        .map(|_| [rng.random_range(0..vocab), rng.random_range(0..vocab)])
+        .collect();
+    let options = |fp8_indexer| GpuOptions {
+        cache_tokens: 4096,
+        fp8_indexer,
+    };
+    let mut gm = GpuModel::new(gpu.clone(), &model, options(false)).map_err(model_err)?;
+    let run = against_cpu(&mut gm, &model, &prompts, &fed)?;
+    let prefill_detail = format!(
+        "small preset, random bf16 weights, 2 sequences of {} and {} tokens in one call, top-k {topk}",
+        lens[0], lens[1]
+    );
+    let decode_detail = format!("batch 2, {steps} steps after the prefill, top-k {topk}");
+    let agree = &run.agree;
+    let mut out = vec![
+        logits_check(
+            "model_prefill_logits",
+            &run.prefill.0,
+            &run.prefill.1,
+            prefill_detail.clone(),
+        ),
+        logits_check(
+            "model_decode_logits",
+            &run.decode.0,
+            &run.decode.1,
+            decode_detail.clone(),
+        ),
+        check(
+            "model_topk_choices",
+            "share of the CPU's top-k positions the GPU chose",
+            1.0 - agree.topk_share(),
+            TOPK_DISAGREE_BOUND,
+            format!(
+                "{} of {} positions over {} rows × layers; the rest are near-ties tipped by bf16 rounding",
+                agree.topk_same, agree.topk_total, agree.topk_rows
+            ),
+        ),
+        check(
+            "model_expert_choices",
+            "share of rows whose experts differ",
+            1.0 - agree.expert_share(),
+            EXPERT_DISAGREE_BOUND,
+            format!(
+                "{} of {} rows chose the same experts",
+                agree.experts_same, agree.expert_rows
+            ),
+        ),
+    ];
+    // The same decode again without reading choices back: the first step runs plainly, the
+    // second is captured as a CUDA graph, the rest replay it.
+    let mut again = [gm.new_seq(), gm.new_seq()];
+    {
+        let [a0, a1] = &mut again;
+        gm.forward(
+            &mut [(a0, prompts[0].as_slice()), (a1, prompts[1].as_slice())],
+            Logits::Last,
+        )
+        .map_err(model_err)?;
+    }
+    let mut replayed = Vec::new();
+    for next in &fed {
+        let [a0, a1] = &mut again;
+        replayed.extend(
+            gm.forward(&mut [(a0, &next[..1]), (a1, &next[1..])], Logits::Last)
+                .map_err(model_err)?,
+        );
+    }
+    out.push(check(
+        "model_decode_graph_replay",
+        "captured and replayed decode steps against plain ones",
+        rel_err(&f64s(&replayed.concat()), &f64s(&run.decode.0.concat())),
+        1e-6,
+        format!("{steps} steps of batch 2: one plain, one captured, the rest replayed"),
+    ));
+    for seq in again {
+        gm.release(seq);
+    }
+    drop(gm);
+
+    let mut gm8 = GpuModel::new(gpu.clone(), &model, options(true)).map_err(model_err)?;
+    let run8 = against_cpu(&mut gm8, &model, &prompts, &fed)?;
+    let agree = &run8.agree;
+    out.push(logits_check(
+        "model_fp8_prefill_logits",
+        &run8.prefill.0,
+        &run8.prefill.1,
+        format!("{prefill_detail}; FP8 indexer"),
+    ));
+    out.push(logits_check(
+        "model_fp8_decode_logits",
+        &run8.decode.0,
+        &run8.decode.1,
+        format!("{decode_detail}; FP8 indexer"),
+    ));
+    out.push(check(
+        "model_fp8_topk_choices",
+        "share of the CPU's top-k positions the GPU chose",
+        1.0 - agree.topk_share(),
+        FP8_TOPK_DISAGREE_BOUND,
+        format!(
+            "{} of {} positions over {} rows × layers, the GPU's indexer in e4m3 against the CPU's in f32",
+            agree.topk_same, agree.topk_total, agree.topk_rows
+        ),
+    ));
+    drop(gm8);
+    out.push(grouped_gemm_check(gpu, rng)?);
+    Ok(out)
+}
+
+/// What [`against_cpu`] compared: (GPU, CPU) logits of the prefill and of the decode steps, and
+/// how far their own choices agree.
+struct CpuComparison {
+    prefill: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    decode: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    agree: Agreement,
+}
+
+/// Prefills `prompts` (two sequences, one call) on the GPU model and the CPU reference, then
+/// decodes the token pairs `fed` on both; the CPU takes the GPU's choices.
+fn against_cpu(
+    gm: &mut GpuModel,
+    model: &Model,
+    prompts: &[Vec<u32>],
+    fed: &[[u32; 2]],
+) -> Result<CpuComparison, GpuError> {
+    let mut caches = [Cache::new(model), Cache::new(model)];
     let mut seqs = [gm.new_seq(), gm.new_seq()];
     let mut agree = Agreement::default();
     let (mut theirs, mut mine) = (Choices::default(), Choices::default());
@@ -91,21 +218,8 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
             .map_err(model_err)?
     };
     agree.add(&theirs, &mine);
-    let mut out = vec![logits_check(
-        "model_prefill_logits",
-        &got,
-        &want,
-        format!(
-            "small preset, random bf16 weights, 2 sequences of {} and {} tokens in one call, top-k {topk}",
-            lens[0], lens[1]
-        ),
-    )];
-    let steps = 4;
     let (mut got_d, mut want_d) = (Vec::new(), Vec::new());
-    let mut fed = Vec::new();
-    for _ in 0..steps {
-        let next = [rng.random_range(0..vocab), rng.random_range(0..vocab)];
-        fed.push(next);
+    for next in fed {
         let [s0, s1] = &mut seqs;
         got_d.extend(
             gm.forward_recording(
@@ -133,63 +247,14 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
         );
         agree.add(&theirs, &mine);
     }
-    out.push(logits_check(
-        "model_decode_logits",
-        &got_d,
-        &want_d,
-        format!("batch 2, {steps} steps after the prefill, top-k {topk}"),
-    ));
-    out.push(check(
-        "model_topk_choices",
-        "share of the CPU's top-k positions the GPU chose",
-        1.0 - agree.topk_share(),
-        TOPK_DISAGREE_BOUND,
-        format!(
-            "{} of {} positions over {} rows × layers; the rest are near-ties tipped by bf16 rounding",
-            agree.topk_same, agree.topk_total, agree.topk_rows
-        ),
-    ));
-    out.push(check(
-        "model_expert_choices",
-        "share of rows whose experts differ",
-        1.0 - agree.expert_share(),
-        EXPERT_DISAGREE_BOUND,
-        format!(
-            "{} of {} rows chose the same experts",
-            agree.experts_same, agree.expert_rows
-        ),
-    ));
-    // The same decode again without reading choices back: the first step runs plainly, the
-    // second is captured as a CUDA graph, the rest replay it.
-    let mut again = [gm.new_seq(), gm.new_seq()];
-    {
-        let [a0, a1] = &mut again;
-        gm.forward(
-            &mut [(a0, prompts[0].as_slice()), (a1, prompts[1].as_slice())],
-            Logits::Last,
-        )
-        .map_err(model_err)?;
-    }
-    let mut replayed = Vec::new();
-    for next in &fed {
-        let [a0, a1] = &mut again;
-        replayed.extend(
-            gm.forward(&mut [(a0, &next[..1]), (a1, &next[1..])], Logits::Last)
-                .map_err(model_err)?,
-        );
-    }
-    out.push(check(
-        "model_decode_graph_replay",
-        "captured and replayed decode steps against plain ones",
-        rel_err(&f64s(&replayed.concat()), &f64s(&got_d.concat())),
-        1e-6,
-        format!("{steps} steps of batch 2: one plain, one captured, the rest replayed"),
-    ));
-    for seq in seqs.into_iter().chain(again) {
+    for seq in seqs {
         gm.release(seq);
     }
-    out.push(grouped_gemm_check(gpu, rng)?);
-    Ok(out)
+    Ok(CpuComparison {
+        prefill: (got, want),
+        decode: (got_d, want_d),
+        agree,
+    })
 }
 
 /// The grouped expert product against an f64 reference: 150 tokens × 4 experts of 16, expert 0
@@ -280,6 +345,10 @@ pub fn grouped_gemm_check(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Check, GpuE
 /// (bf16 rounding tips near-ties; a wrong kernel disagrees wholesale).
 pub const TOPK_DISAGREE_BOUND: f64 = 2e-2;
 pub const EXPERT_DISAGREE_BOUND: f64 = 5e-2;
+/// With the indexer in e4m3 (3 mantissa bits, up to 6% relative rounding of each operand) more
+/// near-ties tip: 0.6% of positions on the H200 (bf16: 0.1%). A broken FP8 path (a scale
+/// misapplied, the wrong cache rows) disagrees on most of them.
+pub const FP8_TOPK_DISAGREE_BOUND: f64 = 5e-2;
 
 #[derive(Default)]
 struct Agreement {
@@ -358,6 +427,8 @@ pub fn argmax(v: &[f32]) -> u32 {
 /// End-to-end greedy decoding on the GPU at one batch size.
 #[derive(Clone, Debug, Serialize)]
 pub struct E2e {
+    /// Whether the model ran its indexer in FP8.
+    pub fp8_indexer: bool,
     pub batch: usize,
     pub prompt: usize,
     pub steps: usize,
@@ -417,6 +488,7 @@ pub fn e2e(gm: &mut GpuModel, batch: usize, prompt: usize, steps: usize) -> Resu
         gm.release(s);
     }
     Ok(E2e {
+        fp8_indexer: gm.fp8_indexer(),
         batch,
         prompt,
         steps,
