@@ -138,6 +138,23 @@ pub(crate) fn random_bf16(rng: &mut ChaCha8Rng, n: usize) -> (Vec<u16>, Vec<f32>
     (bits, vals)
 }
 
+/// Indexer logits in f64 of query `r` over keys `0..len`: q holds IH heads of ID values per query,
+/// k ID values per key, `w` IH head weights per query (the FP8 checks pass dequantized e4m3).
+fn logits_f64(q: &[f64], k: &[f64], w: &[f32], r: usize, len: usize) -> Vec<f64> {
+    (0..len)
+        .map(|key| {
+            let kr = &k[key * ID..(key + 1) * ID];
+            (0..IH)
+                .map(|h| {
+                    let qr = &q[(r * IH + h) * ID..(r * IH + h + 1) * ID];
+                    let dot: f64 = qr.iter().zip(kr).map(|(a, b)| a * b).sum();
+                    w[r * IH + h] as f64 * dot.max(0.0)
+                })
+                .sum()
+        })
+        .collect()
+}
+
 fn random_f32(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
 }
@@ -405,20 +422,8 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     let (mut g64, mut w64, mut overlap) = (Vec::new(), Vec::new(), 0usize);
     for r in 0..t {
         let len = first_pos + r + 1;
-        for key in 0..len {
-            let mut acc = 0.0f64;
-            for h in 0..IH {
-                let q_row = &qd[(r * IH + h) * ID..(r * IH + h + 1) * ID];
-                let dotp: f64 = q_row
-                    .iter()
-                    .zip(&kd[key * ID..(key + 1) * ID])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                acc += w_folded[r * IH + h] as f64 * dotp.max(0.0);
-            }
-            g64.push(got[r * s + key] as f64);
-            w64.push(acc);
-        }
+        g64.extend(got[r * s..r * s + len].iter().map(|&v| v as f64));
+        w64.extend(logits_f64(&qd, &kd, &w_folded, r, len));
         let a = top_k(&got[r * s..r * s + len], TOPK);
         let b: std::collections::BTreeSet<usize> = top_k(&exact[r * s..r * s + len], TOPK)
             .into_iter()
@@ -553,20 +558,8 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     let (mut g64, mut w64, mut sel_differ) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rows {
         let len = lens[r] as usize;
-        for key in 0..len {
-            let mut acc = 0.0f64;
-            for h in 0..IH {
-                let q_row = &qd[(r * IH + h) * ID..(r * IH + h + 1) * ID];
-                let dotp: f64 = q_row
-                    .iter()
-                    .zip(&kd[key * ID..(key + 1) * ID])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                acc += w_folded[r * IH + h] as f64 * dotp.max(0.0);
-            }
-            g64.push(got[r * s_len + key] as f64);
-            w64.push(acc);
-        }
+        g64.extend(got[r * s_len..r * s_len + len].iter().map(|&v| v as f64));
+        w64.extend(logits_f64(&qd, &kd, &w_folded, r, len));
         if sel[r * TOPK..(r + 1) * TOPK] != topk_padded(&got[r * s_len..r * s_len + len], TOPK)[..]
         {
             sel_differ.push(r);

@@ -786,38 +786,32 @@ impl GpuModel {
             // Top-k positions per query.
             let k32 = k as i32;
             if decode {
-                if multi_block_topk(n, max_len, g.multiprocessors as usize) {
-                    let work = topk_work
-                        .as_mut()
-                        .ok_or(GpuError::Cuda("no top-k work space".into()))?;
-                    // The indexer builds the top-k's first histograms as it writes the logits.
-                    g.indexer_decode_raw(
-                        ops_at(0),
-                        s.iwf,
-                        s.logits,
-                        d_lens,
-                        n,
-                        max_len,
-                        max_len,
-                        d_tab,
-                        stride,
-                        Some(&mut *work),
-                    )?;
-                    g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?;
+                // For the multi-block top-k the indexer builds its first histograms as it
+                // writes the logits.
+                let mut work = if multi_block_topk(n, max_len, g.multiprocessors as usize) {
+                    Some(
+                        topk_work
+                            .as_mut()
+                            .ok_or(GpuError::Cuda("no top-k work space".into()))?,
+                    )
                 } else {
-                    g.indexer_decode_raw(
-                        ops_at(0),
-                        s.iwf,
-                        s.logits,
-                        d_lens,
-                        n,
-                        max_len,
-                        max_len,
-                        d_tab,
-                        stride,
-                        None,
-                    )?;
-                    g.topk_rows_lens_raw(s.logits, d_lens, s.idx, n, max_len, k)?;
+                    None
+                };
+                g.indexer_decode_raw(
+                    ops_at(0),
+                    s.iwf,
+                    s.logits,
+                    d_lens,
+                    n,
+                    max_len,
+                    max_len,
+                    d_tab,
+                    stride,
+                    work.as_deref_mut(),
+                )?;
+                match work {
+                    Some(work) => g.topk_decode_raw(s.logits, d_lens, n, max_len, work, s.idx)?,
+                    None => g.topk_rows_lens_raw(s.logits, d_lens, s.idx, n, max_len, k)?,
                 }
             } else {
                 let mut row0 = 0;
