@@ -3,7 +3,8 @@
 # every kernel against the CPU reference on fresh random inputs, our DSA kernels at the small
 # preset's shapes for 8K-128K contexts, PyTorch's dense attention on the same GPU, the whole
 # small-preset model decoding end to end against a PyTorch eager implementation of it, and the
-# side-by-side tables. Usage: tests/gpu/run.sh [ENVSYNTH_BINARY] (results in $OUT or out/gpu).
+# side-by-side tables, then rollouts through the local GPU policy with each indexer.
+# Usage: tests/gpu/run.sh [ENVSYNTH_BINARY] (results in $OUT or out/gpu).
 set -euo pipefail
 BIN=${1:-target/release/envsynth}
 OUT=${OUT:-out/gpu}
@@ -16,3 +17,11 @@ MODEL=$(mktemp -d)/small  # random small-preset weights, outside $OUT (200 MB)
 python3 -W ignore tests/gpu/dense_baseline.py "$OUT/dense.json" > "$OUT/dense.log"
 python3 tests/gpu/eager_decode.py "$MODEL" "$OUT/eager.json" | tee "$OUT/eager.log"
 python3 tests/gpu/side_by_side.py "$OUT/gpu_check.json" "$OUT/dense.json" "$OUT/eager.json" | tee "$OUT/side_by_side.md"
+# Rollouts through the local policy on the GPU, with each indexer: the random weights fail every
+# task, but each turn runs the model, parses its reply and scores the episode.
+"$BIN" generate --count 4 --mix easy --out "$(dirname "$MODEL")/tasks" > /dev/null
+for DEV in gpu gpu-fp8; do
+  "$BIN" rollout --tasks "$(dirname "$MODEL")/tasks" --policy "local:$MODEL" --device "$DEV" --k 2 \
+    --max-turns 2 --max-tokens 64 --seed 3 --out "$OUT/rollouts-$DEV" > "$OUT/rollouts-$DEV.log"
+  echo "rollouts on --device $DEV: $(wc -l < "$OUT/rollouts-$DEV/rollouts.jsonl") written"
+done
