@@ -71,7 +71,9 @@ def main():
         logits = torch.zeros(1, l, device="cuda")
         hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
         counters = torch.zeros(4, dtype=torch.int32, device="cuda")  # 2 before the 11-bit collect
-        taken = torch.zeros(TOPK, dtype=torch.int32, device="cuda")
+        # The taken keys: a list of TOPK positions, or (since the bitmap version) a bitmap of
+        # 131072 / 32 words; the larger serves both.
+        taken = torch.zeros(max(TOPK, 131072 // 32), dtype=torch.int32, device="cuda")
         cand = torch.zeros(TK_CAP, dtype=torch.int64, device="cuda")
         sync = torch.zeros(2, dtype=torch.int32, device="cuda")
         idx = torch.zeros(TOPK, dtype=torch.int32, device="cuda")

@@ -568,6 +568,8 @@ __device__ __forceinline__ T block_exclusive_sum(T v, T* prefix, T* warp_tot) {
 
 #define TK_BINS 2048
 #define TK_CHUNK 1024
+#define TK_MAX_LEN 131072  // longer rows take the one-block fallback
+#define TK_WORDS (TK_MAX_LEN / 32)  // a bitmap over a row
 #define TK_THREADS 512  // threads of a topk_decode_fused block
 
 // The highest bin b of `hist` with (count above b) < want <= (count above b) + hist[b], and the
@@ -1101,15 +1103,18 @@ indexer_decode_fp8(const unsigned char* q, const float* q_scale, const unsigned 
 //   1. histogram of the key's top 11 bits            (units of TK_CHUNK keys of a row)
 //   2. histogram of the next 11 bits inside bin b1    (b1 found by each unit from phase 1), only
 //      for rows whose bin b1 holds more than `cap` keys
-//   3. every key above the threshold prefix (b1, or (b1, b2)) is taken; keys sharing it are
-//      candidates
-//   4. the last block to finish collecting a unit of the row picks the best candidates (stable:
-//      higher key, then lower index) and writes the k indices in ascending order.
+//   3. every key above the threshold prefix (b1, or (b1, b2)) is taken (marked in the row's
+//      bitmap); keys sharing it are candidates, and with prefix b1 their next 11 bits are
+//      counted into the second histogram (phase 2 did not use it)
+//   4. the last block to finish collecting a unit of the row finds the threshold bin b2 in
+//      that histogram if it has to, picks the best candidates (stable: higher key, then lower
+//      index) and writes the k indices in ascending order.
 // Phases 1 to 3 are separated by grid-wide barriers; the barrier before phase 3 is skipped when
 // there is one row and it needs no phase 2, so a batch-1 decode step with the indexer's
 // histogram ready runs phases 3 and 4 without waiting on the grid.
 // Work buffers per row: hist 2 x 2048 ints, counters 4 ints (taken, candidates, units
-// collected, the threshold prefix's shift), taken k ints, candidates `cap` (key, index) pairs;
+// collected, the threshold prefix's shift), a bitmap of taken keys (TK_WORDS), candidates
+// `cap` (key, index) pairs;
 // one barrier of 2 ints for the call. All start zeroed and phase 4 zeroes hist and counters
 // again, so a call needs no memset. A row whose candidates overflow `cap` is done in phase 4 by
 // the one-block select. Data other blocks wrote is read with __ldcg (L2), never from a possibly
@@ -1150,12 +1155,26 @@ __device__ void tk_hist1(const float* logits, int len, int ld, int* hist, int t,
     __syncthreads();  // `h` is free for the next unit
 }
 
+// Copies N ints of a histogram from global memory (L2: other blocks built it) to shared memory
+// `dst`, by a block of TK_THREADS threads, every load in flight before the first store. A loop
+// that stores each value before it loads the next waits on L2 once per iteration.
+template <int N>
+__device__ __forceinline__ void tk_hist_to_smem(int* dst, const int* src) {
+    static_assert(N % (4 * TK_THREADS) == 0, "whole int4s for every thread");
+    constexpr int PER = N / (4 * TK_THREADS);
+    int4 v[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) v[j] = __ldcg(reinterpret_cast<const int4*>(src) + j * TK_THREADS + threadIdx.x);
+#pragma unroll
+    for (int j = 0; j < PER; j++) reinterpret_cast<int4*>(dst)[j * TK_THREADS + threadIdx.x] = v[j];
+}
+
 // Whether row t is collected on its top 11 bits: its threshold bin of phase 1 (`*b1`, the bin
 // holding its k-th key) holds at most `cap` keys. The block reads the histogram into `h` (TK_BINS
 // ints of shared memory) in one coalesced pass and scans it there.
 __device__ bool tk_fits(const int* hist, int k, int cap, int t, int* h, unsigned* b1) {
     __shared__ int warp_tot[33];
-    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
+    tk_hist_to_smem<TK_BINS>(h, hist + (size_t)t * 2 * TK_BINS);
     __syncthreads();
     int above;
     *b1 = (unsigned)find_bin_block(h, TK_BINS, k, &above, warp_tot);
@@ -1185,15 +1204,14 @@ __device__ void tk_hist2(const float* logits, int len, int ld, int k, int cap, i
 
 // Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory. `fit_b1`, when not
 // negative, is the row's threshold bin, already known to fit.
-__device__ void tk_collect(const float* logits, int len, int ld, int k, int cap, const int* hist, int* counters,
-                           int* taken, unsigned long long* cand, int t, int chunk, int* h, int fit_b1) {
+__device__ void tk_collect(const float* logits, int len, int ld, int k, int cap, int* hist, int* counters,
+                           unsigned* taken, unsigned long long* cand, int t, int chunk, int* h, int fit_b1) {
     __shared__ int warp_tot[33];
     // The threshold prefix: the top 11 bits when their bin fits, else 22 (phase 2 ran).
     unsigned prefix = (unsigned)fit_b1;
     int shift = 21;
     if (fit_b1 < 0) {
-        for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x)
-            h[i] = __ldcg(&hist[(size_t)t * 2 * TK_BINS + i]);
+        tk_hist_to_smem<2 * TK_BINS>(h, hist + (size_t)t * 2 * TK_BINS);
         __syncthreads();
         int above1, above2;
         int b1 = find_bin_block(h, TK_BINS, k, &above1, warp_tot);
@@ -1209,66 +1227,69 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
     int begin = chunk * TK_CHUNK, end = min(len, begin + TK_CHUNK);
     int lane = threadIdx.x & 31;
     unsigned below = (1u << lane) - 1u;
-    // The unit's keys in 32 slots of 32 (a warp's ballot each). The block takes its places with
-    // one atomic per kind: a counter every block of the row hits once per slot would serialize
-    // thousands of atomics in L2.
-    static_assert(TK_CHUNK == 32 * 32 && TK_CHUNK % TK_THREADS == 0, "32 slots of 32 keys");
+    // The unit's keys in 32 words of 32 (a warp's ballot each): the taken ones go to the row's
+    // bitmap as they are, a word a ballot, and are counted; the candidates take their places
+    // with one atomic for the block (a counter every block of the row hit once per word would
+    // serialize thousands of atomics in L2).
+    static_assert(TK_CHUNK == 32 * 32 && TK_CHUNK % TK_THREADS == 0, "32 words of 32 keys");
     constexpr int IT = TK_CHUNK / TK_THREADS;
     __shared__ int slot_t[32], slot_c[32];
-    unsigned key[IT], mt[IT], mc[IT];
+    unsigned key[IT], mc[IT];
+#pragma unroll
+    for (int j = 0; j < IT; j++) {  // both loads in flight
+        int i = begin + j * TK_THREADS + threadIdx.x;
+        key[j] = i < end ? order_key(__ldcg(&row[i])) : 0u;
+    }
 #pragma unroll
     for (int j = 0; j < IT; j++) {
         int i = begin + j * TK_THREADS + threadIdx.x;
-        key[j] = i < end ? order_key(row[i]) : 0u;
         unsigned top = key[j] >> shift;
-        mt[j] = __ballot_sync(0xffffffffu, i < end && top > prefix);
+        unsigned mt = __ballot_sync(0xffffffffu, i < end && top > prefix);
         mc[j] = __ballot_sync(0xffffffffu, i < end && top == prefix);
         if (lane == 0) {
             int slot = (j * TK_THREADS + threadIdx.x) >> 5;
-            slot_t[slot] = __popc(mt[j]);
+            slot_t[slot] = __popc(mt);
             slot_c[slot] = __popc(mc[j]);
+            if ((i >> 5) < TK_WORDS) taken[(size_t)t * TK_WORDS + (i >> 5)] = mt;
         }
     }
     __syncthreads();
-    if (threadIdx.x < 32) {  // slot offsets: an exclusive scan, then the block's two atomics
-        int a = slot_t[lane], b = slot_c[lane], ia = a, ib = b;
+    if (threadIdx.x < 32) {  // the taken count, and the candidates' offsets: a scan, one atomic
+        int a = slot_t[lane], b = slot_c[lane], ib = b;
 #pragma unroll
         for (int d = 1; d < 32; d <<= 1) {
-            int na = __shfl_up_sync(0xffffffffu, ia, d), nb = __shfl_up_sync(0xffffffffu, ib, d);
-            if (lane >= d) {
-                ia += na;
-                ib += nb;
-            }
+            int nb = __shfl_up_sync(0xffffffffu, ib, d);
+            if (lane >= d) ib += nb;
         }
-        int base_t = 0, base_c = 0;
+        a = __reduce_add_sync(0xffffffffu, a);
+        int base_c = 0;
         if (lane == 31) {
-            if (ia) base_t = atomicAdd(&counters[4 * t], ia);
+            if (a) atomicAdd(&counters[4 * t], a);
             if (ib) base_c = atomicAdd(&counters[4 * t + 1], ib);
         }
-        slot_t[lane] = __shfl_sync(0xffffffffu, base_t, 31) + ia - a;
         slot_c[lane] = __shfl_sync(0xffffffffu, base_c, 31) + ib - b;
     }
     __syncthreads();
+    // Collected on the top 11 bits, the candidates' next 11 bits are counted too (the row's
+    // second histogram, unused then), so the finish starts from the 22-bit threshold prefix.
+    int* hist2 = shift == 21 ? hist + (size_t)t * 2 * TK_BINS + TK_BINS : nullptr;
 #pragma unroll
     for (int j = 0; j < IT; j++) {
         int i = begin + j * TK_THREADS + threadIdx.x, slot = (j * TK_THREADS + threadIdx.x) >> 5;
-        if ((mt[j] >> lane) & 1u) taken[(size_t)t * k + slot_t[slot] + __popc(mt[j] & below)] = i;
         if ((mc[j] >> lane) & 1u) {
             int at = slot_c[slot] + __popc(mc[j] & below);
             if (at < cap) cand[(size_t)t * cap + at] = ((unsigned long long)key[j] << 32) | (unsigned)i;
+            if (hist2) atomicAdd(&hist2[(key[j] >> 10) & (TK_BINS - 1)], 1);
         }
     }
     __syncthreads();  // `h` and the slots are free for the next unit
 }
 
 // Finishes one row: the keys above the threshold prefix are taken; among the candidates (the
-// keys sharing it) histograms of the remaining bits (11 then 10, or 10) find the exact threshold
-// key, everything above it is taken, and of the keys equal to it the lowest indices fill the
-// rest. Selected positions
-// are marked in a bitmap over the row and written out in ascending order with a block scan, so
-// the result equals a stable sort's first k. Rows longer than TK_MAX_LEN take the fallback.
-#define TK_MAX_LEN 131072
-#define TK_WORDS (TK_MAX_LEN / 32)
+// keys sharing it) histograms of the remaining bits find the exact threshold key, everything
+// above it is taken, and of the keys equal to it the lowest indices fill the rest. Selected
+// positions are marked in a bitmap over the row and written out in ascending order with a block
+// scan, so the result equals a stable sort's first k.
 
 // The last step of both top-k paths. `sel` marks the positions already chosen and `tie` those
 // equal to the threshold key (bitmaps of `words` words over the row, 16-byte aligned, at most
@@ -1328,15 +1349,16 @@ __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties
 }
 
 // The last passes of both top-k paths, by one block. `cand` holds `n` candidates in shared
-// memory, each (key << 32) | position, whose keys share `prefix` in their bits above `shift`;
-// `need` of them are to be chosen. Histograms of the remaining bits (11 then 10, or 10) find the
-// exact threshold key: every candidate above it is marked in `sel`, every one equal to it in
-// `tie`. Returns how many ties join (for emit_selected). `hist` holds 2,048 ints of shared
-// memory and `warp_tot` 33.
+// memory, each (key << 32) | position, whose keys' bits above `shift` are `prefix` or more: those
+// above it are taken; of those sharing it, `need` are to be chosen. Histograms of the remaining
+// bits (11 then 10, or 10) find the exact threshold key: every candidate above it is marked in
+// `sel`, every one equal to it in `tie`. Returns how many ties join (for emit_selected). `hist`
+// holds 2,048 ints of shared memory and `warp_tot` 33.
 __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigned prefix, int shift, int need,
                                   unsigned* sel, unsigned* tie, int* hist, int* warp_tot) {
     unsigned cur = prefix;  // the threshold key's bits above `hi`, found so far
     for (int hi = shift; hi > 0;) {
+        const bool first = hi == shift;
         int s = hi > 10 ? 10 : 0, nb = 1 << (hi - s);
         __syncthreads();  // every thread is done with `hist` (and `sel` and `cand` are written)
         for (int i = threadIdx.x; i < nb; i += blockDim.x) hist[i] = 0;
@@ -1352,7 +1374,10 @@ __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigne
             unsigned long long ci = cand[c];
             unsigned key = (unsigned)(ci >> 32);
             int i = (int)(unsigned)(ci & 0xffffffffull);
-            if ((key >> hi) != cur) continue;
+            if ((key >> hi) != cur) {
+                if (first && (key >> hi) > cur) atomicOr(&sel[i >> 5], 1u << (i & 31));
+                continue;
+            }
             unsigned v = (key >> s) & (nb - 1);
             if (v > b) atomicOr(&sel[i >> 5], 1u << (i & 31));
             else if (v == b && s == 0) atomicOr(&tie[i >> 5], 1u << (i & 31));
@@ -1442,13 +1467,14 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
 }
 
 
-// Phase 4 for row t; `smem` holds TKF_SMEM bytes. The row's candidates are copied into it
-// first (at most TK_CAP: `cap` must not exceed it), so the passes over them wait on shared
-// memory rather than L2.
+// Phase 4 for row t; `smem` holds TKF_SMEM bytes. The row's candidates, its bitmap of taken
+// keys and (collected on 11 bits) its second histogram are copied into it first (at most TK_CAP
+// candidates: `cap` must not exceed it), so the passes over them wait on shared memory rather
+// than L2.
 #define TK_CAP 8192
 #define TKF_SMEM (TK_CAP * 8 + 2 * TK_WORDS * 4 + TK_BINS * 4)
 __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist, int* counters,
-                          const int* taken, const unsigned long long* cand, int cap, int* out, int t,
+                          const unsigned* taken, const unsigned long long* cand, int cap, int* out, int t,
                           unsigned char* smem) {
     unsigned long long* cs = reinterpret_cast<unsigned long long*>(smem);  // TK_CAP
     unsigned* sel = reinterpret_cast<unsigned*>(cs + TK_CAP);              // TK_WORDS
@@ -1456,57 +1482,79 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
     int* hb = reinterpret_cast<int*>(tie + TK_WORDS);                      // TK_BINS
     __shared__ int warp_tot[33];
     int* o = out + (size_t)t * k;
+    int* row_hist = hist + (size_t)t * 2 * TK_BINS;
     __syncthreads();  // the block is done with the previous unit's shared memory
     int n_taken = __ldcg(&counters[4 * t]), n_cand = __ldcg(&counters[4 * t + 1]);
     int shift = __ldcg(&counters[4 * t + 3]);
+    bool select = len > k && n_cand <= cap && len <= TK_MAX_LEN;
+    int words = (len + 31) / 32;
+    // Every load in one round, 16 bytes each: a thread's share of the candidates (two a load),
+    // of the bitmap and (collected on 11 bits) of the second histogram. These loads wait on L2,
+    // once; the same loads a value at a time, stored before the next, waited once per load.
+    if (select) {
+        static_assert(TK_CAP % (2 * TK_THREADS) == 0 && TK_WORDS <= 8 * TK_THREADS && TK_BINS == 4 * TK_THREADS,
+                      "whole 16-byte loads, one round");
+        constexpr int CPT = TK_CAP / 2 / TK_THREADS;  // candidate pairs a thread
+        const ulonglong2* c = reinterpret_cast<const ulonglong2*>(cand + (size_t)t * cap);
+        const uint4* w = reinterpret_cast<const uint4*>(taken + (size_t)t * TK_WORDS);
+        int pairs = (n_cand + 1) / 2, quads = (words + 3) / 4;  // within the buffers: cap, TK_WORDS
+        ulonglong2 cv[CPT];
+        uint4 wv[2];
+        int4 hv;
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+            int i = j * TK_THREADS + threadIdx.x;
+            if (i < pairs) cv[j] = __ldcg(&c[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int i = j * TK_THREADS + threadIdx.x;
+            if (i < quads) wv[j] = __ldcg(&w[i]);
+        }
+        if (shift == 21) hv = __ldcg(reinterpret_cast<const int4*>(row_hist + TK_BINS) + threadIdx.x);
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+            int i = j * TK_THREADS + threadIdx.x;
+            if (i < pairs) {
+                cs[2 * i] = cv[j].x;
+                if (2 * i + 1 < n_cand) cs[2 * i + 1] = cv[j].y;
+            }
+        }
+        // Whole quads: words past the row are masked by emit_selected.
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int i = j * TK_THREADS + threadIdx.x;
+            if (i < quads) {
+                reinterpret_cast<uint4*>(sel)[i] = wv[j];
+                reinterpret_cast<uint4*>(tie)[i] = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        if (shift == 21) reinterpret_cast<int4*>(hb)[threadIdx.x] = hv;
+    }
     // The row's histograms and counters are read for the last time: zero them for the next call
-    // (every thread has read the counters before the barrier).
-    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) hist[(size_t)t * 2 * TK_BINS + i] = 0;
+    // (every thread has read them before the barrier).
     __syncthreads();
+    for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) row_hist[i] = 0;
     if (threadIdx.x < 4) counters[4 * t + threadIdx.x] = 0;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
     }
-    if (n_cand > cap || len > TK_MAX_LEN) {  // the candidates overflowed: one block does the row
+    if (!select) {  // the candidates overflowed: one block does the row
         topk_row_block(logits + (size_t)t * ld, len, k, o);
         return;
     }
-    int need = k - n_taken;
-    int words = (len + 31) / 32;
-    for (int i = threadIdx.x; i < words; i += blockDim.x) {
-        sel[i] = 0u;
-        tie[i] = 0u;
-    }
-    // Four loads in flight per thread: these loops wait on L2, not on the arithmetic.
-    const unsigned long long* c = cand + (size_t)t * cap;
-    for (int base = 0; base < n_cand; base += 4 * blockDim.x) {
-        unsigned long long v[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int i = base + j * blockDim.x + threadIdx.x;
-            v[j] = i < n_cand ? __ldcg(&c[i]) : 0ull;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int i = base + j * blockDim.x + threadIdx.x;
-            if (i < n_cand) cs[i] = v[j];
-        }
-    }
-    __syncthreads();  // `sel` is zeroed; the candidates are in shared memory
-    for (int base = 0; base < n_taken; base += 4 * blockDim.x) {
-        int v[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int i = base + j * blockDim.x + threadIdx.x;
-            v[j] = i < n_taken ? __ldcg(&taken[(size_t)t * k + i]) : -1;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (v[j] >= 0) atomicOr(&sel[v[j] >> 5], 1u << (v[j] & 31));
-    }
     // Every candidate shares the threshold prefix (a row of more than k keys has at least one).
+    // Collected on 11 bits, the second histogram extends it to 22 first.
     unsigned prefix = (unsigned)(cs[0] >> 32) >> shift;
+    int need = k - n_taken;
+    if (shift == 21) {
+        int above;
+        unsigned b2 = (unsigned)find_bin_block(hb, TK_BINS, need, &above, warp_tot);
+        need -= above;
+        prefix = (prefix << 11) | b2;
+        shift = 10;
+    }
     need = resolve_candidates(cs, n_cand, prefix, shift, need, sel, tie, hb, warp_tot);
     emit_selected(sel, tie, need, words, o);
 }
@@ -1517,7 +1565,7 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
 // With `hist_ready`, indexer_decode_bf16 has built phase 1's histograms already.
 extern "C" __global__ void __launch_bounds__(TK_THREADS)
 topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist, int* counters,
-                  int* taken, unsigned long long* cand, int cap, int* out, unsigned* bar, int rows,
+                  unsigned* taken, unsigned long long* cand, int cap, int* out, unsigned* bar, int rows,
                   int hist_ready) {
     extern __shared__ __align__(16) unsigned char tk_smem[];
     __shared__ int last;
@@ -1533,7 +1581,11 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
     // One row whose threshold bin fits needs neither phase 2 nor the barrier after it (every
     // block reads the same histogram, so all agree).
     unsigned b1 = 0;
-    bool skip2 = rows == 1 && (min(lens[0], ld) <= k || tk_fits(hist, k, cap, 0, h, &b1));
+    bool skip2 = false;
+    if (rows == 1) {  // the histogram's loads issued with the length's (a row of at most k keys has none)
+        bool fits = tk_fits(hist, k, cap, 0, h, &b1);
+        skip2 = min(lens[0], ld) <= k || fits;
+    }
     if (!skip2) {
         for (int u = blockIdx.x; u < units; u += gridDim.x) {
             int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);

@@ -164,7 +164,8 @@ pub fn default_cache() -> PathBuf {
 pub struct TopkWork {
     hist: CudaSlice<i32>,
     counters: CudaSlice<i32>,
-    taken: CudaSlice<i32>,
+    /// Per row, a bitmap of the keys taken above the threshold prefix (`TK_WORDS` words).
+    taken: CudaSlice<u32>,
     cand: CudaSlice<u64>,
     barrier: CudaSlice<u32>,
     rows: usize,
@@ -284,7 +285,10 @@ pub(crate) enum IndexerOperands {
 }
 /// Dynamic shared memory of `topk_decode_fused` (TKF_SMEM): the candidates (TK_CAP = TOPK_CAP),
 /// two bitmaps over 131,072 positions and a 2,048-bin histogram (the histogram phases use less).
-const TOPK_DECODE_SMEM: u32 = (TOPK_CAP * 8 + 2 * 4096 * 4 + 2048 * 4) as u32;
+const TOPK_DECODE_SMEM: u32 = (TOPK_CAP * 8 + 2 * TOPK_WORDS * 4 + 2048 * 4) as u32;
+/// Words of a bitmap over the longest row the multi-block top-k selects itself (TK_WORDS; longer
+/// rows take its one-block fallback).
+const TOPK_WORDS: usize = 131_072 / 32;
 /// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
@@ -805,7 +809,7 @@ impl Gpu {
         Ok(TopkWork {
             hist: self.zeros(rows * 2 * 2048)?,
             counters: self.zeros(rows * 4)?,
-            taken: self.zeros(rows * k)?,
+            taken: self.zeros(rows * TOPK_WORDS)?,
             cand: self.zeros(rows * TOPK_CAP)?,
             barrier: self.zeros(2)?,
             rows,
@@ -1217,9 +1221,9 @@ mod tests {
             "topk_decode_fused (TKF_SMEM)"
         );
         assert_eq!(
-            TOPK_CAP as u32,
-            define("TK_CAP"),
-            "the top-k's candidate buffer"
+            (TOPK_CAP as u32, TOPK_WORDS as u32),
+            (define("TK_CAP"), define("TK_MAX_LEN") / 32),
+            "the top-k's candidate buffer and bitmap"
         );
         let (bn, dqk) = (define("MLA_BN"), define("MLA_DQK"));
         assert_eq!(
