@@ -1582,7 +1582,9 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
     // block reads the same histogram, so all agree).
     unsigned b1 = 0;
     bool skip2 = false;
-    if (rows == 1) {  // the histogram's loads issued with the length's (a row of at most k keys has none)
+    if (rows == 1) {
+        // The histogram is read before the length is known, so the two loads overlap; a row of at
+        // most k keys has an empty histogram, and its answer is not used.
         bool fits = tk_fits(hist, k, cap, 0, h, &b1);
         skip2 = min(lens[0], ld) <= k || fits;
     }
