@@ -1285,11 +1285,12 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
     __syncthreads();  // `h` and the slots are free for the next unit
 }
 
-// Finishes one row: the keys above the threshold prefix are taken; among the candidates (the
-// keys sharing it) histograms of the remaining bits find the exact threshold key, everything
-// above it is taken, and of the keys equal to it the lowest indices fill the rest. Selected
-// positions are marked in a bitmap over the row and written out in ascending order with a block
-// scan, so the result equals a stable sort's first k.
+// Both top-k paths finish a row the same way (resolve_candidates, then emit_selected): the keys
+// above the threshold prefix are taken; among the candidates (the keys sharing it) histograms of
+// the remaining bits find the exact threshold key, everything above it is taken, and of the keys
+// equal to it the lowest indices fill the rest. Selected positions are marked in a bitmap over
+// the row and written out in ascending order with a block scan, so the result equals a stable
+// sort's first k.
 
 // The last step of both top-k paths. `sel` marks the positions already chosen and `tie` those
 // equal to the threshold key (bitmaps of `words` words over the row, 16-byte aligned, at most

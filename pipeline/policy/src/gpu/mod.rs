@@ -291,7 +291,7 @@ const TOPK_DECODE_SMEM: u32 = (TOPK_CAP * 8 + 2 * TOPK_WORDS * 4 + 2048 * 4) as 
 const TOPK_WORDS: usize = 131_072 / 32;
 /// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
 /// positions and 4,096 candidates of 8 bytes.
-const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * 4096 * 4 + 4096 * 8) as u32;
+const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * TOPK_WORDS * 4 + 4096 * 8) as u32;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
 /// each), P (64 × 64 bf16), row maxima of both warpgroups (their row sums at the end), two
 /// stages of valid flags and two of indices, and 1 KB to align the swizzled tiles.
