@@ -2,12 +2,19 @@
 """A/B timing of the batch-1 sparse decode step between versions of kernels.cu, in one process.
 
 The step at the end of a CONTEXT-long cache (131072 by default): indexer logits of one query,
-top-k 2048 of them, sparse MLA over the chosen rows, each stage captured as a CUDA graph and
-replayed, as `envsynth model gpu-check` does. Every version's chosen indices and output are
-compared with the first's. A version that defines `topk_decode_fused` has its top-k launched as
-that one kernel (after an indexer that builds its first histogram, if the indexer takes
-`hist_k`); otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. $SPLITS (e.g.
-"32,16,8") also times the last version's attention with those split counts.
+top-k 2048 of them, sparse MLA over the chosen rows. Each stage is captured as a CUDA graph and
+replayed behind a 200 µs `hold`, as `envsynth model gpu-check` does, so the figures are GPU
+time (the cache stays in L2 here, unlike there). "dense" is the same attention over all CONTEXT
+rows, split as the model splits it (min(multiprocessors, CONTEXT / 64)); "floor" is a graph of
+one, and of four, kernels that do nothing. Each version's chosen indices are checked against
+torch.topk of its own logits, and its output compared with the first version's. Versions are
+timed in ROUNDS (2 by default) alternating rounds, so drift in the GPU's clocks falls on every
+version alike. A version that defines `topk_decode_fused` has its top-k launched as that one
+kernel (after an indexer that builds its first histogram, if the indexer takes `hist_k`);
+otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. $SPLITS (e.g. "32,16,8")
+also times the last version's attention with those split counts. A version that defines
+`__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
+of a kernel) has their median offsets from mark 0 printed.
 
 usage: decode_ab.py A.cu B.cu [C.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
 """
@@ -18,7 +25,7 @@ import sys
 
 import torch
 
-from kernel_ab import Module, cuda, define, launch
+from kernel_ab import Module, check, cuda, define, launch
 
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
@@ -44,9 +51,12 @@ def main():
     kv = torch.randn(l, DQK, device="cuda", generator=gen).to(torch.bfloat16)
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     splits = TOPK // 64
+    dense_splits = min(sm_count(), l // 64)
+    every = torch.arange(l, dtype=torch.int32, device="cuda")
     scale_log2 = (192**-0.5) * 1.4426950408889634
-    results = []
-    for path in paths:
+
+    def version(path):
+        """One version's graphs, its step's check and its buffers (its own closures and names)."""
         m = Module(path)
         indexer_hist = "int hist_k" in open(path).read()
         ix_keys = define(path, "IX_KEYS", 128)
@@ -77,8 +87,8 @@ def main():
         cand = torch.zeros(TK_CAP, dtype=torch.int64, device="cuda")
         sync = torch.zeros(2, dtype=torch.int32, device="cuda")
         idx = torch.zeros(TOPK, dtype=torch.int32, device="cuda")
-        part = torch.zeros(splits * H * DV, device="cuda")
-        lse = torch.zeros(splits * H, device="cuda")
+        part = torch.zeros(max(splits, dense_splits) * H * DV, device="cuda")
+        lse = torch.zeros(max(splits, dense_splits) * H, device="cuda")
         out = torch.zeros(H * DV, device="cuda")
         chunks = (l + 1023) // 1024
         if has_fused:
@@ -103,8 +113,8 @@ def main():
             launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
-        def attention(sp=splits):
-            launch(mla, (sp, 1), 256, MLA_SMEM, [qm, kv, idx, part, lse, TOPK, l, sp, scale_log2, None, 0])
+        def attention(sp=splits, rows=idx, n=TOPK):
+            launch(mla, (sp, 1), 256, MLA_SMEM, [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0])
             launch(comb, (H, 1), 512, 0, [part, lse, out, H, sp, DV])
 
         def step():
@@ -112,48 +122,106 @@ def main():
             topk()
             attention()
 
-        times = {}
-        # The indexer and top-k graphs only make sense together when the indexer feeds top-k's
-        # histogram, so "topk" is timed as the difference.
-        stages = [("step", step), ("indexer", indexer), ("ix_topk", lambda: (indexer(), topk())), ("attention", attention)]
+        # The indexer feeds top-k's histogram, which top-k consumes and zeroes: "topk" is timed
+        # as the difference of indexer + top-k and the indexer alone, and every replay of the
+        # indexer alone is followed by an untimed top-k, so the histogram never piles up.
+        stages = [("step", step), ("indexer", indexer), ("ix_topk", lambda: (indexer(), topk())), ("attention", attention),
+                  ("dense", lambda: attention(dense_splits, every, l))]
+        # The fixed cost of a graph of one, and of four, kernels that do nothing (hold(0)): the
+        # step is four kernels, the dense attention two.
+        hold = m.function("hold", 0)
+        stages += [("floor1", lambda: launch(hold, (1, 1), 1, 0, [None])),
+                   ("floor4", lambda: [launch(hold, (1, 1), 1, 0, [None]) for _ in range(4)])]
         if os.environ.get("MLA_ALONE"):
             stages.append(("mla", lambda: launch(mla, (splits, 1), 256, MLA_SMEM,
                                                  [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0])))
         if path == paths[-1]:
             for sp in [int(x) for x in os.environ.get("SPLITS", "").split(",") if x]:
                 stages.append((f"attention/{sp}", lambda sp=sp: attention(sp)))
-        for name, f in stages:
+
+        def capture(f):
+            """A graph of f, after one plain run of it (with its histogram's producer or consumer)."""
+            if f is topk:
+                indexer()
             f()
+            if f is indexer:
+                topk()
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 f()
-            reps = []
-            for _ in range(60):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                g.replay()
-                b.record()
+            return g
+
+        g_topk = capture(topk)
+        graphs = [(name, capture(f), g_topk if f is indexer else None) for name, f in stages]
+
+        def chosen():
+            """Runs the step; its indices, checked against torch.topk of its own logits."""
+            step()
+            torch.cuda.synchronize()
+            want = torch.sort(torch.topk(logits[0, :l], TOPK).indices.int())[0]
+            return idx.clone(), out.clone(), torch.equal(torch.sort(idx)[0], want)
+
+        def marks():
+            """With `__device__ long long marks[16]` in the source (timer values a throwaway copy
+            of a kernel records), the median over 21 steps of each mark after mark 0."""
+            ptr, size = ctypes.c_uint64(), ctypes.c_size_t()
+            if cuda.cuModuleGetGlobal_v2(ctypes.byref(ptr), ctypes.byref(size), m.mod, b"marks") != 0:
+                return None
+            runs = []
+            for _ in range(21):
+                step()
                 torch.cuda.synchronize()
-                reps.append(a.elapsed_time(b) * 1000)
-            times[name] = sorted(reps[10:])[len(reps[10:]) // 2]
-        times["topk"] = times["ix_topk"] - times["indexer"]
-        step()
-        torch.cuda.synchronize()
-        results.append((path, times, idx.clone(), out.clone()))
-    i0, o0 = results[0][2], results[0][3]
-    for path, t, i, o in results:
-        same = torch.equal(torch.sort(i)[0], torch.sort(i0)[0])
-        diff = ((o - o0).norm() / o0.norm()).item()
-        print(
-            f"{path}: step {t['step']:.1f} us = indexer {t['indexer']:.1f} + top-k {t['topk']:.1f} + "
-            f"attention {t['attention']:.1f}; indices {'equal' if same else 'DIFFER'}, output rel diff {diff:.1e}"
-        )
-        for name, v in t.items():
-            if name.startswith("attention/"):
-                print(f"  {name} splits: {v:.1f} us")
-            if name == "mla":
-                print(f"  sparse_mla_bf16 alone: {v:.1f} us")
+                buf = (ctypes.c_longlong * 16)()
+                check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(128)), "cuMemcpyDtoH")
+                runs.append([v - buf[0] if v else 0 for v in buf])
+            return [sorted(r[i] for r in runs)[10] for i in range(16)]
+
+        # The graphs hold raw pointers: the version's buffers must live as long as they do.
+        buffers = [logits, hist, counters, taken, cand, sync, idx, part, lse, out]
+        return path, graphs, chosen, buffers, hold, marks
+
+    versions = [version(path) for path in paths]
+    i0, o0, _ = versions[0][2]()
+    for r in range(int(os.environ.get("ROUNDS", "2"))):
+        print(f"round {r + 1}, context {l}:")
+        for path, graphs, chosen, _, hold, _ in versions:
+            t = {}
+            for name, g, after in graphs:
+                reps = []
+                for _ in range(60):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    # 200 us of GPU time queued first, so the graph is queued before the GPU
+                    # reaches the first event: GPU time, not the host's launch latency.
+                    launch(hold, (1, 1), 1, 0, [ctypes.c_int64(200_000)])
+                    a.record()
+                    g.replay()
+                    b.record()
+                    if after is not None:
+                        after.replay()
+                    torch.cuda.synchronize()
+                    reps.append(a.elapsed_time(b) * 1000)
+                t[name] = sorted(reps[10:])[len(reps[10:]) // 2]
+            i, o, same = chosen()
+            t["topk"] = t["ix_topk"] - t["indexer"]
+            diff = ((o - o0).norm() / o0.norm()).item()
+            print(
+                f"  {path}: step {t['step']:.1f} us = indexer {t['indexer']:.1f} + top-k {t['topk']:.1f} + "
+                f"attention {t['attention']:.1f}; dense {t['dense']:.1f} ({t['dense'] / t['step']:.2f}x); "
+                f"indices {'= torch.topk' if same else 'WRONG'}{'' if torch.equal(i, i0) else ' (another order)'}, "
+                f"output rel diff from the first {diff:.1e}"
+            )
+            print(f"    graph of 1 empty kernel {t['floor1']:.1f} us, of 4 {t['floor4']:.1f} us")
+            for name, v in t.items():
+                if name.startswith("attention/"):
+                    print(f"    {name} splits: {v:.1f} us")
+                if name == "mla":
+                    print(f"    sparse_mla_bf16 alone: {v:.1f} us")
+
+    for path, *_, marks in versions:
+        cycles = marks()
+        if cycles:
+            print(f"{path} marks (after mark 0, median of 21 steps): {[c for c in cycles if c]}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ def launch(f, grid, block, smem, args):
             holders.append(ctypes.c_float(a))
         elif a is None:
             holders.append(ctypes.c_uint64(0))
+        elif isinstance(a, ctypes._SimpleCData):  # a parameter of another width, e.g. c_int64
+            holders.append(a)
         else:
             raise TypeError(a)
     ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])

@@ -896,13 +896,16 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     b.prefill_attention_tflops = attention_flop / (b.prefill_attention_ms * 1e-3) / 1e12;
 
     // Decode, batch 1, at the end of the context: sparse (indexer + top-k + 2048 rows) against
-    // dense absorbed attention over every cached row (the same kernel, all indices).
-    let splits_sparse = TOPK / 64; // one block of 64 rows per split
+    // dense absorbed attention over every cached row (the same kernel, all indices). Both split
+    // their rows over the multiprocessors by the model's own rule: the 2,048 selected rows one
+    // tile of 64 a block, the dense rows one tile a block at 8K and 16 at 128K.
+    let sms = gpu.multiprocessors as usize;
+    let splits_sparse = super::model::attention_splits(1, sms, TOPK);
     let dlen = gpu.upload(&[l as i32])?;
     let mut work = gpu.topk_work(1, TOPK)?;
     let all: Vec<i32> = (0..l as i32).collect();
     let dall = gpu.upload(&all)?;
-    let splits_dense = (l / 64).div_ceil(16).max(1);
+    let splits_dense = super::model::attention_splits(1, sms, l);
     let mut part_d = gpu.zeros::<f32>(splits_dense * H * DV)?;
     let mut lse_d = gpu.zeros::<f32>(splits_dense * H)?;
     let mut part_s = gpu.zeros::<f32>(splits_sparse * H * DV)?;

@@ -727,22 +727,29 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     int per = (blocks + splits - 1) / splits;
     int b_begin = split * per, b_end = min(blocks, b_begin + per);
 
+    // The first tile's indices go in a copy group of their own, ahead of the query's 72 KB, so
+    // the first gather waits for them alone and runs alongside the query's copy; so does the load
+    // of the share's last entry (below), issued before the query's copies queue up. After that,
+    // tile b + 2's indices are copied while tile b computes, and tile b + 1's gather reads them
+    // from shared memory.
+    int j_end = min(b_end * MLA_BN, topk), last = j_end - 1;
+    int s_last = 0;
+    if (b_begin < b_end) {
+        mla_fetch_indices(idx_s, idx, b_begin * MLA_BN, topk);
+        s_last = idx[last];
+    }
+    cp_async_commit();
     for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
         int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
         cp_async16(qs + swz(MLA_H, r, c * 16),
                    reinterpret_cast<const unsigned char*>(q + ((size_t)t * MLA_H + r) * MLA_DQK) + c * 16, true);
     }
-    // The first tile's indices are waited for here; after that, tile b + 2's are copied while
-    // tile b computes, and tile b + 1's gather reads them from shared memory.
+    cp_async_commit();
     if (b_begin < b_end) {
-        mla_fetch_indices(idx_s, idx, b_begin * MLA_BN, topk);
-        cp_async_commit();
         // Tiles after the split's last valid entry add nothing: a row shorter than top-k (a
         // short prompt, an early position) is padded with -1 at its end. When the share's last
         // entry is valid (every full row) that is all; otherwise the share is scanned, under the
         // first copies, each warp's answer going to the second stage's flags, not yet in use.
-        int j_end = min(b_end * MLA_BN, topk), last = j_end - 1;
-        int s_last = idx[last];
         const bool scan = s_last < 0 || s_last >= S;  // the same for every thread
         if (scan) {
             last = -1;
@@ -753,7 +760,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
             last = __reduce_max_sync(0xffffffffu, last);
             if (lane == 0) ok[MLA_BN + (threadIdx.x >> 5)] = last;
         }
-        cp_async_wait<0>();
+        cp_async_wait<1>();  // the indices; the query may still be in flight
         __syncthreads();
         if (scan) {
 #pragma unroll
@@ -903,32 +910,69 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
 }
 
 // out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). One block per (t, h); the
-// split weights are computed once in shared memory, then each thread sums its columns with
-// the loads of all splits in flight together. At most 1024 splits.
+// split weights are computed once in shared memory (by one warp, with shuffles, for at most 32
+// splits), then each thread sums its columns with the loads of all splits in flight together.
+// At most 1024 splits. The first MLA_EARLY splits of a thread's first column are loaded right
+// after the log-sum-exps, before the weights are known, so both waits overlap (at batch 1, with
+// 32 splits, that is every load).
+#define MLA_EARLY 32
 extern "C" __global__ void mla_combine(const float* o_part, const float* lse_part, float* out,
                                        int H, int splits, int dv) {
     __shared__ float wts[1024];
     __shared__ float part[32];
-    int t = blockIdx.x / H, h = blockIdx.x % H;
-    float m = -__int_as_float(0x7f800000);
-    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
-        wts[p] = lse_part[((size_t)t * splits + p) * H + h];
-        m = fmaxf(m, wts[p]);
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    int t = blockIdx.x / H, h = blockIdx.x % H, lane = threadIdx.x & 31;
+    const float* lse = lse_part + (size_t)t * splits * H + h;  // split p at p · H
+    const float* src = o_part + ((size_t)t * splits * H + h) * dv;  // split p at p · H · dv
+    size_t stride = (size_t)H * dv;
+    bool one_warp = splits <= 32;
+    float v = one_warp && threadIdx.x < 32 && lane < splits ? lse[(size_t)lane * H] : NEG_INF;
+    float early[MLA_EARLY];
+#pragma unroll
+    for (int p = 0; p < MLA_EARLY; p++)
+        early[p] = p < splits && (int)threadIdx.x < dv ? src[p * stride + threadIdx.x] : 0.f;
+    float total;
+    if (one_warp) {
+        if (threadIdx.x < 32) {
+            float M = v;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+            float w = v == NEG_INF ? 0.f : exp2f(v - M);
+            float sum = w;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (lane < splits) wts[lane] = w;
+            if (lane == 0) part[0] = sum;
+        }
+        __syncthreads();
+        total = part[0];
+    } else {
+        float m = NEG_INF;
+        for (int p = threadIdx.x; p < splits; p += blockDim.x) {
+            wts[p] = lse[(size_t)p * H];
+            m = fmaxf(m, wts[p]);
+        }
+        float M = block_reduce<true>(m, part);
+        float sum = 0.f;
+        for (int p = threadIdx.x; p < splits; p += blockDim.x) {
+            float w = wts[p] == NEG_INF ? 0.f : exp2f(wts[p] - M);
+            wts[p] = w;
+            sum += w;
+        }
+        total = block_reduce<false>(sum, part);  // its barriers also publish wts
     }
-    float M = block_reduce<true>(m, part);
-    float sum = 0.f;
-    for (int p = threadIdx.x; p < splits; p += blockDim.x) {
-        float w = wts[p] == -__int_as_float(0x7f800000) ? 0.f : exp2f(wts[p] - M);
-        wts[p] = w;
-        sum += w;
-    }
-    float total = block_reduce<false>(sum, part);  // its barriers also publish wts
     float inv = total > 0.f ? 1.f / total : 0.f;
     for (int c = threadIdx.x; c < dv; c += blockDim.x) {
         float acc = 0.f;
+        int p = 0;
+        if (c == (int)threadIdx.x) {
+#pragma unroll
+            for (int e = 0; e < MLA_EARLY; e++)
+                if (e < splits) acc += wts[e] * early[e];
+            p = MLA_EARLY;
+        }
 #pragma unroll 8
-        for (int p = 0; p < splits; p++)
-            acc += wts[p] * o_part[(((size_t)t * splits + p) * H + h) * dv + c];
+        for (; p < splits; p++) acc += wts[p] * src[p * stride + c];
         out[((size_t)t * H + h) * dv + c] = acc * inv;
     }
 }
@@ -1112,9 +1156,9 @@ indexer_decode_fp8(const unsigned char* q, const float* q_scale, const unsigned 
 // Phases 1 to 3 are separated by grid-wide barriers; the barrier before phase 3 is skipped when
 // there is one row and it needs no phase 2, so a batch-1 decode step with the indexer's
 // histogram ready runs phases 3 and 4 without waiting on the grid.
-// Work buffers per row: hist 2 x 2048 ints, counters 4 ints (taken, candidates, units
-// collected, the threshold prefix's shift), a bitmap of taken keys (TK_WORDS), candidates
-// `cap` (key, index) pairs;
+// Work buffers per row: hist 2 x 2048 ints, counters 4 ints (the candidate slot allocator,
+// one unused, then the units' 64-bit report of tk_done), a bitmap of taken keys (TK_WORDS),
+// candidates `cap` (key, index) pairs;
 // one barrier of 2 ints for the call. All start zeroed and phase 4 zeroes hist and counters
 // again, so a call needs no memset. A row whose candidates overflow `cap` is done in phase 4 by
 // the one-block select. Data other blocks wrote is read with __ldcg (L2), never from a possibly
@@ -1202,10 +1246,23 @@ __device__ void tk_hist2(const float* logits, int len, int ld, int k, int cap, i
     __syncthreads();
 }
 
-// Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory. `fit_b1`, when not
-// negative, is the row's threshold bin, already known to fit.
-__device__ void tk_collect(const float* logits, int len, int ld, int k, int cap, int* hist, int* counters,
-                           unsigned* taken, unsigned long long* cand, int t, int chunk, int* h, int fit_b1) {
+// A unit's report to its row's finish: units done (bits 48 and up), candidates (24-47) and taken
+// keys (0-23), added by one 64-bit atomic to the row's counters[4t + 2..3], so the block that
+// finishes the row learns its totals from that atomic's answer rather than a further read.
+__device__ __forceinline__ unsigned long long tk_done(int taken, int cands) {
+    return (1ull << 48) | ((unsigned long long)cands << 24) | (unsigned long long)taken;
+}
+
+// Phase 3 for the same unit; `h` is 2 · TK_BINS ints of shared memory. Returns the bit below the
+// threshold prefix (21 or 10), sets `done` (one thread) to the unit's report (tk_done), and
+// takes the row's candidate slots from the allocator counters[4t]. `fit_b1`, when not
+// negative, is the row's threshold bin, already known to fit. With `use_pre`, `pre` holds this
+// thread's logits of the unit, loaded by the caller (TK_PER_THREAD of them, as below).
+#define TK_PER_THREAD (TK_CHUNK / TK_THREADS)
+__device__ __forceinline__ int tk_collect(const float* logits, int len, int ld, int k, int cap, int* hist,
+                                           int* counters, unsigned* taken, unsigned long long* cand, int t,
+                                           int chunk, int* h, int fit_b1, bool use_pre,
+                                           const float (&pre)[TK_PER_THREAD], unsigned long long& done) {
     __shared__ int warp_tot[33];
     // The threshold prefix: the top 11 bits when their bin fits, else 22 (phase 2 ran).
     unsigned prefix = (unsigned)fit_b1;
@@ -1222,7 +1279,6 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
             shift = 10;
         }
     }
-    if (threadIdx.x == 0 && chunk == 0) counters[4 * t + 3] = shift;
     const float* row = logits + (size_t)t * ld;
     int begin = chunk * TK_CHUNK, end = min(len, begin + TK_CHUNK);
     int lane = threadIdx.x & 31;
@@ -1232,13 +1288,13 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
     // with one atomic for the block (a counter every block of the row hit once per word would
     // serialize thousands of atomics in L2).
     static_assert(TK_CHUNK == 32 * 32 && TK_CHUNK % TK_THREADS == 0, "32 words of 32 keys");
-    constexpr int IT = TK_CHUNK / TK_THREADS;
+    constexpr int IT = TK_PER_THREAD;
     __shared__ int slot_t[32], slot_c[32];
     unsigned key[IT], mc[IT];
 #pragma unroll
     for (int j = 0; j < IT; j++) {  // both loads in flight
         int i = begin + j * TK_THREADS + threadIdx.x;
-        key[j] = i < end ? order_key(__ldcg(&row[i])) : 0u;
+        key[j] = i < end ? order_key(use_pre ? pre[j] : __ldcg(&row[i])) : 0u;
     }
 #pragma unroll
     for (int j = 0; j < IT; j++) {
@@ -1264,8 +1320,8 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
         a = __reduce_add_sync(0xffffffffu, a);
         int base_c = 0;
         if (lane == 31) {
-            if (a) atomicAdd(&counters[4 * t], a);
-            if (ib) base_c = atomicAdd(&counters[4 * t + 1], ib);
+            if (ib) base_c = atomicAdd(&counters[4 * t], ib);
+            done = tk_done(a, ib);
         }
         slot_c[lane] = __shfl_sync(0xffffffffu, base_c, 31) + ib - b;
     }
@@ -1283,6 +1339,7 @@ __device__ void tk_collect(const float* logits, int len, int ld, int k, int cap,
         }
     }
     __syncthreads();  // `h` and the slots are free for the next unit
+    return shift;
 }
 
 // Both top-k paths finish a row the same way (resolve_candidates, then emit_selected): the keys
@@ -1476,7 +1533,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
 #define TKF_SMEM (TK_CAP * 8 + 2 * TK_WORDS * 4 + TK_BINS * 4)
 __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist, int* counters,
                           const unsigned* taken, const unsigned long long* cand, int cap, int* out, int t,
-                          unsigned char* smem) {
+                          int n_taken, int n_cand, int shift, unsigned char* smem) {
     unsigned long long* cs = reinterpret_cast<unsigned long long*>(smem);  // TK_CAP
     unsigned* sel = reinterpret_cast<unsigned*>(cs + TK_CAP);              // TK_WORDS
     unsigned* tie = sel + TK_WORDS;                                        // TK_WORDS
@@ -1485,8 +1542,6 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
     int* o = out + (size_t)t * k;
     int* row_hist = hist + (size_t)t * 2 * TK_BINS;
     __syncthreads();  // the block is done with the previous unit's shared memory
-    int n_taken = __ldcg(&counters[4 * t]), n_cand = __ldcg(&counters[4 * t + 1]);
-    int shift = __ldcg(&counters[4 * t + 3]);
     bool select = len > k && n_cand <= cap && len <= TK_MAX_LEN;
     int words = (len + 31) / 32;
     // Every load in one round, 16 bytes each: a thread's share of the candidates (two a load),
@@ -1570,6 +1625,7 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
                   int hist_ready) {
     extern __shared__ __align__(16) unsigned char tk_smem[];
     __shared__ int last;
+    __shared__ unsigned long long done, total;  // this unit's report (tk_done), the row's after it
     int* h = reinterpret_cast<int*>(tk_smem);
     int chunks = (ld + TK_CHUNK - 1) / TK_CHUNK, units = rows * chunks;
     if (!hist_ready) {
@@ -1583,7 +1639,15 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
     // block reads the same histogram, so all agree).
     unsigned b1 = 0;
     bool skip2 = false;
+    // One row: the block's first unit is chunk blockIdx.x, and its logits are loaded here, with
+    // the histogram, not after it (keys past the row's length are masked by tk_collect).
+    float pre[TK_PER_THREAD];
     if (rows == 1) {
+#pragma unroll
+        for (int j = 0; j < TK_PER_THREAD; j++) {
+            int i = blockIdx.x * TK_CHUNK + j * TK_THREADS + threadIdx.x;
+            pre[j] = i < ld ? __ldcg(&logits[i]) : 0.f;
+        }
         // The histogram is read before the length is known, so the two loads overlap; a row of at
         // most k keys has an empty histogram, and its answer is not used.
         bool fits = tk_fits(hist, k, cap, 0, h, &b1);
@@ -1601,19 +1665,28 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
         // A row's units: its chunks, or one for a row of at most k keys (nothing to collect).
         int row_units = len > k ? (len + TK_CHUNK - 1) / TK_CHUNK : 1;
         if (chunk >= row_units) continue;
+        int shift = 0;
         if (len > k)
-            tk_collect(logits, len, ld, k, cap, hist, counters, taken, cand, t, chunk, h, skip2 ? (int)b1 : -1);
+            shift = tk_collect(logits, len, ld, k, cap, hist, counters, taken, cand, t, chunk, h,
+                               skip2 ? (int)b1 : -1, rows == 1 && u == (int)blockIdx.x, pre, done);
+        else if (threadIdx.x == 0)
+            done = tk_done(0, 0);
         // The last block to finish collecting a unit of the row finishes it (no grid-wide wait):
-        // each block's fence-then-count orders its writes before the finisher's reads.
+        // each block's fence-then-report orders its writes before the finisher's reads. Rows
+        // of up to 2^24 keys are counted exactly; longer ones are not selected from candidates.
         __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
-            last = atomicAdd(&counters[4 * t + 2], 1) == row_units - 1;
+            unsigned long long* report = reinterpret_cast<unsigned long long*>(counters + 4 * t + 2);
+            total = atomicAdd(report, done) + done;
+            last = (int)(total >> 48) == row_units;
             __threadfence();
         }
         __syncthreads();
         if (last) {
-            tk_finish(logits, len, ld, k, hist, counters, taken, cand, cap, out, t, tk_smem);
+            int n_taken = (int)(total & 0xffffff), n_cand = (int)((total >> 24) & 0xffffff);
+            tk_finish(logits, len, ld, k, hist, counters, taken, cand, cap, out, t, n_taken, n_cand, shift,
+                      tk_smem);
             __syncthreads();  // the next unit reuses the shared memory
         }
     }

@@ -1299,7 +1299,7 @@ fn multi_block_topk(rows: usize, len: usize, multiprocessors: usize) -> bool {
 /// per 64-row tile. More splits only add partial outputs for `mla_combine` to read: at batch 128
 /// the earlier rule (two blocks per multiprocessor) gave 3 splits, whose combine took 62 µs per
 /// layer under ncu, 40% of the attention's own time, for no gain.
-fn attention_splits(rows: usize, multiprocessors: usize, topk: usize) -> usize {
+pub(crate) fn attention_splits(rows: usize, multiprocessors: usize, topk: usize) -> usize {
     (multiprocessors / rows.max(1)).clamp(1, topk.div_ceil(64))
 }
 
