@@ -1352,19 +1352,30 @@ __device__ __forceinline__ int tk_collect(const float* logits, int len, int ld, 
 // The last step of both top-k paths. `sel` marks the positions already chosen and `tie` those
 // equal to the threshold key (bitmaps of `words` words over the row, 16-byte aligned, at most
 // 8 · blockDim.x words): the first `ties_needed` ties in index order join, and every chosen
-// position is written to `o` in ascending order. Thread i owns words 8i..8i+7, read as two
-// 16-byte vectors per bitmap (a warp reads 1 KB without bank conflicts); one block scan of the
-// (chosen, tied) counts gives each thread both how many ties come before it and where its
-// output starts, since the ties before it that join number min(ties_needed, ties before).
+// position is written to `o` in ascending order. Thread i owns `per` words from per · i: the
+// fewest of 1, 2, 4 or 8 that cover the row, so a short row's positions spread over the whole
+// block (at 8K, 256 threads writing 8 positions each, not 32 writing 64: 4 µs of the top-k).
+// Four or eight words are read as 16-byte vectors (a warp reads 1 KB without bank conflicts).
+// One block scan of the (chosen, tied) counts gives each thread both how many ties come before
+// it and where its output starts, since the ties before it that join number
+// min(ties_needed, ties before).
 __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties_needed, int words, int* o) {
     __shared__ unsigned long long tot[33];
-    int w0 = threadIdx.x * 8;
-    // This thread's words w0 + 4h .. w0 + 4h + 3, zero past the row (stale words of an earlier
-    // use). Read twice, for the counts and for the output, rather than held in 16 registers:
-    // topk_rows runs two blocks of 1,024 threads a multiprocessor only at 32 registers.
+    int per = 8;
+    while (per > 1 && (per / 2) * (int)blockDim.x >= words) per /= 2;
+    int w0 = threadIdx.x * per;
+    // This thread's words w0 + 4h .. w0 + 4h + 3 (fewer when per < 4), zero past them and past
+    // the row (stale words of an earlier use). Read twice, for the counts and for the output,
+    // rather than held in 16 registers: topk_rows runs two blocks of 1,024 threads a
+    // multiprocessor only at 32 registers.
     auto quad = [&](const unsigned* bits, int h) {
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (w0 + 4 * h < words) v = reinterpret_cast<const uint4*>(bits)[2 * threadIdx.x + h];
+        if (per >= 4) {
+            if (4 * h < per && w0 + 4 * h < words) v = *reinterpret_cast<const uint4*>(bits + w0 + 4 * h);
+        } else if (h == 0 && w0 < words) {
+            v.x = bits[w0];
+            if (per == 2) v.y = bits[w0 + 1];
+        }
         int n = words - (w0 + 4 * h);
         if (n < 4) {
             v.w = 0u;
