@@ -219,9 +219,9 @@ def main():
                     print(f"    sparse_mla_bf16 alone: {v:.1f} us")
 
     for path, *_, marks in versions:
-        cycles = marks()
-        if cycles:
-            print(f"{path} marks (after mark 0, median of 21 steps): {[c for c in cycles if c]}")
+        offsets = marks()
+        if offsets:
+            print(f"{path} marks (after mark 0, median of 21 steps): {[c for c in offsets if c]}")
 
 
 if __name__ == "__main__":
