@@ -1598,8 +1598,9 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
         }
         if (shift == 21) reinterpret_cast<int4*>(hb)[threadIdx.x] = hv;
     }
-    // The row's histograms and counters are read for the last time: zero them for the next call
-    // (every thread has read them before the barrier).
+    // The row's histograms are read for the last time and its counters are done with (the
+    // totals came with the last report): zero both for the next call (every thread has read the
+    // histogram before the barrier).
     __syncthreads();
     for (int i = threadIdx.x; i < 2 * TK_BINS; i += blockDim.x) row_hist[i] = 0;
     if (threadIdx.x < 4) counters[4 * t + threadIdx.x] = 0;
