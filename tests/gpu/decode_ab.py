@@ -11,7 +11,9 @@ torch.topk of its own logits, and its output compared with the first version's. 
 timed in ROUNDS (2 by default) alternating rounds, so drift in the GPU's clocks falls on every
 version alike. A version that defines `topk_decode_fused` has its top-k launched as that one
 kernel (after an indexer that builds its first histogram, if the indexer takes `hist_k`);
-otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. $SPLITS (e.g. "32,16,8")
+otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. A version that defines
+`sparse_mla_bf16_vsplit` has its attention's value columns split over two blocks where the splits
+leave room, as the model does. $SPLITS (e.g. "32,16,8")
 also times the last version's attention with those split counts. A version that defines
 `__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
 of a kernel) has their median offsets from mark 0 printed.
@@ -77,6 +79,12 @@ def main():
         tk_threads = define(path, "TK_THREADS", 512)
         ix = m.function("indexer_decode_bf16", ix_smem)
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
+        # A version with `sparse_mla_bf16_vsplit` splits the value columns over 2 blocks where
+        # the splits leave the multiprocessors that room, and one whose combine takes its
+        # columns from blockIdx.y runs it as 2 blocks of 256 a head (as the model does).
+        has_vsplit = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"sparse_mla_bf16_vsplit") == 0
+        vsplit = m.function("sparse_mla_bf16_vsplit", MLA_SMEM) if has_vsplit else None
+        comb_parts = 2 if "c_step" in open(path).read() else 1
         comb = m.function("mla_combine", 0)
         logits = torch.zeros(1, l, device="cuda")
         hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
@@ -114,8 +122,12 @@ def main():
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
         def attention(sp=splits, rows=idx, n=TOPK):
-            launch(mla, (sp, 1), 256, MLA_SMEM, [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0])
-            launch(comb, (H, 1), 512, 0, [part, lse, out, H, sp, DV])
+            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0]
+            if vsplit and 2 * sp <= sm_count():
+                launch(vsplit, (sp, 1, 2), 256, MLA_SMEM, args)
+            else:
+                launch(mla, (sp, 1), 256, MLA_SMEM, args)
+            launch(comb, (H, comb_parts), 512 // comb_parts, 0, [part, lse, out, H, sp, DV])
 
         def step():
             indexer()

@@ -104,7 +104,8 @@ def launch(f, grid, block, smem, args):
     ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
     stream = torch.cuda.current_stream().cuda_stream
     check(
-        cuda.cuLaunchKernel(f, grid[0], grid[1], 1, block, 1, 1, smem, ctypes.c_void_p(stream), ptrs, None),
+        cuda.cuLaunchKernel(f, grid[0], grid[1], grid[2] if len(grid) > 2 else 1, block, 1, 1, smem,
+                          ctypes.c_void_p(stream), ptrs, None),
         "cuLaunchKernel",
     )
 

@@ -638,7 +638,8 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     });
 
     // Sparse MLA: top-k < context, some invalid indices, one query with fewer valid rows than
-    // top-k; split-KV in 1 and 3 parts.
+    // top-k; split-KV in 1, 3 and 32 parts (1 and 3 leave room to split the value columns over
+    // two blocks, `sparse_mla_bf16_vsplit`; 32 splits of 5 queries do not).
     let (t, s_len) = (5usize, 3001usize);
     let scale = (192f64).powf(-0.5);
     let (qb, qv) = random_bf16(rng, t * H * DQK);
@@ -672,7 +673,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             scale,
         ));
     }
-    for splits in [1usize, 3] {
+    for splits in [1usize, 3, 32] {
         let mut part = gpu.upload(&vec![f32::NAN; t * splits * H * DV])?;
         let mut lse = gpu.upload(&vec![f32::NAN; t * splits * H])?;
         let mut o = gpu.upload(&vec![f32::NAN; t * H * DV])?;
@@ -695,7 +696,14 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             "bf16 in, f32 accumulate, bf16 P",
             rel_err(&f64s(&got), &want),
             1e-2,
-            format!("{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512"),
+            format!(
+                "{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512, {}",
+                if super::value_halves(t, splits, gpu.multiprocessors as usize) {
+                    "value columns over 2 blocks"
+                } else {
+                    "one block a split"
+                }
+            ),
         ));
     }
     // The same sparse attention over a paged cache (pages of 64 rows in shuffled order) gives

@@ -263,6 +263,34 @@ WGMMA_N256(wgmma_n256_e4m3, "m64n256k32.f32.e4m3.e4m3", ", 1, 1")
 // B stored N-major (transposed).
 WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
 
+// The same with 64 accumulators (half the value columns: `sparse_mla_bf16_vsplit`).
+#define WGMMA_N128(NAME, SHAPE_TYPES, TAIL)                                                         \
+    __device__ __forceinline__ void NAME(float* d, unsigned long long a, unsigned long long b,      \
+                                         int accumulate) {                                          \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                   \
+                     "wgmma.mma_async.sync.aligned." SHAPE_TYPES " "                                \
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "      \
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, "       \
+                     "%30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "       \
+                     "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, "       \
+                     "%58, %59, %60, %61, %62, %63}, %64, %65, p" TAIL ";\n}\n"                     \
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),    \
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),             \
+                       "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),             \
+                       "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]),             \
+                       "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),             \
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),             \
+                       "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),             \
+                       "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]),             \
+                       "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),             \
+                       "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),             \
+                       "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),             \
+                       "+f"(d[62]), "+f"(d[63])                                                     \
+                     : "l"(a), "l"(b), "r"(accumulate));                                            \
+    }
+WGMMA_N128(wgmma_n128_bf16_bt, "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 1")
+
 __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, unsigned long long b,
                                                int accumulate) {
     asm volatile(
@@ -657,9 +685,9 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 // Sparse MLA, absorbed (MQA) form (the cache flat, or paged through a page table): for query
 // token t and each of H = 64 heads,
 //   o[h] = softmax_j(scale * q[h] . kv[idx_j]) . kv[idx_j][:512]
-// over the token's selected positions. Grid (splits, T): split p takes a contiguous share of the
-// index list in tiles of 64 positions and writes its normalized partial output and its
-// log-sum-exp (log2); `mla_combine` merges the splits.
+// over the token's selected positions. Grid (splits, T, value parts): split p takes a contiguous
+// share of the index list in tiles of 64 positions and writes its normalized partial output and
+// its log-sum-exp (log2); `mla_combine` merges the splits.
 //
 // On wgmma, two warpgroups: warpgroup g scores the tile's keys 32g..32g+31 against all 64 heads
 // (S = Q·Kᵀ, 36 steps over the 576 dims), the two exchange row maxima, each writes its half of
@@ -705,9 +733,15 @@ __device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf
     if (part == 0) ok[r] = valid;
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
-sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
-                int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
+// NV: the value columns each warpgroup accumulates. 256: a block computes all 512. 128
+// (`sparse_mla_bf16_vsplit`, grid z = 2): block z computes columns 256z..256z+255 only, both
+// blocks scoring the same tiles in full, so a split's partial output leaves from two
+// multiprocessors. For few rows (a batch-1 decode fills 32 of 132 multiprocessors), where one
+// multiprocessor writing its 128 KB partial took longer than all its products (see BENCHMARKS).
+template <int NV>
+__device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, const int* indices, float* o_part,
+                                                float* lse_part, int topk, int S, int splits, float scale_log2,
+                                                const int* page_table, int page_size) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // 64 heads
     unsigned char* kvs = qs + MLA_TILE;                                  // 2 gather stages
@@ -774,9 +808,10 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     }
     cp_async_commit();
 
-    float o[128];
+    float o[NV / 2];
 #pragma unroll
-    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    for (int i = 0; i < NV / 2; i++) o[i] = 0.f;
+    const int vcol = blockIdx.z * 2 * NV + wg * NV;  // this warpgroup's first value column
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
     // Descriptors are computed once; a step adds its byte offset / 16 to the address field
     // (which cannot carry: shared memory is under 256 KB).
@@ -792,7 +827,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
 
         float s[16];
         const unsigned long long desc_k = wg_desc(ks + wg * 32 * 128);
-        const unsigned long long desc_v = wg_desc(ks + 4 * wg * (MLA_BN * 128), MLA_BN * 128);
+        const unsigned long long desc_v = wg_desc(ks + (vcol / 64) * (MLA_BN * 128), MLA_BN * 128);
         wg_fence();
 #pragma unroll
         for (int kb = 0; kb < MLA_DQK * 2; kb += 32)
@@ -863,7 +898,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
         }
         if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-            for (int n = 0; n < 32; n++) {
+            for (int n = 0; n < NV / 8; n++) {
                 o[4 * n] *= alpha[0];
                 o[4 * n + 1] *= alpha[0];
                 o[4 * n + 2] *= alpha[1];
@@ -875,10 +910,11 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < MLA_BN / 16; kk++)
-            wgmma_n256_bf16_bt(o, desc_p + ((kk * 32) >> 4), desc_v + ((kk * 16 * 128) >> 4), 1);
+            if constexpr (NV == 256) wgmma_n256_bf16_bt(o, desc_p + ((kk * 32) >> 4), desc_v + ((kk * 16 * 128) >> 4), 1);
+            else wgmma_n128_bf16_bt(o, desc_p + ((kk * 32) >> 4), desc_v + ((kk * 16 * 128) >> 4), 1);
         wg_commit();
         wg_wait0();
-        reg_fence<128>(o);
+        reg_fence<NV / 2>(o);
     }
     cp_async_wait<0>();  // a split with no tiles still queued its query copy
 #pragma unroll
@@ -896,22 +932,36 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
     float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
     size_t base = ((size_t)t * splits + split) * MLA_H;
 #pragma unroll
-    for (int n = 0; n < 32; n++) {
-        int col = 256 * wg + n * 8 + tig * 2;
+    for (int n = 0; n < NV / 8; n++) {
+        int col = vcol + n * 8 + tig * 2;
         float2* p0 = reinterpret_cast<float2*>(o_part + (base + r0) * MLA_DV + col);
         float2* p1 = reinterpret_cast<float2*>(o_part + (base + r0 + 8) * MLA_DV + col);
         *p0 = make_float2(o[4 * n] * inv0, o[4 * n + 1] * inv0);
         *p1 = make_float2(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
     }
-    if (wg == 0 && tig == 0) {
+    if (blockIdx.z == 0 && wg == 0 && tig == 0) {
         lse_part[base + r0] = l0 > 0.f ? m[0] + log2f(l0) : NEG_INF;
         lse_part[base + r0 + 8] = l1 > 0.f ? m[1] + log2f(l1) : NEG_INF;
     }
 }
 
-// out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). One block per (t, h); the
-// split weights are computed once in shared memory (by one warp, with shuffles, for at most 32
-// splits), then each thread sums its columns with the loads of all splits in flight together.
+extern "C" __global__ void __launch_bounds__(256, 1)
+sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
+                int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
+    sparse_mla_body<256>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+sparse_mla_bf16_vsplit(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
+                       int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
+    sparse_mla_body<128>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size);
+}
+
+// out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). Block (t·H + h, y) takes
+// columns y·blockDim.x.. of (t, h): launched as two blocks of 256 threads, since at batch 1 a
+// block waits mostly for its share of the 4 MB of partials. The split weights are computed once
+// in shared memory (by one warp, with shuffles, for at most 32 splits), then each thread sums
+// its columns with the loads of all splits in flight together.
 // At most 1024 splits. The first MLA_EARLY splits of a thread's first column are loaded right
 // after the log-sum-exps, before the weights are known, so both waits overlap (at batch 1, with
 // 32 splits, that is every load).
@@ -927,10 +977,11 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
     size_t stride = (size_t)H * dv;
     bool one_warp = splits <= 32;
     float v = one_warp && threadIdx.x < 32 && lane < splits ? lse[(size_t)lane * H] : NEG_INF;
+    // Block y of the grid takes columns y·blockDim.x.. (then every gridDim.y·blockDim.x-th).
+    int c0 = blockIdx.y * blockDim.x + threadIdx.x, c_step = gridDim.y * blockDim.x;
     float early[MLA_EARLY];
 #pragma unroll
-    for (int p = 0; p < MLA_EARLY; p++)
-        early[p] = p < splits && (int)threadIdx.x < dv ? src[p * stride + threadIdx.x] : 0.f;
+    for (int p = 0; p < MLA_EARLY; p++) early[p] = p < splits && c0 < dv ? src[p * stride + c0] : 0.f;
     float total;
     if (one_warp) {
         if (threadIdx.x < 32) {
@@ -962,10 +1013,10 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
         total = block_reduce<false>(sum, part);  // its barriers also publish wts
     }
     float inv = total > 0.f ? 1.f / total : 0.f;
-    for (int c = threadIdx.x; c < dv; c += blockDim.x) {
+    for (int c = c0; c < dv; c += c_step) {
         float acc = 0.f;
         int p = 0;
-        if (c == (int)threadIdx.x) {
+        if (c == c0) {
 #pragma unroll
             for (int e = 0; e < MLA_EARLY; e++)
                 if (e < splits) acc += wts[e] * early[e];

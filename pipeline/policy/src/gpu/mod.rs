@@ -193,7 +193,7 @@ fn config(x: u32, y: u32, block: u32, smem: u32) -> LaunchConfig {
 /// Launches kernel `$name` of the loaded module on the GPU's stream with `$cfg` and the
 /// arguments in order; a failure names the kernel.
 macro_rules! launch {
-    ($gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let f = $gpu.function($name)?;
         let mut b = $gpu.stream.launch_builder(&f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
@@ -342,6 +342,7 @@ impl Gpu {
             ("indexer_decode_bf16", INDEXER_DECODE_SMEM),
             ("indexer_decode_fp8", INDEXER_DECODE_FP8_SMEM),
             ("sparse_mla_bf16", MLA_SMEM),
+            ("sparse_mla_bf16_vsplit", MLA_SMEM),
             ("topk_rows", TOPK_ROWS_SMEM),
             ("topk_rows_lens", TOPK_ROWS_SMEM),
             ("topk_decode_fused", TOPK_DECODE_SMEM),
@@ -1114,13 +1115,19 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp, page32) = (topk as i32, s as i32, splits as i32, page as i32);
-        let cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
+        let (kernel, parts) = if value_halves(t, splits, self.multiprocessors as usize) {
+            ("sparse_mla_bf16_vsplit", 2)
+        } else {
+            ("sparse_mla_bf16", 1)
+        };
+        let mut cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
+        cfg.grid_dim.2 = parts;
         // One split's normalized partial is the answer ([t, 1, h, dv] is [t, h, dv]): written
         // straight to `out`, with no combine pass.
         let first = if splits == 1 { out } else { part };
         launch!(
             self,
-            "sparse_mla_bf16",
+            kernel,
             cfg,
             &q,
             &kv,
@@ -1136,11 +1143,19 @@ impl Gpu {
         );
         if splits > 1 {
             let (h, dv) = (64i32, 512i32);
-            let cfg = config((t * 64) as u32, 1, 512, 0);
+            let cfg = config((t * 64) as u32, 2, 256, 0);
             launch!(self, "mla_combine", cfg, &part, &lse, &out, &h, &sp, &dv);
         }
         Ok(())
     }
+}
+
+/// Whether sparse MLA splits its value columns over two blocks (`sparse_mla_bf16_vsplit`): when
+/// `rows` × `splits` blocks leave room for twice as many on the multiprocessors. A batch-1
+/// decode (32 splits) then writes each split's 128 KB partial from two multiprocessors, not one:
+/// 1.3–1.5 µs off the step at 128K (BENCHMARKS.md).
+fn value_halves(rows: usize, splits: usize, multiprocessors: usize) -> bool {
+    2 * rows * splits <= multiprocessors
 }
 
 pub mod model;
@@ -1161,6 +1176,16 @@ mod tests {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("kernels.cu has no numeric #define {name}"))
+    }
+
+    #[test]
+    fn value_columns_split_only_where_the_blocks_leave_room() {
+        // 132 multiprocessors, top-k 2048 (at most 32 splits).
+        assert!(value_halves(1, 32, 132), "batch-1 decode: 64 blocks");
+        assert!(value_halves(2, 32, 132), "two rows: 128 blocks");
+        assert!(!value_halves(3, 32, 132), "three rows would need 192");
+        assert!(!value_halves(1, 132, 132), "a dense decode over 132 splits");
+        assert!(!value_halves(4096, 1, 132), "prefill");
     }
 
     #[test]
