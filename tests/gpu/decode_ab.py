@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from kernel_ab import Module, check, cuda, define, launch
+from kernel_ab import Module, check, cuda, decode_tiles_per_block, define, launch
 
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
@@ -78,6 +78,9 @@ def main():
         fused_smem = tk_cap * 8 + 2 * 4096 * 4 + 2048 * 4 if tk_cap else TOPK_FUSED_SMEM
         tk_threads = define(path, "TK_THREADS", 512)
         ix = m.function("indexer_decode_bf16", ix_smem)
+        tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES", 8))
+        if tpb:
+            ixd_keys = ix_keys * tpb
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
         # A version with `sparse_mla_bf16_vsplit` splits the value columns over 2 blocks where
         # the splits leave the multiprocessors that room, and one whose combine takes its
@@ -118,6 +121,7 @@ def main():
 
         def indexer():
             extra = [hist, TOPK] if indexer_hist else []
+            extra += [tpb] if tpb else []
             launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from kernel_ab import Module, define, launch
+from kernel_ab import Module, decode_tiles_per_block, define, launch
 
 IH, ID = 64, 128
 
@@ -43,11 +43,13 @@ def main():
         tiles, stages = define(path, "IXD_TILES_FP8", 8), define(path, "IXD_STAGES_FP8", 3)
         smem8 = 1024 + (64 + stages * 64) * 128 + stages * 64 * 4 + 8192
         f8 = m.function("indexer_decode_fp8", smem8)
+        tpb8 = decode_tiles_per_block(path, f8, smem8, l, tiles)
+        tiles = tpb8 or tiles
         out8 = torch.zeros(1, l, device="cuda")
 
         def run8(f8=f8, out8=out8, tiles=tiles, smem8=smem8):
             launch(f8, ((l + 64 * tiles - 1) // (64 * tiles), 1), 128, smem8,
-                   [q8, qsc, k8, ksc, w, out8, lens, l, l, None, 0, hist, hist_k])
+                   [q8, qsc, k8, ksc, w, out8, lens, l, l, None, 0, hist, hist_k] + ([tiles] if tpb8 else []))
 
         cases.append((f"{path}: e4m3, {tiles} tiles a block, {stages} stages", run8, out8))
         if path == paths[0]:
@@ -55,8 +57,12 @@ def main():
             fb = m.function("indexer_decode_bf16", smemb)
             outb = torch.zeros(1, l, device="cuda")
 
-            def runb(fb=fb, outb=outb, smemb=smemb):
-                launch(fb, ((l + 511) // 512, 1), 128, smemb, [q, k, w, outb, lens, l, l, None, 0, hist, hist_k])
+            tpb = decode_tiles_per_block(path, fb, smemb, l, define(path, "IXD_TILES", 8))
+            keys_b = 64 * (tpb or 8)
+
+            def runb(fb=fb, outb=outb, smemb=smemb, tpb=tpb, keys_b=keys_b):
+                launch(fb, ((l + keys_b - 1) // keys_b, 1), 128, smemb,
+                       [q, k, w, outb, lens, l, l, None, 0, hist, hist_k] + ([tpb] if tpb else []))
 
             cases.append((f"{path}: bf16 (baseline)", runb, None))
     graphs = []

@@ -86,6 +86,30 @@ class Module:
         return f
 
 
+def resident(f, block, smem):
+    """Blocks of `f` (`block` threads, `smem` bytes of dynamic shared memory) that fit on the
+    whole GPU at once."""
+    n, sms = ctypes.c_int(), ctypes.c_int()
+    check(cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), f, block, ctypes.c_size_t(smem)),
+          "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+    check(cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, 0), "cuDeviceGetAttribute")  # MULTIPROCESSOR_COUNT
+    return n.value * sms.value
+
+
+def decode_tiles_per_block(path, f, smem, keys, cap):
+    """The decode indexer's tiles a block for one row of `keys` keys, as the model picks them
+    (`decode_tiles_per_block` in gpu/mod.rs), for a version whose kernel takes
+    `tiles_per_block`; None for one with a fixed count."""
+    if "int tiles_per_block" not in open(path).read():
+        return None
+    tiles = (keys + 63) // 64
+    sms = ctypes.c_int()
+    check(cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, 0), "cuDeviceGetAttribute")  # MULTIPROCESSOR_COUNT
+    if -(-tiles // cap) >= sms.value:
+        return cap
+    return min(cap, max(1, -(-tiles // resident(f, 128, smem))))
+
+
 def launch(f, grid, block, smem, args):
     holders = []
     for a in args:

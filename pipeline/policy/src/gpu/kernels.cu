@@ -1031,8 +1031,10 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 // ---------------------------------------------------------------------------------------------
 // Decode: one query per row (its own position), so the prefill kernels' 8-query tiles and
 // one-CTA-per-row top-k would waste the GPU. The indexer takes one query per block (one
-// warpgroup) against IXD_TILES tiles of 64 keys streamed through a ring of IXD_STAGES; top-k
-// splits each long row over many blocks.
+// warpgroup) against `tiles_per_block` tiles of 64 keys streamed through a ring of IXD_STAGES;
+// top-k splits each long row over many blocks. Each block walks its tiles in a chain (copy,
+// product, head sum, store), so the launch gives a block as few tiles as keep every block
+// resident at once, at most IXD_TILES (IXD_TILES_FP8): one at a batch-1 8K step, six at 128K.
 //
 // Each tile is one product on the tensor cores, S = K·Qᵀ (m64n64k16 × 8: 64 keys by the query's
 // 64 heads, both operands in shared memory in the prefill indexer's swizzled layout). A thread
@@ -1046,7 +1048,7 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 // scales travel with their tile through the ring.
 
 #define IX_KEYS 64      // keys per tile (one page of 128 holds two)
-#define IXD_TILES 8     // tiles per block: the query is loaded once for 512 keys
+#define IXD_TILES 8     // the most tiles a block takes (the query is loaded once for them)
 #define IXD_STAGES 3    // ring stages (3 tiles in flight ahead)
 // e4m3: tiles of half the bytes, so twice the blocks (each one's chain of tiles half as long).
 // Side by side at 128K: 12.9 µs against 13.6 for 8 tiles a block (17.8 for bf16); see BENCHMARKS.
@@ -1077,10 +1079,10 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
                                                      const unsigned char* k, const float* k_scale,
                                                      const float* w, float* logits, const int* lens, int S,
                                                      int ld, const int* pages, int pages_stride, int* hist,
-                                                     int hist_k) {
+                                                     int hist_k, int tiles_per_block) {
     static_assert(IX_KEYS == IX_TILE, "decode tiles use the prefill tile layout");
     constexpr int ROW = FP8 ? IX_D : 2 * IX_D, STAGE = IX_KEYS * ROW;
-    constexpr int TILES = FP8 ? IXD_TILES_FP8 : IXD_TILES, STAGES = FP8 ? IXD_STAGES_FP8 : IXD_STAGES;
+    constexpr int STAGES = FP8 ? IXD_STAGES_FP8 : IXD_STAGES;
     // More than a block may declare statically, so it is dynamic shared memory; the swizzled
     // tiles start on a 1,024-byte boundary.
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -1088,7 +1090,7 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
     unsigned char* kbuf = qs + IX_HEADS * ROW;                                       // the ring
     float* ksc = reinterpret_cast<float*>(kbuf + STAGES * STAGE);  // e4m3: the tiles' scales
     int* hh = reinterpret_cast<int*>(ksc + (FP8 ? STAGES * IX_KEYS : 0));        // TK_BINS
-    int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * TILES;
+    int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * tiles_per_block;
     int len = min(lens[t], S);
     if (s_begin >= len) return;
     // With `hist`, the block also adds its logits to the row's top-11-bit histogram (phase 1 of
@@ -1096,7 +1098,7 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
     bool histogram = hist && len > hist_k;
     if (histogram)
         for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hh[i] = 0;
-    int tiles = min(TILES, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
+    int tiles = min(tiles_per_block, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
     const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
     const unsigned char* qrow = q + (size_t)t * IX_HEADS * ROW;
     for (int i = threadIdx.x; i < IX_HEADS * (ROW / 16); i += blockDim.x) {
@@ -1178,19 +1180,20 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
 
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_bf16(const bf16* q, const bf16* k, const float* w, float* logits, const int* lens,
-                    int S, int ld, const int* pages, int pages_stride, int* hist, int hist_k) {
+                    int S, int ld, const int* pages, int pages_stride, int* hist, int hist_k,
+                    int tiles_per_block) {
     indexer_decode_tiles<false>(reinterpret_cast<const unsigned char*>(q), nullptr,
                                 reinterpret_cast<const unsigned char*>(k), nullptr, w, logits, lens, S, ld,
-                                pages, pages_stride, hist, hist_k);
+                                pages, pages_stride, hist, hist_k, tiles_per_block);
 }
 
 // e4m3 q and k with their scales (hadamard_quant_e4m3): one per head of q, one per key.
 extern "C" __global__ void __launch_bounds__(128)
 indexer_decode_fp8(const unsigned char* q, const float* q_scale, const unsigned char* k, const float* k_scale,
                    const float* w, float* logits, const int* lens, int S, int ld, const int* pages,
-                   int pages_stride, int* hist, int hist_k) {
+                   int pages_stride, int* hist, int hist_k, int tiles_per_block) {
     indexer_decode_tiles<true>(q, q_scale, k, k_scale, w, logits, lens, S, ld, pages, pages_stride, hist,
-                               hist_k);
+                               hist_k, tiles_per_block);
 }
 
 // Multi-block top-k for few long rows (decode), one launch in up to four phases, each row
