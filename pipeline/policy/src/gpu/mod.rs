@@ -222,7 +222,8 @@ pub struct Gpu {
     pub multiprocessors: i32,
     /// Whether the kernels came from the disk cache.
     pub cached: bool,
-    /// Blocks of `indexer_decode_bf16` and of `indexer_decode_fp8` resident on the GPU at once.
+    /// Blocks of `indexer_decode_bf16` ([0]) and of `indexer_decode_fp8` ([1]) resident on the
+    /// GPU at once.
     indexer_decode_resident: [u32; 2],
 }
 
@@ -904,15 +905,11 @@ impl Gpu {
         self.indexer_decode_raw(ops, w, l, n, rows, s, ld, NULL, 0, topk)
     }
 
-    /// [`decode_tiles_per_block`] on this GPU, for the bf16 (`kernel` 0) or FP8 (1) decode indexer.
-    fn decode_tiles_per_block(&self, rows: usize, s: usize, cap: u32, kernel: usize) -> u32 {
-        decode_tiles_per_block(
-            rows,
-            s,
-            cap,
-            self.multiprocessors as u32,
-            self.indexer_decode_resident[kernel],
-        )
+    /// [`decode_tiles_per_block`] on this GPU, for the bf16 or the FP8 decode indexer.
+    fn decode_tiles(&self, rows: usize, s: usize, fp8: bool) -> u32 {
+        let cap = if fp8 { IXD_TILES_FP8 } else { IXD_TILES };
+        let resident = self.indexer_decode_resident[fp8 as usize];
+        decode_tiles_per_block(rows, s, cap, self.multiprocessors as u32, resident)
     }
 
     /// [`Gpu::indexer_decode`] on device addresses; with page tables (not [`NULL`]) row `t`'s
@@ -947,7 +944,7 @@ impl Gpu {
         };
         match ops {
             IndexerOperands::Bf16 { q, k } => {
-                let tpb = self.decode_tiles_per_block(rows, s, IXD_TILES, 0);
+                let tpb = self.decode_tiles(rows, s, false);
                 let cfg = config(
                     (s as u32).div_ceil(64 * tpb),
                     rows as u32,
@@ -979,7 +976,7 @@ impl Gpu {
                 k,
                 k_scale,
             } => {
-                let tpb = self.decode_tiles_per_block(rows, s, IXD_TILES_FP8, 1);
+                let tpb = self.decode_tiles(rows, s, true);
                 let cfg = config(
                     (s as u32).div_ceil(64 * tpb),
                     rows as u32,
