@@ -1552,10 +1552,22 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         __syncthreads();
         for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hist[i] = 0;
         __syncthreads();
-        for (int i = threadIdx.x; i < len; i += blockDim.x) {
-            unsigned key = order_key(row[i]);
+        // Each thread issues eight loads, then their atomics. Loaded one at a time, every load
+        // was waited for: 2.29 -> 1.48 ms for the last 4,096 rows of a 128K prefill (with the
+        // same change in the pass below).
+        auto add = [&](float v) {
+            unsigned key = order_key(v);
             if (shift == 32 || (key >> shift) == prefix) atomicAdd(&hist[(key >> s) & (TK_BINS - 1)], 1);
+        };
+        int i = threadIdx.x, step = blockDim.x;
+        for (; i + 7 * step < len; i += 8 * step) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = row[i + u * step];
+#pragma unroll
+            for (int u = 0; u < 8; u++) add(v[u]);
         }
+        for (; i < len; i += step) add(row[i]);
         __syncthreads();
         int above;
         int b = find_bin_block(hist, TK_BINS, need, &above, warp_tot);
@@ -1565,19 +1577,29 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         shift = s;
     }
     // Mark the keys above the prefix; keep those sharing it. Whole warps go round together over
-    // 32 aligned positions, so one ballot is one bitmap word.
+    // 32 aligned positions, so one ballot is one bitmap word; eight such rounds at a time, their
+    // loads issued together.
     unsigned below = (1u << lane) - 1u;
-    for (int base = 0; base < len; base += blockDim.x) {
-        int i = base + threadIdx.x;
-        unsigned key = i < len ? order_key(row[i]) : 0u;
-        unsigned top = key >> shift;
-        unsigned mt = __ballot_sync(0xffffffffu, i < len && top > prefix);
-        unsigned mc = __ballot_sync(0xffffffffu, i < len && top == prefix);
-        if (lane == 0 && i < len) sel[i >> 5] = mt;
-        int at = 0;
-        if (lane == 0 && mc) at = atomicAdd(&n_cand_s, __popc(mc));
-        at = __shfl_sync(0xffffffffu, at, 0) + __popc(mc & below);
-        if (i < len && top == prefix && at < TKR_CAP) cand[at] = ((unsigned long long)key << 32) | (unsigned)i;
+    for (int base = 0; base < len; base += 8 * blockDim.x) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int i = base + u * blockDim.x + threadIdx.x;
+            v[u] = i < len ? row[i] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int i = base + u * blockDim.x + threadIdx.x;
+            unsigned key = i < len ? order_key(v[u]) : 0u;
+            unsigned top = key >> shift;
+            unsigned mt = __ballot_sync(0xffffffffu, i < len && top > prefix);
+            unsigned mc = __ballot_sync(0xffffffffu, i < len && top == prefix);
+            if (lane == 0 && i < len) sel[i >> 5] = mt;
+            int at = 0;
+            if (lane == 0 && mc) at = atomicAdd(&n_cand_s, __popc(mc));
+            at = __shfl_sync(0xffffffffu, at, 0) + __popc(mc & below);
+            if (i < len && top == prefix && at < TKR_CAP) cand[at] = ((unsigned long long)key << 32) | (unsigned)i;
+        }
     }
     __syncthreads();
     int n_cand = n_cand_s;
