@@ -2,9 +2,10 @@
 """A/B timing of the decode indexer alone between versions of kernels.cu, in one process.
 
 One query against CONTEXT keys (131072 by default), with the top-k histogram on, as a batch-1
-decode step runs it: each version's `indexer_decode_fp8` (its tiles a block and ring stages read
-from IXD_TILES_FP8 / IXD_STAGES_FP8), and the first version's `indexer_decode_bf16` as the
-baseline. Each launch is captured as a CUDA graph and replayed after a 64 MB write that evicts
+decode step runs it: each version's `indexer_decode_fp8` (its ring stages read from
+IXD_STAGES_FP8; its tiles a block from IXD_TILES_FP8, or, where the kernel takes
+`tiles_per_block`, picked as the model picks them), and the first version's
+`indexer_decode_bf16` as the baseline. Each launch is captured as a CUDA graph and replayed after a 64 MB write that evicts
 the keys from L2 and behind a 200 µs sleep (so the events time the GPU, not the host), the
 versions interleaved; medians of 35. Every version's logits are compared with the first's.
 
