@@ -27,17 +27,13 @@ import sys
 
 import torch
 
-from kernel_ab import Module, check, cuda, decode_tiles_per_block, define, launch
+from kernel_ab import Module, check, cuda, decode_tiles_per_block, define, launch, sm_count
 
 
 H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
 TK_CAP = 8192
 MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
-
-
-def sm_count():
-    return torch.cuda.get_device_properties(0).multi_processor_count
 
 
 def main():

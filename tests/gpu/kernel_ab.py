@@ -86,14 +86,17 @@ class Module:
         return f
 
 
+def sm_count():
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
 def resident(f, block, smem):
     """Blocks of `f` (`block` threads, `smem` bytes of dynamic shared memory) that fit on the
     whole GPU at once."""
-    n, sms = ctypes.c_int(), ctypes.c_int()
+    n = ctypes.c_int()
     check(cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), f, block, ctypes.c_size_t(smem)),
           "cuOccupancyMaxActiveBlocksPerMultiprocessor")
-    check(cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, 0), "cuDeviceGetAttribute")  # MULTIPROCESSOR_COUNT
-    return n.value * sms.value
+    return n.value * sm_count()
 
 
 def decode_tiles_per_block(path, f, smem, keys, cap):
@@ -103,9 +106,7 @@ def decode_tiles_per_block(path, f, smem, keys, cap):
     if "int tiles_per_block" not in open(path).read():
         return None
     tiles = (keys + 63) // 64
-    sms = ctypes.c_int()
-    check(cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, 0), "cuDeviceGetAttribute")  # MULTIPROCESSOR_COUNT
-    if -(-tiles // cap) >= sms.value:
+    if -(-tiles // cap) >= sm_count():
         return cap
     return min(cap, max(1, -(-tiles // resident(f, 128, smem))))
 
