@@ -92,7 +92,15 @@ async fn start(url: Option<String>, config: Config) -> Server {
     ));
     Server {
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        // One connection per request. Several cases get their answer (401, 413) before their
+        // large body is sent; hyper's client can then hand that half-written connection to the
+        // next request, which fails with a broken pipe (hyperium/hyper#4176). A fresh
+        // connection also makes the /health probe ask what it means to: does the server still
+        // accept and answer new clients.
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         tasks,
         doc: serde_json::from_str(OPENAPI).unwrap(),
         _dir: dir,
