@@ -15,11 +15,19 @@ pub mod simulated;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use envsynth_core::{EnvRef, Environment, PreparedTask};
 use envsynth_registry::AnyStore;
@@ -146,7 +154,62 @@ pub fn router(store: AnyStore, verifiers: Arc<dyn Verifiers>, config: Config) ->
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(close_if_unread))
         .with_state(app)
+}
+
+/// Marks the response `Connection: close` when the handler answered without reading its
+/// request's body to the end: a 401 before the body, a 413 past the limit, a route that takes
+/// none. The server drops such a connection after answering (the rest of the body is still on
+/// it), and a client that put it back in its pool would fail its next request with a broken
+/// pipe; RFC 9112 §9.6 says to announce the close.
+async fn close_if_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let finished = Arc::new(AtomicBool::new(false));
+    let body = Body::new(Watched {
+        inner: body,
+        finished: finished.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !finished.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records whether it was read to its end.
+struct Watched {
+    inner: Body,
+    finished: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finished.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in flight.
