@@ -397,7 +397,11 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         }
     }
 
-    int wg = threadIdx.x >> 7, wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    // The warpgroup, broadcast from lane 0 so that the compiler knows it is the same across the
+    // warp: the wgmma descriptors built from it then stay in uniform registers, one uniform add
+    // each, instead of 64-bit arithmetic and moves per instruction (see BENCHMARKS.md).
+    int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);
+    int wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int tig = lane & 3, row0 = 16 * wq + (lane >> 2);  // this thread's keys: row0, row0 + 8
     int t = t0 + 4 * wg + tig;                          // bf16: the query this lane writes
     // bf16: the head weights of this thread's columns stay in registers: [query][head group],
@@ -753,7 +757,8 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
 
     const float NEG_INF = -__int_as_float(0x7f800000);
     int t = blockIdx.y, split = blockIdx.x;
-    int wg = threadIdx.x >> 7, wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);  // uniform, as in the indexer
+    int wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int g = lane >> 2, tig = lane & 3;
     int r0 = 16 * wq + g;  // this thread's head rows: r0, r0 + 8
     const int* idx = indices + (size_t)t * topk;
