@@ -365,7 +365,9 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
     unsigned char* wsum = kbuf + IX_STAGES * STAGE;                      // WGS x 4 KB
     float* kscale = reinterpret_cast<float*>(wsum + (FP8 ? WGS * 4096 : 0));  // IX_STAGES x 64
 
-    int t0 = blockIdx.y * TOK;
+    // Query groups from the last (the most causal keys) down: blocks start in launch order, so
+    // the heaviest go first and the last wave is made of light ones.
+    int t0 = (gridDim.y - 1 - blockIdx.y) * TOK;
     int last_pos = first_pos + min(t0 + TOK, T) - 1;
     int s_begin = blockIdx.x * IX_CHUNK;
     // Tiles at or before the block's last query position (later keys are every query's future).
@@ -1808,32 +1810,68 @@ __device__ __forceinline__ void quant_e4m3_row(const float* v, int lane, unsigne
     if (lane == 0) *scale = s;
 }
 
-// One warp per row of 128 bf16: Walsh–Hadamard rotation (scaled by 128^-0.5), amax, e4m3.
-// Lane l holds elements 4l..4l+3; strides 1 and 2 stay in the lane, 4..64 cross lanes.
-extern "C" __global__ void hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale,
-                                               int rows) {
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (warp >= rows) return;
-    const bf16* r = x + (size_t)warp * 128 + lane * 4;
-    float v[4];
+// Eight lanes per row of 128 bf16, four rows a warp: Walsh–Hadamard rotation (scaled by
+// 128^-0.5), amax, e4m3. Lane j of a row's eight holds elements 16j..16j+15, read and written 16
+// bytes at a time; strides 1 to 8 stay in the lane and only 16 to 64 cross lanes (13 shuffles a
+// row where a warp to a row took 25). The stages run stride 1 first, each pair's lower element
+// taking the sum and the upper the difference, as in the warp-per-row kernels, so every value
+// is the same bits. Rows start 16-byte aligned (the operands are whole allocations).
+extern "C" __global__ void __launch_bounds__(256)
+hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale, int rows) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 3, j = threadIdx.x & 7;
+    // A row's eight lanes live or leave together, so they shuffle among the live ones.
+    unsigned live = __ballot_sync(0xffffffffu, row < rows);
+    if (row >= rows) return;
+    const uint4* src = reinterpret_cast<const uint4*>(x + (size_t)row * 128 + j * 16);
+    uint4 in[2] = {src[0], src[1]};
+    const unsigned* w = reinterpret_cast<const unsigned*>(in);
+    float v[16];
 #pragma unroll
-    for (int i = 0; i < 4; i++) v[i] = bf16_to_f32(r[i]);
-    // strides 1, 2 inside the lane
-    float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
-    v[0] = a0 + a2; v[2] = a0 - a2; v[1] = a1 + a3; v[3] = a1 - a3;
-    // strides 4..64: partner lane l ^ m; the lower lane keeps the sum, the upper the difference
+    for (int i = 0; i < 8; i++) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
 #pragma unroll
-    for (int m = 1; m < 32; m <<= 1) {
-        bool upper = (lane & m) != 0;
+    for (int h = 1; h < 16; h <<= 1)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float other = __shfl_xor_sync(0xffffffffu, v[i], m);
+        for (int i = 0; i < 16; i++)
+            if (!(i & h)) {
+                float a = v[i], b = v[i + h];
+                v[i] = a + b;
+                v[i + h] = a - b;
+            }
+#pragma unroll
+    for (int m = 1; m < 8; m <<= 1) {
+        bool upper = (j & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float other = __shfl_xor_sync(live, v[i], m);
             v[i] = upper ? other - v[i] : v[i] + other;
         }
     }
+    float amax = 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; i++) v[i] *= 0.08838834764831845f;  // 128^-0.5
-    quant_e4m3_row(v, lane, q8 + (size_t)warp * 128, scale + warp);
+    for (int i = 0; i < 16; i++) {
+        v[i] *= 0.08838834764831845f;  // 128^-0.5
+        amax = fmaxf(amax, fabsf(v[i]));
+    }
+    for (int m = 1; m < 8; m <<= 1) amax = fmaxf(amax, __shfl_xor_sync(live, amax, m));
+    float sc = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
+    float inv = 1.f / sc;
+    unsigned out[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        unsigned short lo, hi;
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+            : "=h"(lo)
+            : "f"(v[4 * i + 1] * inv), "f"(v[4 * i] * inv));
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+            : "=h"(hi)
+            : "f"(v[4 * i + 3] * inv), "f"(v[4 * i + 2] * inv));
+        out[i] = (unsigned)lo | ((unsigned)hi << 16);
+    }
+    *reinterpret_cast<uint4*>(q8 + (size_t)row * 128 + j * 16) = make_uint4(out[0], out[1], out[2], out[3]);
+    if (j == 0) scale[row] = sc;
 }
 
 

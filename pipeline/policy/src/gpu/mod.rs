@@ -658,7 +658,8 @@ impl Gpu {
         rows: usize,
     ) -> Result<(), GpuError> {
         let r32 = rows as i32;
-        let cfg = config((rows as u32).div_ceil(8), 1, 256, 0);
+        // Eight lanes a row: 32 rows a block of 256 threads.
+        let cfg = config((rows as u32).div_ceil(32), 1, 256, 0);
         launch!(self, "hadamard_quant_e4m3", cfg, x, q8, scale, &r32);
         Ok(())
     }
