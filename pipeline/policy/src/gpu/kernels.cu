@@ -137,12 +137,12 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 // The reduction over heads differs by precision:
 //   bf16: ReLU and weight on the CUDA cores in f32, summed along each thread's accumulator
 //         columns and then across the 4 lanes of a quad (a reduce-scatter, 6 shuffles).
-//   e4m3: one more product on the tensor cores: ReLU(S) packed to bf16 right in the accumulator
-//         layout (the A operand of wgmma from registers) times the weights (bf16, 8 x 256, block
-//         diagonal), f32 accumulate. It needs a quarter of the instructions, which is what lets
-//         three warpgroups keep the FP8 units busy; the rounding costs ~2e-3 relative, well
-//         under e4m3's own. q's scale is folded into the weights and k's applied after the sum
-//         (ReLU(a x) = a ReLU(x) for a > 0).
+//   e4m3: S accumulates in f16 (see IX_FP8_MAX), and one more product on the tensor cores sums
+//         the heads: ReLU(S), one f16x2 max a register right in the accumulator layout (the A
+//         operand of wgmma from registers), times the weights (f16, 8 x 256, block diagonal),
+//         f32 accumulate. It needs a quarter of the instructions of the bf16 way, which is what
+//         lets three warpgroups keep the FP8 units busy. q's scale is folded into the weights
+//         and k's applied after the sum (ReLU(a x) = a ReLU(x) for a > 0).
 
 #define IX_D 128
 #define IX_HEADS 64
@@ -151,6 +151,14 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 #define IX_TILE 64          // keys per tile
 #define IX_STAGES 4         // key tiles in the ring (3 in flight ahead)
 #define IX_CHUNK 8192       // keys per block
+// The FP8 indexer's q and k rows are scaled (by a power of two each) to at most IX_FP8_MAX, not
+// to e4m3's own 448: a 128-long product of such rows then stays within 128 · 16 · 16 = 32,768,
+// and so does every partial sum, inside f16's ±65,504, so S can accumulate in f16. That halves
+// its registers, and its ReLU becomes one f16x2 max a register where rounding f32 pairs to bf16
+// took a conversion at a quarter of the ALU rate. A power-of-two scale only moves e4m3's
+// exponent, so the values are those a ±448 scale gives, except that the smallest, below 2^-6
+// · 16 (1/1,024 of the row's largest), fall to e4m3's subnormal steps of 2^-9.
+#define IX_FP8_MAX 16.f
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
@@ -190,6 +198,11 @@ template <int N>
 __device__ __forceinline__ void reg_fence(float* r) {
 #pragma unroll
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_fence(unsigned* r) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
 }
 __device__ __forceinline__ void fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -259,13 +272,13 @@ __device__ __forceinline__ void named_bar_arrive(int id, int threads) {
                      : "l"(a), "l"(b), "r"(accumulate));                                         \
     }
 WGMMA_N256(wgmma_n256_bf16, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 0")
-WGMMA_N256(wgmma_n256_e4m3, "m64n256k32.f32.e4m3.e4m3", ", 1, 1")
 // B stored N-major (transposed).
 WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
 
-// The same with 64 accumulators (half the value columns: `sparse_mla_bf16_vsplit`).
-#define WGMMA_N128(NAME, SHAPE_TYPES, TAIL)                                                         \
-    __device__ __forceinline__ void NAME(float* d, unsigned long long a, unsigned long long b,      \
+// The same with 64 accumulator registers of type T (constraint C): f32 for half the value
+// columns (`sparse_mla_bf16_vsplit`), or f16 pairs for a full 256-column FP8 tile.
+#define WGMMA_R64(NAME, T, C, SHAPE_TYPES, TAIL)                                                      \
+    __device__ __forceinline__ void NAME(T* d,    unsigned long long a, unsigned long long b,      \
                                          int accumulate) {                                          \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                   \
                      "wgmma.mma_async.sync.aligned." SHAPE_TYPES " "                                \
@@ -274,22 +287,23 @@ WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
                      "%30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "       \
                      "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, "       \
                      "%58, %59, %60, %61, %62, %63}, %64, %65, p" TAIL ";\n}\n"                     \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
-                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),    \
-                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),             \
-                       "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),             \
-                       "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]),             \
-                       "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),             \
-                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),             \
-                       "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),             \
-                       "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]),             \
-                       "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),             \
-                       "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),             \
-                       "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),             \
-                       "+f"(d[62]), "+f"(d[63])                                                     \
+                     : C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]),      \
+                       C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]),    \
+                       C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]),             \
+                       C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]),             \
+                       C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]),             \
+                       C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31]),             \
+                       C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]),             \
+                       C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]),             \
+                       C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]),             \
+                       C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]),             \
+                       C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]),             \
+                       C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]),             \
+                       C(d[62]), C(d[63])                                                     \
                      : "l"(a), "l"(b), "r"(accumulate));                                            \
     }
-WGMMA_N128(wgmma_n128_bf16_bt, "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 1")
+WGMMA_R64(wgmma_n128_bf16_bt, float, "+f", "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 1")
+WGMMA_R64(wgmma_n256_e4m3_f16, unsigned, "+r", "m64n256k32.f16.e4m3.e4m3", ", 1, 1")
 
 __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, unsigned long long b,
                                                int accumulate) {
@@ -307,22 +321,28 @@ __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, u
 // Queues the copy of key tile s0..s0+63 into `dst` (swizzled) and, with e4m3 keys, of their
 // scales into `scale_dst`; keys at or past S are zero-filled. NT threads; a tile starts on a
 // multiple of 64, so it lies in one page and its rows are contiguous.
-// D (+)= A·B with A (64 x 16 bf16) from registers in the accumulator-fragment layout, B (16 x 8)
+// D (+)= A·B with A (64 x 16 f16) from registers in the accumulator-fragment layout, B (16 x 8)
 // from shared memory: the FP8 indexer's head sum.
-__device__ __forceinline__ void wgmma_n8_bf16_rs(float* d, const unsigned* a, unsigned long long b,
-                                                 int accumulate) {
+__device__ __forceinline__ void wgmma_n8_f16_rs(float* d, const unsigned* a, unsigned long long b,
+                                                int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
-// Two f32 to a bf16 pair, each ReLU'd (one instruction); `lo` in the low half.
-__device__ __forceinline__ unsigned relu_pack_bf16(float lo, float hi) {
+// ReLU of an f16 pair (one instruction).
+__device__ __forceinline__ unsigned relu_f16x2(unsigned x) {
     unsigned r;
-    asm("cvt.rn.relu.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    asm("max.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(x), "r"(0u));
     return r;
+}
+
+__device__ __forceinline__ unsigned short f32_to_f16(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(h) : "f"(f));
+    return h;
 }
 
 template <int ROW, int NT>
@@ -419,7 +439,7 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
                 size_t at = (size_t)tt * IX_HEADS + c % 64;
                 v = w[at] * q_scale[at];
             }
-            *reinterpret_cast<bf16*>(wsum + g * 4096 + swz(8, n, 2 * c)) = f32_to_bf16(v);
+            *reinterpret_cast<unsigned short*>(wsum + g * 4096 + swz(8, n, 2 * c)) = f32_to_f16(v);
         }
         fence_async_smem();  // read by wgmma
         __syncthreads();
@@ -445,14 +465,17 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         mbar_wait(&full[st], (j / IX_STAGES) & 1);
         fence_async_smem();  // the copies (generic proxy) become visible to wgmma (async proxy)
         if (wg > 0 || j > 0) named_bar_sync(1 + wg, 256);
-        float d[128];
+        // bf16: f32 accumulators. e4m3: f16 ones, two to a register (the quantization keeps
+        // every partial sum inside f16's range; see IX_FP8_MAX).
+        float d[FP8 ? 1 : 128];
+        unsigned h[FP8 ? 64 : 1];
         wg_fence();
 #pragma unroll
         for (int kb = 0; kb < ROW; kb += 32) {
             // Descriptors advance by address / 16 in their low bits.
             unsigned long long da = desc_k + ((st * STAGE + (kb >> 7) * IX_TILE * 128 + (kb & 127)) >> 4);
             unsigned long long db = desc_q + (((kb >> 7) * QROWS * 128 + (kb & 127)) >> 4);
-            if constexpr (FP8) wgmma_n256_e4m3(d, da, db, kb > 0);
+            if constexpr (FP8) wgmma_n256_e4m3_f16(h, da, db, kb > 0);
             else wgmma_n256_bf16(d, da, db, kb > 0);
         }
         wg_commit();
@@ -470,7 +493,8 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         }
         int s0 = s_begin + j * IX_TILE;
         wg_wait0();
-        reg_fence<128>(d);
+        if constexpr (FP8) reg_fence<64>(h);
+        else reg_fence<128>(d);
         // The last reads of the stage; then it may be refilled.
         float ksc_lo = FP8 ? kscale[st * IX_TILE + row0] : 1.f, ksc_hi = FP8 ? kscale[st * IX_TILE + row0 + 8] : 1.f;
         if ((threadIdx.x & 127) == 0) mbar_arrive(&empty[st]);
@@ -479,14 +503,16 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
             // The head sum on the tensor cores: ReLU(S) rounded to bf16 is the A operand as it
             // lies in the accumulators (columns 16kk..16kk+15 of S are k-step kk), times the
             // weights; out[key][n] is query n's logit.
+            // Into registers of their own: an instruction other than wgmma writing an
+            // accumulator register makes ptxas serialize every wgmma of the kernel.
             unsigned a[64];
 #pragma unroll
-            for (int i = 0; i < 64; i++) a[i] = relu_pack_bf16(d[2 * i], d[2 * i + 1]);
+            for (int i = 0; i < 64; i++) a[i] = relu_f16x2(h[i]);
             float o[4];
             wg_fence();
 #pragma unroll
             for (int kk = 0; kk < 16; kk++)
-                wgmma_n8_bf16_rs(o, a + 4 * kk, desc_w + ((kk >> 2) * 1024 + (kk & 3) * 32) / 16, kk > 0);
+                wgmma_n8_f16_rs(o, a + 4 * kk, desc_w + ((kk >> 2) * 1024 + (kk & 3) * 32) / 16, kk > 0);
             wg_commit();
             wg_wait0();
             reg_fence<4>(o);
@@ -1795,13 +1821,13 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
 // head sum.
 
 // One warp's row of 128 values, lane l holding 4l..4l+3, to e4m3 at `q8` with its scale at
-// `scale`: ue8m0, the smallest power of two that keeps the row within ±448.
+// `scale`: ue8m0, the smallest power of two that keeps the row within ±IX_FP8_MAX.
 __device__ __forceinline__ void quant_e4m3_row(const float* v, int lane, unsigned char* q8, float* scale) {
     float amax = 0.f;
 #pragma unroll
     for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
+    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / IX_FP8_MAX)));
     float inv = 1.f / s;
     unsigned short lo, hi;
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
@@ -1856,7 +1882,7 @@ hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale, int rows) {
         amax = fmaxf(amax, fabsf(v[i]));
     }
     for (int m = 1; m < 8; m <<= 1) amax = fmaxf(amax, __shfl_xor_sync(live, amax, m));
-    float sc = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / 448.f)));
+    float sc = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / IX_FP8_MAX)));
     float inv = 1.f / sc;
     unsigned out[4];
 #pragma unroll
