@@ -155,7 +155,7 @@ extern "C" __global__ void swiglu_f32(const float* gate, const float* up, float*
 // to e4m3's own 448: a 128-long product of such rows then stays within 128 · 16 · 16 = 32,768,
 // and so does every partial sum, inside f16's ±65,504, so S can accumulate in f16. That halves
 // its registers, and its ReLU becomes one f16x2 max a register where rounding f32 pairs to bf16
-// took a conversion at a quarter of the ALU rate. A power-of-two scale only moves e4m3's
+// took a conversion, which issues at a fraction of the ALU rate. A power-of-two scale only moves e4m3's
 // exponent, so the values are those a ±448 scale gives, except that the smallest, below 2^-6
 // · 16 (1/1,024 of the row's largest), fall to e4m3's subnormal steps of 2^-9.
 #define IX_FP8_MAX 16.f
@@ -277,8 +277,8 @@ WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
 
 // The same with 64 accumulator registers of type T (constraint C): f32 for half the value
 // columns (`sparse_mla_bf16_vsplit`), or f16 pairs for a full 256-column FP8 tile.
-#define WGMMA_R64(NAME, T, C, SHAPE_TYPES, TAIL)                                                      \
-    __device__ __forceinline__ void NAME(T* d,    unsigned long long a, unsigned long long b,      \
+#define WGMMA_R64(NAME, T, C, SHAPE_TYPES, TAIL)                                                    \
+    __device__ __forceinline__ void NAME(T* d, unsigned long long a, unsigned long long b,          \
                                          int accumulate) {                                          \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                   \
                      "wgmma.mma_async.sync.aligned." SHAPE_TYPES " "                                \
@@ -287,19 +287,19 @@ WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
                      "%30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "       \
                      "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, "       \
                      "%58, %59, %60, %61, %62, %63}, %64, %65, p" TAIL ";\n}\n"                     \
-                     : C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]),      \
-                       C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]),    \
-                       C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]),             \
-                       C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]),             \
-                       C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]),             \
-                       C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31]),             \
-                       C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]),             \
-                       C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]),             \
-                       C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]),             \
-                       C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]),             \
-                       C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]),             \
-                       C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]),             \
-                       C(d[62]), C(d[63])                                                     \
+                     : C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]),                        \
+                       C(d[6]), C(d[7]), C(d[8]), C(d[9]), C(d[10]), C(d[11]),                      \
+                       C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]),                            \
+                       C(d[17]), C(d[18]), C(d[19]), C(d[20]), C(d[21]),                            \
+                       C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]),                            \
+                       C(d[27]), C(d[28]), C(d[29]), C(d[30]), C(d[31]),                            \
+                       C(d[32]), C(d[33]), C(d[34]), C(d[35]), C(d[36]),                            \
+                       C(d[37]), C(d[38]), C(d[39]), C(d[40]), C(d[41]),                            \
+                       C(d[42]), C(d[43]), C(d[44]), C(d[45]), C(d[46]),                            \
+                       C(d[47]), C(d[48]), C(d[49]), C(d[50]), C(d[51]),                            \
+                       C(d[52]), C(d[53]), C(d[54]), C(d[55]), C(d[56]),                            \
+                       C(d[57]), C(d[58]), C(d[59]), C(d[60]), C(d[61]),                            \
+                       C(d[62]), C(d[63])                                                           \
                      : "l"(a), "l"(b), "r"(accumulate));                                            \
     }
 WGMMA_R64(wgmma_n128_bf16_bt, float, "+f", "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 1")
@@ -318,9 +318,6 @@ __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, u
         : "l"(a), "l"(b), "r"(accumulate));
 }
 
-// Queues the copy of key tile s0..s0+63 into `dst` (swizzled) and, with e4m3 keys, of their
-// scales into `scale_dst`; keys at or past S are zero-filled. NT threads; a tile starts on a
-// multiple of 64, so it lies in one page and its rows are contiguous.
 // D (+)= A·B with A (64 x 16 f16) from registers in the accumulator-fragment layout, B (16 x 8)
 // from shared memory: the FP8 indexer's head sum.
 __device__ __forceinline__ void wgmma_n8_f16_rs(float* d, const unsigned* a, unsigned long long b,
@@ -345,6 +342,9 @@ __device__ __forceinline__ unsigned short f32_to_f16(float f) {
     return h;
 }
 
+// Queues the copy of key tile s0..s0+63 into `dst` (swizzled) and, with e4m3 keys, of their
+// scales into `scale_dst`; keys at or past S are zero-filled. NT threads; a tile starts on a
+// multiple of 64, so it lies in one page and its rows are contiguous.
 template <int ROW, int NT>
 __device__ __forceinline__ void ix_load_keys(unsigned char* dst, const unsigned char* k, int s0, int S,
                                              const int* pages, const float* k_scale, float* scale_dst) {
