@@ -1263,6 +1263,29 @@ mod tests {
         assert!(!value_halves(4096, 1, 132), "prefill");
     }
 
+    /// The FP8 prefill indexer accumulates q·k in f16, which only works while its operands'
+    /// bound keeps a 128-long product, and so every partial sum, inside f16's ±65,504. The bound
+    /// must itself be an e4m3 value, so that rounding a quantized value never carries it past.
+    #[test]
+    fn the_fp8_operand_bound_keeps_the_f16_accumulator_in_range() {
+        let max: f32 = KERNELS
+            .lines()
+            .find_map(|l| l.strip_prefix("#define IX_FP8_MAX "))
+            .and_then(|v| v.trim().trim_end_matches('f').parse().ok())
+            .expect("kernels.cu defines IX_FP8_MAX as a float");
+        let worst = 128.0 * max * max;
+        assert!(
+            worst < 65_504.0,
+            "|q·k| could reach {worst}, past f16's range"
+        );
+        let code = crate::checkpoint::f32_to_e4m3(max);
+        assert_eq!(
+            crate::checkpoint::e4m3_to_f32(code),
+            max,
+            "IX_FP8_MAX is no e4m3 value"
+        );
+    }
+
     #[test]
     fn every_kernel_fits_in_hoppers_shared_memory() {
         for (name, smem) in [
