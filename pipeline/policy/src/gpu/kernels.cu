@@ -1820,19 +1820,29 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
 // leave the matrix product: q's scale is folded into the head weight, k's is applied after the
 // head sum.
 
+// A row's scale from its largest magnitude: ue8m0, the smallest power of two that keeps the row
+// within ±IX_FP8_MAX.
+__device__ __forceinline__ float e4m3_row_scale(float amax) {
+    return exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / IX_FP8_MAX)));
+}
+
+// v[0..3] · inv as four e4m3 codes, v[0] in the low byte.
+__device__ __forceinline__ unsigned pack_e4m3x4(const float* v, float inv) {
+    unsigned short lo, hi;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] * inv), "f"(v[2] * inv));
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
 // One warp's row of 128 values, lane l holding 4l..4l+3, to e4m3 at `q8` with its scale at
-// `scale`: ue8m0, the smallest power of two that keeps the row within ±IX_FP8_MAX.
+// `scale`.
 __device__ __forceinline__ void quant_e4m3_row(const float* v, int lane, unsigned char* q8, float* scale) {
     float amax = 0.f;
 #pragma unroll
     for (int i = 0; i < 4; i++) amax = fmaxf(amax, fabsf(v[i]));
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    float s = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / IX_FP8_MAX)));
-    float inv = 1.f / s;
-    unsigned short lo, hi;
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v[1] * inv), "f"(v[0] * inv));
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v[3] * inv), "f"(v[2] * inv));
-    *reinterpret_cast<unsigned*>(q8 + lane * 4) = (unsigned)lo | ((unsigned)hi << 16);
+    float s = e4m3_row_scale(amax);
+    *reinterpret_cast<unsigned*>(q8 + lane * 4) = pack_e4m3x4(v, 1.f / s);
     if (lane == 0) *scale = s;
 }
 
@@ -1882,21 +1892,9 @@ hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale, int rows) {
         amax = fmaxf(amax, fabsf(v[i]));
     }
     for (int m = 1; m < 8; m <<= 1) amax = fmaxf(amax, __shfl_xor_sync(live, amax, m));
-    float sc = exp2f(ceilf(log2f(fmaxf(amax, 1e-4f) / IX_FP8_MAX)));
-    float inv = 1.f / sc;
-    unsigned out[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        unsigned short lo, hi;
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
-            : "=h"(lo)
-            : "f"(v[4 * i + 1] * inv), "f"(v[4 * i] * inv));
-        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
-            : "=h"(hi)
-            : "f"(v[4 * i + 3] * inv), "f"(v[4 * i + 2] * inv));
-        out[i] = (unsigned)lo | ((unsigned)hi << 16);
-    }
-    *reinterpret_cast<uint4*>(q8 + (size_t)row * 128 + j * 16) = make_uint4(out[0], out[1], out[2], out[3]);
+    float sc = e4m3_row_scale(amax), inv = 1.f / sc;
+    *reinterpret_cast<uint4*>(q8 + (size_t)row * 128 + j * 16) =
+        make_uint4(pack_e4m3x4(v, inv), pack_e4m3x4(v + 4, inv), pack_e4m3x4(v + 8, inv), pack_e4m3x4(v + 12, inv));
     if (j == 0) scale[row] = sc;
 }
 
