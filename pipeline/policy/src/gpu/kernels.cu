@@ -500,11 +500,11 @@ __device__ __forceinline__ void indexer_tiles(const unsigned char* q, const floa
         if ((threadIdx.x & 127) == 0) mbar_arrive(&empty[st]);
 
         if constexpr (FP8) {
-            // The head sum on the tensor cores: ReLU(S) rounded to bf16 is the A operand as it
-            // lies in the accumulators (columns 16kk..16kk+15 of S are k-step kk), times the
-            // weights; out[key][n] is query n's logit.
-            // Into registers of their own: an instruction other than wgmma writing an
-            // accumulator register makes ptxas serialize every wgmma of the kernel.
+            // The head sum on the tensor cores: ReLU(S), f16 pairs as they lie in the
+            // accumulators, is the A operand (columns 16kk..16kk+15 of S are k-step kk), times
+            // the weights; out[key][n] is query n's logit. The ReLU goes into registers of its
+            // own: an instruction other than wgmma writing an accumulator register makes ptxas
+            // serialize every wgmma of the kernel.
             unsigned a[64];
 #pragma unroll
             for (int i = 0; i < 64; i++) a[i] = relu_f16x2(h[i]);
@@ -1864,8 +1864,8 @@ hadamard_quant_e4m3(const bf16* x, unsigned char* q8, float* scale, int rows) {
     float v[16];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        v[2 * i] = __uint_as_float(w[i] << 16);
-        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        v[2 * i] = bf16_to_f32((bf16)(w[i] & 0xffffu));
+        v[2 * i + 1] = bf16_to_f32((bf16)(w[i] >> 16));
     }
 #pragma unroll
     for (int h = 1; h < 16; h <<= 1)
