@@ -354,13 +354,21 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             mismatched += 1;
         }
     }
-    // Long rows of 5,000 levels (ties everywhere; the threshold bin needs the second 11-bit
-    // pass), and one all-equal row (too many candidates: the radix fallback).
-    let (rows, len) = (4usize, 131_072usize);
+    // Long rows: three of 5,000 levels (ties everywhere), one all equal (too many candidates
+    // for the sampled band and for the exact prefix: the radix fallback), one continuous, and
+    // one whose keys at the sampled positions (the first 32 of every 512) are its largest, so
+    // that the sampled band misses its k-th key and the histogram passes take over.
+    let (rows, len) = (6usize, 131_072usize);
     let mut long: Vec<f32> = (0..rows * len)
         .map(|_| (rng.random_range(0..5000) as f32) / 100.0)
         .collect();
-    long[3 * len..].iter_mut().for_each(|v| *v = 1.5);
+    long[3 * len..4 * len].iter_mut().for_each(|v| *v = 1.5);
+    long[4 * len..5 * len]
+        .iter_mut()
+        .for_each(|v| *v = rng.random::<f32>() - rng.random::<f32>());
+    long[5 * len..].iter_mut().enumerate().for_each(|(i, v)| {
+        *v = rng.random::<f32>() + if i % 512 < 32 { 10.0 } else { 0.0 };
+    });
     let dlong = gpu.upload(&long)?;
     let mut dli = gpu.zeros::<i32>(rows * TOPK)?;
     gpu.topk(&dlong, &mut dli, rows, len, TOPK, len)?;
@@ -377,7 +385,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             "exact",
             mismatched as f64,
             0.0,
-            format!("{t} causal rows (k {k}) and {rows} rows of {len} with ties, the last all equal (k {TOPK}); rows differing: {mismatched}"),
+            format!("{t} causal rows (k {k}) and {rows} rows of {len} (k {TOPK}): three with ties, one all equal, one continuous, one whose sample misleads; rows differing: {mismatched}"),
         )
     });
 

@@ -594,7 +594,7 @@ indexer_logits_fp8(const unsigned char* q, const float* q_scale, const unsigned 
 
 __device__ __forceinline__ unsigned order_key(float f) {
     unsigned u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return u ^ ((unsigned)((int)u >> 31) | 0x80000000u);  // negative: ~u; else u | 2^31
 }
 
 // Exclusive prefix sum of `v` over the block in thread order (at most 1024 threads); returns
@@ -1546,19 +1546,132 @@ __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigne
     return need;
 }
 
-// One block selects the top k of `row[0..len)` into `o`, in two or three passes over the row. A
-// histogram of the keys' top 11 bits finds the threshold bin; if that bin holds more than TKR_CAP
-// keys, a second pass narrows it by the next 11 bits. The last pass marks every key above the
-// threshold prefix in a bitmap (one ballot per 32 positions) and keeps the keys sharing it as
-// candidates in shared memory, where histograms of their remaining bits find the exact threshold
-// key; emit_selected resolves ties by index. Rows longer than TK_MAX_LEN, or with more than
-// TKR_CAP candidates even so (e.g. many equal keys), take topk_row_block. `smem` is TKR_SMEM bytes.
+// One block selects the top k of `row[0..len)` into `o`. Every row ends with one marking pass:
+// the keys above a band [lo, hi] of order keys are marked in a bitmap (one ballot per 32
+// positions), the keys inside it are kept as candidates in shared memory, where histograms of
+// their bits find the exact threshold key, and emit_selected resolves ties by index.
+//
+// A row of at least TKS_MIN keys first takes its band from a sample (tk_sample_band), so that
+// one pass over the row settles it when the band holds the k-th key: at most k keys above it,
+// at least k with it, at most TKR_CAP inside. Otherwise (a sample that misled, many equal keys)
+// and for shorter rows, histograms find the threshold prefix exactly, in one pass over the row
+// (its top 11 bits) or two (the next 11, when that bin holds more than TKR_CAP keys), and the
+// band is the prefix's keys. Rows longer than TK_MAX_LEN, or with more than TKR_CAP keys sharing
+// the exact prefix (e.g. many equal keys), take topk_row_block. `smem` is TKR_SMEM bytes.
 #define TKR_CAP 4096
+#define TKR_THREADS 1024  // threads of a topk_rows block (mod.rs launches this many)
 #define TKR_SMEM (TK_BINS * 4 + 2 * TK_WORDS * 4 + TKR_CAP * 8)
+#define TKS_EVERY 16                   // one key in 16 is sampled
+#define TKS_RUNS 256                   // runs of 32 sampled keys, at most
+#define TKS_MIN (64 * 32 * TKS_EVERY)  // 32,768: shorter rows are not sampled
+
+// The marking pass over `row` for the band [lo, hi] (TKR_THREADS threads): keys above `hi` are
+// marked in `sel` (every word of the row written), keys inside it are appended to `cand` (the
+// first TKR_CAP of them; `*n_cand` counts them all), in no particular order. The pass is bound
+// by instruction issue (ncu: 0.8 warps issued a cycle per scheduler), so a round is kept
+// short: each thread loads eight keys at fixed offsets from one address (bounds checked only
+// in the last round), two ballots a key give its bitmap word and its candidates, and one shared
+// atomic a warp a round places all of the round's candidates, where a lane-0 atomic per 32 keys
+// came with the compiler's warp-aggregation sequence each time. With the exact path alone this
+// took the last 4,096 rows of a 128K prefill from 1.48 to 1.30 ms (BENCHMARKS.md).
+__device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi, unsigned* sel,
+                             unsigned long long* cand, int* n_cand) {
+    constexpr int R = 8, SPAN = R * TKR_THREADS;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned below = (1u << lane) - 1u, width = hi - lo;  // in the band: key - lo <= width
+    for (int base = 0; base < len; base += SPAN) {
+        const float* p = row + base + threadIdx.x;
+        unsigned* sw = sel + (base >> 5) + warp;
+        const bool tail = base + SPAN > len;  // the same in every thread
+        float v[R];
+#pragma unroll
+        for (int u = 0; u < R; u++) v[u] = !tail || base + u * TKR_THREADS + (int)threadIdx.x < len ? p[u * TKR_THREADS] : 0.f;
+        unsigned mc[R];
+        int n = 0;
+#pragma unroll
+        for (int u = 0; u < R; u++) {
+            unsigned key = order_key(v[u]);
+            bool in = !tail || base + u * TKR_THREADS + (int)threadIdx.x < len;
+            unsigned mt = __ballot_sync(0xffffffffu, in && key > hi);
+            mc[u] = __ballot_sync(0xffffffffu, in && key - lo <= width);
+            if (lane == 0 && (!tail || base + u * TKR_THREADS + 32 * warp < len)) sw[u * (TKR_THREADS / 32)] = mt;
+            n += __popc(mc[u]);
+        }
+        if (n) {  // the same in every lane
+            int at;
+            if (lane == 0) asm volatile("atom.shared.add.u32 %0, [%1], %2;" : "=r"(at) : "r"(smem_u32(n_cand)), "r"(n));
+            at = __shfl_sync(0xffffffffu, at, 0);
+#pragma unroll
+            for (int u = 0; u < R; u++) {
+                int slot = at + __popc(mc[u] & below);
+                if (((mc[u] >> lane) & 1u) && slot < TKR_CAP)
+                    cand[slot] = ((unsigned long long)order_key(v[u]) << 32) | (unsigned)(base + u * TKR_THREADS + threadIdx.x);
+                at += __popc(mc[u]);
+            }
+        }
+    }
+}
+
+// The sampled band of a row of at least TKS_MIN keys: runs of 32 keys (one warp's 128-byte load)
+// spread evenly over the row, one key in TKS_EVERY. About r = k·m/len of the m sampled keys lie
+// above the row's k-th key; the band runs from the sample's key of rank r + δ (from the top) to
+// its key of rank r - δ, δ = 5√r + 16 (five standard deviations of a binomial count, and some),
+// each found to 22 bits by two histograms: the 11-bit bin, then the next 11 bits in it, each
+// end widened to its whole 22-bit bin. A rank past the sample leaves that end open. Returns
+// false, with nothing read, when the expected band would not fit three quarters of TKR_CAP
+// (large k against len). The sample's keys are loaded together, then wait in `keys` (32 ·
+// TKS_RUNS) for the three loops over them: topk_rows runs two blocks a multiprocessor only at
+// 32 registers a thread. `h1` and `h2` are 2,048-int histograms; `warp_tot` 33 ints.
+__device__ bool tk_sample_band(const float* row, int len, int k, unsigned* keys, int* h1, int* h2, int* warp_tot,
+                               unsigned* lo, unsigned* hi) {
+    int runs = min(TKS_RUNS, len / (32 * TKS_EVERY)), m = 32 * runs;
+    float r = (float)k * (float)m / (float)len, d = 5.f * sqrtf(r) + 16.f;
+    if (2.f * d * (float)len / (float)m > 0.75f * TKR_CAP) return false;
+    int spacing = len / runs;  // at least 32 · TKS_EVERY, so a run stays inside its share
+    // Every thread's loads in flight together (at most eight: 32 · TKS_RUNS keys, TKR_THREADS threads).
+    static_assert(32 * TKS_RUNS <= 8 * TKR_THREADS, "eight sampled keys a thread at most");
+    float v[8];
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+        int j = u * TKR_THREADS + threadIdx.x;
+        v[u] = j < m ? row[(j >> 5) * spacing + (j & 31)] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; u++) {
+        int j = u * TKR_THREADS + threadIdx.x;
+        if (j < m) keys[j] = order_key(v[u]);
+    }
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h1[i] = h2[i] = 0;
+    __syncthreads();
+    for (int j = threadIdx.x; j < m; j += blockDim.x) atomicAdd(&h1[keys[j] >> 21], 1);
+    __syncthreads();
+    int want_hi = (int)floorf(r - d), want_lo = (int)ceilf(r + d);
+    bool open_hi = want_hi < 1, open_lo = want_lo > m;  // the same in every thread
+    int above_hi = 0, above_lo = 0, b_hi = -1, b_lo = -1;
+    if (!open_hi) b_hi = find_bin_block(h1, TK_BINS, want_hi, &above_hi, warp_tot);
+    if (!open_lo) b_lo = find_bin_block(h1, TK_BINS, want_lo, &above_lo, warp_tot);
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h1[i] = 0;  // read by all before find_bin_block's last barrier
+    __syncthreads();
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        unsigned key = keys[j];
+        int top = (int)(key >> 21), next = (int)((key >> 10) & (TK_BINS - 1));
+        if (top == b_hi) atomicAdd(&h1[next], 1);
+        if (top == b_lo) atomicAdd(&h2[next], 1);
+    }
+    __syncthreads();
+    int unused;
+    *hi = 0xffffffffu;
+    *lo = 0u;
+    if (!open_hi)
+        *hi = ((unsigned)b_hi << 21) | ((unsigned)find_bin_block(h1, TK_BINS, want_hi - above_hi, &unused, warp_tot) << 10) | 1023u;
+    if (!open_lo)
+        *lo = ((unsigned)b_lo << 21) | ((unsigned)find_bin_block(h2, TK_BINS, want_lo - above_lo, &unused, warp_tot) << 10);
+    return true;
+}
 
 __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned char* smem) {
     __shared__ int warp_tot[33];
-    __shared__ int n_cand_s;
+    __shared__ int n_cand_s, n_above_s;
     if (len <= k) {
         for (int i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < len ? i : -1;
         return;
@@ -1572,9 +1685,45 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
     unsigned* tie = sel + TK_WORDS;                                   // TK_WORDS
     unsigned long long* cand = reinterpret_cast<unsigned long long*>(tie + TK_WORDS);  // TKR_CAP
     int words = (len + 31) / 32;
-    int lane = threadIdx.x & 31;
     for (int i = threadIdx.x; i < words; i += blockDim.x) tie[i] = 0u;
-    if (threadIdx.x == 0) n_cand_s = 0;
+    if (threadIdx.x == 0) n_cand_s = n_above_s = 0;
+
+    // The sampled band: its keys wait in the candidates' space and its second histogram in the
+    // bitmap's, both free until the marking pass; its barriers publish the zeroed counts.
+    unsigned lo, hi;
+    if (len >= TKS_MIN &&
+        tk_sample_band(row, len, k, reinterpret_cast<unsigned*>(cand), hist, reinterpret_cast<int*>(sel), warp_tot,
+                       &lo, &hi)) {
+        tk_mark_band(row, len, lo, hi, sel, cand, &n_cand_s);
+        __syncthreads();
+        // The keys above the band, from the bitmap (counted in the pass, the count took a
+        // register the pass could not spare: it spilled).
+        int above = 0;
+        for (int w = threadIdx.x; w < words; w += blockDim.x) above += __popc(sel[w]);
+        above = __reduce_add_sync(0xffffffffu, above);
+        if ((threadIdx.x & 31) == 0 && above) atomicAdd(&n_above_s, above);
+        __syncthreads();
+        int n_cand = n_cand_s, need = k - n_above_s;
+        if (need >= 0 && need <= n_cand && n_cand <= TKR_CAP) {
+            // The k-th key is a candidate. The candidates' top 11 bits find its bin; those above
+            // the bin are taken by resolve_candidates, which finds the key inside it.
+            int ties = 0;
+            if (need > 0) {
+                for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hist[i] = 0;
+                __syncthreads();
+                for (int c = threadIdx.x; c < n_cand; c += blockDim.x)
+                    atomicAdd(&hist[(unsigned)(cand[c] >> 32) >> 21], 1);
+                __syncthreads();
+                int above;
+                unsigned b = (unsigned)find_bin_block(hist, TK_BINS, need, &above, warp_tot);
+                ties = resolve_candidates(cand, n_cand, b, 21, need - above, sel, tie, hist, warp_tot);
+            }
+            emit_selected(sel, tie, ties, words, o);
+            return;
+        }
+        __syncthreads();  // every thread has read the counts
+        if (threadIdx.x == 0) n_cand_s = 0;
+    }
 
     // Histograms over the row, 11 bits at a time, until the threshold prefix's bin is small.
     int need = k, count = 0;
@@ -1587,20 +1736,21 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         __syncthreads();
         // Each thread issues eight loads, then their atomics. Loaded one at a time, every load
         // was waited for: 2.29 -> 1.48 ms for the last 4,096 rows of a 128K prefill (with the
-        // same change in the pass below).
+        // same change in the marking pass).
         auto add = [&](float v) {
             unsigned key = order_key(v);
             if (shift == 32 || (key >> shift) == prefix) atomicAdd(&hist[(key >> s) & (TK_BINS - 1)], 1);
         };
-        int i = threadIdx.x, step = blockDim.x;
-        for (; i + 7 * step < len; i += 8 * step) {
+        int i = threadIdx.x;
+        for (; i + 7 * TKR_THREADS < len; i += 8 * TKR_THREADS) {
+            const float* p = row + i;
             float v[8];
 #pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = row[i + u * step];
+            for (int u = 0; u < 8; u++) v[u] = p[u * TKR_THREADS];
 #pragma unroll
             for (int u = 0; u < 8; u++) add(v[u]);
         }
-        for (; i < len; i += step) add(row[i]);
+        for (; i < len; i += TKR_THREADS) add(row[i]);
         __syncthreads();
         int above;
         int b = find_bin_block(hist, TK_BINS, need, &above, warp_tot);
@@ -1609,31 +1759,8 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         prefix = (shift == 32 ? 0u : prefix << 11) | (unsigned)b;
         shift = s;
     }
-    // Mark the keys above the prefix; keep those sharing it. Whole warps go round together over
-    // 32 aligned positions, so one ballot is one bitmap word; eight such rounds at a time, their
-    // loads issued together.
-    unsigned below = (1u << lane) - 1u;
-    for (int base = 0; base < len; base += 8 * blockDim.x) {
-        float v[8];
-#pragma unroll
-        for (int u = 0; u < 8; u++) {
-            int i = base + u * blockDim.x + threadIdx.x;
-            v[u] = i < len ? row[i] : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < 8; u++) {
-            int i = base + u * blockDim.x + threadIdx.x;
-            unsigned key = i < len ? order_key(v[u]) : 0u;
-            unsigned top = key >> shift;
-            unsigned mt = __ballot_sync(0xffffffffu, i < len && top > prefix);
-            unsigned mc = __ballot_sync(0xffffffffu, i < len && top == prefix);
-            if (lane == 0 && i < len) sel[i >> 5] = mt;
-            int at = 0;
-            if (lane == 0 && mc) at = atomicAdd(&n_cand_s, __popc(mc));
-            at = __shfl_sync(0xffffffffu, at, 0) + __popc(mc & below);
-            if (i < len && top == prefix && at < TKR_CAP) cand[at] = ((unsigned long long)key << 32) | (unsigned)i;
-        }
-    }
+    lo = prefix << shift;
+    tk_mark_band(row, len, lo, lo | ((1u << shift) - 1u), sel, cand, &n_cand_s);
     __syncthreads();
     int n_cand = n_cand_s;
     if (n_cand > TKR_CAP) {
@@ -2301,7 +2428,7 @@ extern "C" __global__ void moe_combine_sorted(float* hidden, const float* y, con
 }
 
 // Top-k per row, one block per row (prefill: row t sees first_pos + t + 1 positions).
-extern "C" __global__ void __launch_bounds__(1024)
+extern "C" __global__ void __launch_bounds__(TKR_THREADS, 2)
 topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int t = blockIdx.x;
@@ -2309,7 +2436,7 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
 }
 
 // Top-k of rows with their own lengths (decode with many sequences): one block per row.
-extern "C" __global__ void __launch_bounds__(1024)
+extern "C" __global__ void __launch_bounds__(TKR_THREADS, 2)
 topk_rows_lens(const float* logits, const int* lens, int* out, int ld, int k) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int t = blockIdx.x;

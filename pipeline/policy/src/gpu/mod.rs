@@ -313,6 +313,8 @@ const TOPK_WORDS: usize = 131_072 / 32;
 /// Shared memory of `topk_row_fast` (TKR_SMEM): a 2,048-bin histogram, two bitmaps over 131,072
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * TOPK_WORDS * 4 + 4096 * 8) as u32;
+/// Threads of a `topk_rows` block (TKR_THREADS): the kernel's loads use it as a fixed stride.
+const TOPK_ROWS_THREADS: u32 = 1024;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
 /// each), P (64 × 64 bf16), row maxima of both warpgroups (their row sums at the end), two
 /// stages of valid flags and two of indices, and 1 KB to align the swizzled tiles.
@@ -617,7 +619,7 @@ impl Gpu {
         first_pos: usize,
     ) -> Result<(), GpuError> {
         let (ld32, k32, fp) = (ld as i32, k as i32, first_pos as i32);
-        let cfg = config(rows as u32, 1, 1024, TOPK_ROWS_SMEM);
+        let cfg = config(rows as u32, 1, TOPK_ROWS_THREADS, TOPK_ROWS_SMEM);
         launch!(self, "topk_rows", cfg, &logits, &out, &ld32, &k32, &fp);
         Ok(())
     }
@@ -634,7 +636,7 @@ impl Gpu {
         k: usize,
     ) -> Result<(), GpuError> {
         let (ld32, k32) = (ld as i32, k as i32);
-        let cfg = config(rows as u32, 1, 1024, TOPK_ROWS_SMEM);
+        let cfg = config(rows as u32, 1, TOPK_ROWS_THREADS, TOPK_ROWS_SMEM);
         launch!(
             self,
             "topk_rows_lens",
@@ -1284,6 +1286,19 @@ mod tests {
             max,
             "IX_FP8_MAX is no e4m3 value"
         );
+    }
+
+    /// `topk_rows` strides its loads by TKR_THREADS, not by the launched block size, so the two
+    /// must agree.
+    #[test]
+    fn the_prefill_top_k_launches_the_block_its_kernel_strides_by() {
+        let threads: u32 = KERNELS
+            .lines()
+            .find_map(|l| l.strip_prefix("#define TKR_THREADS "))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("kernels.cu defines TKR_THREADS");
+        assert_eq!(threads, TOPK_ROWS_THREADS);
     }
 
     #[test]
