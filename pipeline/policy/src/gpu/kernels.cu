@@ -1603,6 +1603,7 @@ __device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi
             at = __shfl_sync(0xffffffffu, at, 0);
 #pragma unroll
             for (int u = 0; u < R; u++) {
+                if (mc[u] == 0u) continue;  // most groups of 32 keys of a long row hold no candidate
                 int slot = at + __popc(mc[u] & below);
                 if (((mc[u] >> lane) & 1u) && slot < TKR_CAP)
                     cand[slot] = ((unsigned long long)order_key(v[u]) << 32) | (unsigned)(base + u * TKR_THREADS + threadIdx.x);
