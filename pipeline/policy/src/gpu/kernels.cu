@@ -669,6 +669,52 @@ __device__ int find_bin_block(const int* hist, int bins, int want, int* above_ou
     return b;
 }
 
+// find_bin_block for two searches at once, in `ha` for `want_a` and in `hb` for `want_b` (the
+// same histogram or two; at most 2^31 keys each): one block scan of both counts, packed, where
+// two calls took two. Bins and counts above them land in bin[0..1] and above[0..1].
+__device__ void find_bin_pair(const int* ha, int want_a, const int* hb, int want_b, int* bin, int* above) {
+    __shared__ unsigned long long tot[33];
+    __shared__ int res[4];
+    int per = (TK_BINS + blockDim.x - 1) / blockDim.x;
+    int hi = TK_BINS - (int)threadIdx.x * per, lo = max(0, hi - per);  // this thread's bins [lo, hi)
+    int sa = 0, sb = 0;
+    for (int b = lo; b < hi; b++) {
+        sa += ha[b];
+        sb += hb[b];
+    }
+    unsigned long long before;
+    unsigned long long total = block_exclusive_sum(((unsigned long long)sa << 32) | (unsigned)sb, &before, tot);
+    if (threadIdx.x == 0) {  // a want beyond the total: bin 0, everything above it
+        res[0] = res[2] = 0;
+        res[1] = (int)(total >> 32);
+        res[3] = (int)(total & 0xffffffffull);
+    }
+    __syncthreads();
+    const int* h[2] = {ha, hb};
+    int want[2] = {want_a, want_b}, sum[2] = {sa, sb};
+    int run0[2] = {(int)(before >> 32), (int)(before & 0xffffffffull)};
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        if (hi > lo && run0[x] + sum[x] >= want[x] && (threadIdx.x == 0 || run0[x] < want[x])) {
+            int run = run0[x];
+            for (int b = hi - 1; b >= lo; b--) {
+                if (run + h[x][b] >= want[x]) {
+                    res[2 * x] = b;
+                    res[2 * x + 1] = run;
+                    break;
+                }
+                run += h[x][b];
+            }
+        }
+    }
+    __syncthreads();
+    bin[0] = res[0];
+    above[0] = res[1];
+    bin[1] = res[2];
+    above[1] = res[3];
+    __syncthreads();  // res is free for the next call
+}
+
 // One block selects the top k of `row[0..len)` into `o`.
 __device__ void topk_row_block(const float* row, int len, int k, int* o) {
     __shared__ int hist[256];
@@ -1622,9 +1668,9 @@ __device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi
 // false, with nothing read, when the expected band would not fit three quarters of TKR_CAP
 // (large k against len). The sample's keys are loaded together, then wait in `keys` (32 ·
 // TKS_RUNS) for the three loops over them: topk_rows runs two blocks a multiprocessor only at
-// 32 registers a thread. `h1` and `h2` are 2,048-int histograms; `warp_tot` 33 ints.
-__device__ bool tk_sample_band(const float* row, int len, int k, unsigned* keys, int* h1, int* h2, int* warp_tot,
-                               unsigned* lo, unsigned* hi) {
+// 32 registers a thread. `h1` and `h2` are 2,048-int histograms.
+__device__ bool tk_sample_band(const float* row, int len, int k, unsigned* keys, int* h1, int* h2, unsigned* lo,
+                               unsigned* hi) {
     int runs = min(TKS_RUNS, len / (32 * TKS_EVERY)), m = 32 * runs;
     float r = (float)k * (float)m / (float)len, d = 5.f * sqrtf(r) + 16.f;
     if (2.f * d * (float)len / (float)m > 0.75f * TKR_CAP) return false;
@@ -1648,25 +1694,22 @@ __device__ bool tk_sample_band(const float* row, int len, int k, unsigned* keys,
     __syncthreads();
     int want_hi = (int)floorf(r - d), want_lo = (int)ceilf(r + d);
     bool open_hi = want_hi < 1, open_lo = want_lo > m;  // the same in every thread
-    int above_hi = 0, above_lo = 0, b_hi = -1, b_lo = -1;
-    if (!open_hi) b_hi = find_bin_block(h1, TK_BINS, want_hi, &above_hi, warp_tot);
-    if (!open_lo) b_lo = find_bin_block(h1, TK_BINS, want_lo, &above_lo, warp_tot);
-    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h1[i] = 0;  // read by all before find_bin_block's last barrier
+    // Both ends searched together (an open end searches for rank 1, unused).
+    int b1[2], above[2];
+    find_bin_pair(h1, open_hi ? 1 : want_hi, h1, open_lo ? 1 : want_lo, b1, above);
+    for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h1[i] = 0;  // read by all before find_bin_pair's last barrier
     __syncthreads();
     for (int j = threadIdx.x; j < m; j += blockDim.x) {
         unsigned key = keys[j];
         int top = (int)(key >> 21), next = (int)((key >> 10) & (TK_BINS - 1));
-        if (top == b_hi) atomicAdd(&h1[next], 1);
-        if (top == b_lo) atomicAdd(&h2[next], 1);
+        if (!open_hi && top == b1[0]) atomicAdd(&h1[next], 1);
+        if (!open_lo && top == b1[1]) atomicAdd(&h2[next], 1);
     }
     __syncthreads();
-    int unused;
-    *hi = 0xffffffffu;
-    *lo = 0u;
-    if (!open_hi)
-        *hi = ((unsigned)b_hi << 21) | ((unsigned)find_bin_block(h1, TK_BINS, want_hi - above_hi, &unused, warp_tot) << 10) | 1023u;
-    if (!open_lo)
-        *lo = ((unsigned)b_lo << 21) | ((unsigned)find_bin_block(h2, TK_BINS, want_lo - above_lo, &unused, warp_tot) << 10);
+    int b2[2], unused[2];
+    find_bin_pair(h1, open_hi ? 1 : want_hi - above[0], h2, open_lo ? 1 : want_lo - above[1], b2, unused);
+    *hi = open_hi ? 0xffffffffu : ((unsigned)b1[0] << 21) | ((unsigned)b2[0] << 10) | 1023u;
+    *lo = open_lo ? 0u : ((unsigned)b1[1] << 21) | ((unsigned)b2[1] << 10);
     return true;
 }
 
@@ -1693,8 +1736,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
     // bitmap's, both free until the marking pass; its barriers publish the zeroed counts.
     unsigned lo, hi;
     if (len >= TKS_MIN &&
-        tk_sample_band(row, len, k, reinterpret_cast<unsigned*>(cand), hist, reinterpret_cast<int*>(sel), warp_tot,
-                       &lo, &hi)) {
+        tk_sample_band(row, len, k, reinterpret_cast<unsigned*>(cand), hist, reinterpret_cast<int*>(sel), &lo, &hi)) {
         tk_mark_band(row, len, lo, hi, sel, cand, &n_cand_s);
         __syncthreads();
         // The keys above the band, from the bitmap (counted in the pass, the count took a
