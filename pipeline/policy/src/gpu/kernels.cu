@@ -1613,9 +1613,9 @@ __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigne
 
 // The marking pass over `row` for the band [lo, hi] (TKR_THREADS threads): keys above `hi` are
 // marked in `sel` (every word of the row written), keys inside it are appended to `cand` (the
-// first TKR_CAP of them; `*n_cand` counts them all), in no particular order. The pass is bound
-// by instruction issue (ncu: 0.8 warps issued a cycle per scheduler), so a round is kept
-// short: each thread loads eight keys at fixed offsets from one address (bounds checked only
+// first TKR_CAP of them; `*n_cand` counts them all), in no particular order. Its first form was
+// bound by instruction issue (ncu: 0.8 warps issued a cycle per scheduler, about 55
+// instructions a key), so a round is kept short: each thread loads eight keys at fixed offsets from one address (bounds checked only
 // in the last round), two ballots a key give its bitmap word and its candidates, and one shared
 // atomic a warp a round places all of the round's candidates, where a lane-0 atomic per 32 keys
 // came with the compiler's warp-aggregation sequence each time. With the exact path alone this
