@@ -632,6 +632,24 @@ __device__ __forceinline__ T block_exclusive_sum(T v, T* prefix, T* warp_tot) {
 #define TK_WORDS (TK_MAX_LEN / 32)  // a bitmap over a row
 #define TK_THREADS 512  // threads of a topk_decode_fused block
 
+// The search step of find_bin_block and find_bin_pair: this thread's run of bins [lo, hi), with
+// `run` keys counted above it and `sum` in it, holds the want-th key (or thread 0's run, the
+// highest, is past it), so the run is walked from the top and the bin and the count above it
+// written to the block's answer.
+__device__ __forceinline__ void search_run(const int* hist, int lo, int hi, int run, int sum, int want, int* res_b,
+                                           int* res_above) {
+    if (hi > lo && run + sum >= want && (threadIdx.x == 0 || run < want)) {
+        for (int b = hi - 1; b >= lo; b--) {
+            if (run + hist[b] >= want) {
+                *res_b = b;
+                *res_above = run;
+                break;
+            }
+            run += hist[b];
+        }
+    }
+}
+
 // The highest bin b of `hist` with (count above b) < want <= (count above b) + hist[b], and the
 // count above it (bin 0 and the total when `want` exceeds it), found by the whole block with
 // every thread getting the answer: each thread sums a run of bins (highest first), a block scan
@@ -651,17 +669,7 @@ __device__ int find_bin_block(const int* hist, int bins, int want, int* above_ou
         res_above = total;  // `want` beyond the total: bin 0, everything above it
     }
     __syncthreads();
-    if (hi > lo && above + sum >= want && (threadIdx.x == 0 || above < want)) {
-        int run = above;
-        for (int b = hi - 1; b >= lo; b--) {
-            if (run + hist[b] >= want) {
-                res_b = b;
-                res_above = run;
-                break;
-            }
-            run += hist[b];
-        }
-    }
+    search_run(hist, lo, hi, above, sum, want, &res_b, &res_above);
     __syncthreads();
     int b = res_b;
     *above_out = res_above;
@@ -690,23 +698,8 @@ __device__ void find_bin_pair(const int* ha, int want_a, const int* hb, int want
         res[3] = (int)(total & 0xffffffffull);
     }
     __syncthreads();
-    const int* h[2] = {ha, hb};
-    int want[2] = {want_a, want_b}, sum[2] = {sa, sb};
-    int run0[2] = {(int)(before >> 32), (int)(before & 0xffffffffull)};
-#pragma unroll
-    for (int x = 0; x < 2; x++) {
-        if (hi > lo && run0[x] + sum[x] >= want[x] && (threadIdx.x == 0 || run0[x] < want[x])) {
-            int run = run0[x];
-            for (int b = hi - 1; b >= lo; b--) {
-                if (run + h[x][b] >= want[x]) {
-                    res[2 * x] = b;
-                    res[2 * x + 1] = run;
-                    break;
-                }
-                run += h[x][b];
-            }
-        }
-    }
+    search_run(ha, lo, hi, (int)(before >> 32), sa, want_a, &res[0], &res[1]);
+    search_run(hb, lo, hi, (int)(before & 0xffffffffull), sb, want_b, &res[2], &res[3]);
     __syncthreads();
     bin[0] = res[0];
     above[0] = res[1];
