@@ -1292,13 +1292,7 @@ mod tests {
     /// must agree.
     #[test]
     fn the_prefill_top_k_launches_the_block_its_kernel_strides_by() {
-        let threads: u32 = KERNELS
-            .lines()
-            .find_map(|l| l.strip_prefix("#define TKR_THREADS "))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("kernels.cu defines TKR_THREADS");
-        assert_eq!(threads, TOPK_ROWS_THREADS);
+        assert_eq!(define("TKR_THREADS"), TOPK_ROWS_THREADS);
     }
 
     #[test]
