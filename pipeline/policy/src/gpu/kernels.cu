@@ -1546,21 +1546,24 @@ __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties
 // The last passes of both top-k paths, by one block. `cand` holds `n` candidates in shared
 // memory, each (key << 32) | position, whose keys' bits above `shift` are `prefix` or more: those
 // above it are taken; of those sharing it, `need` are to be chosen. Histograms of the remaining
-// bits (11 then 10, or 10) find the exact threshold key: every candidate above it is marked in
-// `sel`, every one equal to it in `tie`. Returns how many ties join (for emit_selected). `hist`
-// holds 2,048 ints of shared memory and `warp_tot` 33.
+// bits, 11 at a time and 10 last (11, 11, 10 from shift 32, where every candidate shares the
+// empty prefix), find the exact threshold key: every candidate above it is marked in `sel`,
+// every one equal to it in `tie`. Returns how many ties join (for emit_selected). `hist` holds
+// 2,048 ints of shared memory and `warp_tot` 33.
 __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigned prefix, int shift, int need,
                                   unsigned* sel, unsigned* tie, int* hist, int* warp_tot) {
     unsigned cur = prefix;  // the threshold key's bits above `hi`, found so far
     for (int hi = shift; hi > 0;) {
         const bool first = hi == shift;
-        int s = hi > 10 ? 10 : 0, nb = 1 << (hi - s);
+        int s = hi > 11 ? hi - 11 : 0, nb = 1 << (hi - s);
+        // The key's bits above `hi` (none at 32: a shift by 32 is undefined).
+        auto top = [hi](unsigned key) { return hi < 32 ? key >> hi : 0u; };
         __syncthreads();  // every thread is done with `hist` (and `sel` and `cand` are written)
         for (int i = threadIdx.x; i < nb; i += blockDim.x) hist[i] = 0;
         __syncthreads();
         for (int c = threadIdx.x; c < n; c += blockDim.x) {
             unsigned key = (unsigned)(cand[c] >> 32);
-            if ((key >> hi) == cur) atomicAdd(&hist[(key >> s) & (nb - 1)], 1);
+            if (top(key) == cur) atomicAdd(&hist[(key >> s) & (nb - 1)], 1);
         }
         __syncthreads();
         int above;
@@ -1569,8 +1572,8 @@ __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigne
             unsigned long long ci = cand[c];
             unsigned key = (unsigned)(ci >> 32);
             int i = (int)(unsigned)(ci & 0xffffffffull);
-            if ((key >> hi) != cur) {
-                if (first && (key >> hi) > cur) atomicOr(&sel[i >> 5], 1u << (i & 31));
+            if (top(key) != cur) {
+                if (first && top(key) > cur) atomicOr(&sel[i >> 5], 1u << (i & 31));
                 continue;
             }
             unsigned v = (key >> s) & (nb - 1);
@@ -1741,19 +1744,8 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         __syncthreads();
         int n_cand = n_cand_s, need = k - n_above_s;
         if (need >= 0 && need <= n_cand && n_cand <= TKR_CAP) {
-            // The k-th key is a candidate. The candidates' top 11 bits find its bin; those above
-            // the bin are taken by resolve_candidates, which finds the key inside it.
-            int ties = 0;
-            if (need > 0) {
-                for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hist[i] = 0;
-                __syncthreads();
-                for (int c = threadIdx.x; c < n_cand; c += blockDim.x)
-                    atomicAdd(&hist[(unsigned)(cand[c] >> 32) >> 21], 1);
-                __syncthreads();
-                int above;
-                unsigned b = (unsigned)find_bin_block(hist, TK_BINS, need, &above, warp_tot);
-                ties = resolve_candidates(cand, n_cand, b, 21, need - above, sel, tie, hist, warp_tot);
-            }
+            // The k-th key is a candidate, found among them from their full keys.
+            int ties = need > 0 ? resolve_candidates(cand, n_cand, 0u, 32, need, sel, tie, hist, warp_tot) : 0;
             emit_selected(sel, tie, ties, words, o);
             return;
         }
