@@ -501,18 +501,20 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
     if !report.bench.is_empty() {
         println!();
         println!(
-            "| context | FP8 indexer ms (with q quantization) | FP8 indexer TFLOP/s | prefill ms with the FP8 indexer | decode sparse ms with the FP8 indexer (its indexer) |"
+            "| context | FP8 indexer ms | FP8 indexer TFLOP/s | prefill ms with the FP8 indexer | decode sparse ms with the FP8 indexer (its indexer) | q quantization ms, prefill / decode (apart) |"
         );
-        println!("|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|");
         for b in &report.bench {
             println!(
-                "| {} | {:.2} | {:.0} | {:.2} | {:.3} ({:.3}) |",
+                "| {} | {:.2} | {:.0} | {:.2} | {:.3} ({:.3}) | {:.3} / {:.4} |",
                 b.context,
                 b.prefill_indexer_fp8_ms,
                 b.prefill_indexer_fp8_tflops,
                 b.prefill_total_fp8_ms,
                 b.decode_sparse_fp8_ms,
-                b.decode_indexer_fp8_ms
+                b.decode_indexer_fp8_ms,
+                b.prefill_query_quant_ms,
+                b.decode_query_quant_ms
             );
         }
     }
