@@ -59,8 +59,8 @@ pub struct Bench {
     pub decode_topk_ms: f64,
     pub decode_attention_ms: f64,
     /// The sparse step with the FP8 indexer, from the e4m3 query (as in prefill), that indexer
-    /// stage alone, and the query's quantization alone (`hadamard_quant_e4m3`; runs before
-    /// 2026-11-30 counted it in the step and in the prefill indexer).
+    /// stage alone, and the query's quantization alone (`hadamard_quant_e4m3`; runs before the
+    /// one of 2026-11-30 13:47 UTC counted it in the step and in the prefill indexer).
     pub decode_sparse_fp8_ms: f64,
     pub decode_indexer_fp8_ms: f64,
     pub decode_query_quant_ms: f64,
