@@ -49,7 +49,7 @@ pub struct Args {
     /// Run seed: with the task id it gives each rollout's sample seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Requests in flight at once.
+    /// Requests in flight at once (with `local:DIR`, also the most sequences decoding together).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Model turns per rollout.
@@ -226,6 +226,8 @@ async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
                 ..SamplingParams::default()
             },
             device: a.device,
+            // Every request in flight may decode in the same step.
+            max_batch: a.concurrency.max(1),
             ..LocalOptions::default()
         };
         let local = tokio::task::spawn_blocking(move || LocalPolicy::load(&dir, options))

@@ -207,11 +207,7 @@ fn run<B: Backend>(
         let mut batch: Vec<(&mut B::Seq, u32)> =
             running.iter_mut().map(|r| (&mut r.seq, r.next)).collect();
         match backend.decode(&mut batch) {
-            Ok(logits) => {
-                for (r, l) in running.iter_mut().zip(&logits) {
-                    r.next = r.sampler.sample(l);
-                }
-            }
+            Ok(logits) => sample_all(&mut running, &logits),
             Err(e) => {
                 for r in running.drain(..) {
                     backend.release(r.seq);
@@ -222,6 +218,37 @@ fn run<B: Backend>(
             }
         }
     }
+}
+
+/// Logits a sampling thread should have to itself before a step spreads its draws over the
+/// cores: a thread costs tens of microseconds to start, a logit a few nanoseconds to weigh.
+const SAMPLING_WORK_PER_THREAD: usize = 1 << 16;
+
+/// Draws every running sequence's next token. A large batch spreads them over the cores while
+/// the accelerator waits for them; each sequence has its own sampler, so its token does not
+/// depend on how the batch was split.
+fn sample_all<S: Send>(running: &mut [Running<S>], logits: &[Vec<f32>]) {
+    let work: usize = logits.iter().map(Vec::len).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(work / SAMPLING_WORK_PER_THREAD)
+        .min(running.len());
+    if threads <= 1 {
+        for (r, l) in running.iter_mut().zip(logits) {
+            r.next = r.sampler.sample(l);
+        }
+        return;
+    }
+    let per = running.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (rs, ls) in running.chunks_mut(per).zip(logits.chunks(per)) {
+            scope.spawn(move || {
+                for (r, l) in rs.iter_mut().zip(ls) {
+                    r.next = r.sampler.sample(l);
+                }
+            });
+        }
+    });
 }
 
 /// Prefills a new request and samples its first token; answers at once if it cannot start.
@@ -248,6 +275,57 @@ fn admit<B: Backend>(backend: &mut B, job: Job) -> Option<Running<B::Seq>> {
         Err(e) => {
             let _ = reply.send(Err(e));
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::SamplingParams;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn a_batch_sampled_over_threads_draws_what_each_sampler_draws_alone() {
+        // 64 sequences of a 4,096-token vocabulary: enough work for every core there is.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let logits: Vec<Vec<f32>> = (0..64)
+            .map(|_| (0..4096).map(|_| rng.random_range(-6.0f32..6.0)).collect())
+            .collect();
+        // The threaded path is the one tested (on any machine with two cores or more).
+        const { assert!(64 * 4096 >= 2 * SAMPLING_WORK_PER_THREAD) };
+        let params = SamplingParams {
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 0,
+        };
+        let sampler = |i: u64| Sampler::new(params, 100 + i).expect("valid");
+        let mut running: Vec<Running<()>> = (0..64)
+            .map(|i| Running {
+                seq: (),
+                out: Vec::new(),
+                next: u32::MAX,
+                sampler: sampler(i),
+                stop: Stop {
+                    eos: vec![],
+                    max_new_tokens: 1,
+                    strings: vec![],
+                },
+                reply: tokio::sync::oneshot::channel().0,
+            })
+            .collect();
+        for step in 0..3 {
+            sample_all(&mut running, &logits);
+            let mut alone: Vec<Sampler> = (0..64).map(sampler).collect();
+            for _ in 0..step {
+                for (s, l) in alone.iter_mut().zip(&logits) {
+                    s.sample(l);
+                }
+            }
+            for (i, (r, l)) in running.iter().zip(&logits).enumerate() {
+                assert_eq!(r.next, alone[i].sample(l), "sequence {i}, step {step}");
+            }
         }
     }
 }

@@ -33,7 +33,7 @@ pub use config::{Config, Preset};
 pub use generate::{Finish, Generation, Stop, generate, generate_batch};
 pub use local::LocalPolicy;
 pub use model::{AttentionMode, Cache, Forward, Logits, Model, Segment, Selection};
-pub use sample::{Sampler, SamplingParams};
+pub use sample::{Sampler, SamplingParams, full_sort_distribution};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -13,6 +13,7 @@ use crate::checkpoint::Tensors;
 use crate::config::Preset;
 use crate::init::random_tensors;
 use crate::model::{AttentionMode, Cache, Choices, Forward, Logits, Model, Segment, Selection};
+use crate::sample::argmax;
 
 /// Relative error bound of whole-model logits (with the GPU's discrete choices): the GPU rounds
 /// every matrix product's inputs and the attention probabilities to bf16 (8 significant bits)
@@ -412,16 +413,6 @@ fn logits_check(name: &str, got: &[Vec<f32>], want: &[Vec<f32>], detail: String)
             want.len()
         ),
     )
-}
-
-pub fn argmax(v: &[f32]) -> u32 {
-    let (mut best, mut top) = (0, f32::NEG_INFINITY);
-    for (i, &x) in v.iter().enumerate() {
-        if x > top {
-            (best, top) = (i, x);
-        }
-    }
-    best as u32
 }
 
 /// End-to-end greedy decoding on the GPU at one batch size.
