@@ -3,7 +3,8 @@
 # every kernel against the CPU reference on fresh random inputs, our DSA kernels at the small
 # preset's shapes for 8K-128K contexts, PyTorch's dense attention on the same GPU, the whole
 # small-preset model decoding end to end against a PyTorch eager implementation of it, and the
-# side-by-side tables, then rollouts through the local GPU policy with each indexer.
+# side-by-side tables, then rollouts through the local GPU policy with each indexer, and a rerun
+# that must give the same bytes.
 # Usage: tests/gpu/run.sh [ENVSYNTH_BINARY] (results in $OUT or out/gpu).
 set -euo pipefail
 BIN=${1:-target/release/envsynth}
@@ -25,3 +26,15 @@ for DEV in gpu gpu-fp8; do
     --max-turns 2 --max-tokens 64 --seed 3 --out "$OUT/rollouts-$DEV" > "$OUT/rollouts-$DEV.log"
   echo "rollouts on --device $DEV: $(wc -l < "$OUT/rollouts-$DEV/rollouts.jsonl") written"
 done
+# Twice more on the GPU with 3 in flight, fewer than the 8 rollouts, so requests join the batch
+# as others leave it, at moments that vary from run to run: the bytes must not.
+for RUN in a b; do
+  "$BIN" rollout --tasks "$(dirname "$MODEL")/tasks" --policy "local:$MODEL" --device gpu --k 2 \
+    --max-turns 2 --max-tokens 64 --seed 3 --concurrency 3 --out "$OUT/rollouts-gpu-3-$RUN" > /dev/null
+done
+if cmp -s "$OUT/rollouts-gpu-3-a/rollouts.jsonl" "$OUT/rollouts-gpu-3-b/rollouts.jsonl"; then
+  echo "rollouts on --device gpu with 3 in flight, run twice: byte-identical"
+else
+  echo "rollouts on --device gpu with 3 in flight, run twice: DIFFERENT" >&2
+  exit 1
+fi

@@ -578,6 +578,7 @@ fn e2e(
             model::GpuOptions {
                 cache_tokens: most * per_seq,
                 fp8_indexer,
+                decode_rows: 0,
             },
         )?;
         model_check::e2e(&mut gm, 1, 256, 4)?; // warm-up

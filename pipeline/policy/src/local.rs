@@ -97,6 +97,9 @@ impl LocalPolicy {
                     crate::gpu::model::GpuOptions {
                         cache_tokens,
                         fp8_indexer: options.device == Device::GpuFp8,
+                        // Steps computed as full ones: a rollout's tokens do not depend on
+                        // what shared its steps, so reruns are byte-identical.
+                        decode_rows: options.max_batch,
                     },
                 )?;
                 Batcher::start(gm, detokenize, options.max_batch)

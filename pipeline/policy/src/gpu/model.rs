@@ -108,6 +108,12 @@ pub struct GpuOptions {
     /// and quantized to e4m3 (one power-of-two scale per 128 values). Off, it runs in bf16, which
     /// is what the CPU reference's top-k agrees with to within rounding.
     pub fp8_indexer: bool,
+    /// Decode steps compute as though at least this many sequences took part (0: as many as
+    /// do), so that a sequence's logits do not depend on which others share its step: cuBLAS
+    /// chooses its kernels by the number of rows, and the attention its splits. With it, the
+    /// products run over this many rows (the extra ones ignored) and the splits are chosen for
+    /// it. The batcher's bound, so that rollouts replay byte for byte however they batched.
+    pub decode_rows: usize,
 }
 
 impl Default for GpuOptions {
@@ -115,6 +121,7 @@ impl Default for GpuOptions {
         GpuOptions {
             cache_tokens: 1 << 20,
             fp8_indexer: false,
+            decode_rows: 0,
         }
     }
 }
@@ -143,6 +150,11 @@ pub struct GpuModel {
     /// Page-locked staging for the logits read back each call, so the copy (2 MB at batch 128)
     /// goes straight over PCIe instead of through the driver's pageable bounce buffer.
     logits_host: Option<PinnedHostSlice<f32>>,
+    /// [`GpuOptions::decode_rows`].
+    decode_rows: usize,
+    /// The rows every cuBLAS product of the current call runs over, when more than its tokens
+    /// (a decode step under `decode_rows`); 0 otherwise.
+    gemm_rows: usize,
 }
 
 /// A captured graph. CUDA graphs must not be used from two threads at once; the model is only
@@ -256,6 +268,8 @@ struct Scratch {
 /// Sizes that shape one forward call.
 struct Shape {
     n: usize,
+    /// Rows the work space holds: n, or more for products padded to `decode_rows`.
+    rows: usize,
     logit_rows: usize,
     ld: usize,
     splits: usize,
@@ -390,6 +404,8 @@ impl GpuModel {
             graphs: Vec::new(),
             seen: Vec::new(),
             logits_host: None,
+            decode_rows: opts.decode_rows,
+            gemm_rows: 0,
             _workspace: workspace,
             blas,
             gpu,
@@ -516,9 +532,14 @@ impl GpuModel {
             }
         }
         let k = cfg.index_topk;
-        let splits = attention_splits(n, self.gpu.multiprocessors as usize, k);
+        // Under `decode_rows`, a step's products and attention splits are those of a step of
+        // that many rows, whatever its own count.
+        let step_rows = if decode { n.max(self.decode_rows) } else { n };
+        self.gemm_rows = if decode { step_rows } else { 0 };
+        let splits = attention_splits(step_rows, self.gpu.multiprocessors as usize, k);
         let shape = Shape {
             n,
+            rows: step_rows,
             logit_rows: if decode { n } else { n.min(PREFILL_CHUNK) },
             ld,
             splits,
@@ -974,7 +995,7 @@ impl GpuModel {
     fn scratch(&mut self, sh: &Shape) -> Result<Scratch, GpuError> {
         let plan = |base: u64, cfg: &Config| -> (Scratch, u64) {
             let mut c = Carve { base, end: 0 };
-            let (n, d) = (sh.n, cfg.hidden_size);
+            let (n, d) = (sh.rows, cfg.hidden_size);
             let ql = cfg.q_lora();
             let e = cfg.n_routed_experts.max(1);
             let ie = cfg.moe_intermediate_size;
@@ -1215,6 +1236,7 @@ impl GpuModel {
             &alpha as *const f32 as *const _,
             &beta as *const f32 as *const _,
         );
+        let n = n.max(self.gemm_rows);
         let (m, n, k) = (m as i32, n as i32, k as i32);
         // SAFETY: the pointers address live device buffers sized by the callers for these shapes.
         // One call for single and batched products (a batch of one ignores the strides).

@@ -7,8 +7,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::check::{Check, check, f64s, rel_err};
-use super::model::{GpuModel, GpuOptions, GpuSeq};
+use super::model::{GpuModel, GpuOptions, GpuSeq, PAGE, attention_splits};
 use super::{Gpu, GpuError};
+use crate::ModelError;
 use crate::checkpoint::Tensors;
 use crate::config::Preset;
 use crate::init::random_tensors;
@@ -64,6 +65,7 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
     let options = |fp8_indexer| GpuOptions {
         cache_tokens: 4096,
         fp8_indexer,
+        decode_rows: 0,
     };
     let mut gm = GpuModel::new(gpu.clone(), &model, options(false)).map_err(model_err)?;
     let run = against_cpu(&mut gm, &model, &prompts, &fed)?;
@@ -137,6 +139,55 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
         gm.release(seq);
     }
     drop(gm);
+
+    // Under `decode_rows`, sequence 0 decoded among 65 others (fourth of 66 rows) and alone
+    // gives the same bytes. At this top-k, 66 rows and one take different attention splits (2
+    // and 4), so without the option the two differ (the detail says how far).
+    let rows = 66;
+    let among_and_alone = |decode_rows| -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let opts = GpuOptions {
+            cache_tokens: (rows + 16) * PAGE,
+            decode_rows,
+            ..options(false)
+        };
+        let mut gm = GpuModel::new(gpu.clone(), &model, opts)?;
+        let mut others: Vec<GpuSeq> = (1..rows).map(|_| gm.new_seq()).collect();
+        let (mut a, mut alone) = (gm.new_seq(), gm.new_seq());
+        for (i, seq) in others.iter_mut().enumerate() {
+            let p = &prompts[1][..20 + i % 50];
+            gm.forward(&mut [(seq, p)], Logits::Last)?;
+        }
+        gm.forward(&mut [(&mut a, prompts[0].as_slice())], Logits::Last)?;
+        gm.forward(&mut [(&mut alone, prompts[0].as_slice())], Logits::Last)?;
+        let (mut among, mut by_itself) = (Vec::new(), Vec::new());
+        for next in &fed {
+            let mut segs: Vec<(&mut GpuSeq, &[u32])> =
+                others.iter_mut().map(|s| (s, &next[1..])).collect();
+            segs.insert(3, (&mut a, &next[..1]));
+            let l = gm.forward(&mut segs, Logits::Last)?;
+            among.extend(&l[3]);
+            let l = gm.forward(&mut [(&mut alone, &next[..1])], Logits::Last)?;
+            by_itself.extend(&l[0]);
+        }
+        for seq in others.into_iter().chain([a, alone]) {
+            gm.release(seq);
+        }
+        Ok((among, by_itself))
+    };
+    let (among, by_itself) = among_and_alone(rows).map_err(model_err)?;
+    let (among0, by_itself0) = among_and_alone(0).map_err(model_err)?;
+    out.push(check(
+        "model_decode_batch_invariance",
+        "a sequence's decode logits among 66 rows against alone, steps computed as 66 rows",
+        rel_err(&f64s(&among), &f64s(&by_itself)),
+        0.0,
+        format!(
+            "{steps} steps, bitwise; without decode_rows ({} attention splits among them, {} alone) the two differ by {:.1e}",
+            attention_splits(rows, gpu.multiprocessors as usize, topk),
+            attention_splits(1, gpu.multiprocessors as usize, topk),
+            rel_err(&f64s(&among0), &f64s(&by_itself0))
+        ),
+    ));
 
     let mut gm8 = GpuModel::new(gpu.clone(), &model, options(true)).map_err(model_err)?;
     let run8 = against_cpu(&mut gm8, &model, &prompts, &fed)?;
