@@ -23,6 +23,9 @@ pub trait Backend: Send + 'static {
     fn context_limit(&self) -> usize;
     /// A new sequence holding `prompt`, and the logits after its last token.
     fn prefill(&mut self, prompt: &[u32]) -> Result<(Self::Seq, Vec<f32>), ModelError>;
+    /// A new sequence holding the first `len` tokens of `seq`, as prefilling them would leave
+    /// it (decoding only appends), without computing anything.
+    fn fork(&mut self, seq: &Self::Seq, len: usize) -> Result<Self::Seq, ModelError>;
     /// One token more for each sequence, all in one step; logits per sequence.
     fn decode(&mut self, batch: &mut [(&mut Self::Seq, u32)]) -> Result<Vec<Vec<f32>>, ModelError>;
     fn seq_len(seq: &Self::Seq) -> usize;
@@ -41,6 +44,10 @@ impl Backend for Arc<Model> {
         let mut cache = Cache::new(self);
         let logits = Model::prefill(self, &mut cache, prompt)?;
         Ok((cache, logits))
+    }
+
+    fn fork(&mut self, seq: &Cache, len: usize) -> Result<Cache, ModelError> {
+        Ok(seq.prefix(len))
     }
 
     fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -70,6 +77,10 @@ impl Backend for GpuModel {
                 Err(e)
             }
         }
+    }
+
+    fn fork(&mut self, seq: &GpuSeq, len: usize) -> Result<GpuSeq, ModelError> {
+        GpuModel::fork(self, seq, len)
     }
 
     fn decode(&mut self, batch: &mut [(&mut GpuSeq, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -103,6 +114,9 @@ struct Job {
 
 struct Running<S> {
     seq: S,
+    /// The prompt and the logits after it, for a request with the same prompt to start from.
+    prompt: Arc<[u32]>,
+    prompt_logits: Arc<[f32]>,
     out: Vec<u32>,
     next: u32,
     sampler: Sampler,
@@ -173,7 +187,7 @@ fn run<B: Backend>(
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
-            if let Some(r) = admit(backend, job) {
+            if let Some(r) = admit(backend, job, &running) {
                 running.push(r);
             }
         }
@@ -251,8 +265,14 @@ fn sample_all<S: Send>(running: &mut [Running<S>], logits: &[Vec<f32>]) {
     });
 }
 
-/// Prefills a new request and samples its first token; answers at once if it cannot start.
-fn admit<B: Backend>(backend: &mut B, job: Job) -> Option<Running<B::Seq>> {
+/// Starts a new request and samples its first token; answers at once if it cannot start. A
+/// request whose prompt a running sequence began with (the k samples of one task) starts from a
+/// copy of that sequence's cache and its logits, which are what prefilling the prompt would give.
+fn admit<B: Backend>(
+    backend: &mut B,
+    job: Job,
+    running: &[Running<B::Seq>],
+) -> Option<Running<B::Seq>> {
     let Job {
         prompt,
         mut sampler,
@@ -263,10 +283,20 @@ fn admit<B: Backend>(backend: &mut B, job: Job) -> Option<Running<B::Seq>> {
         let _ = reply.send(Err(ModelError::Empty));
         return None;
     }
-    match backend.prefill(&prompt) {
-        Ok((seq, logits)) => Some(Running {
-            next: sampler.sample(&logits),
+    let started = match running.iter().find(|r| *r.prompt == *prompt) {
+        Some(r) => backend
+            .fork(&r.seq, prompt.len())
+            .map(|seq| (seq, r.prompt.clone(), r.prompt_logits.clone())),
+        None => backend
+            .prefill(&prompt)
+            .map(|(seq, logits)| (seq, prompt.into(), logits.into())),
+    };
+    match started {
+        Ok((seq, prompt, prompt_logits)) => Some(Running {
+            next: sampler.sample(&prompt_logits),
             seq,
+            prompt,
+            prompt_logits,
             out: Vec::new(),
             sampler,
             stop,
@@ -286,6 +316,96 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
+    /// The CPU model, counting what the batcher asks of it.
+    struct Counting {
+        model: Arc<Model>,
+        prefills: usize,
+        forks: usize,
+    }
+
+    impl Backend for Counting {
+        type Seq = Cache;
+        fn context_limit(&self) -> usize {
+            self.model.context_limit()
+        }
+        fn prefill(&mut self, prompt: &[u32]) -> Result<(Cache, Vec<f32>), ModelError> {
+            self.prefills += 1;
+            self.model.prefill(prompt)
+        }
+        fn fork(&mut self, seq: &Cache, len: usize) -> Result<Cache, ModelError> {
+            self.forks += 1;
+            self.model.fork(seq, len)
+        }
+        fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
+            self.model.decode(batch)
+        }
+        fn seq_len(seq: &Cache) -> usize {
+            seq.len()
+        }
+        fn release(&mut self, _seq: Cache) {}
+    }
+
+    fn job(prompt: &[u32], seed: u64) -> Job {
+        Job {
+            prompt: prompt.to_vec(),
+            sampler: Sampler::new(SamplingParams::default(), seed).expect("valid"),
+            stop: Stop {
+                eos: vec![],
+                max_new_tokens: 8,
+                strings: vec![],
+            },
+            reply: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_prompt_already_running_is_forked_not_prefilled_and_decodes_the_same() {
+        let cfg = crate::config::Preset::Tiny.config();
+        let tensors = crate::checkpoint::Tensors::from_named(crate::init::random_tensors(&cfg, 3));
+        let model = Arc::new(Model::from_tensors(cfg, tensors).expect("builds"));
+        let mut b = Counting {
+            model: model.clone(),
+            prefills: 0,
+            forks: 0,
+        };
+        let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
+        let mut running = Vec::new();
+        let first = admit(&mut b, job(&prompt, 1), &running).expect("starts");
+        running.push(first);
+        // The first sequence decodes a few tokens, so its cache is longer than the prompt.
+        for _ in 0..3 {
+            let mut batch: Vec<(&mut Cache, u32)> =
+                running.iter_mut().map(|r| (&mut r.seq, r.next)).collect();
+            let logits = b.decode(&mut batch).expect("decodes");
+            sample_all(&mut running, &logits);
+        }
+        let forked = admit(&mut b, job(&prompt, 2), &running).expect("starts");
+        let other = admit(&mut b, job(&prompt[..30], 3), &running).expect("starts");
+        assert_eq!(
+            (b.prefills, b.forks),
+            (2, 1),
+            "the same prompt is forked, another prefilled"
+        );
+        assert_eq!(forked.seq.len(), prompt.len());
+        // Against a fresh prefill of the same prompt with the same seed: the same first token,
+        // the same cache, the same logits at every later step.
+        let mut fresh = Counting {
+            model,
+            prefills: 0,
+            forks: 0,
+        };
+        let alone = admit(&mut fresh, job(&prompt, 2), &[]).expect("starts");
+        assert_eq!(forked.next, alone.next);
+        assert_eq!(*forked.prompt_logits, *alone.prompt_logits);
+        let (mut f, mut a) = (forked.seq, alone.seq);
+        for t in [7u32, 11, 13] {
+            let lf = b.decode(&mut [(&mut f, t)]).expect("decodes");
+            let la = fresh.decode(&mut [(&mut a, t)]).expect("decodes");
+            assert_eq!(lf, la);
+        }
+        assert_eq!(other.seq.len(), 30);
+    }
+
     #[test]
     fn a_batch_sampled_over_threads_draws_what_each_sampler_draws_alone() {
         // 64 sequences of a 4,096-token vocabulary: enough work for every core there is.
@@ -304,6 +424,8 @@ mod tests {
         let mut running: Vec<Running<()>> = (0..64)
             .map(|i| Running {
                 seq: (),
+                prompt: Arc::from([]),
+                prompt_logits: Arc::from([]),
                 out: Vec::new(),
                 next: u32::MAX,
                 sampler: sampler(i),

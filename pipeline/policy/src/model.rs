@@ -175,6 +175,28 @@ impl Cache {
         self.len == 0
     }
 
+    /// The cache of this sequence's first `len` tokens (at most all of them), as prefilling
+    /// those tokens leaves it: decoding only appends rows.
+    pub fn prefix(&self, len: usize) -> Cache {
+        let len = len.min(self.len);
+        let cut = |v: &Vec<f32>| match v.len().checked_div(self.len) {
+            Some(width) => v[..width * len].to_vec(),
+            None => Vec::new(),
+        };
+        Cache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerCache {
+                    latent: cut(&l.latent),
+                    k_rope: cut(&l.k_rope),
+                    index_keys: cut(&l.index_keys),
+                })
+                .collect(),
+            len,
+        }
+    }
+
     /// Bytes held, for reporting.
     pub fn bytes(&self) -> usize {
         self.layers

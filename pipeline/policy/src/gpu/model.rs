@@ -430,6 +430,41 @@ impl GpuModel {
         GpuSeq::default()
     }
 
+    /// A new sequence holding the first `len` tokens of `seq` (at most all of them), as
+    /// prefilling those tokens leaves it: their pages are copied on the GPU, in stream order.
+    pub fn fork(&mut self, seq: &GpuSeq, len: usize) -> Result<GpuSeq, ModelError> {
+        let len = len.min(seq.len);
+        let mut pages = Vec::new();
+        self.pool.grow(&mut [(&mut pages, len)])?;
+        self.gpu.ctx.bind_to_thread().map_err(cuda)?;
+        let g = &self.gpu;
+        let stream = g.stream.cu_stream();
+        // (buffer, bytes a row) of every cache.
+        let mut caches = Vec::new();
+        for layer in &self.layers {
+            caches.push((ptr(&layer.kv_cache, g), 576 * 2));
+            match &layer.ix_cache {
+                IndexCache::Bf16(keys) => caches.push((ptr(keys, g), 128 * 2)),
+                IndexCache::Fp8 { keys, scales } => {
+                    caches.push((ptr(keys, g), 128));
+                    caches.push((ptr(scales, g), 4));
+                }
+            }
+        }
+        for (&from, &to) in seq.pages.iter().zip(&pages) {
+            for &(base, row) in &caches {
+                let at = |page: i32| base + (page as u64) * (PAGE * row) as u64;
+                // SAFETY: both pages lie inside the pool every cache was allocated for, and the
+                // copy is queued on the stream that every kernel reading them runs on.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(at(to), at(from), PAGE * row, stream)
+                }
+                .map_err(cuda)?;
+            }
+        }
+        Ok(GpuSeq { pages, len })
+    }
+
     /// Returns a finished sequence's pages to the pool.
     pub fn release(&mut self, seq: GpuSeq) {
         self.pool.give_back(seq.pages);

@@ -138,6 +138,47 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
     for seq in again {
         gm.release(seq);
     }
+    // A fork of a sequence's prompt (its pages copied after it decoded on, the last one partly
+    // past the prompt) decodes as a fresh prefill of the prompt does, bitwise.
+    let fork_err = {
+        let p0 = prompts[0].as_slice();
+        let [mut src, mut fresh] = [gm.new_seq(), gm.new_seq()];
+        gm.forward(&mut [(&mut src, p0)], Logits::Last)
+            .map_err(model_err)?;
+        for next in &fed[..2] {
+            gm.forward(&mut [(&mut src, &next[..1])], Logits::Last)
+                .map_err(model_err)?;
+        }
+        let mut forked = gm.fork(&src, p0.len()).map_err(model_err)?;
+        gm.forward(&mut [(&mut fresh, p0)], Logits::Last)
+            .map_err(model_err)?;
+        let (mut from_fork, mut from_prefill) = (Vec::new(), Vec::new());
+        for next in &fed {
+            for (seq, out) in [
+                (&mut forked, &mut from_fork),
+                (&mut fresh, &mut from_prefill),
+            ] {
+                let l = gm
+                    .forward(&mut [(seq, &next[1..])], Logits::Last)
+                    .map_err(model_err)?;
+                out.extend(l.concat());
+            }
+        }
+        for seq in [src, forked, fresh] {
+            gm.release(seq);
+        }
+        rel_err(&f64s(&from_fork), &f64s(&from_prefill))
+    };
+    out.push(check(
+        "model_fork_prefix",
+        "decode logits of a forked prompt against a fresh prefill of it",
+        fork_err,
+        0.0,
+        format!(
+            "{} tokens forked (5 pages, the last partial) after 2 decode steps, then {steps} steps, bitwise",
+            prompts[0].len()
+        ),
+    ));
     drop(gm);
 
     // Under `decode_rows`, sequence 0 decoded among 65 others (fourth of 66 rows) and alone
