@@ -126,19 +126,19 @@ impl Sampler {
         }
         let target = u * total;
         let mut acc = 0.0;
-        let mut last = 0;
         for j in 0..c.len() {
             let (id, w) = c.get(j);
             acc += f64::from(w);
             if target < acc {
                 return id as u32;
             }
-            if w > 0.0 {
-                last = id;
-            }
         }
         // Rounding left the target at the very end: the last candidate with weight.
-        last as u32
+        (0..c.len())
+            .rev()
+            .map(|j| c.get(j))
+            .find(|&(_, w)| w > 0.0)
+            .map_or(0, |(id, _)| id as u32)
     }
 
     /// The candidates with their weights (not normalized).
