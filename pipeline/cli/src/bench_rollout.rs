@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use envsynth_core::chat::{ChatMessage, ChatRequest, Usage};
 use envsynth_core::{Environment, PreparedTask, Task, TaskRequest, env::generate};
-use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Rollout};
+use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout};
 use envsynth_server::simulated::{self, Agent, Faults};
 use envsynth_travel::TravelPlanning;
 
@@ -60,11 +60,12 @@ impl Policy for Replay {
     fn name(&self) -> &str {
         "replay"
     }
-    async fn complete(&self, r: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+    async fn complete(&self, r: &ChatRequest) -> Result<Reply, PolicyError> {
         let turn = r.messages.iter().filter(|m| m.role == "assistant").count();
         self.0
             .get(&(r.seed.unwrap_or(0), turn))
             .cloned()
+            .map(|(message, usage)| Reply::text(message, usage))
             .ok_or_else(|| PolicyError::Refused("no recorded reply".into()))
     }
 }

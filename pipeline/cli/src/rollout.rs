@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use envsynth_core::chat::{ChatMessage, ChatRequest, Usage};
+use envsynth_core::chat::ChatRequest;
 use envsynth_core::{PreparedTask, Task};
 use envsynth_policy::local::LocalOptions;
 use envsynth_policy::{LocalPolicy, SamplingParams};
 use envsynth_rollout::score::summarize;
 use envsynth_rollout::{
-    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Rollout, rollout_id, sample_seeds,
+    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout, rollout_id,
+    sample_seeds,
 };
 use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 
@@ -208,7 +209,7 @@ impl Policy for Backend {
         }
     }
 
-    async fn complete(&self, r: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+    async fn complete(&self, r: &ChatRequest) -> Result<Reply, PolicyError> {
         match self {
             Backend::OpenAi(p) => p.complete(r).await,
             Backend::Local(p) => p.complete(r).await,

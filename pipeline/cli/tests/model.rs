@@ -218,6 +218,33 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
             usage["completion_tokens"].as_u64().expect("count") <= 16 * turns,
             "{usage}"
         );
+        // The conversation's tokens, as the model saw and wrote them: the loss mask marks
+        // every completion token, each with its log-probability.
+        let trace = &r["tokens"];
+        let ids = trace["ids"].as_array().expect("token ids");
+        let mask: Vec<u64> = trace["mask"]
+            .as_array()
+            .expect("mask")
+            .iter()
+            .map(|m| m.as_u64().expect("0 or 1"))
+            .collect();
+        let logprobs = trace["logprobs"].as_array().expect("logprobs");
+        assert_eq!((ids.len(), logprobs.len()), (mask.len(), mask.len()));
+        assert_eq!(
+            mask.iter().sum::<u64>(),
+            usage["completion_tokens"].as_u64().expect("count")
+        );
+        for (m, l) in mask.iter().zip(logprobs) {
+            let l = l.as_f64().expect("a number");
+            assert!(if *m == 1 { l <= 0.0 } else { l == 0.0 }, "{m} {l}");
+        }
+        if turns == 1 {
+            assert_eq!(
+                ids.len() as u64,
+                usage["prompt_tokens"].as_u64().expect("count")
+                    + usage["completion_tokens"].as_u64().expect("count")
+            );
+        }
         // Random weights do not plan trips, but every rollout is scored, none masked.
         assert_eq!(r["verdict"]["mask"], false, "{}", r["verdict"]);
         assert_eq!(r["verdict"]["passed"], false);
@@ -234,6 +261,33 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
         4,
         "each sample seed draws its own continuation"
     );
+    // A second reader finds the same tokens as list columns of the trajectory shard.
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+assert str(t.schema.field("token_ids").type) == "list<item: int32>", t.schema
+assert str(t.schema.field("loss_mask").type) == "list<item: int8>", t.schema
+assert str(t.schema.field("logprobs").type) == "list<item: float>", t.schema
+for row in t.to_pylist():
+    trace = json.loads(row["rollout"])["tokens"]
+    assert row["token_ids"] == trace["ids"]
+    assert row["loss_mask"] == trace["mask"]
+    assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(row["logprobs"], trace["logprobs"]))
+    assert sum(row["loss_mask"]) == row["completion_tokens"]
+print("ok", t.num_rows)
+"#;
+    let py = Command::new("python3")
+        .args(["-c", script, &p("a/rollouts.parquet")])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "pyarrow check failed: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "ok 4");
     // The GPU backend is chosen at run time. Without a GPU, or for shapes its kernels do not
     // run (the tiny preset), the rollout is refused with the reason before anything is written.
     for device in ["gpu", "gpu-fp8"] {

@@ -96,6 +96,31 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// The conversation's tokens so far, for a policy that reports its tokens (the local
+    /// model): it continues them rather than re-tokenizing the messages they cover. Never sent.
+    #[serde(skip)]
+    pub prefix: Option<std::sync::Arc<TokenPrefix>>,
+}
+
+/// The token ids of a conversation's first `messages` messages, ending with an assistant
+/// reply, exactly as the policy saw and generated them: the last turn's prompt, then its
+/// completion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenPrefix {
+    pub ids: Vec<u32>,
+    pub messages: usize,
+}
+
+/// One model turn token by token, from a policy that knows its tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TurnTokens {
+    /// What the model was given.
+    pub prompt_ids: Vec<u32>,
+    /// What it generated (an end-of-turn token included when it stopped on one).
+    pub completion_ids: Vec<u32>,
+    /// Each generated token's log-probability under the distribution it was drawn from
+    /// (temperature, top-k and top-p applied).
+    pub completion_logprobs: Vec<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

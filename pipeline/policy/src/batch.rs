@@ -118,7 +118,9 @@ struct Running<S> {
     prompt: Arc<[u32]>,
     prompt_logits: Arc<[f32]>,
     out: Vec<u32>,
-    next: u32,
+    logprobs: Vec<f32>,
+    /// The token sampled for the next step, and its log-probability.
+    next: (u32, f32),
     sampler: Sampler,
     stop: Stop,
     reply: tokio::sync::oneshot::Sender<Result<Generation, ModelError>>,
@@ -195,7 +197,8 @@ fn run<B: Backend>(
         let mut i = 0;
         while i < running.len() {
             let r = &mut running[i];
-            r.out.push(r.next);
+            r.out.push(r.next.0);
+            r.logprobs.push(r.next.1);
             let limit = backend.context_limit();
             if let Some(finish) = stop_reason(
                 &r.stop,
@@ -208,6 +211,7 @@ fn run<B: Backend>(
                 backend.release(r.seq);
                 let _ = r.reply.send(Ok(Generation {
                     tokens: r.out,
+                    logprobs: r.logprobs,
                     finish,
                 }));
             } else {
@@ -219,7 +223,7 @@ fn run<B: Backend>(
         }
         // One decode step for everyone still running.
         let mut batch: Vec<(&mut B::Seq, u32)> =
-            running.iter_mut().map(|r| (&mut r.seq, r.next)).collect();
+            running.iter_mut().map(|r| (&mut r.seq, r.next.0)).collect();
         match backend.decode(&mut batch) {
             Ok(logits) => sample_all(&mut running, &logits),
             Err(e) => {
@@ -249,7 +253,7 @@ fn sample_all<S: Send>(running: &mut [Running<S>], logits: &[Vec<f32>]) {
         .min(running.len());
     if threads <= 1 {
         for (r, l) in running.iter_mut().zip(logits) {
-            r.next = r.sampler.sample(l);
+            r.next = r.sampler.draw(l);
         }
         return;
     }
@@ -258,7 +262,7 @@ fn sample_all<S: Send>(running: &mut [Running<S>], logits: &[Vec<f32>]) {
         for (rs, ls) in running.chunks_mut(per).zip(logits.chunks(per)) {
             scope.spawn(move || {
                 for (r, l) in rs.iter_mut().zip(ls) {
-                    r.next = r.sampler.sample(l);
+                    r.next = r.sampler.draw(l);
                 }
             });
         }
@@ -293,11 +297,12 @@ fn admit<B: Backend>(
     };
     match started {
         Ok((seq, prompt, prompt_logits)) => Some(Running {
-            next: sampler.sample(&prompt_logits),
+            next: sampler.draw(&prompt_logits),
             seq,
             prompt,
             prompt_logits,
             out: Vec::new(),
+            logprobs: Vec::new(),
             sampler,
             stop,
             reply,
@@ -375,7 +380,7 @@ mod tests {
         // The first sequence decodes a few tokens, so its cache is longer than the prompt.
         for _ in 0..3 {
             let mut batch: Vec<(&mut Cache, u32)> =
-                running.iter_mut().map(|r| (&mut r.seq, r.next)).collect();
+                running.iter_mut().map(|r| (&mut r.seq, r.next.0)).collect();
             let logits = b.decode(&mut batch).expect("decodes");
             sample_all(&mut running, &logits);
         }
@@ -427,7 +432,8 @@ mod tests {
                 prompt: Arc::from([]),
                 prompt_logits: Arc::from([]),
                 out: Vec::new(),
-                next: u32::MAX,
+                logprobs: Vec::new(),
+                next: (u32::MAX, 0.0),
                 sampler: sampler(i),
                 stop: Stop {
                     eos: vec![],
@@ -446,7 +452,7 @@ mod tests {
                 }
             }
             for (i, (r, l)) in running.iter().zip(&logits).enumerate() {
-                assert_eq!(r.next, alone[i].sample(l), "sequence {i}, step {step}");
+                assert_eq!(r.next, alone[i].draw(l), "sequence {i}, step {step}");
             }
         }
     }

@@ -27,6 +27,9 @@ pub enum Finish {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generation {
     pub tokens: Vec<u32>,
+    /// Each token's log-probability under the distribution it was drawn from
+    /// ([`Sampler::draw`]).
+    pub logprobs: Vec<f32>,
     pub finish: Finish,
 }
 
@@ -88,14 +91,15 @@ pub fn generate_batch(
     let limit = model.cfg.max_position_embeddings;
     let mut caches: Vec<Cache> = prompts.iter().map(|_| Cache::new(model)).collect();
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
     let mut finish: Vec<Option<Finish>> = vec![None; prompts.len()];
-    let mut next: Vec<u32> = Vec::with_capacity(prompts.len());
+    let mut next: Vec<(u32, f32)> = Vec::with_capacity(prompts.len());
     for ((p, cache), sampler) in prompts.iter().zip(&mut caches).zip(samplers.iter_mut()) {
         if p.is_empty() {
             return Err(ModelError::Empty);
         }
         let logits = model.prefill(cache, p)?;
-        next.push(sampler.sample(&logits));
+        next.push(sampler.draw(&logits));
     }
     loop {
         // Take the sampled tokens; decide who stops.
@@ -103,7 +107,8 @@ pub fn generate_batch(
             if finish[i].is_some() {
                 continue;
             }
-            outs[i].push(next[i]);
+            outs[i].push(next[i].0);
+            logprobs[i].push(next[i].1);
             finish[i] = stop_reason(stop, &outs[i], caches[i].len(), limit, &decode);
         }
         let active: Vec<usize> = (0..prompts.len())
@@ -112,7 +117,7 @@ pub fn generate_batch(
         if active.is_empty() {
             break;
         }
-        let tokens: Vec<[u32; 1]> = active.iter().map(|&i| [next[i]]).collect();
+        let tokens: Vec<[u32; 1]> = active.iter().map(|&i| [next[i].0]).collect();
         let mut segments: Vec<Segment<'_>> = Vec::with_capacity(active.len());
         let mut rest: &mut [Cache] = &mut caches;
         let mut offset = 0;
@@ -125,14 +130,16 @@ pub fn generate_batch(
         }
         let logits = model.forward(&mut segments, Forward::DECODE)?;
         for (&i, l) in active.iter().zip(&logits) {
-            next[i] = samplers[i].sample(l);
+            next[i] = samplers[i].draw(l);
         }
     }
     Ok(outs
         .into_iter()
+        .zip(logprobs)
         .zip(finish)
-        .map(|(tokens, f)| Generation {
+        .map(|((tokens, logprobs), f)| Generation {
             tokens,
+            logprobs,
             finish: f.unwrap_or(Finish::Length),
         })
         .collect())

@@ -6,14 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use envsynth_core::chat::{ChatMessage, ChatRequest, Usage};
+use envsynth_core::chat::{ChatMessage, ChatRequest, TurnTokens, Usage};
 use envsynth_prompts::deepseek::{self, DeepSeekV32};
-use envsynth_rollout::{Policy, PolicyError};
+use envsynth_rollout::{Policy, PolicyError, Reply};
 use rand::Rng;
 
 use crate::ModelError;
 use crate::batch::Batcher;
-use crate::generate::Stop;
+use crate::generate::{Generation, Stop};
 use crate::model::Model;
 use crate::sample::{Sampler, SamplingParams};
 use crate::tokenizer;
@@ -132,15 +132,44 @@ impl LocalPolicy {
 }
 
 impl Engine {
+    /// The prompt's token ids. With the request's token prefix, the prompt continues it: the
+    /// prefix as generated (closed by an end-of-sentence token if the reply was cut short), then
+    /// the tokens of the text the chat template puts after the messages it covers (tool
+    /// results, the next turn's opener). Rendering earlier replies again and re-tokenizing them
+    /// would not give back the tokens the model wrote (their text is parsed, and tool calls are
+    /// written anew), so a trainer's sequence would not be the one sampled. Without a prefix,
+    /// or when the rendered conversation does not begin with the covered messages' rendering,
+    /// the whole conversation is tokenized.
+    fn prompt_ids(&self, request: &ChatRequest) -> Result<Vec<u32>, PolicyError> {
+        let refused = |e: String| PolicyError::Refused(e);
+        let render = |messages: &[ChatMessage]| {
+            self.chat
+                .render(messages, &request.tools, false)
+                .map_err(|e| refused(format!("chat template: {e}")))
+        };
+        let encode = |text: &str| {
+            tokenizer::encode(&self.tokenizer, text).map_err(|e| refused(e.to_string()))
+        };
+        let whole = render(&request.messages)?;
+        if let Some(prefix) = &request.prefix
+            && let Some(covered) = request.messages.get(..prefix.messages)
+            && covered.last().is_some_and(|m| m.role == "assistant")
+            && let Some(rest) = whole.strip_prefix(render(covered)?.as_str())
+        {
+            let mut ids = prefix.ids.clone();
+            if ids.last() != Some(&self.eos) {
+                ids.push(self.eos);
+            }
+            ids.extend(encode(rest)?);
+            return Ok(ids);
+        }
+        encode(&whole)
+    }
+
     /// The prompt's token ids, its sampler and stop rules.
     fn prepare(&self, request: &ChatRequest) -> Result<(Vec<u32>, Sampler, Stop), PolicyError> {
         let refused = |e: String| PolicyError::Refused(e);
-        let prompt = self
-            .chat
-            .render(&request.messages, &request.tools, false)
-            .map_err(|e| refused(format!("chat template: {e}")))?;
-        let ids =
-            tokenizer::encode(&self.tokenizer, &prompt).map_err(|e| refused(e.to_string()))?;
+        let ids = self.prompt_ids(request)?;
         let limit = self.context;
         if ids.len() >= limit {
             return Err(refused(format!(
@@ -174,13 +203,10 @@ impl Engine {
         Ok((ids, sampler, stop))
     }
 
-    /// The generated tokens as an assistant message (DSML tool calls parsed).
-    fn answer(
-        &self,
-        prompt_tokens: usize,
-        tokens: &[u32],
-    ) -> Result<(ChatMessage, Usage), PolicyError> {
-        let text = tokenizer::decode(&self.tokenizer, tokens)
+    /// The generated tokens as an assistant message (DSML tool calls parsed), with the turn's
+    /// tokens.
+    fn answer(&self, prompt_ids: Vec<u32>, g: Generation) -> Result<Reply, PolicyError> {
+        let text = tokenizer::decode(&self.tokenizer, &g.tokens)
             .map_err(|e| PolicyError::Refused(e.to_string()))?;
         let parsed = deepseek::parse(&text, false);
         let message = ChatMessage {
@@ -190,13 +216,18 @@ impl Engine {
             tool_calls: parsed.tool_calls,
             tool_call_id: None,
         };
-        Ok((
+        Ok(Reply {
             message,
-            Usage {
-                prompt_tokens: prompt_tokens as u64,
-                completion_tokens: tokens.len() as u64,
+            usage: Usage {
+                prompt_tokens: prompt_ids.len() as u64,
+                completion_tokens: g.tokens.len() as u64,
             },
-        ))
+            tokens: Some(TurnTokens {
+                prompt_ids,
+                completion_ids: g.tokens,
+                completion_logprobs: g.logprobs,
+            }),
+        })
     }
 }
 
@@ -205,7 +236,7 @@ impl Policy for LocalPolicy {
         &self.name
     }
 
-    async fn complete(&self, request: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+    async fn complete(&self, request: &ChatRequest) -> Result<Reply, PolicyError> {
         let engine = self.engine.clone();
         let request = request.clone();
         // Rendering and tokenizing a long prompt is CPU work: keep it off the async workers.
@@ -218,13 +249,12 @@ impl Policy for LocalPolicy {
             attempts: 1,
             last: format!("local model task failed: {e}"),
         })??;
-        let prompt_tokens = ids.len();
         let g = engine
             .batcher
-            .generate(ids, sampler, stop)
+            .generate(ids.clone(), sampler, stop)
             .await
             .map_err(|e| PolicyError::Refused(e.to_string()))?;
-        engine.answer(prompt_tokens, &g.tokens)
+        engine.answer(ids, g)
     }
 }
 

@@ -113,8 +113,17 @@ impl Sampler {
     /// the order those leave them (the order changes which token a given random number picks,
     /// not any token's probability). Expected cost linear in the vocabulary.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.draw(logits).0
+    }
+
+    /// [`Sampler::sample`]'s token and its log-probability under the distribution it was drawn
+    /// from: temperature, top-k and top-p applied, renormalized over what they kept. That is the
+    /// behaviour policy's probability an off-policy correction needs (and, with the cut, the
+    /// sampling mask DeepSeek-V3.2 keeps for training). Greedy picks, and the fallback for logits
+    /// with nothing finite to weigh, have probability 1: log-probability 0.
+    pub fn draw(&mut self, logits: &[f32]) -> (u32, f32) {
         if self.params.temperature == 0.0 || logits.len() < 2 {
-            return argmax(logits);
+            return (argmax(logits), 0.0);
         }
         let u: f64 = self.rng.random();
         let c = self.candidates(logits);
@@ -122,15 +131,16 @@ impl Sampler {
         if !(total.is_finite() && total > 0.0) {
             // Nothing finite to weigh (every logit -inf, or a NaN or +inf among them): the
             // likeliest by total order.
-            return argmax(logits);
+            return (argmax(logits), 0.0);
         }
+        let chosen = |(id, w): (usize, f32)| (id as u32, (f64::from(w) / total).ln() as f32);
         let target = u * total;
         let mut acc = 0.0;
         for j in 0..c.len() {
             let (id, w) = c.get(j);
             acc += f64::from(w);
             if target < acc {
-                return id as u32;
+                return chosen((id, w));
             }
         }
         // Rounding left the target at the very end: the last candidate with weight.
@@ -138,7 +148,7 @@ impl Sampler {
             .rev()
             .map(|j| c.get(j))
             .find(|&(_, w)| w > 0.0)
-            .map_or(0, |(id, _)| id as u32)
+            .map_or((0, 0.0), chosen)
     }
 
     /// The candidates with their weights (not normalized).
@@ -448,6 +458,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_draw_reports_its_tokens_log_probability_under_the_cut_distribution() {
+        let logits: Vec<f32> = (0..300).map(|i| ((i * 37) % 101) as f32 / 9.0).collect();
+        for p in [
+            SamplingParams::default(),
+            SamplingParams {
+                temperature: 0.6,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.7,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: 20,
+                top_p: 0.9,
+                temperature: 1.3,
+            },
+        ] {
+            let want: std::collections::BTreeMap<usize, f64> =
+                full_sort_distribution(&logits, p).into_iter().collect();
+            let mut s = Sampler::new(p, 5).expect("valid");
+            for _ in 0..200 {
+                let (token, logprob) = s.draw(&logits);
+                let prob = want[&(token as usize)];
+                assert!(
+                    (f64::from(logprob) - prob.ln()).abs() < 1e-5,
+                    "{p:?} token {token}: {logprob} vs ln {prob}"
+                );
+            }
+        }
+        let mut greedy = Sampler::new(
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            5,
+        )
+        .expect("valid");
+        assert_eq!(greedy.draw(&logits), (argmax(&logits), 0.0));
     }
 
     #[test]

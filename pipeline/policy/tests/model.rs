@@ -608,3 +608,137 @@ fn continuous_batching_gives_each_request_its_own_tokens() {
     ));
     assert!(again.is_ok());
 }
+
+/// Across turns the local policy continues its own tokens: the second turn's prompt is the
+/// first turn's prompt and completion as generated (closed by EOS when cut short), then the
+/// tokens of the template's text after the reply, even though the reply's text, parsed and
+/// rendered again, would not tokenize to what the model wrote. A prefix the conversation does
+/// not begin with falls back to tokenizing the whole conversation.
+#[test]
+fn the_local_policy_continues_its_own_tokens_across_turns() {
+    use envsynth_core::chat::{ChatMessage, ChatRequest, TokenPrefix, WireFunction, WireToolCall};
+    use envsynth_policy::LocalPolicy;
+    use envsynth_policy::local::LocalOptions;
+    use envsynth_prompts::deepseek::{DeepSeekV32, EOS};
+    use envsynth_rollout::Policy;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = tiny_config();
+    cfg.max_position_embeddings = 1024;
+    let tok = tokenizer::train_bpe(&corpus(), 300).expect("train");
+    write_checkpoint(
+        dir.path(),
+        &cfg,
+        &random_tensors(&cfg, 12),
+        StoreAs::Bf16,
+        &tok,
+    )
+    .expect("write");
+    let tok: tokenizers::Tokenizer = tok.parse().expect("loads");
+    let eos = tok.token_to_id(EOS).expect("EOS");
+    let policy = LocalPolicy::load(
+        dir.path(),
+        LocalOptions {
+            max_new_tokens: 6,
+            ..LocalOptions::default()
+        },
+    )
+    .expect("loads");
+    let chat = DeepSeekV32::new().expect("template");
+    let render = |m: &[ChatMessage]| chat.render(m, &[], false).expect("renders");
+    let encode = |text: &str| tokenizer::encode(&tok, text).expect("encodes");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let complete = |messages: &[ChatMessage], prefix: Option<TokenPrefix>| {
+        rt.block_on(policy.complete(&ChatRequest {
+            model: "local".into(),
+            messages: messages.to_vec(),
+            tools: vec![],
+            seed: Some(4),
+            temperature: None,
+            max_tokens: None,
+            prefix: prefix.map(std::sync::Arc::new),
+        }))
+        .expect("completes")
+    };
+
+    let mut messages = vec![
+        ChatMessage::text("system", "Plan day 1."),
+        ChatMessage::text("user", "Visit the museum, dine at restaurant 3."),
+    ];
+    let first = complete(&messages, None);
+    let t1 = first
+        .tokens
+        .clone()
+        .expect("the local policy reports its tokens");
+    assert_eq!(t1.prompt_ids, encode(&render(&messages)));
+    assert!(!t1.completion_ids.is_empty() && t1.completion_ids.len() <= 6);
+    assert_eq!(t1.completion_logprobs.len(), t1.completion_ids.len());
+    assert!(
+        t1.completion_logprobs
+            .iter()
+            .all(|l| l.is_finite() && *l <= 0.0),
+        "{:?}",
+        t1.completion_logprobs
+    );
+    assert_eq!(
+        first.usage.completion_tokens,
+        t1.completion_ids.len() as u64
+    );
+
+    // The reply as the conversation keeps it: parsed, and here given a tool call, so that
+    // rendering it again cannot give back the generated tokens.
+    let mut reply = first.message.clone();
+    reply.tool_calls = vec![WireToolCall {
+        id: "call_0".into(),
+        kind: "function".into(),
+        function: WireFunction {
+            name: "search".into(),
+            arguments: "{\"city\": \"Hangzhou\"}".into(),
+        },
+    }];
+    messages.push(reply);
+    let covered = messages.len();
+    messages.push(ChatMessage {
+        role: "tool".into(),
+        content: Some("{\"status\":\"ok\"}".into()),
+        tool_call_id: Some("call_0".into()),
+        ..ChatMessage::default()
+    });
+    let mut ids = t1.prompt_ids.clone();
+    ids.extend(&t1.completion_ids);
+    let second = complete(
+        &messages,
+        Some(TokenPrefix {
+            ids: ids.clone(),
+            messages: covered,
+        }),
+    );
+    let t2 = second.tokens.expect("tokens");
+    let whole = render(&messages);
+    let rest = whole
+        .strip_prefix(render(&messages[..covered]).as_str())
+        .expect("the template renders a conversation's beginning as its prefix");
+    let mut want = ids.clone();
+    if want.last() != Some(&eos) {
+        want.push(eos);
+    }
+    want.extend(encode(rest));
+    assert_eq!(t2.prompt_ids, want);
+    assert_ne!(
+        t2.prompt_ids,
+        encode(&whole),
+        "re-tokenizing the conversation would have changed the first turn's tokens"
+    );
+    assert_eq!(second.usage.prompt_tokens, want.len() as u64);
+
+    // A prefix that does not cover the conversation's beginning (its last covered message is
+    // not a reply) is not continued: the whole conversation is tokenized.
+    let third = complete(
+        &messages,
+        Some(TokenPrefix {
+            ids,
+            messages: covered + 1,
+        }),
+    );
+    assert_eq!(third.tokens.expect("tokens").prompt_ids, encode(&whole));
+}

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use envsynth_core::chat::{ChatMessage, ChatRequest, ChatResponse, Usage, WireTool};
+use envsynth_core::chat::{
+    ChatMessage, ChatRequest, ChatResponse, TokenPrefix, TurnTokens, Usage, WireTool,
+};
 use envsynth_core::model::ToolErrorCode;
 use envsynth_core::{
     FailureKind, PreparedTask, Task, ToolCall, ToolResult, Verdict, extract_submission,
@@ -41,7 +43,27 @@ pub trait Policy: Send + Sync {
     fn complete(
         &self,
         request: &ChatRequest,
-    ) -> impl Future<Output = Result<(ChatMessage, Usage), PolicyError>> + Send;
+    ) -> impl Future<Output = Result<Reply, PolicyError>> + Send;
+}
+
+/// A policy's answer to one request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reply {
+    pub message: ChatMessage,
+    pub usage: Usage,
+    /// The turn token by token, from a policy that knows its tokens (the local model).
+    pub tokens: Option<TurnTokens>,
+}
+
+impl Reply {
+    /// A reply known only as text (an OpenAI-compatible server's).
+    pub fn text(message: ChatMessage, usage: Usage) -> Reply {
+        Reply {
+            message,
+            usage,
+            tokens: None,
+        }
+    }
 }
 
 /// How a client talks to a server.
@@ -187,7 +209,7 @@ impl Policy for OpenAiPolicy {
         &self.name
     }
 
-    async fn complete(&self, request: &ChatRequest) -> Result<(ChatMessage, Usage), PolicyError> {
+    async fn complete(&self, request: &ChatRequest) -> Result<Reply, PolicyError> {
         let _permit = self
             .permits
             .acquire()
@@ -196,7 +218,7 @@ impl Policy for OpenAiPolicy {
         let mut last = String::new();
         for attempt in 0..=self.options.retries {
             match self.attempt(request).await {
-                Ok(done) => return Ok(done),
+                Ok((message, usage)) => return Ok(Reply::text(message, usage)),
                 Err((false, why, _)) => return Err(PolicyError::Refused(why)),
                 Err((true, why, retry_after)) => {
                     last = why;
@@ -276,6 +298,45 @@ pub struct Rollout {
     pub usage: Usage,
     pub stop: Stop,
     pub verdict: Verdict,
+    /// The whole conversation as one token sequence, for training: present when the policy
+    /// reported every turn's tokens and each turn's prompt continued the tokens before it
+    /// (the local model does both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenTrace>,
+}
+
+/// A rollout's tokens: every turn's prompt extended the previous turn's prompt and completion,
+/// so one sequence holds the whole conversation as the model saw and wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenTrace {
+    pub ids: Vec<u32>,
+    /// 1 where the policy generated the token (the loss mask), 0 for the prompt, tool results
+    /// and the chat template's text between turns.
+    pub mask: Vec<u8>,
+    /// Each generated token's log-probability under the distribution it was drawn from
+    /// (temperature, top-k and top-p applied); 0 where `mask` is 0.
+    pub logprobs: Vec<f32>,
+}
+
+impl TokenTrace {
+    /// Appends a turn whose prompt continues the trace; `false` (and nothing appended) when
+    /// it does not.
+    fn extend(&mut self, turn: &TurnTokens) -> bool {
+        if !turn.prompt_ids.starts_with(&self.ids)
+            || turn.completion_logprobs.len() != turn.completion_ids.len()
+        {
+            return false;
+        }
+        let new = &turn.prompt_ids[self.ids.len()..];
+        self.ids.extend_from_slice(new);
+        self.mask.extend(std::iter::repeat_n(0, new.len()));
+        self.logprobs.extend(std::iter::repeat_n(0.0, new.len()));
+        self.ids.extend_from_slice(&turn.completion_ids);
+        self.mask
+            .extend(std::iter::repeat_n(1, turn.completion_ids.len()));
+        self.logprobs.extend_from_slice(&turn.completion_logprobs);
+        true
+    }
 }
 
 /// A stable id for (task, policy, seed).
@@ -325,6 +386,10 @@ pub async fn run<P: Policy>(
     let (mut turns, mut tool_steps, mut usage) = (0u32, 0u32, Usage::default());
     // What a submit tool accepted, if the agent submitted that way.
     let mut answer: Option<Value> = None;
+    // The conversation's tokens while every turn reports and continues them; `covered` counts
+    // the messages they hold (through the last assistant reply).
+    let mut trace = Some(TokenTrace::default());
+    let mut covered = 0;
     let stop = loop {
         if turns >= limits.max_turns {
             break Stop::TurnLimit;
@@ -340,6 +405,12 @@ pub async fn run<P: Policy>(
             seed: Some(sample_seed),
             temperature: limits.temperature,
             max_tokens: limits.max_completion_tokens,
+            prefix: trace.as_ref().filter(|t| !t.ids.is_empty()).map(|t| {
+                Arc::new(TokenPrefix {
+                    ids: t.ids.clone(),
+                    messages: covered,
+                })
+            }),
         };
         let remaining = limits.wall.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, policy.complete(&request)).await {
@@ -347,13 +418,19 @@ pub async fn run<P: Policy>(
             Ok(Err(e)) => break Stop::PolicyError(e.to_string()),
             Ok(Ok(r)) => r,
         };
-        let (mut message, used) = reply;
+        let Reply {
+            mut message,
+            usage: used,
+            tokens,
+        } = reply;
         message.role = "assistant".into();
+        trace = trace.and_then(|mut t| t.extend(tokens.as_ref()?).then_some(t));
         usage.prompt_tokens += used.prompt_tokens;
         usage.completion_tokens += used.completion_tokens;
         turns += 1;
         let calls = message.tool_calls.clone();
         messages.push(message);
+        covered = messages.len();
         if usage.prompt_tokens + usage.completion_tokens > limits.max_tokens {
             break Stop::TokenLimit;
         }
@@ -440,6 +517,7 @@ pub async fn run<P: Policy>(
         usage,
         stop,
         verdict,
+        tokens: trace.filter(|t| !t.ids.is_empty()),
     }
 }
 

@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use envsynth_core::chat::{ChatRequest, TurnTokens};
 use envsynth_core::{EnvRef, Environment, FailureKind, Task, TaskRequest, env::generate};
 use envsynth_rollout::score::summarize;
-use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Rollout, Stop, run, sample_seeds};
+use envsynth_rollout::{
+    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout, Stop, run,
+    sample_seeds,
+};
 use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 use envsynth_server::{Resolved, Verifiers};
 use envsynth_travel::TravelPlanning;
@@ -261,4 +265,99 @@ async fn limits_end_rollouts_as_the_agents_failure() {
     )
     .await;
     assert_eq!(got, again);
+}
+
+/// The oracle's replies, with made-up tokens as a policy that knows its tokens reports them:
+/// each prompt continues the request's token prefix with one id per message it does not
+/// cover, each completion is two ids. `break_at` makes that turn's prompt rewrite the prefix.
+struct Tokened {
+    inner: OpenAiPolicy,
+    break_at: Option<usize>,
+}
+
+impl Policy for Tokened {
+    fn name(&self) -> &str {
+        "tokened"
+    }
+
+    async fn complete(&self, r: &ChatRequest) -> Result<Reply, PolicyError> {
+        let mut reply = self.inner.complete(r).await?;
+        let turn = r.messages.iter().filter(|m| m.role == "assistant").count();
+        let from = match &r.prefix {
+            Some(p) => {
+                // The prefix covers the conversation through the last reply.
+                assert_eq!(r.messages[p.messages - 1].role, "assistant");
+                assert!(r.messages[p.messages..].iter().all(|m| m.role == "tool"));
+                p.messages
+            }
+            None => 0,
+        };
+        let mut prompt = r.prefix.as_ref().map_or_else(Vec::new, |p| p.ids.clone());
+        prompt.extend((from..r.messages.len()).map(|i| 1000 + i as u32));
+        if self.break_at == Some(turn) {
+            prompt[0] += 1;
+        }
+        let t = turn as u32;
+        reply.tokens = Some(TurnTokens {
+            prompt_ids: prompt,
+            completion_ids: vec![10 * t, 10 * t + 1],
+            completion_logprobs: vec![-0.5, -0.25],
+        });
+        Ok(reply)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
+    let (env, tasks) = tasks(3);
+    let url = serve(&tasks, &env, Agent::Oracle, Faults::default()).await;
+    for break_at in [None, Some(1)] {
+        let policy = Tokened {
+            inner: OpenAiPolicy::new(&url, "sim", quick()).unwrap(),
+            break_at,
+        };
+        for task in &tasks {
+            let prepared = env.prepare(task).unwrap();
+            let r = run(&policy, task, prepared.as_ref(), 5, &Limits::default()).await;
+            assert!(r.verdict.passed, "{:?}", r.verdict);
+            assert!(r.turns >= 2, "the oracle searches, then submits");
+            if break_at.is_some() {
+                assert_eq!(r.tokens, None, "a prompt that rewrites the trace ends it");
+                continue;
+            }
+            let trace = r.tokens.clone().expect("a trace");
+            let mut want = (Vec::new(), Vec::new(), Vec::new());
+            let mut turn = 0;
+            // What the policy saw and wrote: up to its last reply (the submission's tool result
+            // after it went to no one).
+            let last = r
+                .messages
+                .iter()
+                .rposition(|m| m.role == "assistant")
+                .unwrap();
+            for (i, m) in r.messages[..=last].iter().enumerate() {
+                if m.role == "assistant" {
+                    want.0.extend([10 * turn, 10 * turn + 1]);
+                    want.1.extend([1, 1]);
+                    want.2.extend([-0.5, -0.25]);
+                    turn += 1;
+                } else {
+                    want.0.push(1000 + i as u32);
+                    want.1.push(0);
+                    want.2.push(0.0);
+                }
+            }
+            assert_eq!((trace.ids, trace.mask, trace.logprobs), want);
+            // The trace travels with the record.
+            let back: Rollout = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+    // A policy that reports no tokens (an OpenAI-compatible server) leaves no trace, and its
+    // records keep their earlier form.
+    let plain = OpenAiPolicy::new(&url, "sim", quick()).unwrap();
+    let prepared = env.prepare(&tasks[0]).unwrap();
+    let r = run(&plain, &tasks[0], prepared.as_ref(), 5, &Limits::default()).await;
+    assert_eq!(r.tokens, None);
+    assert!(!serde_json::to_string(&r).unwrap().contains("\"tokens\""));
 }

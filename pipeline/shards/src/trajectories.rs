@@ -1,7 +1,9 @@
 //! Scored trajectories as Parquet: one row per rollout, with the conversation as a list of
 //! message structs (tool calls as JSON text), the verdict's headline fields as columns for
-//! filtering, and the whole record as JSON for a lossless read-back. Rows come in as the
-//! rollout records' JSON, so this crate needs no rollout types.
+//! filtering, the conversation's tokens as list columns when the policy reported them
+//! (`token_ids`, `loss_mask`, `logprobs`; null otherwise), and the whole record as JSON for a
+//! lossless read-back. Rows come in as the rollout records' JSON, so this crate needs no rollout
+//! types.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Schema};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Fields, Float32Type, Int8Type, Int32Type, Schema,
+};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -57,8 +61,35 @@ pub fn trajectory_schema() -> Schema {
         Field::new("passed", DataType::Boolean, false),
         Field::new("mask", DataType::Boolean, false),
         text("failure_kind"),
+        token_list("token_ids", DataType::Int32),
+        token_list("loss_mask", DataType::Int8),
+        token_list("logprobs", DataType::Float32),
         text("rollout"),
     ])
+}
+
+/// A per-token column of the rollout's token trace: null for a rollout without one.
+fn token_list(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", item, true))),
+        true,
+    )
+}
+
+/// `rows[i].tokens[key]` as a list column (null where a rollout has no tokens).
+fn token_column<T: ArrowPrimitiveType>(
+    rows: &[Value],
+    key: &str,
+    item: impl Fn(&Value) -> Option<T::Native>,
+) -> ArrayRef {
+    Arc::new(ListArray::from_iter_primitive::<T, _, _>(rows.iter().map(
+        |r| {
+            r["tokens"][key]
+                .as_array()
+                .map(|values| values.iter().map(&item).collect::<Vec<_>>())
+        },
+    )))
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -161,6 +192,13 @@ fn batch(rows: &[Value]) -> Result<RecordBatch, String> {
             col_bool(&["verdict", "passed"]),
             col_bool(&["verdict", "mask"]),
             col_text(&["verdict", "failure_kind"]),
+            token_column::<Int32Type>(rows, "ids", |v| {
+                v.as_u64().and_then(|x| i32::try_from(x).ok())
+            }),
+            token_column::<Int8Type>(rows, "mask", |v| {
+                v.as_u64().and_then(|x| i8::try_from(x).ok())
+            }),
+            token_column::<Float32Type>(rows, "logprobs", |v| v.as_f64().map(|x| x as f32)),
             whole,
         ],
     )
