@@ -25,6 +25,18 @@ for DEV in gpu gpu-fp8; do
   "$BIN" rollout --tasks "$(dirname "$MODEL")/tasks" --policy "local:$MODEL" --device "$DEV" --k 2 \
     --max-turns 2 --max-tokens 64 --seed 3 --out "$OUT/rollouts-$DEV" > "$OUT/rollouts-$DEV.log"
   echo "rollouts on --device $DEV: $(wc -l < "$OUT/rollouts-$DEV/rollouts.jsonl") written"
+  # Each carries the tokens the GPU sampled: a loss mask over its completion tokens, each with
+  # a log-probability.
+  python3 - "$OUT/rollouts-$DEV/rollouts.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    t = r["tokens"]
+    assert len(t["ids"]) == len(t["mask"]) == len(t["logprobs"]), r["rollout_id"]
+    assert sum(t["mask"]) == r["usage"]["completion_tokens"], r["rollout_id"]
+    assert all(l <= 0 if m else l == 0 for m, l in zip(t["mask"], t["logprobs"])), r["rollout_id"]
+print("  token traces: ok")
+PY
 done
 # Twice more on the GPU with 3 in flight, fewer than the 8 rollouts, so requests join the batch
 # as others leave it, at moments that vary from run to run: the bytes must not.
