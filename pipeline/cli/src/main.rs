@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 mod bench_rollout;
+mod bench_turns;
 mod calibrate;
 mod envs;
 mod generate;

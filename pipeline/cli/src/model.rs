@@ -28,6 +28,9 @@ pub enum ModelCommand {
     Generate(GenerateArgs),
     /// Measure CPU prefill and decode tokens/s of a preset, sparse (DSA) beside dense attention.
     Bench(BenchArgs),
+    /// Multi-turn conversations through the local policy's batcher: each turn continuing the
+    /// previous turn's kept cache, against re-prefilling the whole conversation, side by side.
+    BenchTurns(crate::bench_turns::BenchTurnsArgs),
     /// On a Hopper GPU: check every kernel against the CPU reference on fresh random inputs,
     /// then benchmark indexer + top-k + sparse attention at the small preset's shapes.
     GpuCheck(GpuCheckArgs),
@@ -141,6 +144,7 @@ pub fn run(c: ModelCommand) -> Result<()> {
         ModelCommand::Tokenizer(a) => train_tokenizer(a),
         ModelCommand::Generate(a) => generate_text(a),
         ModelCommand::Bench(a) => bench(a),
+        ModelCommand::BenchTurns(a) => crate::bench_turns::run(a),
         ModelCommand::GpuCheck(a) => gpu_check(a),
     }
 }

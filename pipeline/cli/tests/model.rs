@@ -310,6 +310,59 @@ print("ok", t.num_rows)
     }
 }
 
+/// `model bench-turns` plays the same conversations both ways and reports what each prefilled;
+/// conversations that would outgrow the model's context are refused before anything runs.
+#[test]
+fn bench_turns_plays_conversations_both_ways() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    ok(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--max-position-embeddings",
+        "256",
+        "--out",
+        &p("tiny"),
+    ]);
+    let args = |prompt: &str| {
+        vec![
+            "model".to_string(),
+            "bench-turns".into(),
+            "--model".into(),
+            p("tiny"),
+            "--conversations".into(),
+            "2".into(),
+            "--turns".into(),
+            "3".into(),
+            "--prompt-tokens".into(),
+            prompt.into(),
+            "--new-tokens".into(),
+            "4".into(),
+            "--suffix-tokens".into(),
+            "6".into(),
+            "--rounds".into(),
+            "1".into(),
+            "--json".into(),
+            p("turns.json"),
+        ]
+    };
+    let a = args("30");
+    let out = ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("continues the kept cache"), "{text}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("turns.json")).expect("json")).expect("parses");
+    // Re-prefilled: 30, 40 and 50 tokens a conversation; continued: 30, then 1 + 6 twice.
+    assert_eq!(j["reprefill"]["tokens_prefilled"], 240);
+    assert_eq!(j["continue"]["tokens_prefilled"], 88);
+    assert!(j["continue"]["seconds"].as_f64().expect("seconds") > 0.0);
+    let a = args("240");
+    let e = refused(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("max_position_embeddings"), "{e}");
+}
+
 /// The folder of the pip-installed NVRTC (`nvidia-cuda-nvrtc`, see .ci/requirements.txt).
 fn nvrtc_lib_dir() -> String {
     let out = Command::new("python3")

@@ -109,6 +109,26 @@ pub struct ChatRequest {
 pub struct TokenPrefix {
     pub ids: Vec<u32>,
     pub messages: usize,
+    /// What the policy keeps of the turn that ended the prefix, if anything (its cache).
+    pub continuation: Option<Continuation>,
+}
+
+/// A policy's hold on a finished turn, for the next turn to continue from (the local model's
+/// cache of the conversation); released when the last clone is dropped. Opaque to everyone
+/// but the policy that made it.
+#[derive(Clone)]
+pub struct Continuation(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Continuation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Continuation")
+    }
+}
+
+impl PartialEq for Continuation {
+    fn eq(&self, other: &Continuation) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// One model turn token by token, from a policy that knows its tokens.
@@ -121,6 +141,9 @@ pub struct TurnTokens {
     /// Each generated token's log-probability under the distribution it was drawn from
     /// (temperature, top-k and top-p applied).
     pub completion_logprobs: Vec<f32>,
+    /// The policy's hold on this turn, for the next request's [`TokenPrefix`]. Never recorded.
+    #[serde(skip)]
+    pub continuation: Option<Continuation>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

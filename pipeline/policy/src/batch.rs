@@ -3,6 +3,14 @@
 //! step in a single batched forward call, and each finished sequence is answered and leaves at
 //! once. A request's tokens do not depend on what else is in the batch: every row of a batched
 //! forward is computed exactly as it would be alone, and each request has its own sampler.
+//!
+//! A request may ask to keep its sequence when it finishes ([`Batcher::turn`]): the cache then
+//! stays on the worker, held by a [`Kept`] handle, until a request whose prompt continues it
+//! resumes it (prefilling only the new tokens) or the handle is dropped. Whether a request
+//! resumes depends only on the handle it brings, never on timing, so a rollout's tokens stay
+//! the same from run to run.
+
+use std::collections::BTreeMap;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -28,6 +36,9 @@ pub trait Backend: Send + 'static {
     fn fork(&mut self, seq: &Self::Seq, len: usize) -> Result<Self::Seq, ModelError>;
     /// One token more for each sequence, all in one step; logits per sequence.
     fn decode(&mut self, batch: &mut [(&mut Self::Seq, u32)]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// `tokens` appended to `seq` in one call (a prefill that continues its cache); the logits
+    /// after the last.
+    fn extend(&mut self, seq: &mut Self::Seq, tokens: &[u32]) -> Result<Vec<f32>, ModelError>;
     fn seq_len(seq: &Self::Seq) -> usize;
     /// Gives back what a finished sequence held.
     fn release(&mut self, seq: Self::Seq);
@@ -52,6 +63,10 @@ impl Backend for Arc<Model> {
 
     fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
         self.decode_batch(batch)
+    }
+
+    fn extend(&mut self, seq: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        Model::prefill(self, seq, tokens)
     }
 
     fn seq_len(seq: &Cache) -> usize {
@@ -93,6 +108,12 @@ impl Backend for GpuModel {
         self.forward(&mut segs, Logits::Last)
     }
 
+    fn extend(&mut self, seq: &mut GpuSeq, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.forward(&mut [(seq, tokens)], Logits::Last)?
+            .pop()
+            .ok_or(ModelError::Empty)
+    }
+
     fn seq_len(seq: &GpuSeq) -> usize {
         seq.len()
     }
@@ -105,11 +126,45 @@ impl Backend for GpuModel {
 /// Turns generated tokens into text for stop strings.
 pub type Detokenize = Arc<dyn Fn(&[u32]) -> String + Send + Sync>;
 
+/// What the worker is sent.
+enum Msg {
+    Job(Box<Job>),
+    /// A kept sequence's handle was dropped: its cache goes back.
+    Release(u64),
+}
+
+type Answer = Result<(Generation, Option<Kept>), ModelError>;
+
 struct Job {
     prompt: Vec<u32>,
     sampler: Sampler,
     stop: Stop,
-    reply: tokio::sync::oneshot::Sender<Result<Generation, ModelError>>,
+    /// Where a kept sequence's handle sends its release; `None`: do not keep the sequence.
+    keep: Option<Sender<Msg>>,
+    /// The kept sequence this request continues, held until the request is admitted.
+    resume: Option<Arc<Kept>>,
+    reply: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// A finished sequence the worker keeps for the request that continues it. Dropping the handle
+/// gives its cache back.
+pub struct Kept {
+    /// The worker that holds it.
+    batcher: u64,
+    id: u64,
+    release: Sender<Msg>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let _ = self.release.send(Msg::Release(self.id));
+    }
+}
+
+/// A kept sequence on the worker: its cache and the tokens it holds.
+struct Held<S> {
+    seq: S,
+    tokens: Vec<u32>,
 }
 
 struct Running<S> {
@@ -117,32 +172,42 @@ struct Running<S> {
     /// The prompt and the logits after it, for a request with the same prompt to start from.
     prompt: Arc<[u32]>,
     prompt_logits: Arc<[f32]>,
+    /// Whether its prompt's cache is what a prefill of the prompt gives, so that a request with
+    /// the same prompt may fork it (not so for a resumed sequence).
+    forkable: bool,
+    keep: Option<Sender<Msg>>,
     out: Vec<u32>,
     logprobs: Vec<f32>,
     /// The token sampled for the next step, and its log-probability.
     next: (u32, f32),
     sampler: Sampler,
     stop: Stop,
-    reply: tokio::sync::oneshot::Sender<Result<Generation, ModelError>>,
+    reply: tokio::sync::oneshot::Sender<Answer>,
 }
 
-/// The handle requests are sent through; dropping every handle stops the worker.
+/// The handle requests are sent through; dropping every handle (and every [`Kept`]) stops the
+/// worker.
 #[derive(Clone)]
 pub struct Batcher {
-    jobs: Sender<Job>,
+    jobs: Sender<Msg>,
+    id: u64,
 }
+
+/// Tells batchers apart, so a handle is only ever resumed by the worker that kept it.
+static BATCHERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Batcher {
     /// Starts the worker, which owns `backend`. `max_batch` bounds the sequences decoding
     /// together.
     pub fn start<B: Backend>(backend: B, detokenize: Detokenize, max_batch: usize) -> Batcher {
         let (jobs, rx) = channel();
+        let id = BATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut backend = backend;
         std::thread::Builder::new()
             .name("envsynth-batcher".into())
-            .spawn(move || run(&mut backend, &detokenize, &rx, max_batch.max(1)))
+            .spawn(move || run(&mut backend, &detokenize, &rx, max_batch.max(1), id))
             .expect("the batcher thread starts");
-        Batcher { jobs }
+        Batcher { jobs, id }
     }
 
     /// Queues a generation; the answer arrives when the sequence finishes.
@@ -152,14 +217,45 @@ impl Batcher {
         sampler: Sampler,
         stop: Stop,
     ) -> Result<Generation, ModelError> {
+        Ok(self.send(prompt, sampler, stop, false, None).await?.0)
+    }
+
+    /// One turn of a conversation: like [`Batcher::generate`], but the finished sequence is
+    /// kept for the next turn, which passes the returned handle as `resume`. A prompt that
+    /// begins with every token the kept sequence holds (its prompt and its completion but the
+    /// last token) continues its cache: only the rest is prefilled. A handle from another
+    /// batcher, or a prompt that does not continue it, is prefilled from scratch.
+    pub async fn turn(
+        &self,
+        prompt: Vec<u32>,
+        sampler: Sampler,
+        stop: Stop,
+        resume: Option<Arc<Kept>>,
+    ) -> Result<(Generation, Kept), ModelError> {
+        let resume = resume.filter(|k| k.batcher == self.id);
+        let (g, kept) = self.send(prompt, sampler, stop, true, resume).await?;
+        let kept = kept.ok_or_else(|| ModelError::Batcher("the sequence was not kept".into()))?;
+        Ok((g, kept))
+    }
+
+    async fn send(
+        &self,
+        prompt: Vec<u32>,
+        sampler: Sampler,
+        stop: Stop,
+        keep: bool,
+        resume: Option<Arc<Kept>>,
+    ) -> Answer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(Msg::Job(Box::new(Job {
                 prompt,
                 sampler,
                 stop,
+                keep: keep.then(|| self.jobs.clone()),
+                resume,
                 reply,
-            })
+            })))
             .map_err(|_| ModelError::Batcher("the batcher has stopped".into()))?;
         answer
             .await
@@ -170,27 +266,40 @@ impl Batcher {
 fn run<B: Backend>(
     backend: &mut B,
     detokenize: &Detokenize,
-    jobs: &Receiver<Job>,
+    jobs: &Receiver<Msg>,
     max_batch: usize,
+    batcher: u64,
 ) {
     let mut running: Vec<Running<B::Seq>> = Vec::new();
+    let mut kept: BTreeMap<u64, Held<B::Seq>> = BTreeMap::new();
+    let mut next_kept = 0u64;
     loop {
-        // Admit: wait when idle, else take whatever is queued, up to the batch bound.
+        // Admit: wait when idle, else take whatever is queued, up to the batch bound; give back
+        // the kept sequences whose handles were dropped.
         while running.len() < max_batch {
-            let job = if running.is_empty() {
+            let msg = if running.is_empty() {
                 match jobs.recv() {
-                    Ok(j) => j,
+                    Ok(m) => m,
                     Err(_) => return,
                 }
             } else {
                 match jobs.try_recv() {
-                    Ok(j) => j,
+                    Ok(m) => m,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
-            if let Some(r) = admit(backend, job, &running) {
-                running.push(r);
+            match msg {
+                Msg::Release(id) => {
+                    if let Some(h) = kept.remove(&id) {
+                        backend.release(h.seq);
+                    }
+                }
+                Msg::Job(job) => {
+                    if let Some(r) = admit(backend, *job, &running, &mut kept) {
+                        running.push(r);
+                    }
+                }
             }
         }
         // Every admitted sequence has a sampled token; record it and retire the finished.
@@ -208,12 +317,36 @@ fn run<B: Backend>(
                 detokenize.as_ref(),
             ) {
                 let r = running.swap_remove(i);
-                backend.release(r.seq);
-                let _ = r.reply.send(Ok(Generation {
-                    tokens: r.out,
-                    logprobs: r.logprobs,
-                    finish,
-                }));
+                let handle = match r.keep {
+                    Some(release) => {
+                        // The cache holds the prompt and every generated token but the last.
+                        let mut tokens = r.prompt.to_vec();
+                        tokens.extend_from_slice(&r.out[..r.out.len() - 1]);
+                        debug_assert_eq!(tokens.len(), B::seq_len(&r.seq));
+                        let id = next_kept;
+                        next_kept += 1;
+                        kept.insert(id, Held { seq: r.seq, tokens });
+                        Some(Kept {
+                            batcher,
+                            id,
+                            release,
+                        })
+                    }
+                    None => {
+                        backend.release(r.seq);
+                        None
+                    }
+                };
+                // A requester that has gone drops the handle with the answer: the kept
+                // sequence is released.
+                let _ = r.reply.send(Ok((
+                    Generation {
+                        tokens: r.out,
+                        logprobs: r.logprobs,
+                        finish,
+                    },
+                    handle,
+                )));
             } else {
                 i += 1;
             }
@@ -270,37 +403,64 @@ fn sample_all<S: Send>(running: &mut [Running<S>], logits: &[Vec<f32>]) {
 }
 
 /// Starts a new request and samples its first token; answers at once if it cannot start. A
-/// request whose prompt a running sequence began with (the k samples of one task) starts from a
-/// copy of that sequence's cache and its logits, which are what prefilling the prompt would give.
+/// request that resumes a kept sequence its prompt continues prefills only the new tokens onto
+/// that cache. Otherwise, a request whose prompt a running sequence began with (the k samples of
+/// one task) starts from a copy of that sequence's cache and its logits, which are what
+/// prefilling the prompt would give.
 fn admit<B: Backend>(
     backend: &mut B,
     job: Job,
     running: &[Running<B::Seq>],
+    kept: &mut BTreeMap<u64, Held<B::Seq>>,
 ) -> Option<Running<B::Seq>> {
     let Job {
         prompt,
         mut sampler,
         stop,
+        keep,
+        resume,
         reply,
     } = job;
     if prompt.is_empty() {
         let _ = reply.send(Err(ModelError::Empty));
         return None;
     }
-    let started = match running.iter().find(|r| *r.prompt == *prompt) {
-        Some(r) => backend
-            .fork(&r.seq, prompt.len())
-            .map(|seq| (seq, r.prompt.clone(), r.prompt_logits.clone())),
-        None => backend
-            .prefill(&prompt)
-            .map(|(seq, logits)| (seq, prompt.into(), logits.into())),
+    let started = match resume.as_ref().and_then(|k| kept.remove(&k.id)) {
+        Some(h) if prompt.len() > h.tokens.len() && prompt.starts_with(&h.tokens) => {
+            let mut seq = h.seq;
+            match backend.extend(&mut seq, &prompt[h.tokens.len()..]) {
+                Ok(logits) => Ok((seq, prompt.into(), logits.into(), false)),
+                Err(e) => {
+                    backend.release(seq);
+                    Err(e)
+                }
+            }
+        }
+        other => {
+            if let Some(h) = other {
+                // Not continued: the kept cache is of no use to anyone now.
+                backend.release(h.seq);
+            }
+            match running.iter().find(|r| r.forkable && *r.prompt == *prompt) {
+                Some(r) => backend
+                    .fork(&r.seq, prompt.len())
+                    .map(|seq| (seq, r.prompt.clone(), r.prompt_logits.clone(), true)),
+                None => backend
+                    .prefill(&prompt)
+                    .map(|(seq, logits)| (seq, prompt.into(), logits.into(), true)),
+            }
+        }
     };
+    // The handle's release (if this was its last holder) now finds nothing to give back.
+    drop(resume);
     match started {
-        Ok((seq, prompt, prompt_logits)) => Some(Running {
+        Ok((seq, prompt, prompt_logits, forkable)) => Some(Running {
             next: sampler.draw(&prompt_logits),
             seq,
             prompt,
             prompt_logits,
+            forkable,
+            keep,
             out: Vec::new(),
             logprobs: Vec::new(),
             sampler,
@@ -326,6 +486,8 @@ mod tests {
         model: Arc<Model>,
         prefills: usize,
         forks: usize,
+        /// Tokens appended to kept sequences.
+        extended: usize,
     }
 
     impl Backend for Counting {
@@ -344,6 +506,10 @@ mod tests {
         fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
             self.model.decode(batch)
         }
+        fn extend(&mut self, seq: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+            self.extended += tokens.len();
+            self.model.extend(seq, tokens)
+        }
         fn seq_len(seq: &Cache) -> usize {
             seq.len()
         }
@@ -359,6 +525,8 @@ mod tests {
                 max_new_tokens: 8,
                 strings: vec![],
             },
+            keep: None,
+            resume: None,
             reply: tokio::sync::oneshot::channel().0,
         }
     }
@@ -372,10 +540,11 @@ mod tests {
             model: model.clone(),
             prefills: 0,
             forks: 0,
+            extended: 0,
         };
         let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
         let mut running = Vec::new();
-        let first = admit(&mut b, job(&prompt, 1), &running).expect("starts");
+        let first = admit(&mut b, job(&prompt, 1), &running, &mut BTreeMap::new()).expect("starts");
         running.push(first);
         // The first sequence decodes a few tokens, so its cache is longer than the prompt.
         for _ in 0..3 {
@@ -384,8 +553,15 @@ mod tests {
             let logits = b.decode(&mut batch).expect("decodes");
             sample_all(&mut running, &logits);
         }
-        let forked = admit(&mut b, job(&prompt, 2), &running).expect("starts");
-        let other = admit(&mut b, job(&prompt[..30], 3), &running).expect("starts");
+        let forked =
+            admit(&mut b, job(&prompt, 2), &running, &mut BTreeMap::new()).expect("starts");
+        let other = admit(
+            &mut b,
+            job(&prompt[..30], 3),
+            &running,
+            &mut BTreeMap::new(),
+        )
+        .expect("starts");
         assert_eq!(
             (b.prefills, b.forks),
             (2, 1),
@@ -398,8 +574,9 @@ mod tests {
             model,
             prefills: 0,
             forks: 0,
+            extended: 0,
         };
-        let alone = admit(&mut fresh, job(&prompt, 2), &[]).expect("starts");
+        let alone = admit(&mut fresh, job(&prompt, 2), &[], &mut BTreeMap::new()).expect("starts");
         assert_eq!(forked.next, alone.next);
         assert_eq!(*forked.prompt_logits, *alone.prompt_logits);
         let (mut f, mut a) = (forked.seq, alone.seq);
@@ -409,6 +586,125 @@ mod tests {
             assert_eq!(lf, la);
         }
         assert_eq!(other.seq.len(), 30);
+    }
+
+    /// The CPU model through the batcher's worker, tallying what it is asked to compute.
+    struct Tally {
+        model: Arc<Model>,
+        /// Tokens prefilled from scratch, tokens appended to kept caches, sequences given back.
+        counts: Arc<std::sync::Mutex<[usize; 3]>>,
+    }
+
+    impl Backend for Tally {
+        type Seq = Cache;
+        fn context_limit(&self) -> usize {
+            self.model.context_limit()
+        }
+        fn prefill(&mut self, prompt: &[u32]) -> Result<(Cache, Vec<f32>), ModelError> {
+            self.counts.lock().expect("counts")[0] += prompt.len();
+            self.model.prefill(prompt)
+        }
+        fn fork(&mut self, seq: &Cache, len: usize) -> Result<Cache, ModelError> {
+            self.model.fork(seq, len)
+        }
+        fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
+            self.model.decode(batch)
+        }
+        fn extend(&mut self, seq: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+            self.counts.lock().expect("counts")[1] += tokens.len();
+            self.model.extend(seq, tokens)
+        }
+        fn seq_len(seq: &Cache) -> usize {
+            seq.len()
+        }
+        fn release(&mut self, _seq: Cache) {
+            self.counts.lock().expect("counts")[2] += 1;
+        }
+    }
+
+    /// A turn that resumes the kept sequence of the turn before prefills only its new tokens
+    /// onto that cache, and generates what the same calls on the model give; a prompt that does
+    /// not continue the kept tokens is prefilled whole; dropping a handle gives the cache back.
+    #[test]
+    fn a_turn_that_resumes_a_kept_sequence_prefills_only_its_new_tokens() {
+        let cfg = crate::config::Preset::Tiny.config();
+        let tensors = crate::checkpoint::Tensors::from_named(crate::init::random_tensors(&cfg, 4));
+        let model = Arc::new(Model::from_tensors(cfg, tensors).expect("builds"));
+        let counts = Arc::new(std::sync::Mutex::new([0usize; 3]));
+        let batcher = Batcher::start(
+            Tally {
+                model: model.clone(),
+                counts: counts.clone(),
+            },
+            Arc::new(|_: &[u32]| String::new()),
+            4,
+        );
+        let tally = || *counts.lock().expect("counts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let sampler = |seed| Sampler::new(SamplingParams::default(), seed).expect("valid");
+        let stop = Stop {
+            eos: vec![],
+            max_new_tokens: 5,
+            strings: vec![],
+        };
+        let p1: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
+        let (g1, k1) = rt
+            .block_on(batcher.turn(p1.clone(), sampler(1), stop.clone(), None))
+            .expect("turn 1");
+        assert_eq!(tally(), [40, 0, 0], "the first turn is prefilled and kept");
+        let mut p2 = p1.clone();
+        p2.extend(&g1.tokens);
+        p2.extend([9, 8, 7]);
+        let k1 = Arc::new(k1);
+        let (g2, k2) = rt
+            .block_on(batcher.turn(p2.clone(), sampler(2), stop.clone(), Some(k1.clone())))
+            .expect("turn 2");
+        assert_eq!(
+            tally(),
+            [40, 4, 0],
+            "the reply's last token and the three new ones are appended to the kept cache"
+        );
+        // The same calls on the model by hand.
+        let mut cache = Cache::new(&model);
+        Model::prefill(&model, &mut cache, &p1).expect("prefill");
+        for &t in &g1.tokens[..4] {
+            Model::decode(&model, &mut cache, t).expect("decode");
+        }
+        let mut logits = Model::prefill(&model, &mut cache, &p2[44..]).expect("extend");
+        let mut s = sampler(2);
+        let mut want = Vec::new();
+        loop {
+            let (t, l) = s.draw(&logits);
+            want.push((t, l));
+            if want.len() == 5 {
+                break;
+            }
+            logits = Model::decode(&model, &mut cache, t).expect("decode");
+        }
+        let got: Vec<(u32, f32)> = g2.tokens.iter().copied().zip(g2.logprobs).collect();
+        assert_eq!(got, want);
+
+        // A prompt that does not continue the kept tokens: prefilled whole, the kept cache
+        // given back at once.
+        let p3: Vec<u32> = (0..30).map(|i| (i * 11 + 3) % 500).collect();
+        let (_, k3) = rt
+            .block_on(batcher.turn(p3, sampler(3), stop.clone(), Some(Arc::new(k2))))
+            .expect("turn 3");
+        assert_eq!(tally(), [70, 4, 1]);
+        // Dropping the last handles gives their caches back (the worker takes the releases
+        // when it next looks at its queue). k1's sequence went on as k2's, so it has nothing
+        // left to give.
+        drop((k1, k3));
+        for _ in 0..200 {
+            if tally()[2] == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(tally(), [70, 4, 2]);
     }
 
     #[test]
@@ -431,6 +727,8 @@ mod tests {
                 seq: (),
                 prompt: Arc::from([]),
                 prompt_logits: Arc::from([]),
+                forkable: true,
+                keep: None,
                 out: Vec::new(),
                 logprobs: Vec::new(),
                 next: (u32::MAX, 0.0),

@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use envsynth_core::chat::{ChatMessage, ChatRequest, TurnTokens, Usage};
+use envsynth_core::chat::{ChatMessage, ChatRequest, Continuation, TurnTokens, Usage};
 use envsynth_prompts::deepseek::{self, DeepSeekV32};
 use envsynth_rollout::{Policy, PolicyError, Reply};
 use rand::Rng;
 
 use crate::ModelError;
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Kept};
 use crate::generate::{Generation, Stop};
 use crate::model::Model;
 use crate::sample::{Sampler, SamplingParams};
@@ -73,6 +73,37 @@ struct Engine {
     eos: u32,
 }
 
+/// The batcher the local policy generates through: `model` on `device`, at most `max_batch`
+/// sequences decoding together.
+pub fn start_batcher(
+    model: Model,
+    device: Device,
+    max_batch: usize,
+) -> Result<Batcher, ModelError> {
+    let context = model.cfg.max_position_embeddings;
+    let detokenize: crate::batch::Detokenize = Arc::new(|_: &[u32]| String::new());
+    Ok(match device {
+        Device::Cpu => Batcher::start(Arc::new(model), detokenize, max_batch),
+        Device::Gpu | Device::GpuFp8 => {
+            let gpu = crate::gpu::Gpu::open(&crate::gpu::default_cache())?;
+            // Room for every sequence of a full batch at the whole context, up to 2M rows.
+            let cache_tokens = (max_batch * context).min(1 << 21);
+            let gm = crate::gpu::model::GpuModel::new(
+                gpu,
+                &model,
+                crate::gpu::model::GpuOptions {
+                    cache_tokens,
+                    fp8_indexer: device == Device::GpuFp8,
+                    // Steps computed as full ones: a rollout's tokens do not depend on what
+                    // shared its steps, so reruns are byte-identical.
+                    decode_rows: max_batch,
+                },
+            )?;
+            Batcher::start(gm, detokenize, max_batch)
+        }
+    })
+}
+
 pub struct LocalPolicy {
     name: String,
     engine: Arc<Engine>,
@@ -84,27 +115,7 @@ impl LocalPolicy {
         options.sampling.validate()?;
         let model = Model::load(dir)?;
         let context = model.cfg.max_position_embeddings;
-        let detokenize: crate::batch::Detokenize = Arc::new(|_: &[u32]| String::new());
-        let batcher = match options.device {
-            Device::Cpu => Batcher::start(Arc::new(model), detokenize, options.max_batch),
-            Device::Gpu | Device::GpuFp8 => {
-                let gpu = crate::gpu::Gpu::open(&crate::gpu::default_cache())?;
-                // Room for every sequence of a full batch at the whole context, up to 2M rows.
-                let cache_tokens = (options.max_batch * context).min(1 << 21);
-                let gm = crate::gpu::model::GpuModel::new(
-                    gpu,
-                    &model,
-                    crate::gpu::model::GpuOptions {
-                        cache_tokens,
-                        fp8_indexer: options.device == Device::GpuFp8,
-                        // Steps computed as full ones: a rollout's tokens do not depend on
-                        // what shared its steps, so reruns are byte-identical.
-                        decode_rows: options.max_batch,
-                    },
-                )?;
-                Batcher::start(gm, detokenize, options.max_batch)
-            }
-        };
+        let batcher = start_batcher(model, options.device, options.max_batch)?;
         let tokenizer = tokenizer::load(dir)?;
         let eos = tokenizer.token_to_id(deepseek::EOS).ok_or_else(|| {
             ModelError::Tokenizer(format!("tokenizer.json has no {} token", deepseek::EOS))
@@ -131,6 +142,10 @@ impl LocalPolicy {
     }
 }
 
+/// A request made ready for the batcher: prompt ids, sampler, stop rules, the kept sequence
+/// the prompt continues.
+type Prepared = (Vec<u32>, Sampler, Stop, Option<Arc<Kept>>);
+
 impl Engine {
     /// The prompt's token ids. With the request's token prefix, the prompt continues it: the
     /// prefix as generated (closed by an end-of-sentence token if the reply was cut short), then
@@ -139,8 +154,12 @@ impl Engine {
     /// would not give back the tokens the model wrote (their text is parsed, and tool calls are
     /// written anew), so a trainer's sequence would not be the one sampled. Without a prefix,
     /// or when the rendered conversation does not begin with the covered messages' rendering,
-    /// the whole conversation is tokenized.
-    fn prompt_ids(&self, request: &ChatRequest) -> Result<Vec<u32>, PolicyError> {
+    /// the whole conversation is tokenized. A continued prefix also gives back the kept
+    /// sequence of the turn that ended it, whose cache the prompt then continues.
+    fn prompt_ids(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<(Vec<u32>, Option<Arc<Kept>>), PolicyError> {
         let refused = |e: String| PolicyError::Refused(e);
         let render = |messages: &[ChatMessage]| {
             self.chat
@@ -161,15 +180,19 @@ impl Engine {
                 ids.push(self.eos);
             }
             ids.extend(encode(rest)?);
-            return Ok(ids);
+            let kept = prefix
+                .continuation
+                .as_ref()
+                .and_then(|c| c.0.clone().downcast::<Kept>().ok());
+            return Ok((ids, kept));
         }
-        encode(&whole)
+        Ok((encode(&whole)?, None))
     }
 
-    /// The prompt's token ids, its sampler and stop rules.
-    fn prepare(&self, request: &ChatRequest) -> Result<(Vec<u32>, Sampler, Stop), PolicyError> {
+    /// The prompt's token ids, its sampler and stop rules, and the kept sequence it continues.
+    fn prepare(&self, request: &ChatRequest) -> Result<Prepared, PolicyError> {
         let refused = |e: String| PolicyError::Refused(e);
-        let ids = self.prompt_ids(request)?;
+        let (ids, resume) = self.prompt_ids(request)?;
         let limit = self.context;
         if ids.len() >= limit {
             return Err(refused(format!(
@@ -200,12 +223,17 @@ impl Engine {
             max_new_tokens: max_new.max(1),
             strings: Vec::new(),
         };
-        Ok((ids, sampler, stop))
+        Ok((ids, sampler, stop, resume))
     }
 
     /// The generated tokens as an assistant message (DSML tool calls parsed), with the turn's
     /// tokens.
-    fn answer(&self, prompt_ids: Vec<u32>, g: Generation) -> Result<Reply, PolicyError> {
+    fn answer(
+        &self,
+        prompt_ids: Vec<u32>,
+        g: Generation,
+        kept: Kept,
+    ) -> Result<Reply, PolicyError> {
         let text = tokenizer::decode(&self.tokenizer, &g.tokens)
             .map_err(|e| PolicyError::Refused(e.to_string()))?;
         let parsed = deepseek::parse(&text, false);
@@ -226,6 +254,7 @@ impl Engine {
                 prompt_ids,
                 completion_ids: g.tokens,
                 completion_logprobs: g.logprobs,
+                continuation: Some(Continuation(Arc::new(kept))),
             }),
         })
     }
@@ -240,7 +269,7 @@ impl Policy for LocalPolicy {
         let engine = self.engine.clone();
         let request = request.clone();
         // Rendering and tokenizing a long prompt is CPU work: keep it off the async workers.
-        let (ids, sampler, stop) = tokio::task::spawn_blocking({
+        let (ids, sampler, stop, resume) = tokio::task::spawn_blocking({
             let engine = engine.clone();
             move || engine.prepare(&request)
         })
@@ -249,12 +278,14 @@ impl Policy for LocalPolicy {
             attempts: 1,
             last: format!("local model task failed: {e}"),
         })??;
-        let g = engine
+        // Each turn's sequence is kept for the next, which continues its cache (the rollout
+        // releases it when it ends).
+        let (g, kept) = engine
             .batcher
-            .generate(ids.clone(), sampler, stop)
+            .turn(ids.clone(), sampler, stop, resume)
             .await
             .map_err(|e| PolicyError::Refused(e.to_string()))?;
-        engine.answer(ids, g)
+        engine.answer(ids, g, kept)
     }
 }
 

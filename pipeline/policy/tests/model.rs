@@ -711,6 +711,7 @@ fn the_local_policy_continues_its_own_tokens_across_turns() {
         Some(TokenPrefix {
             ids: ids.clone(),
             messages: covered,
+            continuation: None,
         }),
     );
     let t2 = second.tokens.expect("tokens");
@@ -730,6 +731,24 @@ fn the_local_policy_continues_its_own_tokens_across_turns() {
         "re-tokenizing the conversation would have changed the first turn's tokens"
     );
     assert_eq!(second.usage.prompt_tokens, want.len() as u64);
+    // With the first turn's continuation the prompt is the same; its cache is continued
+    // (batch::tests counts what is prefilled), and the reply holds the next continuation.
+    let resumed = complete(
+        &messages,
+        Some(TokenPrefix {
+            ids: ids.clone(),
+            messages: covered,
+            continuation: t1.continuation.clone(),
+        }),
+    );
+    let t2k = resumed.tokens.expect("tokens");
+    assert_eq!(t2k.prompt_ids, want);
+    assert!(t1.continuation.is_some() && t2k.continuation.is_some());
+    assert!(
+        t2k.completion_logprobs
+            .iter()
+            .all(|l| l.is_finite() && *l <= 0.0)
+    );
 
     // A prefix that does not cover the conversation's beginning (its last covered message is
     // not a reply) is not continued: the whole conversation is tokenized.
@@ -738,6 +757,7 @@ fn the_local_policy_continues_its_own_tokens_across_turns() {
         Some(TokenPrefix {
             ids,
             messages: covered + 1,
+            continuation: None,
         }),
     );
     assert_eq!(third.tokens.expect("tokens").prompt_ids, encode(&whole));

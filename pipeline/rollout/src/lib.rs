@@ -390,6 +390,7 @@ pub async fn run<P: Policy>(
     // the messages they hold (through the last assistant reply).
     let mut trace = Some(TokenTrace::default());
     let mut covered = 0;
+    let mut continuation = None;
     let stop = loop {
         if turns >= limits.max_turns {
             break Stop::TurnLimit;
@@ -409,6 +410,7 @@ pub async fn run<P: Policy>(
                 Arc::new(TokenPrefix {
                     ids: t.ids.clone(),
                     messages: covered,
+                    continuation: continuation.clone(),
                 })
             }),
         };
@@ -425,6 +427,11 @@ pub async fn run<P: Policy>(
         } = reply;
         message.role = "assistant".into();
         trace = trace.and_then(|mut t| t.extend(tokens.as_ref()?).then_some(t));
+        // The policy's hold on this turn goes with the next request, and is released with the
+        // rollout (or with the trace, if a turn broke it).
+        continuation = tokens
+            .and_then(|t| t.continuation)
+            .filter(|_| trace.is_some());
         usage.prompt_tokens += used.prompt_tokens;
         usage.completion_tokens += used.completion_tokens;
         turns += 1;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use envsynth_core::chat::{ChatRequest, TurnTokens};
+use envsynth_core::chat::{ChatRequest, Continuation, TurnTokens};
 use envsynth_core::{EnvRef, Environment, FailureKind, Task, TaskRequest, env::generate};
 use envsynth_rollout::score::summarize;
 use envsynth_rollout::{
@@ -270,9 +270,11 @@ async fn limits_end_rollouts_as_the_agents_failure() {
 /// The oracle's replies, with made-up tokens as a policy that knows its tokens reports them:
 /// each prompt continues the request's token prefix with one id per message it does not
 /// cover, each completion is two ids. `break_at` makes that turn's prompt rewrite the prefix.
+/// Each reply holds a continuation, which the next request must bring back.
 struct Tokened {
     inner: OpenAiPolicy,
     break_at: Option<usize>,
+    last: std::sync::Mutex<Option<Continuation>>,
 }
 
 impl Policy for Tokened {
@@ -285,13 +287,17 @@ impl Policy for Tokened {
         let turn = r.messages.iter().filter(|m| m.role == "assistant").count();
         let from = match &r.prefix {
             Some(p) => {
-                // The prefix covers the conversation through the last reply.
+                // The prefix covers the conversation through the last reply, and holds on to
+                // the continuation that reply gave.
                 assert_eq!(r.messages[p.messages - 1].role, "assistant");
                 assert!(r.messages[p.messages..].iter().all(|m| m.role == "tool"));
+                assert_eq!(p.continuation, *self.last.lock().unwrap());
                 p.messages
             }
             None => 0,
         };
+        let continuation = Continuation(Arc::new(turn));
+        *self.last.lock().unwrap() = Some(continuation.clone());
         let mut prompt = r.prefix.as_ref().map_or_else(Vec::new, |p| p.ids.clone());
         prompt.extend((from..r.messages.len()).map(|i| 1000 + i as u32));
         if self.break_at == Some(turn) {
@@ -302,6 +308,7 @@ impl Policy for Tokened {
             prompt_ids: prompt,
             completion_ids: vec![10 * t, 10 * t + 1],
             completion_logprobs: vec![-0.5, -0.25],
+            continuation: Some(continuation),
         });
         Ok(reply)
     }
@@ -315,12 +322,16 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
         let policy = Tokened {
             inner: OpenAiPolicy::new(&url, "sim", quick()).unwrap(),
             break_at,
+            last: std::sync::Mutex::new(None),
         };
         for task in &tasks {
             let prepared = env.prepare(task).unwrap();
             let r = run(&policy, task, prepared.as_ref(), 5, &Limits::default()).await;
             assert!(r.verdict.passed, "{:?}", r.verdict);
             assert!(r.turns >= 2, "the oracle searches, then submits");
+            // The rollout let go of the last continuation when it ended.
+            let last = policy.last.lock().unwrap().take().unwrap();
+            assert_eq!(Arc::strong_count(&last.0), 1);
             if break_at.is_some() {
                 assert_eq!(r.tokens, None, "a prompt that rewrites the trace ends it");
                 continue;

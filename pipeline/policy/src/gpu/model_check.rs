@@ -74,6 +74,10 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
         lens[0], lens[1]
     );
     let decode_detail = format!("batch 2, {steps} steps after the prefill, top-k {topk}");
+    let extend_detail = format!(
+        "{} and {} tokens more on the two caches after the decode steps, in one call (a next turn's prefill), top-k {topk}",
+        EXTEND[0], EXTEND[1]
+    );
     let agree = &run.agree;
     let mut out = vec![
         logits_check(
@@ -87,6 +91,12 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
             &run.decode.0,
             &run.decode.1,
             decode_detail.clone(),
+        ),
+        logits_check(
+            "model_extend_logits",
+            &run.extend.0,
+            &run.extend.1,
+            extend_detail.clone(),
         ),
         check(
             "model_topk_choices",
@@ -245,6 +255,12 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
         &run8.decode.1,
         format!("{decode_detail}; FP8 indexer"),
     ));
+    out.push(logits_check(
+        "model_fp8_extend_logits",
+        &run8.extend.0,
+        &run8.extend.1,
+        format!("{extend_detail}; FP8 indexer"),
+    ));
     out.push(check(
         "model_fp8_topk_choices",
         "share of the CPU's top-k positions the GPU chose",
@@ -265,11 +281,19 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
 struct CpuComparison {
     prefill: (Vec<Vec<f32>>, Vec<Vec<f32>>),
     decode: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    /// The prefill that continues both caches after the decode steps (a conversation's next
+    /// turn, as the batcher's `extend` runs it).
+    extend: (Vec<Vec<f32>>, Vec<Vec<f32>>),
     agree: Agreement,
 }
 
+/// The tokens [`against_cpu`] appends to its two sequences after decoding them: one turn's
+/// worth and a short one.
+const EXTEND: [usize; 2] = [37, 5];
+
 /// Prefills `prompts` (two sequences, one call) on the GPU model and the CPU reference, then
-/// decodes the token pairs `fed` on both; the CPU takes the GPU's choices.
+/// decodes the token pairs `fed` on both, then continues both caches with a prefill of
+/// [`EXTEND`] tokens (the prompts' first ones again); the CPU takes the GPU's choices.
 fn against_cpu(
     gm: &mut GpuModel,
     model: &Model,
@@ -340,12 +364,45 @@ fn against_cpu(
         );
         agree.add(&theirs, &mine);
     }
+    let more = [&prompts[0][..EXTEND[0]], &prompts[1][..EXTEND[1]]];
+    let got_e = {
+        let [s0, s1] = &mut seqs;
+        gm.forward_recording(
+            &mut [(s0, more[0]), (s1, more[1])],
+            Logits::All,
+            Some(&mut theirs),
+        )
+        .map_err(model_err)?
+    };
+    let want_e = {
+        let [c0, c1] = &mut caches;
+        let mut segs = [
+            Segment {
+                cache: c0,
+                tokens: more[0],
+            },
+            Segment {
+                cache: c1,
+                tokens: more[1],
+            },
+        ];
+        let how = Forward {
+            mode: AttentionMode::Mha,
+            selection: Selection::Sparse,
+            logits: Logits::All,
+        };
+        model
+            .forward_with(&mut segs, how, Some(&theirs), &mut mine)
+            .map_err(model_err)?
+    };
+    agree.add(&theirs, &mine);
     for seq in seqs {
         gm.release(seq);
     }
     Ok(CpuComparison {
         prefill: (got, want),
         decode: (got_d, want_d),
+        extend: (got_e, want_e),
         agree,
     })
 }
