@@ -86,8 +86,10 @@ pub fn start_batcher(
         Device::Cpu => Batcher::start(Arc::new(model), detokenize, max_batch),
         Device::Gpu | Device::GpuFp8 => {
             let gpu = crate::gpu::Gpu::open(&crate::gpu::default_cache())?;
-            // Room for every sequence of a full batch at the whole context, up to 2M rows.
-            let cache_tokens = (max_batch * context).min(1 << 21);
+            // Room, up to 2M rows, for twice a full batch of sequences at the whole context:
+            // the rollout CLI keeps at most twice `max_batch` rollouts alive, and each holds one
+            // sequence, running or kept between its turns.
+            let cache_tokens = (2 * max_batch * context).min(1 << 21);
             let gm = crate::gpu::model::GpuModel::new(
                 gpu,
                 &model,
