@@ -279,13 +279,16 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
 /// What [`against_cpu`] compared: (GPU, CPU) logits of the prefill and of the decode steps, and
 /// how far their own choices agree.
 struct CpuComparison {
-    prefill: (Vec<Vec<f32>>, Vec<Vec<f32>>),
-    decode: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    prefill: Pair,
+    decode: Pair,
     /// The prefill that continues both caches after the decode steps (a conversation's next
     /// turn, as the batcher's `extend` runs it).
-    extend: (Vec<Vec<f32>>, Vec<Vec<f32>>),
+    extend: Pair,
     agree: Agreement,
 }
+
+/// Logits per row, the GPU's then the CPU's.
+type Pair = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 /// The tokens [`against_cpu`] appends to its two sequences after decoding them: one turn's
 /// worth and a short one.
@@ -300,111 +303,90 @@ fn against_cpu(
     prompts: &[Vec<u32>],
     fed: &[[u32; 2]],
 ) -> Result<CpuComparison, GpuError> {
-    let mut caches = [Cache::new(model), Cache::new(model)];
-    let mut seqs = [gm.new_seq(), gm.new_seq()];
-    let mut agree = Agreement::default();
-    let (mut theirs, mut mine) = (Choices::default(), Choices::default());
-    let got = {
-        let [s0, s1] = &mut seqs;
-        gm.forward_recording(
-            &mut [(s0, prompts[0].as_slice()), (s1, prompts[1].as_slice())],
-            Logits::All,
-            Some(&mut theirs),
-        )
-        .map_err(model_err)?
+    let seqs = [gm.new_seq(), gm.new_seq()];
+    let mut both = Both {
+        gm,
+        model,
+        seqs,
+        caches: [Cache::new(model), Cache::new(model)],
+        agree: Agreement::default(),
+        theirs: Choices::default(),
+        mine: Choices::default(),
     };
-    let want = {
-        let [c0, c1] = &mut caches;
-        let mut segs = [
-            Segment {
-                cache: c0,
-                tokens: &prompts[0],
-            },
-            Segment {
-                cache: c1,
-                tokens: &prompts[1],
-            },
-        ];
-        let how = Forward {
-            mode: AttentionMode::Mha,
-            selection: Selection::Sparse,
-            logits: Logits::All,
-        };
-        model
-            .forward_with(&mut segs, how, Some(&theirs), &mut mine)
-            .map_err(model_err)?
+    let prefill = Forward {
+        mode: AttentionMode::Mha,
+        selection: Selection::Sparse,
+        logits: Logits::All,
     };
-    agree.add(&theirs, &mine);
+    let first = both.step([&prompts[0], &prompts[1]], prefill)?;
     let (mut got_d, mut want_d) = (Vec::new(), Vec::new());
     for next in fed {
-        let [s0, s1] = &mut seqs;
-        got_d.extend(
-            gm.forward_recording(
-                &mut [(s0, &next[..1]), (s1, &next[1..])],
-                Logits::Last,
-                Some(&mut theirs),
-            )
-            .map_err(model_err)?,
-        );
-        let [c0, c1] = &mut caches;
-        let mut segs = [
-            Segment {
-                cache: c0,
-                tokens: &next[..1],
-            },
-            Segment {
-                cache: c1,
-                tokens: &next[1..],
-            },
-        ];
-        want_d.extend(
-            model
-                .forward_with(&mut segs, Forward::DECODE, Some(&theirs), &mut mine)
-                .map_err(model_err)?,
-        );
-        agree.add(&theirs, &mine);
+        let (g, w) = both.step([&next[..1], &next[1..]], Forward::DECODE)?;
+        got_d.extend(g);
+        want_d.extend(w);
     }
-    let more = [&prompts[0][..EXTEND[0]], &prompts[1][..EXTEND[1]]];
-    let got_e = {
-        let [s0, s1] = &mut seqs;
-        gm.forward_recording(
-            &mut [(s0, more[0]), (s1, more[1])],
-            Logits::All,
-            Some(&mut theirs),
-        )
-        .map_err(model_err)?
-    };
-    let want_e = {
-        let [c0, c1] = &mut caches;
-        let mut segs = [
-            Segment {
-                cache: c0,
-                tokens: more[0],
-            },
-            Segment {
-                cache: c1,
-                tokens: more[1],
-            },
-        ];
-        let how = Forward {
-            mode: AttentionMode::Mha,
-            selection: Selection::Sparse,
-            logits: Logits::All,
-        };
-        model
-            .forward_with(&mut segs, how, Some(&theirs), &mut mine)
-            .map_err(model_err)?
-    };
-    agree.add(&theirs, &mine);
+    let extend = both.step(
+        [&prompts[0][..EXTEND[0]], &prompts[1][..EXTEND[1]]],
+        prefill,
+    )?;
+    let Both {
+        gm, seqs, agree, ..
+    } = both;
     for seq in seqs {
         gm.release(seq);
     }
     Ok(CpuComparison {
-        prefill: (got, want),
+        prefill: first,
         decode: (got_d, want_d),
-        extend: (got_e, want_e),
+        extend,
         agree,
     })
+}
+
+/// Two sequences on the GPU model and on the CPU reference, stepped together.
+struct Both<'a> {
+    gm: &'a mut GpuModel,
+    model: &'a Model,
+    seqs: [GpuSeq; 2],
+    caches: [Cache; 2],
+    agree: Agreement,
+    theirs: Choices,
+    mine: Choices,
+}
+
+impl Both<'_> {
+    /// One call on each: the GPU's (recording its top-k positions and experts) and the CPU's
+    /// (`how`, taking the GPU's choices, comparing its own); their (GPU, CPU) logits.
+    fn step(&mut self, tokens: [&[u32]; 2], how: Forward) -> Result<Pair, GpuError> {
+        let got = {
+            let [s0, s1] = &mut self.seqs;
+            self.gm
+                .forward_recording(
+                    &mut [(s0, tokens[0]), (s1, tokens[1])],
+                    how.logits,
+                    Some(&mut self.theirs),
+                )
+                .map_err(model_err)?
+        };
+        let want = {
+            let [c0, c1] = &mut self.caches;
+            let mut segs = [
+                Segment {
+                    cache: c0,
+                    tokens: tokens[0],
+                },
+                Segment {
+                    cache: c1,
+                    tokens: tokens[1],
+                },
+            ];
+            self.model
+                .forward_with(&mut segs, how, Some(&self.theirs), &mut self.mine)
+                .map_err(model_err)?
+        };
+        self.agree.add(&self.theirs, &self.mine);
+        Ok((got, want))
+    }
 }
 
 /// The grouped expert product against an f64 reference: 150 tokens × 4 experts of 16, expert 0
