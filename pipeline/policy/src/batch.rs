@@ -482,12 +482,38 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     /// The CPU model, counting what the batcher asks of it.
-    struct Counting {
-        model: Arc<Model>,
+    /// What a [`Counting`] backend was asked to compute.
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Counts {
         prefills: usize,
+        /// Tokens prefilled from scratch.
+        prefilled: usize,
         forks: usize,
         /// Tokens appended to kept sequences.
         extended: usize,
+        released: usize,
+    }
+
+    /// The CPU model, counting what it is asked (shared, so the count can be read while the
+    /// batcher's worker owns the backend).
+    struct Counting {
+        model: Arc<Model>,
+        counts: Arc<std::sync::Mutex<Counts>>,
+    }
+
+    impl Counting {
+        fn new(model: Arc<Model>) -> Counting {
+            Counting {
+                model,
+                counts: Arc::default(),
+            }
+        }
+        fn counts(&self) -> Counts {
+            *self.counts.lock().expect("counts")
+        }
+        fn count(&self, f: impl FnOnce(&mut Counts)) {
+            f(&mut self.counts.lock().expect("counts"));
+        }
     }
 
     impl Backend for Counting {
@@ -496,24 +522,29 @@ mod tests {
             self.model.context_limit()
         }
         fn prefill(&mut self, prompt: &[u32]) -> Result<(Cache, Vec<f32>), ModelError> {
-            self.prefills += 1;
+            self.count(|c| {
+                c.prefills += 1;
+                c.prefilled += prompt.len();
+            });
             self.model.prefill(prompt)
         }
         fn fork(&mut self, seq: &Cache, len: usize) -> Result<Cache, ModelError> {
-            self.forks += 1;
+            self.count(|c| c.forks += 1);
             self.model.fork(seq, len)
         }
         fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
             self.model.decode(batch)
         }
         fn extend(&mut self, seq: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-            self.extended += tokens.len();
+            self.count(|c| c.extended += tokens.len());
             self.model.extend(seq, tokens)
         }
         fn seq_len(seq: &Cache) -> usize {
             seq.len()
         }
-        fn release(&mut self, _seq: Cache) {}
+        fn release(&mut self, _seq: Cache) {
+            self.count(|c| c.released += 1);
+        }
     }
 
     fn job(prompt: &[u32], seed: u64) -> Job {
@@ -536,12 +567,7 @@ mod tests {
         let cfg = crate::config::Preset::Tiny.config();
         let tensors = crate::checkpoint::Tensors::from_named(crate::init::random_tensors(&cfg, 3));
         let model = Arc::new(Model::from_tensors(cfg, tensors).expect("builds"));
-        let mut b = Counting {
-            model: model.clone(),
-            prefills: 0,
-            forks: 0,
-            extended: 0,
-        };
+        let mut b = Counting::new(model.clone());
         let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
         let mut running = Vec::new();
         let first = admit(&mut b, job(&prompt, 1), &running, &mut BTreeMap::new()).expect("starts");
@@ -563,19 +589,14 @@ mod tests {
         )
         .expect("starts");
         assert_eq!(
-            (b.prefills, b.forks),
+            (b.counts().prefills, b.counts().forks),
             (2, 1),
             "the same prompt is forked, another prefilled"
         );
         assert_eq!(forked.seq.len(), prompt.len());
         // Against a fresh prefill of the same prompt with the same seed: the same first token,
         // the same cache, the same logits at every later step.
-        let mut fresh = Counting {
-            model,
-            prefills: 0,
-            forks: 0,
-            extended: 0,
-        };
+        let mut fresh = Counting::new(model);
         let alone = admit(&mut fresh, job(&prompt, 2), &[], &mut BTreeMap::new()).expect("starts");
         assert_eq!(forked.next, alone.next);
         assert_eq!(*forked.prompt_logits, *alone.prompt_logits);
@@ -588,40 +609,6 @@ mod tests {
         assert_eq!(other.seq.len(), 30);
     }
 
-    /// The CPU model through the batcher's worker, tallying what it is asked to compute.
-    struct Tally {
-        model: Arc<Model>,
-        /// Tokens prefilled from scratch, tokens appended to kept caches, sequences given back.
-        counts: Arc<std::sync::Mutex<[usize; 3]>>,
-    }
-
-    impl Backend for Tally {
-        type Seq = Cache;
-        fn context_limit(&self) -> usize {
-            self.model.context_limit()
-        }
-        fn prefill(&mut self, prompt: &[u32]) -> Result<(Cache, Vec<f32>), ModelError> {
-            self.counts.lock().expect("counts")[0] += prompt.len();
-            self.model.prefill(prompt)
-        }
-        fn fork(&mut self, seq: &Cache, len: usize) -> Result<Cache, ModelError> {
-            self.model.fork(seq, len)
-        }
-        fn decode(&mut self, batch: &mut [(&mut Cache, u32)]) -> Result<Vec<Vec<f32>>, ModelError> {
-            self.model.decode(batch)
-        }
-        fn extend(&mut self, seq: &mut Cache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-            self.counts.lock().expect("counts")[1] += tokens.len();
-            self.model.extend(seq, tokens)
-        }
-        fn seq_len(seq: &Cache) -> usize {
-            seq.len()
-        }
-        fn release(&mut self, _seq: Cache) {
-            self.counts.lock().expect("counts")[2] += 1;
-        }
-    }
-
     /// A turn that resumes the kept sequence of the turn before prefills only its new tokens
     /// onto that cache, and generates what the same calls on the model give; a prompt that does
     /// not continue the kept tokens is prefilled whole; dropping a handle gives the cache back.
@@ -630,16 +617,14 @@ mod tests {
         let cfg = crate::config::Preset::Tiny.config();
         let tensors = crate::checkpoint::Tensors::from_named(crate::init::random_tensors(&cfg, 4));
         let model = Arc::new(Model::from_tensors(cfg, tensors).expect("builds"));
-        let counts = Arc::new(std::sync::Mutex::new([0usize; 3]));
-        let batcher = Batcher::start(
-            Tally {
-                model: model.clone(),
-                counts: counts.clone(),
-            },
-            Arc::new(|_: &[u32]| String::new()),
-            4,
-        );
-        let tally = || *counts.lock().expect("counts");
+        let backend = Counting::new(model.clone());
+        let counts = backend.counts.clone();
+        let batcher = Batcher::start(backend, Arc::new(|_: &[u32]| String::new()), 4);
+        // Tokens prefilled from scratch, tokens appended to kept caches, sequences given back.
+        let tally = || {
+            let c = *counts.lock().expect("counts");
+            [c.prefilled, c.extended, c.released]
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
