@@ -68,6 +68,11 @@ pub struct Args {
     /// Completion tokens per request (`max_tokens`; the local model's default is 256).
     #[arg(long)]
     pub max_tokens: Option<u32>,
+    /// Ask the server for each turn's tokens and their log-probabilities (`return_token_ids`
+    /// and `logprobs`, vLLM 0.10.2 and later) and record them with each rollout; a reply
+    /// without them fails its rollout. The local policy always records its tokens.
+    #[arg(long)]
+    pub token_ids: bool,
     /// pass@k values to report (comma-separated; default 1 and k).
     #[arg(long, value_delimiter = ',')]
     pub pass_at: Vec<u64>,
@@ -255,6 +260,7 @@ async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
         retries: a.retries,
         backoff: Duration::from_millis(500),
         api_key: std::env::var("OPENAI_API_KEY").ok(),
+        token_ids: a.token_ids,
     };
     let mut policy = OpenAiPolicy::new(&url, &a.model, options).map_err(|e| anyhow::anyhow!(e))?;
     if a.policy.starts_with("sim:") {
@@ -392,7 +398,7 @@ pub fn run(a: Args) -> Result<()> {
         text.push(b'\n');
         envsynth_shards::atomic_write(&a.out.join("summary.json"), &text)?;
         std::fs::remove_dir_all(&parts).with_context(|| format!("{}", parts.display()))?;
-        let brief: BTreeMap<&str, serde_json::Value> = [
+        let mut brief: BTreeMap<&str, serde_json::Value> = [
             ("rollouts", serde_json::json!(summary.rollouts)),
             ("masked", serde_json::json!(summary.masked)),
             ("pass_at", serde_json::json!(summary.overall.pass_at)),
@@ -408,6 +414,9 @@ pub fn run(a: Args) -> Result<()> {
         ]
         .into_iter()
         .collect();
+        if summary.token_traces != Default::default() {
+            brief.insert("token_traces", serde_json::json!(summary.token_traces));
+        }
         println!("{}", serde_json::to_string_pretty(&brief)?);
         Ok(())
     })

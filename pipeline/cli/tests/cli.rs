@@ -1,6 +1,8 @@
 //! End-to-end tests of the `envsynth` binary: reproducible shards, worker splits, resume after a
 //! kill, a second Parquet reader, verification and bad input.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+use common::BIN;
 
 fn envsynth(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -289,17 +291,7 @@ tools = json.loads(r["extra_info"]["tools"])
 assert all(t["type"] == "function" for t in tools) and len(tools) >= 10
 print("ok", len(files))
 "#;
-    let py = Command::new("python3")
-        .args(["-c", script, out.to_str().unwrap()])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        py.status.success(),
-        "pyarrow check failed: {}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "ok 3");
+    assert_eq!(common::python(script, &[out.to_str().unwrap()]), "ok 3");
 }
 
 #[test]

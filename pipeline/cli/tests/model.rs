@@ -2,10 +2,12 @@
 //! command, generation is seeded, bad arguments are named, and the rollout engine plays tasks
 //! with `--policy local:DIR`, reproducibly.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_envsynth");
+use common::BIN;
 
 fn envsynth(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -277,17 +279,7 @@ for row in t.to_pylist():
     assert sum(row["loss_mask"]) == row["completion_tokens"]
 print("ok", t.num_rows)
 "#;
-    let py = Command::new("python3")
-        .args(["-c", script, &p("a/rollouts.parquet")])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        py.status.success(),
-        "pyarrow check failed: {}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "ok 4");
+    assert_eq!(common::python(script, &[&p("a/rollouts.parquet")]), "ok 4");
     // The GPU backend is chosen at run time. Without a GPU, or for shapes its kernels do not
     // run (the tiny preset), the rollout is refused with the reason before anything is written.
     for device in ["gpu", "gpu-fp8"] {

@@ -219,6 +219,66 @@ fn rollouts_are_reproducible_resumable_and_scored() {
     assert_eq!(banded, want);
 }
 
+/// `--token-ids` asks the server for each turn's tokens (the simulated policy answers as vLLM
+/// does); every rollout keeps one trace, the same command writes the same bytes, and a second
+/// reader finds the traces as list columns of the trajectory shard.
+#[test]
+fn rollouts_with_token_ids_keep_each_conversations_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    run(&["generate", "--count", "4", "--out", tasks.to_str().unwrap()]);
+    let play = |out: &Path| {
+        run(&[
+            "rollout",
+            "--tasks",
+            tasks.to_str().unwrap(),
+            "--policy",
+            "sim:noisy:0.3",
+            "--token-ids",
+            "--k",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let printed = String::from_utf8_lossy(&play(&a).stdout).to_string();
+    play(&b);
+    let jsonl = std::fs::read(a.join("rollouts.jsonl")).unwrap();
+    assert_eq!(jsonl, std::fs::read(b.join("rollouts.jsonl")).unwrap());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["token_traces"],
+        serde_json::json!({"carried": 8, "broken": 0})
+    );
+    assert!(printed.contains("\"token_traces\""), "{printed}");
+    for line in std::str::from_utf8(&jsonl).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ids = r["tokens"]["ids"].as_array().expect("a trace");
+        let mask = r["tokens"]["mask"].as_array().unwrap();
+        let generated = mask.iter().filter(|m| m.as_u64() == Some(1)).count();
+        assert_eq!(
+            generated as u64,
+            r["usage"]["completion_tokens"].as_u64().unwrap()
+        );
+        assert!(ids.len() > generated && generated > 0);
+    }
+    let script = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+for row in t.to_pylist():
+    trace = json.loads(row["rollout"])["tokens"]
+    assert row["token_ids"] == trace["ids"] and row["loss_mask"] == trace["mask"]
+    assert all(abs(a - b) <= 1e-6 for a, b in zip(row["logprobs"], trace["logprobs"]))
+    assert sum(row["loss_mask"]) == row["completion_tokens"]
+print("ok", t.num_rows)
+"#;
+    let parquet = a.join("rollouts.parquet");
+    assert_eq!(common::python(script, &[parquet.to_str().unwrap()]), "ok 8");
+}
+
 /// A run killed (SIGKILL) after it journaled some rollouts, then started again, ends with the
 /// same bytes as a run that was never interrupted.
 #[test]

@@ -151,6 +151,9 @@ pub struct ChatResponse {
     pub choices: Vec<ChatChoice>,
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The prompt as the server tokenized it (vLLM's answer to `return_token_ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +161,26 @@ pub struct ChatChoice {
     pub message: ChatMessage,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// The generated tokens (vLLM's answer to `return_token_ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
+    /// Each generated token's log-probability (the answer to `logprobs: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// `choices[i].logprobs`: one entry per generated token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    #[serde(default)]
+    pub content: Option<Vec<TokenLogprob>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    #[serde(default)]
+    pub token: String,
+    pub logprob: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

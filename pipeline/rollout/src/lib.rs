@@ -51,7 +51,8 @@ pub trait Policy: Send + Sync {
 pub struct Reply {
     pub message: ChatMessage,
     pub usage: Usage,
-    /// The turn token by token, from a policy that knows its tokens (the local model).
+    /// The turn token by token, from a policy that knows its tokens (the local model, or a
+    /// server asked for them with [`ClientOptions::token_ids`]).
     pub tokens: Option<TurnTokens>,
 }
 
@@ -80,6 +81,9 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Sent as `Authorization: Bearer` (hosted APIs).
     pub api_key: Option<String>,
+    /// Ask for the tokens (`return_token_ids` and `logprobs`, as vLLM answers them) and
+    /// refuse a reply without them; off for servers that reject unknown fields (OpenAI's).
+    pub token_ids: bool,
 }
 
 impl Default for ClientOptions {
@@ -90,6 +94,7 @@ impl Default for ClientOptions {
             retries: 4,
             backoff: Duration::from_millis(500),
             api_key: None,
+            token_ids: false,
         }
     }
 }
@@ -149,8 +154,17 @@ impl OpenAiPolicy {
     async fn attempt(
         &self,
         request: &ChatRequest,
-    ) -> Result<(ChatMessage, Usage), (bool, String, Option<Duration>)> {
-        let mut r = self.http.post(&self.endpoint).json(request);
+    ) -> Result<Reply, (bool, String, Option<Duration>)> {
+        let r = self.http.post(&self.endpoint);
+        let mut r = if self.options.token_ids {
+            r.json(&AskingForTokens {
+                request,
+                logprobs: true,
+                return_token_ids: true,
+            })
+        } else {
+            r.json(request)
+        };
         if let Some(key) = &self.options.api_key {
             r = r.bearer_auth(key);
         }
@@ -177,11 +191,74 @@ impl OpenAiPolicy {
             )
         })?;
         let usage = parsed.usage.unwrap_or_default();
+        let prompt_ids = parsed.prompt_token_ids;
         let Some(choice) = parsed.choices.into_iter().next() else {
             return Err((true, "reply has no choices".into(), None));
         };
-        Ok((choice.message, usage))
+        let tokens = if self.options.token_ids {
+            // A server that ignores the fields answers without them: retrying would not help.
+            Some(turn_tokens(prompt_ids, &choice).map_err(|why| (false, why, None))?)
+        } else {
+            None
+        };
+        Ok(Reply {
+            message: choice.message,
+            usage,
+            tokens,
+        })
     }
+}
+
+/// A request with the fields that ask vLLM for the turn's tokens.
+#[derive(Serialize)]
+struct AskingForTokens<'a> {
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+    logprobs: bool,
+    return_token_ids: bool,
+}
+
+/// The turn's tokens from a reply to [`AskingForTokens`], or which field is missing or wrong.
+fn turn_tokens(
+    prompt_ids: Option<Vec<u32>>,
+    choice: &envsynth_core::chat::ChatChoice,
+) -> Result<TurnTokens, String> {
+    const HINT: &str = "the server ignored `return_token_ids` (vLLM answers it from 0.10.2 on)";
+    let prompt_ids =
+        prompt_ids.ok_or_else(|| format!("reply has no `prompt_token_ids`: {HINT}"))?;
+    let completion_ids = choice
+        .token_ids
+        .clone()
+        .ok_or_else(|| format!("reply has no `choices[0].token_ids`: {HINT}"))?;
+    let logprobs = choice
+        .logprobs
+        .as_ref()
+        .and_then(|l| l.content.as_ref())
+        .ok_or_else(|| {
+            "reply has no `choices[0].logprobs.content`: the server ignored `logprobs`".to_string()
+        })?;
+    if logprobs.len() != completion_ids.len() {
+        return Err(format!(
+            "reply has {} entries in `choices[0].logprobs.content` for {} `choices[0].token_ids`",
+            logprobs.len(),
+            completion_ids.len()
+        ));
+    }
+    if let Some(bad) = logprobs
+        .iter()
+        .position(|l| l.logprob.is_nan() || l.logprob > 0.0)
+    {
+        return Err(format!(
+            "`choices[0].logprobs.content[{bad}].logprob` is {}, not a log-probability",
+            logprobs[bad].logprob
+        ));
+    }
+    Ok(TurnTokens {
+        prompt_ids,
+        completion_ids,
+        completion_logprobs: logprobs.iter().map(|l| l.logprob as f32).collect(),
+        continuation: None,
+    })
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -218,7 +295,7 @@ impl Policy for OpenAiPolicy {
         let mut last = String::new();
         for attempt in 0..=self.options.retries {
             match self.attempt(request).await {
-                Ok((message, usage)) => return Ok(Reply::text(message, usage)),
+                Ok(reply) => return Ok(reply),
                 Err((false, why, _)) => return Err(PolicyError::Refused(why)),
                 Err((true, why, retry_after)) => {
                     last = why;
@@ -303,6 +380,11 @@ pub struct Rollout {
     /// (the local model does both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenTrace>,
+    /// The turn (from 1) whose prompt did not continue the tokens before it, so the rollout
+    /// has no `tokens`: a server whose chat template renders an earlier reply differently
+    /// from how the model wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_broken_at: Option<u32>,
 }
 
 /// A rollout's tokens: every turn's prompt extended the previous turn's prompt and completion,
@@ -313,8 +395,9 @@ pub struct TokenTrace {
     /// 1 where the policy generated the token (the loss mask), 0 for the prompt, tool results
     /// and the chat template's text between turns.
     pub mask: Vec<u8>,
-    /// Each generated token's log-probability under the distribution it was drawn from
-    /// (temperature, top-k and top-p applied); 0 where `mask` is 0.
+    /// Each generated token's log-probability as the policy reported it (the local model's:
+    /// under the distribution it was drawn from, temperature, top-k and top-p applied); 0
+    /// where `mask` is 0.
     pub logprobs: Vec<f32>,
 }
 
@@ -389,6 +472,7 @@ pub async fn run<P: Policy>(
     // The conversation's tokens while every turn reports and continues them; `covered` counts
     // the messages they hold (through the last assistant reply).
     let mut trace = Some(TokenTrace::default());
+    let mut tokens_broken_at = None;
     let mut covered = 0;
     let mut continuation = None;
     let stop = loop {
@@ -426,7 +510,17 @@ pub async fn run<P: Policy>(
             tokens,
         } = reply;
         message.role = "assistant".into();
-        trace = trace.and_then(|mut t| t.extend(tokens.as_ref()?).then_some(t));
+        trace = match (trace, tokens.as_ref()) {
+            (Some(mut t), Some(turn)) => {
+                if t.extend(turn) {
+                    Some(t)
+                } else {
+                    tokens_broken_at = Some(turns + 1);
+                    None
+                }
+            }
+            _ => None,
+        };
         // The policy's hold on this turn goes with the next request, and is released with the
         // rollout (or with the trace, if a turn broke it).
         continuation = tokens
@@ -525,6 +619,7 @@ pub async fn run<P: Policy>(
         stop,
         verdict,
         tokens: trace.filter(|t| !t.ids.is_empty()),
+        tokens_broken_at,
     }
 }
 
@@ -542,4 +637,69 @@ pub fn sample_seeds(run_seed: u64, task_id: &str, k: u32) -> Vec<u64> {
             u64::from_str_radix(&hex[..15], 16).unwrap_or(u64::from(i))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server asked for tokens must send all of them, or the reply is refused by name.
+    #[test]
+    fn a_reply_without_its_tokens_is_refused_naming_the_field() {
+        let reply = |extra: &str,
+                     choice: &str|
+         -> (Option<Vec<u32>>, envsynth_core::chat::ChatChoice) {
+            let text = format!(
+                r#"{{"choices":[{{"message":{{"role":"assistant","content":"hi"}}{choice}}}]{extra}}}"#
+            );
+            let r: ChatResponse = serde_json::from_str(&text).unwrap();
+            (r.prompt_token_ids, r.choices[0].clone())
+        };
+        let lp = |v: &str| format!(r#","logprobs":{{"content":[{v}]}}"#);
+        let full = (
+            r#","prompt_token_ids":[1,2,3]"#,
+            format!(
+                r#","token_ids":[7,8]{}"#,
+                lp(r#"{"token":"a","logprob":-0.5},{"token":"b","logprob":0}"#)
+            ),
+        );
+        let (p, c) = reply(full.0, &full.1);
+        assert_eq!(
+            turn_tokens(p, &c),
+            Ok(TurnTokens {
+                prompt_ids: vec![1, 2, 3],
+                completion_ids: vec![7, 8],
+                completion_logprobs: vec![-0.5, 0.0],
+                continuation: None,
+            })
+        );
+        let cases = [
+            ("", full.1.clone(), "`prompt_token_ids`"),
+            (
+                full.0,
+                lp(r#"{"logprob":-1},{"logprob":-1}"#),
+                "`choices[0].token_ids`",
+            ),
+            (
+                full.0,
+                r#","token_ids":[7,8]"#.into(),
+                "`choices[0].logprobs.content`",
+            ),
+            (
+                full.0,
+                format!(r#","token_ids":[7,8]{}"#, lp(r#"{"logprob":-1}"#)),
+                "1 entries in `choices[0].logprobs.content` for 2",
+            ),
+            (
+                full.0,
+                format!(r#","token_ids":[7]{}"#, lp(r#"{"logprob":0.25}"#)),
+                "`choices[0].logprobs.content[0].logprob` is 0.25",
+            ),
+        ];
+        for (extra, choice, names) in cases {
+            let (p, c) = reply(extra, &choice);
+            let err = turn_tokens(p, &c).unwrap_err();
+            assert!(err.contains(names), "{err} should name {names}");
+        }
+    }
 }

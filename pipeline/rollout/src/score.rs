@@ -43,7 +43,24 @@ pub struct Summary {
     /// Why masked rollouts were masked (`policy_error`, `environment_error`, ...).
     pub masked_kinds: BTreeMap<String, u64>,
     pub metrics: Metrics,
+    /// How many rollouts carry their tokens; absent when none was asked for.
+    #[serde(skip_serializing_if = "TokenTraces::is_empty")]
+    pub token_traces: TokenTraces,
     pub tasks: Vec<TaskScore>,
+}
+
+/// Rollouts with their tokens, and rollouts whose tokens a turn broke
+/// ([`Rollout::tokens_broken_at`](crate::Rollout::tokens_broken_at)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TokenTraces {
+    pub carried: u64,
+    pub broken: u64,
+}
+
+impl TokenTraces {
+    fn is_empty(&self) -> bool {
+        self.carried == 0 && self.broken == 0
+    }
 }
 
 pub fn score_tasks(rollouts: &[Rollout], ks: &[u64]) -> Vec<TaskScore> {
@@ -137,6 +154,13 @@ pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
         failed_checks,
         masked_kinds,
         metrics: aggregate(rollouts.iter().map(|r| &r.verdict)),
+        token_traces: TokenTraces {
+            carried: rollouts.iter().filter(|r| r.tokens.is_some()).count() as u64,
+            broken: rollouts
+                .iter()
+                .filter(|r| r.tokens_broken_at.is_some())
+                .count() as u64,
+        },
         tasks,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use envsynth_core::chat::{ChatRequest, Continuation, TurnTokens};
+use envsynth_core::chat::{ChatMessage, ChatRequest, Continuation, TurnTokens};
 use envsynth_core::{EnvRef, Environment, FailureKind, Task, TaskRequest, env::generate};
 use envsynth_rollout::score::summarize;
 use envsynth_rollout::{
@@ -70,6 +70,7 @@ fn quick() -> ClientOptions {
         retries: 3,
         backoff: Duration::from_millis(1),
         api_key: None,
+        token_ids: false,
     }
 }
 
@@ -334,8 +335,14 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
             assert_eq!(Arc::strong_count(&last.0), 1);
             if break_at.is_some() {
                 assert_eq!(r.tokens, None, "a prompt that rewrites the trace ends it");
+                assert_eq!(
+                    r.tokens_broken_at,
+                    Some(2),
+                    "and the record says which turn did"
+                );
                 continue;
             }
+            assert_eq!(r.tokens_broken_at, None);
             let trace = r.tokens.clone().expect("a trace");
             let mut want = (Vec::new(), Vec::new(), Vec::new());
             let mut turn = 0;
@@ -369,6 +376,75 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
     let plain = OpenAiPolicy::new(&url, "sim", quick()).unwrap();
     let prepared = env.prepare(&tasks[0]).unwrap();
     let r = run(&plain, &tasks[0], prepared.as_ref(), 5, &Limits::default()).await;
-    assert_eq!(r.tokens, None);
-    assert!(!serde_json::to_string(&r).unwrap().contains("\"tokens\""));
+    assert_eq!((&r.tokens, r.tokens_broken_at), (&None, None));
+    assert!(!serde_json::to_string(&r).unwrap().contains("\"tokens"));
+}
+
+/// Asked for tokens, a server answers as vLLM does (`prompt_token_ids`, `choices[0].token_ids`,
+/// `choices[0].logprobs`); the simulated policy's template is prefix-stable, so every rollout
+/// keeps one trace, and each generated run in it is one reply exactly as it came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_asked_for_tokens_gives_each_rollout_one_trace_of_what_it_wrote() {
+    let (env, tasks) = tasks(6);
+    let url = serve(&tasks, &env, Agent::Noisy(0.3), Faults::default()).await;
+    let asking = || ClientOptions {
+        token_ids: true,
+        ..quick()
+    };
+    let a = rollouts(&url, &env, &tasks, 2, asking(), Limits::default()).await;
+    let b = rollouts(&url, &env, &tasks, 2, asking(), Limits::default()).await;
+    assert_eq!(a, b, "traces replay exactly");
+    // The simulated tokenizer: bytes, then an opener per role (258: assistant), 260 closing.
+    let (open_assistant, end) = (258, 260);
+    for r in &a {
+        assert_eq!(r.tokens_broken_at, None);
+        let t = r
+            .tokens
+            .as_ref()
+            .expect("each prompt continued the turn before");
+        assert_eq!((t.mask.len(), t.logprobs.len()), (t.ids.len(), t.ids.len()));
+        let generated = t.mask.iter().filter(|&&m| m == 1).count();
+        assert_eq!(
+            generated as u64, r.usage.completion_tokens,
+            "{}",
+            r.rollout_id
+        );
+        let replies: Vec<&ChatMessage> = r
+            .messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .collect();
+        assert_eq!(replies.len() as u32, r.turns);
+        // The generated runs, in order, each opened by the template and closed by the model.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, &m) in t.mask.iter().enumerate() {
+            match (m, runs.last_mut()) {
+                (1, Some(run)) if run.1 == i => run.1 = i + 1,
+                (1, _) => runs.push((i, i + 1)),
+                _ => assert_eq!(t.logprobs[i], 0.0, "prompt tokens have no log-probability"),
+            }
+        }
+        assert_eq!(runs.len(), replies.len());
+        for (&(from, to), m) in runs.iter().zip(&replies) {
+            assert_eq!(t.ids[from - 1], open_assistant);
+            assert_eq!(t.ids[to - 1], end);
+            let mut text = m.content.clone().unwrap_or_default();
+            for c in &m.tool_calls {
+                text += &format!("\n{} {}", c.function.name, c.function.arguments);
+            }
+            let wrote: Vec<u32> = text.bytes().map(u32::from).collect();
+            assert_eq!(t.ids[from..to - 1], wrote[..], "{}", r.rollout_id);
+            assert!(t.logprobs[from..to].iter().all(|&l| l <= 0.0));
+        }
+        assert!(t.logprobs.iter().any(|&l| l < 0.0));
+    }
+    let summary = summarize(&a, &[1]);
+    assert_eq!(
+        (summary.token_traces.carried, summary.token_traces.broken),
+        (a.len() as u64, 0)
+    );
+    // Not asked, the same server sends no tokens and the records have none.
+    let plain = rollouts(&url, &env, &tasks[..1], 1, quick(), Limits::default()).await;
+    assert_eq!(plain[0].tokens, None);
+    assert_eq!(summarize(&plain, &[1]).token_traces, Default::default());
 }

@@ -11,9 +11,11 @@
 //! - `random`: calls random tools with empty arguments for a few turns, then answers nonsense.
 //!
 //! Decisions are drawn from ChaCha8 seeded by (request `seed`, task, turn), so a conversation
-//! replays identically. Faults (server errors, malformed JSON, connections dropped mid-response)
-//! can be injected on every n-th attempt at each distinct request, so whether a client's
-//! retries get through does not depend on how concurrent requests interleave.
+//! replays identically. Asked for tokens (`return_token_ids`, `logprobs`), it answers as vLLM
+//! does, tokenizing with a byte-level tokenizer over a prefix-stable chat template. Faults
+//! (server errors, malformed JSON, connections dropped mid-response) can be injected on every
+//! n-th attempt at each distinct request, so whether a client's retries get through does not
+//! depend on how concurrent requests interleave.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -252,10 +254,11 @@ async fn complete(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Respo
             return fault(sim.faults.kind);
         }
     }
-    let req: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return ApiError::invalid(format!("request body: {e}")).into_response(),
-    };
+    let (req, wants): (ChatRequest, WantsTokens) =
+        match serde_json::from_slice(&body).and_then(|r| Ok((r, serde_json::from_slice(&body)?))) {
+            Ok(r) => r,
+            Err(e) => return ApiError::invalid(format!("request body: {e}")).into_response(),
+        };
     let Some(key) = key_of(
         req.messages
             .iter()
@@ -292,14 +295,80 @@ async fn complete(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Respo
             .iter()
             .map(|c| c.function.arguments.len() + c.function.name.len())
             .sum::<usize>();
-    Json(json!({
+    let mut choice = json!({"index": 0, "message": message, "finish_reason": finish});
+    let mut reply = json!({
         "id": format!("simcmpl-{n}"),
         "object": "chat.completion",
         "model": model_name(sim.agent),
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_chars / 4, "completion_tokens": completion_chars / 4},
-    }))
-    .into_response()
+    });
+    if wants.return_token_ids || wants.logprobs {
+        let mut prompt = Vec::new();
+        for m in &req.messages {
+            render(m, &mut prompt);
+        }
+        prompt.push(OPEN_ASSISTANT);
+        let mut completion = Vec::new();
+        body_of(&message, &mut completion);
+        completion.push(END_OF_MESSAGE);
+        reply["usage"] =
+            json!({"prompt_tokens": prompt.len(), "completion_tokens": completion.len()});
+        if wants.logprobs {
+            let mut r = rng(seed, &key, turn, 3);
+            let content: Vec<Value> = completion
+                .iter()
+                .map(|id| json!({"token": format!("token_id:{id}"), "logprob": -3.0 * r.random::<f64>()}))
+                .collect();
+            choice["logprobs"] = json!({ "content": content });
+        }
+        if wants.return_token_ids {
+            choice["token_ids"] = json!(completion);
+            reply["prompt_token_ids"] = json!(prompt);
+        }
+    }
+    reply["choices"] = json!([choice]);
+    Json(reply).into_response()
+}
+
+/// The request fields that ask for tokens.
+#[derive(serde::Deserialize)]
+struct WantsTokens {
+    #[serde(default)]
+    return_token_ids: bool,
+    #[serde(default)]
+    logprobs: bool,
+}
+
+/// The simulated tokenizer's special tokens, after the 256 byte tokens: one opening each
+/// role's message, one closing every message.
+const OPEN_SYSTEM: u32 = 256;
+const OPEN_USER: u32 = 257;
+const OPEN_ASSISTANT: u32 = 258;
+const OPEN_TOOL: u32 = 259;
+const END_OF_MESSAGE: u32 = 260;
+
+/// A message as the simulated chat template renders it: its role's opener, its body, the end.
+fn render(m: &ChatMessage, out: &mut Vec<u32>) {
+    out.push(match m.role.as_str() {
+        "system" => OPEN_SYSTEM,
+        "assistant" => OPEN_ASSISTANT,
+        "tool" => OPEN_TOOL,
+        _ => OPEN_USER,
+    });
+    body_of(m, out);
+    out.push(END_OF_MESSAGE);
+}
+
+/// A message's content, then each tool call as `\n<name> <arguments>`, byte by byte.
+fn body_of(m: &ChatMessage, out: &mut Vec<u32>) {
+    let bytes = |s: &str, out: &mut Vec<u32>| out.extend(s.bytes().map(u32::from));
+    bytes(m.content.as_deref().unwrap_or(""), out);
+    for c in &m.tool_calls {
+        bytes(
+            &format!("\n{} {}", c.function.name, c.function.arguments),
+            out,
+        );
+    }
 }
 
 fn call(turn: usize, name: &str, arguments: String) -> ChatMessage {

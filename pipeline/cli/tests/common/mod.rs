@@ -1,5 +1,7 @@
 //! `envsynth serve` as a child process on a free loopback port, and plain HTTP/1.1 requests to
-//! it, for the binary's tests.
+//! it, for the binary's tests; and a second reader (pyarrow) for the files they write. Each
+//! test file uses its own part of this module.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -46,19 +48,16 @@ impl Served {
         }
     }
 
-    #[allow(dead_code)]
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// One request on its own connection; returns the status and the body.
-    #[allow(dead_code)]
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         self.send(method, path, body.unwrap_or(""), "")
     }
 
     /// The same, with the bearer token.
-    #[allow(dead_code)]
     pub fn authorized(&self, method: &str, path: &str, body: &str, token: &str) -> (u16, String) {
         self.send(
             method,
@@ -97,4 +96,22 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `script` with python3 (pyarrow installed by `.ci/requirements.txt`) on `args` and
+/// returns what it printed; fails the test with its output if it fails.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        py.status.success(),
+        "python check failed: {}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    String::from_utf8_lossy(&py.stdout).trim().to_string()
 }
