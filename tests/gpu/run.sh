@@ -31,7 +31,7 @@ for DEV in gpu gpu-fp8; do
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    t = r["tokens"]
+    [t] = r["tokens"]  # the local policy continues its own tokens: one sequence
     assert len(t["ids"]) == len(t["mask"]) == len(t["logprobs"]), r["rollout_id"]
     assert sum(t["mask"]) == r["usage"]["completion_tokens"], r["rollout_id"]
     assert all(l <= 0 if m else l == 0 for m, l in zip(t["mask"], t["logprobs"])), r["rollout_id"]

@@ -220,9 +220,12 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
             usage["completion_tokens"].as_u64().expect("count") <= 16 * turns,
             "{usage}"
         );
-        // The conversation's tokens, as the model saw and wrote them: the loss mask marks
-        // every completion token, each with its log-probability.
-        let trace = &r["tokens"];
+        // The conversation's tokens, as the model saw and wrote them: one sequence (each turn
+        // continues the last), its loss mask marking every completion token, each with its
+        // log-probability.
+        let traces = r["tokens"].as_array().expect("token sequences");
+        assert_eq!(traces.len(), 1, "{}", r["rollout_id"]);
+        let trace = &traces[0];
         let ids = trace["ids"].as_array().expect("token ids");
         let mask: Vec<u64> = trace["mask"]
             .as_array()
@@ -268,15 +271,16 @@ fn rollouts_with_the_local_policy_are_scored_and_reproducible() {
 import json, sys
 import pyarrow.parquet as pq
 t = pq.read_table(sys.argv[1])
-assert str(t.schema.field("token_ids").type) == "list<item: int32>", t.schema
-assert str(t.schema.field("loss_mask").type) == "list<item: int8>", t.schema
-assert str(t.schema.field("logprobs").type) == "list<item: float>", t.schema
+assert str(t.schema.field("token_ids").type) == "list<item: list<item: int32>>", t.schema
+assert str(t.schema.field("loss_mask").type) == "list<item: list<item: int8>>", t.schema
+assert str(t.schema.field("logprobs").type) == "list<item: list<item: float>>", t.schema
 for row in t.to_pylist():
-    trace = json.loads(row["rollout"])["tokens"]
-    assert row["token_ids"] == trace["ids"]
-    assert row["loss_mask"] == trace["mask"]
-    assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(row["logprobs"], trace["logprobs"]))
-    assert sum(row["loss_mask"]) == row["completion_tokens"]
+    [trace] = json.loads(row["rollout"])["tokens"]
+    assert row["token_ids"] == [trace["ids"]]
+    assert row["loss_mask"] == [trace["mask"]]
+    [lps] = row["logprobs"]
+    assert all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(lps, trace["logprobs"]))
+    assert sum(row["loss_mask"][0]) == row["completion_tokens"]
 print("ok", t.num_rows)
 "#;
     assert_eq!(common::python(script, &[&p("a/rollouts.parquet")]), "ok 4");

@@ -250,13 +250,15 @@ fn rollouts_with_token_ids_keep_each_conversations_tokens() {
         serde_json::from_slice(&std::fs::read(a.join("summary.json")).unwrap()).unwrap();
     assert_eq!(
         summary["token_traces"],
-        serde_json::json!({"carried": 8, "broken": 0})
+        serde_json::json!({"carried": 8, "split": 0})
     );
     assert!(printed.contains("\"token_traces\""), "{printed}");
     for line in std::str::from_utf8(&jsonl).unwrap().lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        let ids = r["tokens"]["ids"].as_array().expect("a trace");
-        let mask = r["tokens"]["mask"].as_array().unwrap();
+        let traces = r["tokens"].as_array().expect("token sequences");
+        assert_eq!(traces.len(), 1, "the simulated template is prefix-stable");
+        let ids = traces[0]["ids"].as_array().unwrap();
+        let mask = traces[0]["mask"].as_array().unwrap();
         let generated = mask.iter().filter(|m| m.as_u64() == Some(1)).count();
         assert_eq!(
             generated as u64,
@@ -269,10 +271,12 @@ import json, sys
 import pyarrow.parquet as pq
 t = pq.read_table(sys.argv[1])
 for row in t.to_pylist():
-    trace = json.loads(row["rollout"])["tokens"]
-    assert row["token_ids"] == trace["ids"] and row["loss_mask"] == trace["mask"]
-    assert all(abs(a - b) <= 1e-6 for a, b in zip(row["logprobs"], trace["logprobs"]))
-    assert sum(row["loss_mask"]) == row["completion_tokens"]
+    traces = json.loads(row["rollout"])["tokens"]
+    assert row["token_ids"] == [t["ids"] for t in traces]
+    assert row["loss_mask"] == [t["mask"] for t in traces]
+    for got, trace in zip(row["logprobs"], traces):
+        assert all(abs(a - b) <= 1e-6 for a, b in zip(got, trace["logprobs"]))
+    assert sum(map(sum, row["loss_mask"])) == row["completion_tokens"]
 print("ok", t.num_rows)
 "#;
     let parquet = a.join("rollouts.parquet");

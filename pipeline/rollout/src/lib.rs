@@ -375,20 +375,18 @@ pub struct Rollout {
     pub usage: Usage,
     pub stop: Stop,
     pub verdict: Verdict,
-    /// The whole conversation as one token sequence, for training: present when the policy
-    /// reported every turn's tokens and each turn's prompt continued the tokens before it
-    /// (the local model does both).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<TokenTrace>,
-    /// The turn (from 1) whose prompt did not continue the tokens before it, so the rollout
-    /// has no `tokens`: a server whose chat template renders an earlier reply differently
-    /// from how the model wrote it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens_broken_at: Option<u32>,
+    /// The conversation as token sequences, for training, when the policy reported every
+    /// turn's tokens: one sequence while each turn's prompt continues the turn before it (the
+    /// local model's always do), and a new one from each turn whose prompt does not (a server
+    /// whose chat template renders an earlier reply differently from how the model wrote it).
+    /// Each sequence is what the model saw and wrote; together they hold every generated token
+    /// once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenTrace>,
 }
 
-/// A rollout's tokens: every turn's prompt extended the previous turn's prompt and completion,
-/// so one sequence holds the whole conversation as the model saw and wrote it.
+/// A run of a rollout's turns as tokens: each turn's prompt extended the previous turn's prompt
+/// and completion, so one sequence holds them as the model saw and wrote them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenTrace {
     pub ids: Vec<u32>,
@@ -471,8 +469,8 @@ pub async fn run<P: Policy>(
     let mut answer: Option<Value> = None;
     // The conversation's tokens while every turn reports and continues them; `covered` counts
     // the messages they hold (through the last assistant reply).
-    let mut trace = Some(TokenTrace::default());
-    let mut tokens_broken_at = None;
+    let mut traces: Vec<TokenTrace> = Vec::new();
+    let mut reported = true;
     let mut covered = 0;
     let mut continuation = None;
     let stop = loop {
@@ -490,7 +488,7 @@ pub async fn run<P: Policy>(
             seed: Some(sample_seed),
             temperature: limits.temperature,
             max_tokens: limits.max_completion_tokens,
-            prefix: trace.as_ref().filter(|t| !t.ids.is_empty()).map(|t| {
+            prefix: traces.last().filter(|_| reported).map(|t| {
                 Arc::new(TokenPrefix {
                     ids: t.ids.clone(),
                     messages: covered,
@@ -510,22 +508,21 @@ pub async fn run<P: Policy>(
             tokens,
         } = reply;
         message.role = "assistant".into();
-        trace = match (trace, tokens.as_ref()) {
-            (Some(mut t), Some(turn)) => {
-                if t.extend(turn) {
-                    Some(t)
-                } else {
-                    tokens_broken_at = Some(turns + 1);
-                    None
+        // The turn continues the last sequence, or else starts one.
+        reported = reported
+            && match &tokens {
+                None => false,
+                Some(turn) if traces.last_mut().is_some_and(|t| t.extend(turn)) => true,
+                Some(turn) => {
+                    let mut fresh = TokenTrace::default();
+                    let whole = fresh.extend(turn);
+                    traces.push(fresh);
+                    whole
                 }
-            }
-            _ => None,
-        };
+            };
         // The policy's hold on this turn goes with the next request, and is released with the
-        // rollout (or with the trace, if a turn broke it).
-        continuation = tokens
-            .and_then(|t| t.continuation)
-            .filter(|_| trace.is_some());
+        // rollout (or once a turn reports no tokens).
+        continuation = tokens.and_then(|t| t.continuation).filter(|_| reported);
         usage.prompt_tokens += used.prompt_tokens;
         usage.completion_tokens += used.completion_tokens;
         turns += 1;
@@ -618,8 +615,7 @@ pub async fn run<P: Policy>(
         usage,
         stop,
         verdict,
-        tokens: trace.filter(|t| !t.ids.is_empty()),
-        tokens_broken_at,
+        tokens: if reported { traces } else { Vec::new() },
     }
 }
 

@@ -43,23 +43,23 @@ pub struct Summary {
     /// Why masked rollouts were masked (`policy_error`, `environment_error`, ...).
     pub masked_kinds: BTreeMap<String, u64>,
     pub metrics: Metrics,
-    /// How many rollouts carry their tokens; absent when none was asked for.
+    /// How many rollouts carry their tokens; absent when none does.
     #[serde(skip_serializing_if = "TokenTraces::is_empty")]
     pub token_traces: TokenTraces,
     pub tasks: Vec<TaskScore>,
 }
 
-/// Rollouts with their tokens, and rollouts whose tokens a turn broke
-/// ([`Rollout::tokens_broken_at`](crate::Rollout::tokens_broken_at)).
+/// Rollouts with their tokens, and how many of them a turn split into more than one sequence
+/// ([`Rollout::tokens`](crate::Rollout::tokens)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct TokenTraces {
     pub carried: u64,
-    pub broken: u64,
+    pub split: u64,
 }
 
 impl TokenTraces {
     fn is_empty(&self) -> bool {
-        self.carried == 0 && self.broken == 0
+        self.carried == 0
     }
 }
 
@@ -155,11 +155,8 @@ pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
         masked_kinds,
         metrics: aggregate(rollouts.iter().map(|r| &r.verdict)),
         token_traces: TokenTraces {
-            carried: rollouts.iter().filter(|r| r.tokens.is_some()).count() as u64,
-            broken: rollouts
-                .iter()
-                .filter(|r| r.tokens_broken_at.is_some())
-                .count() as u64,
+            carried: rollouts.iter().filter(|r| !r.tokens.is_empty()).count() as u64,
+            split: rollouts.iter().filter(|r| r.tokens.len() > 1).count() as u64,
         },
         tasks,
     }

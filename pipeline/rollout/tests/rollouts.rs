@@ -11,8 +11,8 @@ use envsynth_core::chat::{ChatMessage, ChatRequest, Continuation, TurnTokens};
 use envsynth_core::{EnvRef, Environment, FailureKind, Task, TaskRequest, env::generate};
 use envsynth_rollout::score::summarize;
 use envsynth_rollout::{
-    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout, Stop, run,
-    sample_seeds,
+    ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout, Stop, TokenTrace,
+    run, sample_seeds,
 };
 use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 use envsynth_server::{Resolved, Verifiers};
@@ -333,17 +333,6 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
             // The rollout let go of the last continuation when it ended.
             let last = policy.last.lock().unwrap().take().unwrap();
             assert_eq!(Arc::strong_count(&last.0), 1);
-            if break_at.is_some() {
-                assert_eq!(r.tokens, None, "a prompt that rewrites the trace ends it");
-                assert_eq!(
-                    r.tokens_broken_at,
-                    Some(2),
-                    "and the record says which turn did"
-                );
-                continue;
-            }
-            assert_eq!(r.tokens_broken_at, None);
-            let trace = r.tokens.clone().expect("a trace");
             let mut want = (Vec::new(), Vec::new(), Vec::new());
             let mut turn = 0;
             // What the policy saw and wrote: up to its last reply (the submission's tool result
@@ -365,8 +354,39 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
                     want.2.push(0.0);
                 }
             }
-            assert_eq!((trace.ids, trace.mask, trace.logprobs), want);
-            // The trace travels with the record.
+            let (ids, mask, logprobs) = want;
+            let whole = TokenTrace {
+                ids: ids.clone(),
+                mask: mask.clone(),
+                logprobs: logprobs.clone(),
+            };
+            if break_at.is_none() {
+                assert_eq!(r.tokens, [whole]);
+            } else {
+                // The second turn's prompt rewrote the first token, so a second sequence starts
+                // there: all of that prompt, the first reply in it as prompt, then the rest.
+                let first_reply = r
+                    .messages
+                    .iter()
+                    .position(|m| m.role == "assistant")
+                    .unwrap();
+                let cut = first_reply + 2;
+                let mut second = whole.clone();
+                second.ids[0] += 1;
+                second.mask[..cut].fill(0);
+                second.logprobs[..cut].fill(0.0);
+                let first = TokenTrace {
+                    ids: ids[..cut].to_vec(),
+                    mask: mask[..cut].to_vec(),
+                    logprobs: logprobs[..cut].to_vec(),
+                };
+                assert_eq!(r.tokens, [first, second]);
+                assert_eq!(
+                    summarize(std::slice::from_ref(&r), &[1]).token_traces.split,
+                    1
+                );
+            }
+            // The sequences travel with the record.
             let back: Rollout = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
             assert_eq!(back, r);
         }
@@ -376,7 +396,7 @@ async fn a_policys_tokens_become_one_trace_with_a_loss_mask() {
     let plain = OpenAiPolicy::new(&url, "sim", quick()).unwrap();
     let prepared = env.prepare(&tasks[0]).unwrap();
     let r = run(&plain, &tasks[0], prepared.as_ref(), 5, &Limits::default()).await;
-    assert_eq!((&r.tokens, r.tokens_broken_at), (&None, None));
+    assert!(r.tokens.is_empty());
     assert!(!serde_json::to_string(&r).unwrap().contains("\"tokens"));
 }
 
@@ -397,11 +417,12 @@ async fn a_server_asked_for_tokens_gives_each_rollout_one_trace_of_what_it_wrote
     // The simulated tokenizer: bytes, then an opener per role (258: assistant), 260 closing.
     let (open_assistant, end) = (258, 260);
     for r in &a {
-        assert_eq!(r.tokens_broken_at, None);
-        let t = r
-            .tokens
-            .as_ref()
-            .expect("each prompt continued the turn before");
+        let [t] = r.tokens.as_slice() else {
+            panic!(
+                "each prompt continues the turn before: {:?}",
+                r.tokens.len()
+            )
+        };
         assert_eq!((t.mask.len(), t.logprobs.len()), (t.ids.len(), t.ids.len()));
         let generated = t.mask.iter().filter(|&&m| m == 1).count();
         assert_eq!(
@@ -440,11 +461,11 @@ async fn a_server_asked_for_tokens_gives_each_rollout_one_trace_of_what_it_wrote
     }
     let summary = summarize(&a, &[1]);
     assert_eq!(
-        (summary.token_traces.carried, summary.token_traces.broken),
+        (summary.token_traces.carried, summary.token_traces.split),
         (a.len() as u64, 0)
     );
     // Not asked, the same server sends no tokens and the records have none.
     let plain = rollouts(&url, &env, &tasks[..1], 1, quick(), Limits::default()).await;
-    assert_eq!(plain[0].tokens, None);
+    assert!(plain[0].tokens.is_empty());
     assert_eq!(summarize(&plain, &[1]).token_traces, Default::default());
 }

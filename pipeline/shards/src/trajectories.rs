@@ -1,7 +1,7 @@
 //! Scored trajectories as Parquet: one row per rollout, with the conversation as a list of
 //! message structs (tool calls as JSON text), the verdict's headline fields as columns for
-//! filtering, the conversation's tokens as list columns when the policy reported them
-//! (`token_ids`, `loss_mask`, `logprobs`; null otherwise), and the whole record as JSON for a
+//! filtering, the conversation's token sequences as lists of lists when the policy reported
+//! them (`token_ids`, `loss_mask`, `logprobs`; null otherwise), and the whole record as JSON for a
 //! lossless read-back. Rows come in as the rollout records' JSON, so this crate needs no rollout
 //! types.
 
@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, ListBuilder,
+    PrimitiveBuilder, StringArray, StructArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{
@@ -68,28 +69,34 @@ pub fn trajectory_schema() -> Schema {
     ])
 }
 
-/// A per-token column of the rollout's token trace: null for a rollout without one.
+/// A per-token column of the rollout's token sequences (a list per sequence): null for a
+/// rollout without them.
 fn token_list(name: &str, item: DataType) -> Field {
-    Field::new(
-        name,
-        DataType::List(Arc::new(Field::new("item", item, true))),
-        true,
-    )
+    let list = |of: DataType| DataType::List(Arc::new(Field::new("item", of, true)));
+    Field::new(name, list(list(item)), true)
 }
 
-/// `rows[i].tokens[key]` as a list column (null where a rollout has no tokens).
+/// `rows[i].tokens[j][key]` as a column of lists of lists (null where a rollout has no tokens).
 fn token_column<T: ArrowPrimitiveType>(
     rows: &[Value],
     key: &str,
     item: impl Fn(&Value) -> Option<T::Native>,
 ) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<T, _, _>(rows.iter().map(
-        |r| {
-            r["tokens"][key]
-                .as_array()
-                .map(|values| values.iter().map(&item).collect::<Vec<_>>())
-        },
-    )))
+    let mut column = ListBuilder::new(ListBuilder::new(PrimitiveBuilder::<T>::new()));
+    for r in rows {
+        let Some(traces) = r["tokens"].as_array() else {
+            column.append(false);
+            continue;
+        };
+        for trace in traces {
+            for v in trace[key].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                column.values().values().append_option(item(v));
+            }
+            column.values().append(true);
+        }
+        column.append(true);
+    }
+    Arc::new(column.finish())
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
