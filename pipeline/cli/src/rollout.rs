@@ -402,6 +402,7 @@ pub fn run(a: Args) -> Result<()> {
             ("rollouts", serde_json::json!(summary.rollouts)),
             ("masked", serde_json::json!(summary.masked)),
             ("pass_at", serde_json::json!(summary.overall.pass_at)),
+            ("pass_hat", serde_json::json!(summary.overall.pass_hat)),
             ("by_level", serde_json::json!(summary.by_level)),
             (
                 "most_failed_checks",

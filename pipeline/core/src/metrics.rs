@@ -102,10 +102,56 @@ pub fn pass_at_k(n: u64, c: u64, k: u64) -> Option<f64> {
     Some(1.0 - fail)
 }
 
+/// The unbiased pass^k estimator over `n` attempts with `c` passes, C(c, k) / C(n, k): the
+/// chance that k attempts drawn from them all pass (τ-bench's reliability measure); `None`
+/// when there are fewer than `k` attempts.
+pub fn pass_hat_k(n: u64, c: u64, k: u64) -> Option<f64> {
+    if k == 0 || n < k || c > n {
+        return None;
+    }
+    Some((0..k).fold(1.0, |p, i| {
+        p * (c.saturating_sub(i)) as f64 / (n - i) as f64
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::verdict::Check;
+
+    /// Both estimators against counting the k-subsets of the attempts directly.
+    #[test]
+    fn pass_at_k_and_pass_hat_k_count_the_subsets_of_attempts() {
+        for n in 1..=7u64 {
+            for c in 0..=n {
+                for k in 1..=n {
+                    // Attempts 0..c pass; count the k-subsets with any pass and with all.
+                    let (mut any, mut all, mut subsets) = (0u64, 0u64, 0u64);
+                    for mask in 0u32..(1 << n) {
+                        if u64::from(mask.count_ones()) != k {
+                            continue;
+                        }
+                        subsets += 1;
+                        let passed = u64::from((mask & ((1u32 << c) - 1)).count_ones());
+                        any += u64::from(passed > 0);
+                        all += u64::from(passed == k);
+                    }
+                    let at = pass_at_k(n, c, k).unwrap();
+                    let hat = pass_hat_k(n, c, k).unwrap();
+                    assert!(
+                        (at - any as f64 / subsets as f64).abs() < 1e-12,
+                        "{n} {c} {k}"
+                    );
+                    assert!(
+                        (hat - all as f64 / subsets as f64).abs() < 1e-12,
+                        "{n} {c} {k}"
+                    );
+                }
+            }
+        }
+        assert_eq!((pass_at_k(2, 1, 3), pass_hat_k(2, 1, 3)), (None, None));
+        assert_eq!((pass_at_k(2, 1, 0), pass_hat_k(2, 1, 0)), (None, None));
+    }
 
     #[test]
     fn groups_and_masking() {

@@ -207,6 +207,11 @@ impl Difficulty {
     pub fn pass_at(&self, k: u64) -> Option<f64> {
         envsynth_core::metrics::pass_at_k(self.attempts, self.passes, k)
     }
+
+    /// The unbiased pass^k estimator, C(c, k) / C(n, k): the chance that k attempts all pass.
+    pub fn pass_hat(&self, k: u64) -> Option<f64> {
+        envsynth_core::metrics::pass_hat_k(self.attempts, self.passes, k)
+    }
 }
 
 /// The registry's storage. Both implementations pass the same test suite.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use envsynth_core::metrics::{Metrics, aggregate, pass_at_k};
+use envsynth_core::metrics::{Metrics, aggregate, pass_at_k, pass_hat_k};
 use envsynth_core::{CheckStatus, Verdict};
 
 use crate::Rollout;
@@ -20,15 +20,19 @@ pub struct TaskScore {
     pub attempts: u64,
     pub passes: u64,
     pub masked: u64,
-    /// pass@k by k (absent when there are fewer than k attempts).
+    /// pass@k by k (absent when there are fewer than k attempts): the chance that at least
+    /// one of k attempts passes.
     pub pass_at: BTreeMap<u64, f64>,
+    /// pass^k by k, the same way: the chance that all k attempts pass (reliability).
+    pub pass_hat: BTreeMap<u64, f64>,
 }
 
-/// pass@k averaged over the tasks that have at least k attempts.
+/// pass@k and pass^k averaged over the tasks that have at least k attempts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Group {
     pub tasks: u64,
     pub pass_at: BTreeMap<u64, f64>,
+    pub pass_hat: BTreeMap<u64, f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -88,29 +92,33 @@ pub fn score_tasks(rollouts: &[Rollout], ks: &[u64]) -> Vec<TaskScore> {
                 .iter()
                 .filter_map(|&k| pass_at_k(n, c, k).map(|p| (k, p)))
                 .collect(),
+            pass_hat: ks
+                .iter()
+                .filter_map(|&k| pass_hat_k(n, c, k).map(|p| (k, p)))
+                .collect(),
         })
         .collect()
 }
 
-fn group<'a>(tasks: impl IntoIterator<Item = &'a TaskScore>, ks: &[u64]) -> Group {
-    let mut sums: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
-    let mut n = 0;
-    for t in tasks {
-        n += 1;
-        for &k in ks {
-            if let Some(p) = t.pass_at.get(&k) {
+fn group(tasks: &[&TaskScore]) -> Group {
+    // The mean of each k's values over the tasks that have one.
+    let mean = |of: fn(&TaskScore) -> &BTreeMap<u64, f64>| {
+        let mut sums: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+        for t in tasks {
+            for (&k, p) in of(t) {
                 let e = sums.entry(k).or_insert((0.0, 0));
                 e.0 += p;
                 e.1 += 1;
             }
         }
-    }
-    Group {
-        tasks: n,
-        pass_at: sums
-            .into_iter()
+        sums.into_iter()
             .map(|(k, (s, m))| (k, s / m as f64))
-            .collect(),
+            .collect()
+    };
+    Group {
+        tasks: tasks.len() as u64,
+        pass_at: mean(|t| &t.pass_at),
+        pass_hat: mean(|t| &t.pass_hat),
     }
 }
 
@@ -146,10 +154,10 @@ pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
         rollouts: rollouts.len() as u64,
         masked: rollouts.iter().filter(|r| r.verdict.mask).count() as u64,
         tool_steps: rollouts.iter().map(|r| u64::from(r.tool_steps)).sum(),
-        overall: group(&tasks, ks),
+        overall: group(&tasks.iter().collect::<Vec<_>>()),
         by_level: levels
             .into_iter()
-            .map(|(l, ts)| (l.to_string(), group(ts, ks)))
+            .map(|(l, ts)| (l.to_string(), group(&ts)))
             .collect(),
         failed_checks,
         masked_kinds,

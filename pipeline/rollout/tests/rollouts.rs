@@ -182,6 +182,15 @@ async fn the_noisy_oracle_passes_as_often_as_theory_says() {
         (got4 - want4).abs() <= 4.0 * se1.max(0.02),
         "pass@4 {got4:.4}, expected {want4:.4}"
     );
+    // pass^k: all of 4 attempts pass with q^4; one attempt is pass@1.
+    let want_all4 = qs.iter().map(|q| q.powi(4)).sum::<f64>() / nt;
+    let got_all4 = s.overall.pass_hat[&4];
+    assert!(
+        (got_all4 - want_all4).abs() <= 4.0 * se1.max(0.02),
+        "pass^4 {got_all4:.4}, expected {want_all4:.4}"
+    );
+    assert!(got_all4 < got1 && got1 < got4, "pass^4 < pass@1 < pass@4");
+    assert!((s.overall.pass_hat[&1] - got1).abs() < 1e-12);
     assert!(got1 < 1.0 && got1 > 0.3, "{got1}");
     // The noisy agent's malformed tool calls came back to it as tool errors, not crashes.
     assert!(got.iter().any(|r| r.messages.iter().any(|m| {

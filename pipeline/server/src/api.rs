@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 use envsynth_core::{FailureKind, Verdict, extract_submission};
-use envsynth_registry::{EnvironmentQuery, EnvironmentRecord, Put, RolloutRecord, Store};
+use envsynth_registry::{
+    Difficulty, EnvironmentQuery, EnvironmentRecord, Put, RolloutRecord, Store,
+};
 
 use crate::params::{FILTER_KEYS, FilterFields, Params, filter_key};
 use crate::{ApiError, App, OPENAPI, Ready};
@@ -320,16 +322,18 @@ pub async fn difficulty(
     let policies: Vec<Value> = all
         .iter()
         .map(|d| {
-            let pass_at: serde_json::Map<String, Value> = ks
-                .iter()
-                .map(|&k| (k.to_string(), json!(d.pass_at(k))))
-                .collect();
+            let by_k = |f: fn(&Difficulty, u64) -> Option<f64>| -> serde_json::Map<String, Value> {
+                ks.iter()
+                    .map(|&k| (k.to_string(), json!(f(d, k))))
+                    .collect()
+            };
             json!({
                 "policy": d.policy,
                 "attempts": d.attempts,
                 "passes": d.passes,
                 "masked": d.masked,
-                "pass_at": pass_at,
+                "pass_at": by_k(Difficulty::pass_at),
+                "pass_hat": by_k(Difficulty::pass_hat),
             })
         })
         .collect();

@@ -537,6 +537,10 @@ async fn rollouts_and_writes(s: &Server) {
     // 1 - C(3,2)/C(5,2) = 0.7
     assert!((p["pass_at"]["2"].as_f64().unwrap() - 0.7).abs() < 1e-12);
     assert_eq!(p["pass_at"]["9"], Value::Null);
+    // pass^k: 2/5 = 0.4, then C(2,2)/C(5,2) = 0.1.
+    assert!((p["pass_hat"]["1"].as_f64().unwrap() - 0.4).abs() < 1e-12);
+    assert!((p["pass_hat"]["2"].as_f64().unwrap() - 0.1).abs() < 1e-12);
+    assert_eq!(p["pass_hat"]["9"], Value::Null);
     let (st, _) = s.get(droute, "/v1/tasks/sha256:nope/difficulty").await;
     assert_eq!(st, 404);
     let (st, _) = s
