@@ -7,7 +7,7 @@
 //! the rollouts are also recorded in the registry, whose difficulty statistics and pass-rate
 //! filters then include them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +15,6 @@ use serde_json::json;
 
 use envsynth_core::Task;
 use envsynth_registry::{AnyStore, RolloutRecord, Store};
-use envsynth_rollout::Rollout;
 use envsynth_rollout::score::score_tasks;
 
 #[derive(clap::Args)]
@@ -54,28 +53,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--pass-at must be at least 1");
     }
     let tasks: Vec<Task> = crate::rollout::read_all_tasks(&a.tasks)?;
-    let path = a.rollouts.join("rollouts.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: no rollouts.jsonl (is the rollout run finished?)",
-            path.display()
-        )
-    })?;
-    let ids: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
-    let mut rollouts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let r: Rollout = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: not a rollout", path.display(), i + 1))?;
-        if !ids.contains(r.task_id.as_str()) {
-            bail!(
-                "{} line {}: task {} is not among --tasks",
-                path.display(),
-                i + 1,
-                r.task_id
-            );
-        }
-        rollouts.push(r);
-    }
+    let rollouts = crate::rollout::read_finished(&a.rollouts, &tasks)?;
     let policies: std::collections::BTreeSet<&str> =
         rollouts.iter().map(|r| r.policy.as_str()).collect();
     let scores: BTreeMap<String, _> = score_tasks(&rollouts, &[a.pass_at])

@@ -59,6 +59,9 @@ enum Command {
     /// Play tasks with a policy (an OpenAI-compatible server or the simulated one), score every
     /// rollout with the verifier, write scored trajectories and pass@k.
     Rollout(rollout::Args),
+    /// Score a finished rollout run again with this build's verifiers, without the policy
+    /// (e.g. after a verifier fix); write its trajectories and pass@k into another directory.
+    Rescore(rollout::RescoreArgs),
     /// Keep the tasks whose measured pass@k lies in a band; record the statistics (and, with
     /// --db, the rollouts in the registry).
     Calibrate(calibrate::Args),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Registry(c) => registry::run(c),
         Command::Serve(a) => serve::run(a),
         Command::Rollout(a) => rollout::run(a),
+        Command::Rescore(a) => rollout::rescore(a),
         Command::SimulatePolicy(a) => rollout::simulate(a),
         Command::Calibrate(a) => calibrate::run(a),
         Command::BenchApi(a) => bench_api::run(a),

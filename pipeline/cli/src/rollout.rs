@@ -6,7 +6,8 @@
 //! run started again continues where it stopped, repeating and losing nothing. When every
 //! rollout is done, `<out>/rollouts.jsonl` and `<out>/rollouts.parquet` (the same rollouts, in
 //! task order, then sample order) and `<out>/summary.json` are written and the journal is
-//! removed.
+//! removed. `rescore` scores a finished run's rollouts again with the verifiers of this build,
+//! without the policy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -274,13 +275,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--k must be at least 1");
     }
     let tasks = read_all_tasks(&a.tasks)?;
-    let mut ks: Vec<u64> = if a.pass_at.is_empty() {
-        vec![1, u64::from(a.k)]
-    } else {
-        a.pass_at.clone()
-    };
-    ks.sort_unstable();
-    ks.dedup();
+    let ks = pass_at_ks(&a.pass_at, u64::from(a.k));
     let parts = a.out.join("parts");
     let mut done = journaled(&parts)?;
     let rt = runtime()?;
@@ -382,43 +377,150 @@ pub fn run(a: Args) -> Result<()> {
                     .ok_or_else(|| anyhow::anyhow!("rollout {id} is missing"))
             })
             .collect::<Result<_>>()?;
-        let mut bytes = Vec::new();
-        for r in &all {
-            serde_json::to_writer(&mut bytes, r)?;
-            bytes.push(b'\n');
-        }
-        envsynth_shards::atomic_write(&a.out.join("rollouts.jsonl"), &bytes)?;
-        let rows: Vec<serde_json::Value> = all
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()?;
-        envsynth_shards::write_trajectories(&a.out.join("rollouts.parquet"), &rows)?;
-        let summary = summarize(&all, &ks);
-        let mut text = serde_json::to_vec_pretty(&summary)?;
-        text.push(b'\n');
-        envsynth_shards::atomic_write(&a.out.join("summary.json"), &text)?;
+        write_results(&a.out, &all, &ks)?;
         std::fs::remove_dir_all(&parts).with_context(|| format!("{}", parts.display()))?;
-        let mut brief: BTreeMap<&str, serde_json::Value> = [
-            ("rollouts", serde_json::json!(summary.rollouts)),
-            ("masked", serde_json::json!(summary.masked)),
-            ("pass_at", serde_json::json!(summary.overall.pass_at)),
-            ("pass_hat", serde_json::json!(summary.overall.pass_hat)),
-            ("by_level", serde_json::json!(summary.by_level)),
-            (
-                "most_failed_checks",
-                serde_json::json!(summary.failed_checks.iter().take(5).collect::<Vec<_>>()),
-            ),
-            (
-                "final_pass_rate",
-                serde_json::json!(summary.metrics.final_pass_rate),
-            ),
-        ]
-        .into_iter()
-        .collect();
-        if summary.token_traces != Default::default() {
-            brief.insert("token_traces", serde_json::json!(summary.token_traces));
-        }
-        println!("{}", serde_json::to_string_pretty(&brief)?);
         Ok(())
     })
+}
+
+/// The pass@k values to report: those asked for, else 1 and `k`; sorted, each once.
+fn pass_at_ks(asked: &[u64], k: u64) -> Vec<u64> {
+    let mut ks = if asked.is_empty() {
+        vec![1, k]
+    } else {
+        asked.to_vec()
+    };
+    ks.sort_unstable();
+    ks.dedup();
+    ks
+}
+
+/// Writes a run's results into `out`, each file atomically: `rollouts.jsonl`,
+/// `rollouts.parquet` and `summary.json`; prints the summary's headline.
+fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    let mut bytes = Vec::new();
+    for r in all {
+        serde_json::to_writer(&mut bytes, r)?;
+        bytes.push(b'\n');
+    }
+    envsynth_shards::atomic_write(&out.join("rollouts.jsonl"), &bytes)?;
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    envsynth_shards::write_trajectories(&out.join("rollouts.parquet"), &rows)?;
+    let summary = summarize(all, ks);
+    let mut text = serde_json::to_vec_pretty(&summary)?;
+    text.push(b'\n');
+    envsynth_shards::atomic_write(&out.join("summary.json"), &text)?;
+    let mut brief: BTreeMap<&str, serde_json::Value> = [
+        ("rollouts", serde_json::json!(summary.rollouts)),
+        ("masked", serde_json::json!(summary.masked)),
+        ("pass_at", serde_json::json!(summary.overall.pass_at)),
+        ("pass_hat", serde_json::json!(summary.overall.pass_hat)),
+        ("by_level", serde_json::json!(summary.by_level)),
+        (
+            "most_failed_checks",
+            serde_json::json!(summary.failed_checks.iter().take(5).collect::<Vec<_>>()),
+        ),
+        (
+            "final_pass_rate",
+            serde_json::json!(summary.metrics.final_pass_rate),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    if summary.token_traces != Default::default() {
+        brief.insert("token_traces", serde_json::json!(summary.token_traces));
+    }
+    println!("{}", serde_json::to_string_pretty(&brief)?);
+    Ok(())
+}
+
+/// The rollouts of a finished `envsynth rollout` directory (its `rollouts.jsonl`), each of a
+/// task among `tasks`; a bad line is refused naming the file and line.
+pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
+    let path = dir.join("rollouts.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{}: no rollouts.jsonl (is the rollout run finished?)",
+            path.display()
+        )
+    })?;
+    let ids: std::collections::HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    let mut rollouts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let r: Rollout = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not a rollout", path.display(), i + 1))?;
+        if !ids.contains(r.task_id.as_str()) {
+            bail!(
+                "{} line {}: task {} is not among --tasks",
+                path.display(),
+                i + 1,
+                r.task_id
+            );
+        }
+        rollouts.push(r);
+    }
+    Ok(rollouts)
+}
+
+#[derive(clap::Args)]
+pub struct RescoreArgs {
+    /// The tasks that were played (a shard file or directory).
+    #[arg(long)]
+    pub tasks: PathBuf,
+    /// A finished `envsynth rollout` output directory (its rollouts.jsonl).
+    #[arg(long)]
+    pub rollouts: PathBuf,
+    /// pass@k values to report (comma-separated; default 1 and the most rollouts of a task).
+    #[arg(long, value_delimiter = ',')]
+    pub pass_at: Vec<u64>,
+    /// Output directory (not the stored run's: that one stays as it was).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Scores a finished run's rollouts again with this build's verifiers, from what each
+/// recorded (why it stopped and its messages), without the policy; writes the same files as
+/// `rollout` into another directory and says how many verdicts changed.
+pub fn rescore(a: RescoreArgs) -> Result<()> {
+    let tasks = read_all_tasks(&a.tasks)?;
+    let stored = read_finished(&a.rollouts, &tasks)?;
+    let same = |p: &Path| std::fs::canonicalize(p).ok();
+    if a.out.exists() && same(&a.out) == same(&a.rollouts) {
+        bail!("--out must not be the --rollouts directory: the stored run stays as it was");
+    }
+    let verifiers = crate::serve::BinaryVerifiers::default();
+    let mut prepared: HashMap<&str, Box<dyn PreparedTask>> = HashMap::new();
+    for t in &tasks {
+        let env = envsynth_server::Verifiers::environment(&verifiers, &t.environment)
+            .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+        let p = env
+            .env
+            .prepare(t)
+            .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+        prepared.insert(&t.id, p);
+    }
+    let mut per_task: HashMap<&str, u64> = HashMap::new();
+    let mut changed = 0;
+    let mut all = Vec::with_capacity(stored.len());
+    for r in &stored {
+        *per_task.entry(&r.task_id).or_default() += 1;
+        let task = prepared[r.task_id.as_str()].as_ref();
+        let verdict = envsynth_rollout::verdict_of(&r.task_id, &r.stop, &r.messages, task);
+        changed += usize::from(verdict != r.verdict);
+        all.push(Rollout {
+            verdict,
+            ..r.clone()
+        });
+    }
+    eprintln!(
+        "rescore: {} rollouts of {} tasks; {changed} verdicts changed",
+        all.len(),
+        per_task.len()
+    );
+    let most = per_task.values().copied().max().unwrap_or(1);
+    write_results(&a.out, &all, &pass_at_ks(&a.pass_at, most))
 }

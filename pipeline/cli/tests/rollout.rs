@@ -283,6 +283,107 @@ print("ok", t.num_rows)
     assert_eq!(common::python(script, &[parquet.to_str().unwrap()]), "ok 8");
 }
 
+/// `envsynth rescore` scores stored rollouts again without the policy: this build's verdicts
+/// for an untouched run are the stored ones, a stored verdict that differs (an older
+/// verifier's) is replaced, and an answer changed in the record is verified as it now reads.
+#[test]
+fn rescore_verifies_stored_rollouts_again_without_the_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    run(&["generate", "--count", "6", "--out", &p("tasks")]);
+    rollout(
+        &tmp.path().join("tasks"),
+        &tmp.path().join("a"),
+        "sim:oracle",
+    );
+    let rescore = |from: &str, to: &str| {
+        let out = run(&[
+            "rescore",
+            "--tasks",
+            &p("tasks"),
+            "--rollouts",
+            &p(from),
+            "--pass-at",
+            "1,2,3",
+            "--out",
+            &p(to),
+        ]);
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let read = |dir: &str, file: &str| std::fs::read(tmp.path().join(dir).join(file)).unwrap();
+    let said = rescore("a", "same");
+    assert!(
+        said.contains("18 rollouts of 6 tasks; 0 verdicts changed"),
+        "{said}"
+    );
+    for file in ["rollouts.jsonl", "summary.json"] {
+        assert_eq!(read("a", file), read("same", file), "{file}");
+    }
+    // A copy of the run whose first rollout carries another verdict (as an older verifier
+    // gave), and whose second rollout submitted an empty plan.
+    let mut lines: Vec<serde_json::Value> = std::str::from_utf8(&read("a", "rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["verdict"]["passed"], true);
+    lines[0]["verdict"]["passed"] = false.into();
+    lines[0]["verdict"]["reward"] = 0.0.into();
+    let submit = lines[1]["messages"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .flat_map(|m| {
+            let calls = m.get_mut("tool_calls").and_then(|c| c.as_array_mut());
+            calls.into_iter().flatten()
+        })
+        .find(|c| c["function"]["name"] == "submit_plan")
+        .expect("the oracle submits through the tool");
+    submit["function"]["arguments"] = r#"{"plan": []}"#.into();
+    let edited = tmp.path().join("edited");
+    std::fs::create_dir_all(&edited).unwrap();
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(edited.join("rollouts.jsonl"), text).unwrap();
+    let said = rescore("edited", "fixed");
+    assert!(said.contains("2 verdicts changed"), "{said}");
+    let fixed: Vec<serde_json::Value> = std::str::from_utf8(&read("fixed", "rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let original: serde_json::Value = serde_json::from_str(
+        std::str::from_utf8(&read("a", "rollouts.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        fixed[0], original,
+        "the stored verdict is replaced by this build's"
+    );
+    assert_eq!(fixed[1]["verdict"]["passed"], false, "the empty plan fails");
+    assert_eq!(fixed[2..], lines[2..]);
+    // The stored run is never written over.
+    let out = Command::new(BIN)
+        .args([
+            "rescore",
+            "--tasks",
+            &p("tasks"),
+            "--rollouts",
+            &p("a"),
+            "--out",
+            &p("a"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--out must not be the --rollouts directory")
+    );
+}
+
 /// A run killed (SIGKILL) after it journaled some rollouts, then started again, ends with the
 /// same bytes as a run that was never interrupted.
 #[test]

@@ -465,8 +465,6 @@ pub async fn run<P: Policy>(
         .collect();
     let tools: Vec<WireTool> = task.tools.iter().map(WireTool::from).collect();
     let (mut turns, mut tool_steps, mut usage) = (0u32, 0u32, Usage::default());
-    // What a submit tool accepted, if the agent submitted that way.
-    let mut answer: Option<Value> = None;
     // The conversation's tokens while every turn reports and continues them; `covered` counts
     // the messages they hold (through the last assistant reply).
     let mut traces: Vec<TokenTrace> = Vec::new();
@@ -536,7 +534,8 @@ pub async fn run<P: Policy>(
             break Stop::Answered;
         }
         let mut tool_failure = None;
-        let mut submitted = None;
+        // Whether a submit tool accepted a submission (the answer; see `answer_of`).
+        let mut submitted = false;
         for call in calls {
             tool_steps += 1;
             let result = match serde_json::from_str::<Value>(&call.function.arguments) {
@@ -556,13 +555,8 @@ pub async fn run<P: Policy>(
             {
                 tool_failure = Some(message.clone());
             }
-            if submitted.is_none()
-                && call.function.name.starts_with("submit")
-                && matches!(result, ToolResult::Ok { .. })
-                && let Ok(arguments) = serde_json::from_str::<Value>(&call.function.arguments)
-            {
-                submitted = Some(submission_of(arguments));
-            }
+            submitted |=
+                call.function.name.starts_with("submit") && matches!(result, ToolResult::Ok { .. });
             let content = serde_json::to_string(&result).unwrap_or_default();
             messages.push(ChatMessage {
                 role: "tool".into(),
@@ -574,35 +568,11 @@ pub async fn run<P: Policy>(
         if let Some(m) = tool_failure {
             break Stop::ToolError(m);
         }
-        if let Some(s) = submitted {
-            answer = Some(s);
+        if submitted {
             break Stop::Answered;
         }
     };
-    let verdict = match &stop {
-        Stop::Answered => {
-            let submission = answer.unwrap_or_else(|| {
-                let text = messages
-                    .last()
-                    .and_then(|m| m.content.clone())
-                    .unwrap_or_default();
-                extract_submission(&text).unwrap_or(Value::String(text))
-            });
-            prepared.verify(&submission)
-        }
-        Stop::TurnLimit | Stop::TokenLimit => prepared.verify(&Value::Null),
-        Stop::TimeLimit => masked(
-            &task.id,
-            "the rollout's wall-clock limit was reached".into(),
-        ),
-        Stop::PolicyError(e) => masked(&task.id, e.clone()),
-        Stop::ToolError(e) => Verdict::rejected(
-            &task.id,
-            FailureKind::EnvironmentError,
-            format!("a tool failed in the environment: {e}"),
-            [],
-        ),
-    };
+    let verdict = verdict_of(&task.id, &stop, &messages, prepared);
     Rollout {
         rollout_id: rollout_id(&task.id, policy.name(), sample_seed),
         task_id: task.id.clone(),
@@ -617,6 +587,58 @@ pub async fn run<P: Policy>(
         verdict,
         tokens: if reported { traces } else { Vec::new() },
     }
+}
+
+/// The verdict of a finished rollout from its record: why it stopped and its messages. An
+/// answer (the first submission a `submit…` tool accepted, else the last reply's text) is
+/// verified against `prepared`; running out of turns or tokens is verified as no answer; the
+/// infrastructure's failures are masked. It needs no policy, so stored rollouts can be scored
+/// again, e.g. by a verifier with a bug fixed.
+pub fn verdict_of(
+    task_id: &str,
+    stop: &Stop,
+    messages: &[ChatMessage],
+    prepared: &dyn PreparedTask,
+) -> Verdict {
+    match stop {
+        Stop::Answered => prepared.verify(&answer_of(messages)),
+        Stop::TurnLimit | Stop::TokenLimit => prepared.verify(&Value::Null),
+        Stop::TimeLimit => masked(task_id, "the rollout's wall-clock limit was reached".into()),
+        Stop::PolicyError(e) => masked(task_id, e.clone()),
+        Stop::ToolError(e) => Verdict::rejected(
+            task_id,
+            FailureKind::EnvironmentError,
+            format!("a tool failed in the environment: {e}"),
+            [],
+        ),
+    }
+}
+
+/// The answer of a rollout that stopped answering: the first call of a `submit…` tool that the
+/// tool accepted (each assistant message's calls are answered, in order, by the tool messages
+/// after it), else the text of the last reply, read as in [`extract_submission`].
+fn answer_of(messages: &[ChatMessage]) -> Value {
+    for (i, m) in messages.iter().enumerate() {
+        for (j, call) in m.tool_calls.iter().enumerate() {
+            let accepted = || {
+                messages
+                    .get(i + 1 + j)
+                    .and_then(|r| serde_json::from_str(r.content.as_deref()?).ok())
+                    .is_some_and(|r: ToolResult| matches!(r, ToolResult::Ok { .. }))
+            };
+            if call.function.name.starts_with("submit")
+                && accepted()
+                && let Ok(arguments) = serde_json::from_str::<Value>(&call.function.arguments)
+            {
+                return submission_of(arguments);
+            }
+        }
+    }
+    let text = messages
+        .last()
+        .and_then(|m| m.content.clone())
+        .unwrap_or_default();
+    extract_submission(&text).unwrap_or(Value::String(text))
 }
 
 /// The sample seeds of a task's k rollouts: distinct, derived from the run's seed and the
