@@ -192,12 +192,12 @@ impl OpenAiPolicy {
         })?;
         let usage = parsed.usage.unwrap_or_default();
         let prompt_ids = parsed.prompt_token_ids;
-        let Some(choice) = parsed.choices.into_iter().next() else {
+        let Some(mut choice) = parsed.choices.into_iter().next() else {
             return Err((true, "reply has no choices".into(), None));
         };
         let tokens = if self.options.token_ids {
             // A server that ignores the fields answers without them: retrying would not help.
-            Some(turn_tokens(prompt_ids, &choice).map_err(|why| (false, why, None))?)
+            Some(turn_tokens(prompt_ids, &mut choice).map_err(|why| (false, why, None))?)
         } else {
             None
         };
@@ -218,17 +218,18 @@ struct AskingForTokens<'a> {
     return_token_ids: bool,
 }
 
-/// The turn's tokens from a reply to [`AskingForTokens`], or which field is missing or wrong.
+/// The turn's tokens from a reply to [`AskingForTokens`] (taken out of `choice`), or which
+/// field is missing or wrong.
 fn turn_tokens(
     prompt_ids: Option<Vec<u32>>,
-    choice: &envsynth_core::chat::ChatChoice,
+    choice: &mut envsynth_core::chat::ChatChoice,
 ) -> Result<TurnTokens, String> {
     const HINT: &str = "the server ignored `return_token_ids` (vLLM answers it from 0.10.2 on)";
     let prompt_ids =
         prompt_ids.ok_or_else(|| format!("reply has no `prompt_token_ids`: {HINT}"))?;
     let completion_ids = choice
         .token_ids
-        .clone()
+        .take()
         .ok_or_else(|| format!("reply has no `choices[0].token_ids`: {HINT}"))?;
     let logprobs = choice
         .logprobs
@@ -681,9 +682,9 @@ mod tests {
                 lp(r#"{"token":"a","logprob":-0.5},{"token":"b","logprob":0}"#)
             ),
         );
-        let (p, c) = reply(full.0, &full.1);
+        let (p, mut c) = reply(full.0, &full.1);
         assert_eq!(
-            turn_tokens(p, &c),
+            turn_tokens(p, &mut c),
             Ok(TurnTokens {
                 prompt_ids: vec![1, 2, 3],
                 completion_ids: vec![7, 8],
@@ -715,8 +716,8 @@ mod tests {
             ),
         ];
         for (extra, choice, names) in cases {
-            let (p, c) = reply(extra, &choice);
-            let err = turn_tokens(p, &c).unwrap_err();
+            let (p, mut c) = reply(extra, &choice);
+            let err = turn_tokens(p, &mut c).unwrap_err();
             assert!(err.contains(names), "{err} should name {names}");
         }
     }
