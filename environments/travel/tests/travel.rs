@@ -582,3 +582,41 @@ fn the_native_verifier_passes_its_own_integrity_suite() {
         }
     }
 }
+
+#[test]
+fn the_problem_hash_ignores_provenance_and_follows_what_the_agent_sees() {
+    let env = TravelPlanning::new();
+    let (a, _) = task(&env, 7, 0, "easy");
+    // The same problem under another seed, index, level, version and solution: same hashes.
+    let mut moved = a.clone();
+    moved.seed = 99;
+    moved.index = 41;
+    moved.difficulty.level = "hard".into();
+    moved.environment.version = "9.9.9".into();
+    moved.reference_solution = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+    moved.id = moved.compute_id();
+    assert_ne!(moved.id, a.id);
+    assert_eq!(moved.problem_hash(), a.problem_hash());
+    assert_eq!(moved.prompt_hash(), a.prompt_hash());
+    // Any change to what the agent reads or is judged on changes the problem hash.
+    let mut world = a.clone();
+    let mut value: Value = serde_json::from_str(world.world.get()).unwrap();
+    value["probe"] = json!(1);
+    world.world = serde_json::value::RawValue::from_string(value.to_string()).unwrap();
+    assert_ne!(world.problem_hash(), a.problem_hash());
+    assert_eq!(world.prompt_hash(), a.prompt_hash());
+    let mut rule = a.clone();
+    rule.constraints.pop();
+    assert_ne!(rule.problem_hash(), a.problem_hash());
+    assert_eq!(rule.prompt_hash(), a.prompt_hash());
+    let mut asked = a.clone();
+    asked.prompt[1].content.push('.');
+    assert_ne!(asked.problem_hash(), a.problem_hash());
+    assert_ne!(asked.prompt_hash(), a.prompt_hash());
+    let mut tools = a.clone();
+    std::sync::Arc::make_mut(&mut tools.tools).pop();
+    assert_ne!(tools.problem_hash(), a.problem_hash());
+    // Another index of the same seed is another problem.
+    let (b, _) = task(&env, 7, 1, "easy");
+    assert_ne!(b.problem_hash(), a.problem_hash());
+}

@@ -5,6 +5,7 @@ mod bench_api;
 mod bench_rollout;
 mod bench_turns;
 mod calibrate;
+mod duplicates;
 mod envs;
 mod generate;
 mod model;
@@ -43,6 +44,9 @@ enum Command {
     Verify(verify::Args),
     /// Print one task readably.
     Show(show::Args),
+    /// Find rows that pose the same problem (or show the same prompt), within each dataset and
+    /// in the datasets named before it: duplicates, and held-out rows that training has seen.
+    Duplicates(duplicates::Args),
     /// List the environments with their versions and content hashes.
     Envs,
     /// Measure certified tasks/s and verdicts/s on one core, against baselines.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Show(a) => show::run(a),
+        Command::Duplicates(a) => duplicates::run(a),
         Command::Envs => envs::print(),
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),

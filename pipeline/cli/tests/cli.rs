@@ -438,6 +438,136 @@ fn show_and_envs_print_readably() {
 }
 
 #[test]
+fn duplicates_finds_repeated_problems_and_held_out_rows_that_training_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (train, fresh, leaky, dup) = (p("train"), p("fresh"), p("leaky"), p("dup"));
+    let args = |out: &str, count: &str, seed: &str, split: &str| {
+        ok(&[
+            "generate",
+            "--count",
+            count,
+            "--seed",
+            seed,
+            "--split",
+            split,
+            "--format",
+            "jsonl",
+            "--shard-size",
+            "5",
+            "--out",
+            out,
+        ])
+    };
+    args(&train, "12", "11", "train");
+    // Another seed gives other problems; the same seed with another split name gives the same.
+    args(&fresh, "6", "12", "test");
+    args(&leaky, "4", "11", "test");
+    // A dataset written by hand: two training rows, the first again under another seed and
+    // index (another id, the same problem), and a third training row with one more world entry
+    // (the same prompt, another problem).
+    let tasks = read_back(Path::new(&train));
+    let mut again = tasks[0].clone();
+    again.seed = 5;
+    again.index = 100;
+    again.id = again.compute_id();
+    let mut reworld = tasks[2].clone();
+    let mut world: Value = serde_json::from_str(reworld.world.get()).unwrap();
+    world["note"] = json!("changed");
+    reworld.world = serde_json::value::RawValue::from_string(world.to_string()).unwrap();
+    reworld.id = reworld.compute_id();
+    std::fs::create_dir(&dup).unwrap();
+    let rows = [tasks[0].clone(), tasks[1].clone(), again, reworld];
+    std::fs::write(
+        Path::new(&dup).join("part-00000-of-00001.jsonl"),
+        envsynth_shards::jsonl_bytes(&rows, "dup"),
+    )
+    .unwrap();
+
+    let report = tmp.path().join("report.json");
+    let text = ok(&[
+        "duplicates",
+        &train,
+        &fresh,
+        &leaky,
+        &dup,
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let counts = |d: usize, kind: &str| {
+        let c = &r["datasets"][d][kind];
+        (
+            c["distinct"].as_u64().unwrap(),
+            c["repeated"].as_u64().unwrap(),
+            c["in_earlier"].as_u64().unwrap(),
+        )
+    };
+    let rows: Vec<u64> = (0..4)
+        .map(|d| r["datasets"][d]["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [12, 6, 4, 4]);
+    for kind in ["problems", "prompts"] {
+        assert_eq!(counts(0, kind), (12, 0, 0), "{kind}");
+        assert_eq!(counts(1, kind), (6, 0, 0), "{kind}");
+        assert_eq!(counts(2, kind), (4, 0, 4), "{kind}");
+    }
+    assert_eq!(counts(3, "problems"), (3, 1, 3));
+    assert_eq!(counts(3, "prompts"), (3, 1, 4));
+    // The groups name their rows in reading order: dataset, then index.
+    let group = |by: &str, first: u64| {
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| {
+                g["by"] == by && g["rows"][0]["dataset"] == 0 && g["rows"][0]["index"] == first
+            })
+            .map(|g| {
+                g["rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| (x["dataset"].as_u64().unwrap(), x["index"].as_u64().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+    };
+    assert_eq!(
+        group("problem", 0),
+        Some(vec![(0, 0), (2, 0), (3, 0), (3, 100)])
+    );
+    assert_eq!(group("problem", 2), Some(vec![(0, 2), (2, 2)]));
+    assert_eq!(group("prompt", 2), Some(vec![(0, 2), (2, 2), (3, 2)]));
+    assert_eq!(group("problem", 5), None);
+    assert_eq!(r["groups"].as_array().unwrap().len(), 8);
+    assert!(text.contains(&format!(
+        "same problem {}",
+        &r["groups"][0]["hash"].as_str().unwrap()[..19]
+    )));
+    assert!(text.contains(&format!("{leaky}#3")), "{text}");
+    // The same command gives the same report.
+    let again = tmp.path().join("again.json");
+    ok(&[
+        "duplicates",
+        &train,
+        &fresh,
+        &leaky,
+        &dup,
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&report).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+    fails(&["duplicates", &train, &p("missing")], "dataset");
+    fails(
+        &["duplicates", &train, &p("missing")],
+        "missing does not exist",
+    );
+}
+
+#[test]
 fn bad_input_is_refused_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");

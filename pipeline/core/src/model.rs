@@ -179,6 +179,38 @@ impl Task {
         w.finish()
     }
 
+    /// `sha256:` of the problem an agent is given and judged on: the prompt, the tools, the world
+    /// they answer from and the constraints, without where the task came from (environment
+    /// version, seed, index, level) or its solution. Two rows with the same problem hash are the
+    /// same training example, whatever their ids.
+    pub fn problem_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct Problem<'a> {
+            prompt: &'a [Message],
+            tools: &'a [ToolSpec],
+            world: &'a RawValue,
+            constraints: &'a [Constraint],
+        }
+        let problem = Problem {
+            prompt: &self.prompt,
+            tools: &self.tools,
+            world: &self.world,
+            constraints: &self.constraints,
+        };
+        let mut w = crate::hash::HashWriter::default();
+        // Serializing plain data into a hasher cannot fail.
+        serde_json::to_writer(&mut w, &problem).expect("task problem serializes");
+        w.finish()
+    }
+
+    /// `sha256:` of the prompt's messages alone: what a model reads before its first tool call,
+    /// and all that text-only training (or memorization) sees.
+    pub fn prompt_hash(&self) -> String {
+        let mut w = crate::hash::HashWriter::default();
+        serde_json::to_writer(&mut w, &self.prompt).expect("task prompt serializes");
+        w.finish()
+    }
+
     /// Parse a task record and check that its id matches its content.
     pub fn from_json(text: &str) -> Result<Task, crate::env::TaskError> {
         let task: Task = serde_json::from_str(text)
