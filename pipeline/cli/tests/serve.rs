@@ -1,6 +1,6 @@
 //! `envsynth serve` as trainers meet it: a dataset generated and imported with the CLI, the
-//! server started as a process, and the README's verl and TRL examples run against it with the
-//! real `requests` and `httpx` packages — on SQLite and on PostgreSQL.
+//! server started as a process, and the README's verl, TRL and agent-loop examples run against it
+//! with the real `requests` and `httpx` packages (the agent loop's policy is `simulate-policy`) — on SQLite and on PostgreSQL.
 
 mod common;
 
@@ -72,6 +72,8 @@ fn readme_examples_against(db: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let home = imported(tmp.path(), db, "8");
     let server = Served::start(db, &home, &tmp.path().join("cache"), TOKEN);
+    // The agent example's policy: the simulated oracle, over the same tasks.
+    let policy = Served::simulated_policy(&tmp.path().join("data"), "oracle");
     let (status, body) = server.request("GET", "/health", None);
     assert_eq!(status, 200, "{body}");
     let out = Command::new("python3")
@@ -80,6 +82,7 @@ fn readme_examples_against(db: &str) {
         .arg("travel@1")
         .env("ENVSYNTH_URL", server.url())
         .env("ENVSYNTH_TOKEN", TOKEN)
+        .env("POLICY_URL", format!("{}/v1", policy.url()))
         .output()
         .expect("python3 is needed (with requests and httpx: .ci/requirements.txt)");
     let text = format!(

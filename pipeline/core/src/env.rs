@@ -168,6 +168,21 @@ pub trait PreparedTask: Send + Sync {
         }
     }
     fn call_tool(&self, call: &ToolCall) -> ToolResult;
+    /// A tool call as a chat API carries it: the name, and the arguments as the model wrote
+    /// them (JSON text). Text that is not JSON is the agent's mistake, answered with an
+    /// `invalid_arguments` error it can read and recover from.
+    fn call_tool_text(&self, name: &str, arguments: &str) -> ToolResult {
+        match serde_json::from_str::<Value>(arguments) {
+            Err(e) => ToolResult::Error {
+                code: crate::model::ToolErrorCode::InvalidArguments,
+                message: format!("{name}: arguments are not valid JSON: {e}"),
+            },
+            Ok(arguments) => self.call_tool(&ToolCall {
+                name: name.to_string(),
+                arguments,
+            }),
+        }
+    }
 }
 
 /// Verify one submission against a task record. A task the environment cannot read yields a

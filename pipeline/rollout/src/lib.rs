@@ -21,9 +21,7 @@ use envsynth_core::chat::{
     ChatMessage, ChatRequest, ChatResponse, TokenPrefix, TurnTokens, Usage, WireTool,
 };
 use envsynth_core::model::ToolErrorCode;
-use envsynth_core::{
-    FailureKind, PreparedTask, Task, ToolCall, ToolResult, Verdict, extract_submission,
-};
+use envsynth_core::{FailureKind, PreparedTask, Task, ToolResult, Verdict, extract_submission};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -539,16 +537,7 @@ pub async fn run<P: Policy>(
         let mut submitted = false;
         for call in calls {
             tool_steps += 1;
-            let result = match serde_json::from_str::<Value>(&call.function.arguments) {
-                Err(e) => ToolResult::Error {
-                    code: ToolErrorCode::InvalidArguments,
-                    message: format!("{}: arguments are not valid JSON: {e}", call.function.name),
-                },
-                Ok(arguments) => prepared.call_tool(&ToolCall {
-                    name: call.function.name.clone(),
-                    arguments,
-                }),
-            };
+            let result = prepared.call_tool_text(&call.function.name, &call.function.arguments);
             if let ToolResult::Error {
                 code: ToolErrorCode::EnvironmentError,
                 message,

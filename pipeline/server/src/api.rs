@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection, StringRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
-use envsynth_core::{FailureKind, Verdict, extract_submission};
+use envsynth_core::model::ToolErrorCode;
+use envsynth_core::{FailureKind, ToolResult, Verdict, extract_submission};
 use envsynth_registry::{
     Difficulty, EnvironmentQuery, EnvironmentRecord, Put, RolloutRecord, Store,
 };
@@ -521,6 +522,35 @@ pub async fn verify_batch(
         verdicts.push(finish(p).await?);
     }
     Ok(Json(json!({"verdicts": verdicts})))
+}
+
+/// One tool call against a task's world, for an agent loop that runs outside envsynth: the path
+/// names the task and the tool, the body is the arguments as the model wrote them (JSON text).
+/// Tools are pure functions of the world, so calls need no session and may repeat. The answer
+/// is the [`ToolResult`]; its JSON text is the tool message `envsynth rollout` records. The
+/// agent's mistakes (an unknown tool, arguments that are not JSON or break the tool's schema)
+/// are tool errors it reads, not HTTP errors; a task its environment cannot read answers
+/// `environment_error`, which rollouts mask.
+pub async fn call_tool(
+    State(app): AppState,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<String, StringRejection>,
+) -> ApiResult<Json<ToolResult>> {
+    let Path((task_id, name)) = path?;
+    let arguments = body?;
+    let result = match ready(&app, &task_id, "").await? {
+        Err(v) => ToolResult::Error {
+            code: ToolErrorCode::EnvironmentError,
+            message: v.error.unwrap_or_default(),
+        },
+        Ok(r) if r.sandboxed => {
+            tokio::task::spawn_blocking(move || r.prepared.call_tool_text(&name, &arguments))
+                .await
+                .map_err(|e| ApiError::internal(format!("the tool failed: {e}")))?
+        }
+        Ok(r) => r.prepared.call_tool_text(&name, &arguments),
+    };
+    Ok(Json(result))
 }
 
 #[derive(Deserialize)]

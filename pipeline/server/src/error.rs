@@ -2,7 +2,7 @@
 //! including those axum produces itself (bad JSON, oversized bodies, unknown paths and methods).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection, StringRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -85,11 +85,7 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         let status = r.status();
         match status {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                status,
-                "payload_too_large",
-                "the request body is larger than this server accepts (envsynth serve --max-body)",
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
                 status,
                 "unsupported_media_type",
@@ -99,6 +95,23 @@ impl From<JsonRejection> for ApiError {
             _ => ApiError::new(status, "invalid_json", r.body_text()),
         }
     }
+}
+
+impl From<StringRejection> for ApiError {
+    fn from(r: StringRejection) -> ApiError {
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+            _ => ApiError::bad_request(r.body_text()),
+        }
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than this server accepts (envsynth serve --max-body)",
+    )
 }
 
 impl From<QueryRejection> for ApiError {

@@ -148,6 +148,7 @@ pub fn router(store: AnyStore, verifiers: Arc<dyn Verifiers>, config: Config) ->
         .route("/v1/tasks/sample", post(api::sample_tasks))
         .route("/v1/tasks/{task_id}", get(api::get_task))
         .route("/v1/tasks/{task_id}/difficulty", get(api::difficulty))
+        .route("/v1/tasks/{task_id}/tools/{name}", post(api::call_tool))
         .route("/v1/verify", post(api::verify_one))
         .route("/v1/verify/batch", post(api::verify_batch))
         .route("/v1/rollouts", post(api::post_rollouts))

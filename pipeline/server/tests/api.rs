@@ -837,11 +837,106 @@ async fn early_refusals_close_their_connection(s: &Server) {
     );
 }
 
+/// A trainer's agent loop calls the tools over HTTP and gets what `envsynth rollout` gives its
+/// agent: every tool probe of the environment (valid, invalid and adversarial calls) answers as
+/// the native tools do, byte for byte.
+async fn tool_calls(s: &Server) {
+    let route = "/v1/tasks/{task_id}/tools/{name}";
+    let env = TravelPlanning::new();
+    let path =
+        |t: &Task, name: &str| format!("/v1/tasks/{}/tools/{}", urlencode(&t.id), urlencode(name));
+    let mut calls = 0;
+    for t in [&s.tasks[0], &s.tasks[7]] {
+        let prepared = env.prepare(t).unwrap();
+        for call in env.tool_probes(t).unwrap() {
+            let args = call.arguments.to_string();
+            let body = Body::Raw("application/json", args.clone().into_bytes());
+            let (st, v) = s
+                .call("POST", route, &path(t, &call.name), Some(body), None)
+                .await;
+            assert_eq!(st, 200, "{}: {v}", call.name);
+            let want = prepared.call_tool_text(&call.name, &args);
+            assert_eq!(
+                v,
+                serde_json::to_value(&want).unwrap(),
+                "{} {args}",
+                call.name
+            );
+            calls += 1;
+        }
+    }
+    assert!(calls > 20, "only {calls} probes");
+    // The response's text is the tool message a rollout records.
+    let t = &s.tasks[0];
+    let name = &t.tools[0].name;
+    let args = env
+        .tool_probes(t)
+        .unwrap()
+        .into_iter()
+        .find(|c| &c.name == name)
+        .unwrap()
+        .arguments
+        .to_string();
+    let text = s
+        .http
+        .post(format!("{}{}", s.base, path(t, name)))
+        .body(args.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let want = env.prepare(t).unwrap().call_tool_text(name, &args);
+    assert_eq!(text, serde_json::to_string(&want).unwrap());
+    assert!(text.starts_with("{\"status\":\"ok\""), "{text}");
+    // The agent's mistakes are results it reads; a missing task is an HTTP error.
+    for (name, body, code, needle) in [
+        (
+            name.as_str(),
+            "{\"city\": ",
+            "invalid_arguments",
+            "not valid JSON",
+        ),
+        (name.as_str(), "", "invalid_arguments", "not valid JSON"),
+        ("launch_rocket", "{}", "unknown_tool", "launch_rocket"),
+    ] {
+        let raw = Body::Raw("application/json", body.as_bytes().to_vec());
+        let (st, v) = s.call("POST", route, &path(t, name), Some(raw), None).await;
+        assert_eq!(
+            (st, v["status"].as_str(), v["code"].as_str()),
+            (200, Some("error"), Some(code)),
+            "{v}"
+        );
+        assert!(v["message"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let raw = Body::Raw("application/json", b"{}".to_vec());
+    let (st, v) = s
+        .call(
+            "POST",
+            route,
+            &format!("/v1/tasks/sha256%3Anope/tools/{name}"),
+            Some(raw),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404);
+    assert!(message(&v).contains("task_id: no task sha256:nope"), "{v}");
+    let big = Body::Raw("application/json", vec![b' '; 300 << 10]);
+    let (st, v) = s.call("POST", route, &path(t, name), Some(big), None).await;
+    assert_eq!(st, 413);
+    assert!(message(&v).contains("max-body"), "{v}");
+    let raw = Body::Raw("application/json", vec![0xff, 0xfe]);
+    let (st, _) = s.call("POST", route, &path(t, name), Some(raw), None).await;
+    assert_eq!(st, 400);
+}
+
 async fn all(url: Option<String>) {
     let s = start(url.clone(), config()).await;
     discovery(&s).await;
     sampling(&s).await;
     verification(&s).await;
+    tool_calls(&s).await;
     rollouts_and_writes(&s).await;
     hostile_requests(&s).await;
     early_refusals_close_their_connection(&s).await;

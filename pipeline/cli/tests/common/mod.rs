@@ -1,5 +1,5 @@
-//! `envsynth serve` as a child process on a free loopback port, and plain HTTP/1.1 requests to
-//! it, for the binary's tests; and a second reader (pyarrow) for the files they write. Each
+//! `envsynth serve` (or `simulate-policy`) as a child process on a free loopback port, and plain
+//! HTTP/1.1 requests to it, for the binary's tests; and a second reader (pyarrow) for the files they write. Each
 //! test file uses its own part of this module.
 #![allow(dead_code)]
 
@@ -20,11 +20,27 @@ impl Served {
     /// live), `cache` as the compiled-component cache and `token` as the write token; returns
     /// once it listens.
     pub fn start(db: &str, home: &Path, cache: &Path, token: &str) -> Served {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--addr", "127.0.0.1:0", "--db", db])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--db", db])
             .env("ENVSYNTH_HOME", home)
             .env("ENVSYNTH_CACHE", cache)
-            .env("ENVSYNTH_TOKEN", token)
+            .env("ENVSYNTH_TOKEN", token);
+        Served::announced(cmd, "envsynth serve")
+    }
+
+    /// `envsynth simulate-policy` (`agent`: oracle, noisy:P, random) for the tasks at `tasks`:
+    /// an OpenAI-compatible API at `url()` + `/v1`.
+    pub fn simulated_policy(tasks: &Path, agent: &str) -> Served {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["simulate-policy", "--addr", "127.0.0.1:0", "--agent", agent])
+            .arg("--tasks")
+            .arg(tasks);
+        Served::announced(cmd, "envsynth simulate-policy")
+    }
+
+    /// Spawns `cmd`, and returns once it prints the line with its `http://` address.
+    fn announced(mut cmd: Command, what: &str) -> Served {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -36,11 +52,12 @@ impl Served {
         let Some(addr) = line
             .split("http://")
             .nth(1)
-            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.split(['/', ' ', '\n']).next())
+            .filter(|a| !a.is_empty())
         else {
             let mut err = String::new();
             let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("envsynth serve did not start: {line}{err}");
+            panic!("{what} did not start: {line}{err}");
         };
         Served {
             addr: addr.to_string(),

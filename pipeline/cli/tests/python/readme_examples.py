@@ -1,6 +1,6 @@
 """Run the README's trainer examples against a live `envsynth serve`, calling them the way verl
-and TRL do. Usage: readme_examples.py README.md TASK_SET (ENVSYNTH_URL and ENVSYNTH_TOKEN set).
-Exits non-zero, saying what differed, when an example does not score as it must."""
+and TRL do, and its agent loop against the policy at POLICY_URL. Usage: readme_examples.py
+README.md TASK_SET (ENVSYNTH_URL, ENVSYNTH_TOKEN and POLICY_URL set). Exits non-zero, saying what differed, when an example does not score as it must."""
 
 import json
 import os
@@ -14,11 +14,13 @@ api = os.environ["ENVSYNTH_URL"]
 text = open(readme, encoding="utf-8").read()
 blocks = {m.group(1): m.group(0)[len("```python\n"):-3]
           for m in re.finditer(r"```python\n# envsynth-example: (\w+)\n.*?```", text, re.S)}
-assert set(blocks) == {"verl", "trl"}, f"README examples found: {sorted(blocks)}"
+assert set(blocks) == {"verl", "trl", "agent"}, f"README examples found: {sorted(blocks)}"
 
 verl, trl = {}, {}
 exec(compile(blocks["verl"], "README.md (verl)", "exec"), verl)
 exec(compile(blocks["trl"], "README.md (trl)", "exec"), trl)
+agent = {}
+exec(compile(blocks["agent"], "README.md (agent)", "exec"), agent)
 checks = 0
 
 
@@ -50,6 +52,17 @@ expect(trl["envsynth_reward"](completions=texts, task_id=group, prompts=[None] *
 messages = [[{"role": "assistant", "content": t}] for t in texts]
 expect(trl["envsynth_reward"](completions=messages, task_id=group), [1.0, 0.0, 1.0, 0.0],
        "trl conversational completions")
+
+# The agent loop: the oracle policy looks the trip up with the task's tools, run by the server,
+# then submits the plan; the answer passes, and every tool message is a result the agent reads.
+for i in ids[:2]:
+    messages, answer = agent["play"](i)
+    expect(agent["reward"](i, answer), 1.0, "agent loop with the oracle policy")
+    results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
+    expect(len(results) >= 2 and all(r["status"] == "ok" for r in results), True, f"agent tool results {results[:3]}")
+    expect(agent["reward"](i, {"submission": None}), 0.0, "agent loop without an answer")
+bad = agent["env"].post(f"/v1/tasks/{ids[0]}/tools/no_such_tool", content="{}").json()
+expect((bad["status"], bad["code"]), ("error", "unknown_tool"), "an unknown tool is the agent's error")
 
 # Recording the group's results needs the token.
 rollouts = [{"rollout_id": f"readme-{k}", "task_id": t, "policy": "readme", "sample_seed": k, "response": c}
