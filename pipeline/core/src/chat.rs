@@ -3,8 +3,9 @@
 //! the simulated policy) and what comes back.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::model::ToolSpec;
+use crate::model::{ToolResult, ToolSpec};
 
 /// One message of a conversation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,39 @@ impl ChatMessage {
             ..ChatMessage::default()
         }
     }
+}
+
+/// The answer a transcript delivered through a tool: the first call of a `submit…` tool that the
+/// tool accepted (each assistant message's calls are answered, in order, by the tool messages
+/// after it; accepted means the tool message is a `ToolResult` with status `ok`). The answer is
+/// the value of the call's only argument (travel's `submit_plan({"plan": ...})`), else the whole
+/// arguments object. `None` when no submission was accepted: the answer is then the text of the
+/// last reply. `envsynth rollout`, `rescore` and the HTTP API's `messages` all read a transcript
+/// by this rule.
+pub fn submitted_answer(messages: &[ChatMessage]) -> Option<Value> {
+    for (i, m) in messages.iter().enumerate() {
+        for (j, call) in m.tool_calls.iter().enumerate() {
+            let accepted = || {
+                messages
+                    .get(i + 1 + j)
+                    .and_then(|r| serde_json::from_str(r.content.as_deref()?).ok())
+                    .is_some_and(|r: ToolResult| matches!(r, ToolResult::Ok { .. }))
+            };
+            if call.function.name.starts_with("submit")
+                && accepted()
+                && let Ok(arguments) = serde_json::from_str::<Value>(&call.function.arguments)
+            {
+                return Some(match arguments {
+                    Value::Object(mut m) if m.len() == 1 => {
+                        let key = m.keys().next().cloned().unwrap_or_default();
+                        m.remove(&key).unwrap_or(Value::Null)
+                    }
+                    other => other,
+                });
+            }
+        }
+    }
+    None
 }
 
 /// A tool call as the wire carries it: arguments are a JSON document in a string, which the

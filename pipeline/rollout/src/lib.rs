@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use envsynth_core::chat::{
     ChatMessage, ChatRequest, ChatResponse, TokenPrefix, TurnTokens, Usage, WireTool,
+    submitted_answer,
 };
 use envsynth_core::model::ToolErrorCode;
 use envsynth_core::{FailureKind, PreparedTask, Task, ToolResult, Verdict, extract_submission};
@@ -433,18 +434,6 @@ fn masked(task_id: &str, why: String) -> Verdict {
     Verdict::rejected(task_id, FailureKind::PolicyError, why, [])
 }
 
-/// The submission a submit tool's arguments carry: the value of their only property (travel's
-/// `submit_plan({"plan": ...})`), else the whole arguments object.
-fn submission_of(arguments: Value) -> Value {
-    match arguments {
-        Value::Object(mut m) if m.len() == 1 => {
-            let key = m.keys().next().cloned().unwrap_or_default();
-            m.remove(&key).unwrap_or(Value::Null)
-        }
-        other => other,
-    }
-}
-
 /// Play `task` once with `policy`: prompt, then model turns; each turn's tool calls run against
 /// `prepared` and their results go back. The rollout ends with the answer: the first call of a
 /// tool named `submit…` that the tool accepts, or else the first reply without tool calls (its
@@ -604,25 +593,12 @@ pub fn verdict_of(
     }
 }
 
-/// The answer of a rollout that stopped answering: the first call of a `submit…` tool that the
-/// tool accepted (each assistant message's calls are answered, in order, by the tool messages
-/// after it), else the text of the last reply, read as in [`extract_submission`].
+/// The answer of a rollout that stopped answering: the first submission a `submit…` tool
+/// accepted ([`submitted_answer`]), else the text of the last reply, read as in
+/// [`extract_submission`].
 fn answer_of(messages: &[ChatMessage]) -> Value {
-    for (i, m) in messages.iter().enumerate() {
-        for (j, call) in m.tool_calls.iter().enumerate() {
-            let accepted = || {
-                messages
-                    .get(i + 1 + j)
-                    .and_then(|r| serde_json::from_str(r.content.as_deref()?).ok())
-                    .is_some_and(|r: ToolResult| matches!(r, ToolResult::Ok { .. }))
-            };
-            if call.function.name.starts_with("submit")
-                && accepted()
-                && let Ok(arguments) = serde_json::from_str::<Value>(&call.function.arguments)
-            {
-                return submission_of(arguments);
-            }
-        }
+    if let Some(answer) = submitted_answer(messages) {
+        return answer;
     }
     let text = messages
         .last()

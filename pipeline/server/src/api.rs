@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
+use envsynth_core::chat::submitted_answer;
 use envsynth_core::model::ToolErrorCode;
 use envsynth_core::{FailureKind, ToolResult, Verdict, extract_submission};
 use envsynth_registry::{
@@ -346,16 +347,20 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-/// One message of a chat transcript; fields other than role and content are ignored.
+/// One message of a chat transcript; fields other than role, content and tool calls are
+/// ignored, and so is a tool call that is not an OpenAI one (`{id, function: {name, arguments}}`).
 #[derive(Deserialize)]
 pub struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    #[serde(default)]
+    tool_calls: Vec<Value>,
 }
 
 /// An answer in one of three forms: the submission itself, the model's text, or the whole
-/// transcript (its last assistant message is the answer).
+/// transcript (read as rollouts are: the first submission a `submit…` tool accepted, else the
+/// last assistant message's text).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyItem {
@@ -393,6 +398,24 @@ fn answer(
                     "{at}messages: no message with role `assistant`"
                 )));
             };
+            if messages.iter().any(|m| !m.tool_calls.is_empty()) {
+                let transcript: Vec<envsynth_core::chat::ChatMessage> = messages
+                    .iter()
+                    .map(|m| envsynth_core::chat::ChatMessage {
+                        role: m.role.clone(),
+                        content: Some(content_text(&m.content)),
+                        tool_calls: m
+                            .tool_calls
+                            .iter()
+                            .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect();
+                if let Some(answer) = submitted_answer(&transcript) {
+                    return Ok(answer);
+                }
+            }
             content_text(&last.content)
         }
         _ => String::new(),

@@ -402,6 +402,44 @@ async fn verification(s: &Server) {
         .post(route, route, json!({"task_id": id, "messages": messages}))
         .await;
     assert_eq!(v["passed"], true, "{v}");
+    // A transcript that ends in a submit tool call: the first submission the tool accepted is
+    // the answer, as `envsynth rollout` reads it (a rejected call before it does not count).
+    let call = |id: &str, plan: &Value| {
+        json!({"id": id, "type": "function", "function": {"name": "submit_plan",
+            "arguments": json!({"plan": plan}).to_string()}})
+    };
+    let ok = json!({"status": "ok", "result": {"accepted": true}}).to_string();
+    let refused =
+        json!({"status": "error", "code": "invalid_arguments", "message": "no"}).to_string();
+    let transcript = |first: &str| {
+        json!([
+            {"role": "user", "content": "plan my trip"},
+            {"role": "assistant", "content": null, "tool_calls": [call("a", &json!({}))]},
+            {"role": "tool", "tool_call_id": "a", "content": first},
+            {"role": "assistant", "content": "", "tool_calls": [call("b", &s.planted(0)), {"id": "c"}]},
+            {"role": "tool", "tool_call_id": "b", "content": ok},
+        ])
+    };
+    let (_, v) = s
+        .post(
+            route,
+            route,
+            json!({"task_id": id, "messages": transcript(&refused)}),
+        )
+        .await;
+    assert_eq!(v["passed"], true, "{v}");
+    let (_, v) = s
+        .post(
+            route,
+            route,
+            json!({"task_id": id, "messages": transcript(&ok)}),
+        )
+        .await;
+    assert_eq!(
+        (v["passed"].as_bool(), v["failure_kind"].as_str()),
+        (Some(false), Some("empty_submission")),
+        "{v}"
+    );
     let (_, v) = s
         .post(
             route,

@@ -56,11 +56,14 @@ expect(trl["envsynth_reward"](completions=messages, task_id=group), [1.0, 0.0, 1
 # The agent loop: the oracle policy looks the trip up with the task's tools, run by the server,
 # then submits the plan; the answer passes, and every tool message is a result the agent reads.
 for i in ids[:2]:
-    messages, answer = agent["play"](i)
-    expect(agent["reward"](i, answer), 1.0, "agent loop with the oracle policy")
+    messages = agent["play"](i)
+    expect(agent["reward"](i, messages), 1.0, "agent loop with the oracle policy")
     results = [json.loads(m["content"]) for m in messages if m["role"] == "tool"]
     expect(len(results) >= 2 and all(r["status"] == "ok" for r in results), True, f"agent tool results {results[:3]}")
-    expect(agent["reward"](i, {"submission": None}), 0.0, "agent loop without an answer")
+    last = max(k for k, m in enumerate(messages) if m["role"] == "assistant")
+    expect("submit_plan" in [c["function"]["name"] for c in messages[last]["tool_calls"]], True,
+           "the episode ends at the submission")
+    expect(agent["reward"](i, messages[:last]), 0.0, "the transcript before the submission")
 bad = agent["env"].post(f"/v1/tasks/{ids[0]}/tools/no_such_tool", content="{}").json()
 expect((bad["status"], bad["code"]), ("error", "unknown_tool"), "an unknown tool is the agent's error")
 
