@@ -4,6 +4,7 @@
 //!
 //! - task sampling (`POST /v1/tasks/sample`, one and 16 tasks per request, a new seed each);
 //! - native verification (`POST /v1/verify`, planted plans and empty answers in turn);
+//! - native tool calls (`POST /v1/tasks/{id}/tools/{name}`, every tool probe of every task);
 //!
 //! each against an in-process baseline on the same data (the store call and seeded draw, the
 //! prepared verifier), so the table shows what HTTP, JSON and the database add.
@@ -117,42 +118,54 @@ pub fn run(a: Args) -> Result<()> {
     })?;
 
     let duration = Duration::from_secs_f64(a.seconds);
-    let sample_bodies = |n: u32| -> Vec<Bytes> {
+    let post = |path: &str, body: Value| (path.to_string(), Some(Bytes::from(body.to_string())));
+    let samples = |n: u32| -> Vec<(String, Option<Bytes>)> {
         (0..4096u64)
             .map(|seed| {
-                Bytes::from(
-                    json!({"filter": {"set": "bench@1", "split": "train"}, "seed": seed, "n": n})
-                        .to_string(),
+                post(
+                    "/v1/tasks/sample",
+                    json!({"filter": {"set": "bench@1", "split": "train"}, "seed": seed, "n": n}),
                 )
             })
             .collect()
     };
-    let mut verify_bodies = Vec::new();
+    let mut verifies = Vec::new();
     for t in &tasks {
         let planted: Value = serde_json::from_str(t.reference_solution.get())?;
-        verify_bodies.push(Bytes::from(
-            json!({"task_id": t.id, "submission": planted}).to_string(),
+        verifies.push(post(
+            "/v1/verify",
+            json!({"task_id": t.id, "submission": planted}),
         ));
-        verify_bodies.push(Bytes::from(
-            json!({"task_id": t.id, "submission": null}).to_string(),
+        verifies.push(post(
+            "/v1/verify",
+            json!({"task_id": t.id, "submission": null}),
         ));
     }
-    let run_load = |path: &str, bodies: Vec<Bytes>, secs: Duration| {
+    // The calls the simulated oracle makes (`Environment::tool_probes`: valid, invalid and
+    // adversarial calls of every tool), each task's in turn.
+    let mut calls = Vec::new();
+    let mut tool_calls = Vec::new();
+    for (k, t) in tasks.iter().enumerate() {
+        for c in env.tool_probes(t).map_err(|e| anyhow::anyhow!("{e}"))? {
+            let arguments = c.arguments.to_string();
+            let path = format!("/v1/tasks/{}/tools/{}", t.id, c.name);
+            tool_calls.push((path, Some(Bytes::from(arguments.clone()))));
+            calls.push((k, c.name, arguments));
+        }
+    }
+    let run_load = |requests: Vec<(String, Option<Bytes>)>, secs: Duration| {
         client.block_on(load(&Load {
             addr,
-            path: path.into(),
-            bodies,
+            requests,
             connections: a.connections,
             duration: secs,
         }))
     };
     // Warm-up: every task prepared once, populations cached.
-    run_load("/v1/verify", verify_bodies.clone(), Duration::from_secs(1))
-        .map_err(|e| anyhow::anyhow!(e))?;
+    run_load(verifies.clone(), Duration::from_secs(1)).map_err(|e| anyhow::anyhow!(e))?;
     let mut rows = Vec::new();
     for (name, n) in [("sample 1 task", 1u32), ("sample 16 tasks", 16)] {
-        let report = run_load("/v1/tasks/sample", sample_bodies(n), duration)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let report = run_load(samples(n), duration).map_err(|e| anyhow::anyhow!(e))?;
         rows.push(Row {
             name,
             unit: "tasks",
@@ -160,14 +173,22 @@ pub fn run(a: Args) -> Result<()> {
             report,
         });
     }
-    let report = run_load("/v1/verify", verify_bodies, duration).map_err(|e| anyhow::anyhow!(e))?;
+    let report = run_load(verifies, duration).map_err(|e| anyhow::anyhow!(e))?;
     rows.push(Row {
         name: "verify (native)",
         unit: "verdicts",
         per_request: 1,
         report,
     });
-    let report = run_load("/health", Vec::new(), duration).map_err(|e| anyhow::anyhow!(e))?;
+    let report = run_load(tool_calls, duration).map_err(|e| anyhow::anyhow!(e))?;
+    rows.push(Row {
+        name: "tool call (native)",
+        unit: "calls",
+        per_request: 1,
+        report,
+    });
+    let report =
+        run_load(vec![("/health".into(), None)], duration).map_err(|e| anyhow::anyhow!(e))?;
     rows.push(Row {
         name: "health (HTTP + one query)",
         unit: "requests",
@@ -219,6 +240,17 @@ pub fn run(a: Args) -> Result<()> {
         verdicts += 1;
     }
     let in_process_verify = verdicts as f64 / start.elapsed().as_secs_f64();
+    // A tool call as the server and the rollout engine make it: the arguments' text parsed,
+    // the tool run, its result serialized as the tool message.
+    let start = Instant::now();
+    let mut answered = 0usize;
+    while start.elapsed() < duration {
+        let (k, name, arguments) = &calls[answered % calls.len()];
+        let result = prepared[*k].call_tool_text(name, arguments);
+        std::hint::black_box(serde_json::to_vec(&result)?);
+        answered += 1;
+    }
+    let in_process_tools = answered as f64 / start.elapsed().as_secs_f64();
 
     let database = if url.starts_with("sqlite") {
         "sqlite"
@@ -242,7 +274,8 @@ pub fn run(a: Args) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "database": database, "connections": a.connections, "tasks": a.tasks,
                 "seconds": a.seconds, "http": out,
-                "in_process": {"sample_1_per_s": in_process_sample, "verify_per_s": in_process_verify},
+                "in_process": {"sample_1_per_s": in_process_sample, "verify_per_s": in_process_verify,
+                               "tool_call_per_s": in_process_tools},
             }))?
         );
     } else {
@@ -270,6 +303,7 @@ pub fn run(a: Args) -> Result<()> {
         println!("in-process baselines (one thread, no HTTP)");
         println!("  revision query + seeded draw of 1 task   {in_process_sample:>10.0} /s");
         println!("  prepared native verify                   {in_process_verify:>10.0} /s");
+        println!("  prepared native tool call + its JSON     {in_process_tools:>10.0} /s");
     }
     for r in &rows {
         if let Some(e) = &r.report.first_error {

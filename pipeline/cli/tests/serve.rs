@@ -187,3 +187,41 @@ fn concurrent_writers_through_two_servers_lose_nothing_on_postgres() {
         std::process::id()
     ));
 }
+
+/// `envsynth bench-api` is a benchmark, but every load it drives must be answered without an
+/// error, or its figures measure failures.
+#[test]
+fn bench_api_gets_no_errors_on_any_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = envsynth(
+        tmp.path(),
+        &[
+            "bench-api",
+            "--seconds",
+            "0.2",
+            "--tasks",
+            "6",
+            "--connections",
+            "4",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = v["http"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "sample 1 task",
+            "sample 16 tasks",
+            "verify (native)",
+            "tool call (native)",
+            "health (HTTP + one query)"
+        ]
+    );
+    for r in rows {
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["requests_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(v["in_process"]["tool_call_per_s"].as_f64().unwrap() > 0.0);
+}

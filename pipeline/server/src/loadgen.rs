@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 pub use hyper::body::Bytes;
 
-/// What to send: `bodies` are used in turn (empty: a GET without a body).
+/// What to send: `requests` in turn, each a path and, for a POST, its JSON body (`None`: a GET).
 #[derive(Clone, Debug)]
 pub struct Load {
     pub addr: SocketAddr,
-    pub path: String,
-    pub bodies: Vec<Bytes>,
+    pub requests: Vec<(String, Option<Bytes>)>,
     pub connections: usize,
     pub duration: Duration,
 }
@@ -40,6 +39,9 @@ impl Report {
 
 /// Run a load for its duration on the current runtime.
 pub async fn run(load: &Load) -> Result<Report, String> {
+    if load.requests.is_empty() {
+        return Err("no requests to send".into());
+    }
     let start = Instant::now();
     let deadline = start + load.duration;
     let mut handles = Vec::with_capacity(load.connections);
@@ -96,19 +98,15 @@ async fn connection(load: Load, index: usize, deadline: Instant) -> ConnResult {
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
-    // Connections start at different bodies so they do not all send the same one.
+    // Connections start at different requests so they do not all send the same one.
     let mut next = index * 7919;
     while Instant::now() < deadline {
-        let body = if load.bodies.is_empty() {
-            None
-        } else {
-            Some(load.bodies[next % load.bodies.len()].clone())
-        };
+        let (path, body) = &load.requests[next % load.requests.len()];
         next += 1;
         let builder = hyper::Request::builder()
-            .uri(&load.path)
+            .uri(path)
             .header(hyper::header::HOST, load.addr.to_string());
-        let request = match body {
+        let request = match body.clone() {
             Some(b) => builder
                 .method(hyper::Method::POST)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
