@@ -485,15 +485,15 @@ fn duplicates_finds_repeated_problems_and_held_out_rows_that_training_has() {
     .unwrap();
 
     let report = tmp.path().join("report.json");
-    let text = ok(&[
-        "duplicates",
-        &train,
-        &fresh,
-        &leaky,
-        &dup,
-        "--out",
-        report.to_str().unwrap(),
-    ]);
+    let duplicates = |out: &Path| {
+        let datasets = [train.as_str(), &fresh, &leaky, &dup];
+        ok(&[
+            &["duplicates", "--out", out.to_str().unwrap()][..],
+            &datasets,
+        ]
+        .concat())
+    };
+    let text = duplicates(&report);
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let counts = |d: usize, kind: &str| {
         let c = &r["datasets"][d][kind];
@@ -547,15 +547,7 @@ fn duplicates_finds_repeated_problems_and_held_out_rows_that_training_has() {
     assert!(text.contains(&format!("{leaky}#3")), "{text}");
     // The same command gives the same report.
     let again = tmp.path().join("again.json");
-    ok(&[
-        "duplicates",
-        &train,
-        &fresh,
-        &leaky,
-        &dup,
-        "--out",
-        again.to_str().unwrap(),
-    ]);
+    duplicates(&again);
     assert_eq!(
         std::fs::read(&report).unwrap(),
         std::fs::read(&again).unwrap()
