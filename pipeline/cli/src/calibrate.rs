@@ -19,9 +19,9 @@ use envsynth_rollout::score::score_tasks;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The tasks that were played (a shard file or directory).
-    #[arg(long)]
-    pub tasks: PathBuf,
+    /// The tasks that were played (shard files or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
     /// A finished `envsynth rollout` output directory (its rollouts.jsonl).
     #[arg(long)]
     pub rollouts: PathBuf,

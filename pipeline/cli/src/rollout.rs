@@ -30,9 +30,10 @@ use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Tasks: a shard file or a directory of shards.
-    #[arg(long)]
-    pub tasks: PathBuf,
+    /// Tasks: a shard file or a directory of shards; repeat (or list several) to play datasets
+    /// of several environments in one run.
+    #[arg(long, required = true, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
     /// The policy: an OpenAI-compatible API root (`http://127.0.0.1:8000/v1`),
     /// `sim:oracle`, `sim:noisy:P`, `sim:random` for the simulated policy on loopback, or
     /// `local:DIR` for the local model in checkpoint folder DIR (see `envsynth model`).
@@ -84,9 +85,9 @@ pub struct Args {
 
 #[derive(clap::Args)]
 pub struct SimArgs {
-    /// Tasks the simulated policy knows (a shard file or directory).
-    #[arg(long)]
-    pub tasks: PathBuf,
+    /// Tasks the simulated policy knows (shard files or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
     /// `oracle`, `noisy:P` or `random`.
     #[arg(long, default_value = "oracle")]
     pub agent: String,
@@ -100,20 +101,24 @@ pub struct SimArgs {
     pub fault: String,
 }
 
-/// Every task of a shard file or directory, in part order, each once.
-pub fn read_all_tasks(path: &Path) -> Result<Vec<Task>> {
-    crate::existing(path, "--tasks")?;
+/// Every task of the datasets (shard files or directories), in the order given and part order,
+/// each once.
+pub fn read_all_tasks(paths: &[PathBuf]) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for file in envsynth_shards::shard_files(path)? {
-        for t in envsynth_shards::read_tasks(&file)? {
-            if seen.insert(t.id.clone()) {
-                tasks.push(t);
+    for path in paths {
+        crate::existing(path, "--tasks")?;
+        let before = tasks.len();
+        for file in envsynth_shards::shard_files(path)? {
+            for t in envsynth_shards::read_tasks(&file)? {
+                if seen.insert(t.id.clone()) {
+                    tasks.push(t);
+                }
             }
         }
-    }
-    if tasks.is_empty() {
-        bail!("{}: no tasks", path.display());
+        if tasks.len() == before {
+            bail!("{}: no tasks", path.display());
+        }
     }
     Ok(tasks)
 }
@@ -431,6 +436,9 @@ fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
     ]
     .into_iter()
     .collect();
+    if summary.by_environment.len() > 1 {
+        brief.insert("by_environment", serde_json::json!(summary.by_environment));
+    }
     if summary.token_traces != Default::default() {
         brief.insert("token_traces", serde_json::json!(summary.token_traces));
     }
@@ -448,18 +456,25 @@ pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
             path.display()
         )
     })?;
-    let ids: std::collections::HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    let envs: HashMap<&str, &envsynth_core::EnvRef> = tasks
+        .iter()
+        .map(|t| (t.id.as_str(), &t.environment))
+        .collect();
     let mut rollouts = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let r: Rollout = serde_json::from_str(line)
+        let mut r: Rollout = serde_json::from_str(line)
             .with_context(|| format!("{} line {}: not a rollout", path.display(), i + 1))?;
-        if !ids.contains(r.task_id.as_str()) {
+        let Some(env) = envs.get(r.task_id.as_str()) else {
             bail!(
                 "{} line {}: task {} is not among --tasks",
                 path.display(),
                 i + 1,
                 r.task_id
             );
+        };
+        // Runs written before rollouts named their environment.
+        if r.environment.is_empty() {
+            r.environment = env.to_string();
         }
         rollouts.push(r);
     }
@@ -468,9 +483,9 @@ pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
 
 #[derive(clap::Args)]
 pub struct RescoreArgs {
-    /// The tasks that were played (a shard file or directory).
-    #[arg(long)]
-    pub tasks: PathBuf,
+    /// The tasks that were played (shard files or directories).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
     /// A finished `envsynth rollout` output directory (its rollouts.jsonl).
     #[arg(long)]
     pub rollouts: PathBuf,

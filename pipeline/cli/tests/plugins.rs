@@ -336,6 +336,35 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
             "a sandboxed verdict reports fuel: {v}"
         );
     }
+    // Its tools too, run by the component in the sandbox: a result, and an agent's mistake.
+    let world: serde_json::Value = serde_json::from_str(tasks[0].world.get()).unwrap();
+    let tool = |name: &str, args: &str| {
+        let path = format!("/v1/tasks/{}/tools/{name}", tasks[0].id);
+        let (status, text) = server.request("POST", &path, Some(args));
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let rooms = tool("list_rooms", "{}");
+    assert_eq!(rooms["status"], "ok", "{rooms}");
+    let ids: Vec<&serde_json::Value> = rooms["result"]["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    let want: Vec<&serde_json::Value> = world["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, want);
+    let missing = tool("get_busy", r#"{"id": "P999"}"#);
+    assert_eq!(
+        (&missing["status"], &missing["code"]),
+        (&serde_json::json!("error"), &serde_json::json!("not_found")),
+        "{missing}"
+    );
     drop(server);
 
     // Rollouts on the plugin's tasks: the simulated oracle's answers are scored by the
@@ -356,6 +385,54 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
         serde_json::from_slice(&std::fs::read(ro.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["overall"]["pass_at"]["1"], 1.0, "{summary}");
     assert_eq!(summary["rollouts"], 24);
+
+    // One run over two environments' datasets: each rollout names its environment, and the
+    // summary scores each environment apart.
+    let travel = env.path("travel");
+    env.ok(&[
+        "generate",
+        "--count",
+        "4",
+        "--mix",
+        "easy",
+        "--out",
+        travel.to_str().unwrap(),
+    ]);
+    let mixed = env.path("mixed");
+    let brief = env.ok(&[
+        "rollout",
+        "--tasks",
+        a.to_str().unwrap(),
+        travel.to_str().unwrap(),
+        "--policy",
+        "sim:oracle",
+        "--k",
+        "2",
+        "--out",
+        mixed.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mixed.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rollouts"], 2 * (24 + 4));
+    for (name, tasks) in [
+        ("meeting-scheduling@0.1.0", 24),
+        ("travel-planning@0.1.0", 4),
+    ] {
+        let group = &summary["by_environment"][name];
+        assert_eq!(group["tasks"], tasks, "{summary}");
+        assert_eq!(group["pass_at"]["1"], 1.0, "{summary}");
+    }
+    assert!(brief.contains("by_environment"), "{brief}");
+    let envs = common::python(
+        "import sys, collections, pyarrow.parquet as pq\n\
+         t = pq.read_table(sys.argv[1])\n\
+         print(sorted(collections.Counter(t.column('environment').to_pylist()).items()))",
+        &[mixed.join("rollouts.parquet").to_str().unwrap()],
+    );
+    assert_eq!(
+        envs,
+        "[('meeting-scheduling@0.1.0', 48), ('travel-planning@0.1.0', 8)]"
+    );
 
     // A different component under the same id@version is refused.
     let src = std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();

@@ -365,6 +365,9 @@ pub struct Rollout {
     /// `task_id/policy/sample_seed`, stable: the idempotency key of the rollout.
     pub rollout_id: String,
     pub task_id: String,
+    /// The task's environment, `id@version` (empty in records written before it was kept).
+    #[serde(default)]
+    pub environment: String,
     pub level: String,
     pub policy: String,
     pub sample_seed: u64,
@@ -555,6 +558,7 @@ pub async fn run<P: Policy>(
     Rollout {
         rollout_id: rollout_id(&task.id, policy.name(), sample_seed),
         task_id: task.id.clone(),
+        environment: task.environment.to_string(),
         level: task.difficulty.level.clone(),
         policy: policy.name().to_string(),
         sample_seed,

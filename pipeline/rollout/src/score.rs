@@ -15,6 +15,7 @@ use crate::Rollout;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TaskScore {
     pub task_id: String,
+    pub environment: String,
     pub level: String,
     /// Unmasked rollouts.
     pub attempts: u64,
@@ -41,6 +42,8 @@ pub struct Summary {
     pub masked: u64,
     pub tool_steps: u64,
     pub overall: Group,
+    /// By the tasks' environment, `id@version` (a run may mix datasets of several).
+    pub by_environment: BTreeMap<String, Group>,
     pub by_level: BTreeMap<String, Group>,
     /// How often each check failed, over unmasked rollouts that failed, most first.
     pub failed_checks: Vec<(String, u64)>,
@@ -68,23 +71,24 @@ impl TokenTraces {
 }
 
 pub fn score_tasks(rollouts: &[Rollout], ks: &[u64]) -> Vec<TaskScore> {
-    let mut by_task: BTreeMap<&str, (String, u64, u64, u64)> = BTreeMap::new();
+    let mut by_task: BTreeMap<&str, (&str, &str, u64, u64, u64)> = BTreeMap::new();
     for r in rollouts {
         let e = by_task
             .entry(&r.task_id)
-            .or_insert((r.level.clone(), 0, 0, 0));
+            .or_insert((&r.environment, &r.level, 0, 0, 0));
         if r.verdict.mask {
-            e.3 += 1;
+            e.4 += 1;
         } else {
-            e.1 += 1;
-            e.2 += u64::from(r.verdict.passed);
+            e.2 += 1;
+            e.3 += u64::from(r.verdict.passed);
         }
     }
     by_task
         .into_iter()
-        .map(|(id, (level, n, c, masked))| TaskScore {
+        .map(|(id, (environment, level, n, c, masked))| TaskScore {
             task_id: id.to_string(),
-            level,
+            environment: environment.to_string(),
+            level: level.to_string(),
             attempts: n,
             passes: c,
             masked,
@@ -132,8 +136,10 @@ fn kind_name(v: &Verdict) -> String {
 pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
     let tasks = score_tasks(rollouts, ks);
     let mut levels: BTreeMap<&str, Vec<&TaskScore>> = BTreeMap::new();
+    let mut environments: BTreeMap<&str, Vec<&TaskScore>> = BTreeMap::new();
     for t in &tasks {
         levels.entry(&t.level).or_default().push(t);
+        environments.entry(&t.environment).or_default().push(t);
     }
     let mut failed: BTreeMap<String, u64> = BTreeMap::new();
     let mut masked_kinds: BTreeMap<String, u64> = BTreeMap::new();
@@ -155,6 +161,10 @@ pub fn summarize(rollouts: &[Rollout], ks: &[u64]) -> Summary {
         masked: rollouts.iter().filter(|r| r.verdict.mask).count() as u64,
         tool_steps: rollouts.iter().map(|r| u64::from(r.tool_steps)).sum(),
         overall: group(&tasks.iter().collect::<Vec<_>>()),
+        by_environment: environments
+            .into_iter()
+            .map(|(e, ts)| (e.to_string(), group(&ts)))
+            .collect(),
         by_level: levels
             .into_iter()
             .map(|(l, ts)| (l.to_string(), group(&ts)))

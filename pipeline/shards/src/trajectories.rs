@@ -41,6 +41,7 @@ pub fn trajectory_schema() -> Schema {
     Schema::new(vec![
         text("rollout_id"),
         text("task_id"),
+        text("environment"),
         text("level"),
         text("policy"),
         int("sample_seed"),
@@ -183,6 +184,7 @@ fn batch(rows: &[Value]) -> Result<RecordBatch, String> {
         vec![
             col_text(&["rollout_id"]),
             col_text(&["task_id"]),
+            col_text(&["environment"]),
             col_text(&["level"]),
             col_text(&["policy"]),
             col_int(&["sample_seed"]),
