@@ -108,15 +108,16 @@ pub fn read_all_tasks(paths: &[PathBuf]) -> Result<Vec<Task>> {
     let mut seen = std::collections::HashSet::new();
     for path in paths {
         crate::existing(path, "--tasks")?;
-        let before = tasks.len();
+        let mut read = 0;
         for file in envsynth_shards::shard_files(path)? {
             for t in envsynth_shards::read_tasks(&file)? {
+                read += 1;
                 if seen.insert(t.id.clone()) {
                     tasks.push(t);
                 }
             }
         }
-        if tasks.len() == before {
+        if read == 0 {
             bail!("{}: no tasks", path.display());
         }
     }

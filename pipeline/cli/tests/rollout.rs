@@ -319,6 +319,36 @@ fn rescore_verifies_stored_rollouts_again_without_the_policy() {
     for file in ["rollouts.jsonl", "summary.json"] {
         assert_eq!(read("a", file), read("same", file), "{file}");
     }
+    // A run written before rollouts named their environment gets it from each task, and a
+    // dataset named twice is read once: the rescored run is the original's bytes.
+    let older: String = std::str::from_utf8(&read("a", "rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["environment"], "travel-planning@0.1.0");
+            v.as_object_mut().unwrap().remove("environment");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::create_dir_all(tmp.path().join("older")).unwrap();
+    std::fs::write(tmp.path().join("older/rollouts.jsonl"), older).unwrap();
+    let tasks = p("tasks");
+    run(&[
+        "rescore",
+        "--tasks",
+        &tasks,
+        &tasks,
+        "--rollouts",
+        &p("older"),
+        "--pass-at",
+        "1,2,3",
+        "--out",
+        &p("restored"),
+    ]);
+    for file in ["rollouts.jsonl", "summary.json"] {
+        assert_eq!(read("a", file), read("restored", file), "{file}");
+    }
     // A copy of the run whose first rollout carries another verdict (as an older verifier
     // gave), and whose second rollout submitted an empty plan.
     let mut lines: Vec<serde_json::Value> = std::str::from_utf8(&read("a", "rollouts.jsonl"))
