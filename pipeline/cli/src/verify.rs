@@ -12,9 +12,9 @@ use envsynth_core::{FailureKind, PreparedTask, Submission, Task, Verdict};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A shard file or a directory of shards.
-    #[arg(long)]
-    pub tasks: PathBuf,
+    /// Shard files or directories of shards (several: the tasks of them all).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
     /// JSONL, one `{"task_id": ..., "submission": ...}` per line (several per task are fine).
     #[arg(long)]
     pub submissions: PathBuf,
@@ -24,14 +24,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    crate::existing(&a.tasks, "--tasks")?;
     crate::existing(&a.submissions, "--submissions")?;
-    let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
-    for file in envsynth_shards::shard_files(&a.tasks)? {
-        for t in envsynth_shards::read_tasks(&file)? {
-            tasks.insert(t.id.clone(), t);
-        }
-    }
+    let tasks: BTreeMap<String, Task> = crate::rollout::read_all_tasks(&a.tasks)?
+        .into_iter()
+        .map(|t| (t.id.clone(), t))
+        .collect();
     // Read and check every submission before verifying any.
     let text = std::fs::read_to_string(&a.submissions)
         .with_context(|| format!("reading {}", a.submissions.display()))?;
@@ -49,11 +46,10 @@ pub fn run(a: Args) -> Result<()> {
         })?;
         if !tasks.contains_key(&s.task_id) {
             bail!(
-                "{} line {}: task_id {} is not in {}",
+                "{} line {}: task_id {} is not among --tasks",
                 a.submissions.display(),
                 i + 1,
                 s.task_id,
-                a.tasks.display()
             );
         }
         subs.push(s);
