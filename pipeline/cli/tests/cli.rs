@@ -403,7 +403,10 @@ fn verify_scores_submissions_and_reports_metrics() {
         ),
     )
     .unwrap();
-    fails(&verify_bad, "line 2: task_id sha256:nope is not among --tasks");
+    fails(
+        &verify_bad,
+        "line 2: task_id sha256:nope is not among --tasks",
+    );
     std::fs::write(&bad, "{not json\n").unwrap();
     fails(&verify_bad, "line 1");
     assert!(!out2.exists());
