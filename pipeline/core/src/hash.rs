@@ -19,12 +19,20 @@ pub fn sha256_parts<'a>(parts: impl IntoIterator<Item = (&'a str, &'a [u8])>) ->
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// `sha256:<hex>` of `value` serialized as JSON, hashed while it is written (no buffer).
+pub fn sha256_json(value: &impl serde::Serialize) -> String {
+    let mut w = HashWriter::default();
+    // Serializing plain data into a hasher cannot fail.
+    serde_json::to_writer(&mut w, value).expect("plain data serializes");
+    w.finish()
+}
+
 /// An `io::Write` sink that hashes what is written, so a value can be hashed while it is serialized.
 #[derive(Default)]
-pub struct HashWriter(Sha256);
+struct HashWriter(Sha256);
 
 impl HashWriter {
-    pub fn finish(self) -> String {
+    fn finish(self) -> String {
         format!("sha256:{}", hex::encode(self.0.finalize()))
     }
 }

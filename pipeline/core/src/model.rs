@@ -173,10 +173,7 @@ impl Task {
             reference_solution: &self.reference_solution,
             certificate: &self.certificate,
         };
-        let mut w = crate::hash::HashWriter::default();
-        // Serializing plain data into a hasher cannot fail.
-        serde_json::to_writer(&mut w, &content).expect("task content serializes");
-        w.finish()
+        crate::hash::sha256_json(&content)
     }
 
     /// `sha256:` of the problem an agent is given and judged on: the prompt, the tools, the world
@@ -197,18 +194,13 @@ impl Task {
             world: &self.world,
             constraints: &self.constraints,
         };
-        let mut w = crate::hash::HashWriter::default();
-        // Serializing plain data into a hasher cannot fail.
-        serde_json::to_writer(&mut w, &problem).expect("task problem serializes");
-        w.finish()
+        crate::hash::sha256_json(&problem)
     }
 
     /// `sha256:` of the prompt's messages alone: what a model reads before its first tool call,
     /// and all that text-only training (or memorization) sees.
     pub fn prompt_hash(&self) -> String {
-        let mut w = crate::hash::HashWriter::default();
-        serde_json::to_writer(&mut w, &self.prompt).expect("task prompt serializes");
-        w.finish()
+        crate::hash::sha256_json(&self.prompt)
     }
 
     /// Parse a task record and check that its id matches its content.
