@@ -2,7 +2,8 @@
 //! the given registry (a fresh SQLite file by default), serves it in-process, and drives it
 //! with the closed-loop load generator of `envsynth_server::loadgen`:
 //!
-//! - task sampling (`POST /v1/tasks/sample`, one and 16 tasks per request, a new seed each);
+//! - task sampling (`POST /v1/tasks/sample`, one and 16 tasks per request, a new seed each;
+//!   and 16 by curriculum, over recorded outcomes of every other task);
 //! - native verification (`POST /v1/verify`, planted plans and empty answers in turn);
 //! - native tool calls (`POST /v1/tasks/{id}/tools/{name}`, every tool probe of every task);
 //!
@@ -16,7 +17,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use envsynth_core::{Environment, Task, TaskRequest, env::generate};
-use envsynth_registry::{AnyStore, EnvironmentMetadata, EnvironmentRecord, Store, TaskFilter};
+use envsynth_registry::curriculum::{Outcomes, Prior, weighted_sample};
+use envsynth_registry::{
+    AnyStore, EnvironmentMetadata, EnvironmentRecord, RolloutRecord, Store, TaskFilter,
+};
 use envsynth_server::loadgen::{Bytes, Load, Report, run as load};
 use envsynth_server::{Config, Verifiers};
 use envsynth_travel::TravelPlanning;
@@ -119,16 +123,50 @@ pub fn run(a: Args) -> Result<()> {
 
     let duration = Duration::from_secs_f64(a.seconds);
     let post = |path: &str, body: Value| (path.to_string(), Some(Bytes::from(body.to_string())));
-    let samples = |n: u32| -> Vec<(String, Option<Bytes>)> {
+    let samples = |n: u32, curriculum: Option<Value>| -> Vec<(String, Option<Bytes>)> {
         (0..4096u64)
             .map(|seed| {
-                post(
-                    "/v1/tasks/sample",
-                    json!({"filter": {"set": "bench@1", "split": "train"}, "seed": seed, "n": n}),
-                )
+                let mut body =
+                    json!({"filter": {"set": "bench@1", "split": "train"}, "seed": seed, "n": n});
+                if let Some(c) = &curriculum {
+                    body["curriculum"] = c.clone();
+                }
+                post("/v1/tasks/sample", body)
             })
             .collect()
     };
+    let prepared: Vec<_> = tasks
+        .iter()
+        .map(|t| env.prepare(t))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let answers: Vec<Value> = tasks
+        .iter()
+        .map(|t| serde_json::from_str(t.reference_solution.get()))
+        .collect::<Result<_, _>>()?;
+    // Outcomes for the curriculum draws: a group of 8 on every other task, passed 0, 4 or 8
+    // times.
+    let mut recorded = Vec::new();
+    for (k, t) in tasks.iter().enumerate().step_by(2) {
+        let passes = [0u64, 4, 8][k / 2 % 3];
+        for g in 0..8u64 {
+            let answer = if g < passes {
+                &answers[k]
+            } else {
+                &Value::Null
+            };
+            recorded.push(RolloutRecord {
+                rollout_id: format!("bench-{k}-{g}"),
+                task_id: t.id.clone(),
+                policy: "bench".into(),
+                sample_seed: g,
+                verdict: prepared[k].verify(answer),
+            });
+        }
+    }
+    server.block_on(store.record_rollouts(&recorded))?;
+    let curriculum = json!({"policy": "bench", "group": 8});
+    let recent = json!({"policy": "bench", "group": 8, "recent": 32});
     let mut verifies = Vec::new();
     for t in &tasks {
         let planted: Value = serde_json::from_str(t.reference_solution.get())?;
@@ -164,8 +202,13 @@ pub fn run(a: Args) -> Result<()> {
     // Warm-up: every task prepared once, populations cached.
     run_load(verifies.clone(), Duration::from_secs(1)).map_err(|e| anyhow::anyhow!(e))?;
     let mut rows = Vec::new();
-    for (name, n) in [("sample 1 task", 1u32), ("sample 16 tasks", 16)] {
-        let report = run_load(samples(n), duration).map_err(|e| anyhow::anyhow!(e))?;
+    for (name, n, c) in [
+        ("sample 1 task", 1u32, None),
+        ("sample 16 tasks", 16, None),
+        ("sample 16 by curriculum", 16, Some(curriculum)),
+        ("sample 16 by curriculum, latest 32", 16, Some(recent)),
+    ] {
+        let report = run_load(samples(n, c), duration).map_err(|e| anyhow::anyhow!(e))?;
         rows.push(Row {
             name,
             unit: "tasks",
@@ -218,15 +261,28 @@ pub fn run(a: Args) -> Result<()> {
         draws += 1;
     }
     let in_process_sample = draws as f64 / start.elapsed().as_secs_f64();
-    let prepared: Vec<_> = tasks
-        .iter()
-        .map(|t| env.prepare(t))
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let answers: Vec<Value> = tasks
-        .iter()
-        .map(|t| serde_json::from_str(t.reference_solution.get()))
-        .collect::<Result<_, _>>()?;
+    // The curriculum draw as the server makes it: the policy's outcomes, the prior, the
+    // weights, the weighted draw; over all outcomes, then each task's latest 32.
+    let mut in_process_curriculum = [0.0; 2];
+    for (rate, recent) in in_process_curriculum.iter_mut().zip([None, Some(32)]) {
+        let start = Instant::now();
+        let mut draws = 0u64;
+        while start.elapsed() < duration {
+            let known: std::collections::HashMap<String, Outcomes> = server
+                .block_on(store.outcomes("bench", recent))?
+                .into_iter()
+                .collect();
+            let outcomes: Vec<Outcomes> = population
+                .iter()
+                .map(|id| known.get(id).copied().unwrap_or_default())
+                .collect();
+            let prior = Prior::fit(&outcomes);
+            let weights: Vec<f64> = outcomes.iter().map(|&o| prior.mixed_group(o, 8)).collect();
+            std::hint::black_box(weighted_sample(&population, &weights, draws, 16, &none));
+            draws += 1;
+        }
+        *rate = draws as f64 / start.elapsed().as_secs_f64();
+    }
     let start = Instant::now();
     let mut verdicts = 0u64;
     while start.elapsed() < duration {
@@ -274,7 +330,10 @@ pub fn run(a: Args) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "database": database, "connections": a.connections, "tasks": a.tasks,
                 "seconds": a.seconds, "http": out,
-                "in_process": {"sample_1_per_s": in_process_sample, "verify_per_s": in_process_verify,
+                "in_process": {"sample_1_per_s": in_process_sample,
+                               "curriculum_16_per_s": in_process_curriculum[0],
+                               "curriculum_16_latest_32_per_s": in_process_curriculum[1],
+                               "verify_per_s": in_process_verify,
                                "tool_call_per_s": in_process_tools},
             }))?
         );
@@ -284,12 +343,12 @@ pub fn run(a: Args) -> Result<()> {
             a.connections, a.tasks, a.seconds
         );
         println!(
-            "{:<28} {:>10} {:>14} {:>9} {:>9} {:>9} {:>7}",
+            "{:<36} {:>10} {:>14} {:>9} {:>9} {:>9} {:>7}",
             "HTTP", "req/s", "items/s", "p50 ms", "p99 ms", "max ms", "errors"
         );
         for r in &rows {
             println!(
-                "{:<28} {:>10.0} {:>9.0} {:<4} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                "{:<36} {:>10.0} {:>9.0} {:<4} {:>9.2} {:>9.2} {:>9.2} {:>7}",
                 r.name,
                 r.report.per_second(),
                 r.report.per_second() * r.per_request as f64,
@@ -302,6 +361,14 @@ pub fn run(a: Args) -> Result<()> {
         }
         println!("in-process baselines (one thread, no HTTP)");
         println!("  revision query + seeded draw of 1 task   {in_process_sample:>10.0} /s");
+        println!(
+            "  outcomes query + prior + draw of 16      {:>10.0} /s",
+            in_process_curriculum[0]
+        );
+        println!(
+            "  the same, each task's latest 32          {:>10.0} /s",
+            in_process_curriculum[1]
+        );
         println!("  prepared native verify                   {in_process_verify:>10.0} /s");
         println!("  prepared native tool call + its JSON     {in_process_tools:>10.0} /s");
     }

@@ -214,6 +214,8 @@ fn bench_api_gets_no_errors_on_any_route() {
         [
             "sample 1 task",
             "sample 16 tasks",
+            "sample 16 by curriculum",
+            "sample 16 by curriculum, latest 32",
             "verify (native)",
             "tool call (native)",
             "health (HTTP + one query)"
@@ -224,4 +226,11 @@ fn bench_api_gets_no_errors_on_any_route() {
         assert!(r["requests_per_s"].as_f64().unwrap() > 0.0, "{r}");
     }
     assert!(v["in_process"]["tool_call_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["in_process"]["curriculum_16_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        v["in_process"]["curriculum_16_latest_32_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }

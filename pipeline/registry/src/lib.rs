@@ -21,6 +21,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use envsynth_core::Task;
 
+pub mod curriculum;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An immutable record exists with other content.
@@ -287,6 +289,13 @@ pub trait Store: Send + Sync + 'static {
                 }))
         }
     }
+    /// One policy's outcomes on every task it has unmasked rollouts of, counting only its
+    /// `recent` latest rollouts of each task (all of them when `None`), by task id.
+    fn outcomes(
+        &self,
+        policy: &str,
+        recent: Option<u32>,
+    ) -> impl Future<Output = Result<Vec<(String, curriculum::Outcomes)>, StoreError>> + Send;
     /// Every task id the filter selects, once each, in the order of [`Store::task_ids`]: the
     /// population that seeded sampling draws from.
     fn candidates(
@@ -517,7 +526,7 @@ fn parse_task(body: &str) -> Result<Task, StoreError> {
 }
 
 macro_rules! store_impl {
-    ($store:ident, $begin:expr, $lock:expr) => {
+    ($store:ident, $begin:expr, $lock:expr, $rollout_order:expr) => {
         impl Store for $store {
             async fn put_environment(&self, env: &EnvironmentRecord) -> Result<Put, StoreError> {
                 check_name("environment id", &env.id)?;
@@ -832,6 +841,54 @@ macro_rules! store_impl {
                 Ok(created)
             }
 
+            async fn outcomes(
+                &self,
+                policy: &str,
+                recent: Option<u32>,
+            ) -> Result<Vec<(String, curriculum::Outcomes)>, StoreError> {
+                const COUNTS: &str = "SELECT task_id, COUNT(*) AS attempts, \
+                       COALESCE(SUM(CASE WHEN passed THEN 1 ELSE 0 END), 0) AS passes";
+                // Numbering each task's rollouts costs SQLite six times the plain count, so
+                // only a window asks for it.
+                let rows = match recent {
+                    None => {
+                        let sql = format!(
+                            "{COUNTS} FROM rollouts WHERE policy = $1 AND NOT masked \
+                             GROUP BY task_id ORDER BY task_id"
+                        );
+                        sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(policy)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    Some(n) => {
+                        let sql = format!(
+                            "{COUNTS} FROM (SELECT task_id, passed, ROW_NUMBER() OVER \
+                                 (PARTITION BY task_id ORDER BY {} DESC) AS latest \
+                               FROM rollouts WHERE policy = $1 AND NOT masked) r \
+                             WHERE latest <= $2 GROUP BY task_id ORDER BY task_id",
+                            $rollout_order
+                        );
+                        sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(policy)
+                            .bind(i64::from(n))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    out.push((
+                        row.try_get("task_id")?,
+                        curriculum::Outcomes {
+                            attempts: row.try_get::<i64, _>("attempts")? as u64,
+                            passes: row.try_get::<i64, _>("passes")? as u64,
+                        },
+                    ));
+                }
+                Ok(out)
+            }
+
             async fn difficulties(&self, task_id: &str) -> Result<Vec<Difficulty>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT policy, \
@@ -907,7 +964,8 @@ impl SqliteStore {
 
 // `BEGIN IMMEDIATE` takes SQLite's write lock up front, so a read-then-write transaction never
 // fails to upgrade.
-store_impl!(SqliteStore, "BEGIN IMMEDIATE", "");
+// A rowid table numbers its rows in insertion order, so the rowid orders rollouts.
+store_impl!(SqliteStore, "BEGIN IMMEDIATE", "", "rowid");
 
 /// The PostgreSQL store, for many trainers and workers.
 #[derive(Clone)]
@@ -983,7 +1041,13 @@ where
 // Registrations (check, then insert) hold a transaction-scoped advisory lock, the counterpart of
 // SQLite's write lock: two writers of one version never both see it absent. Rollouts need no
 // lock: `ON CONFLICT DO NOTHING` makes a duplicate wait for the first writer, then skip.
-store_impl!(PgStore, "BEGIN", "SELECT pg_advisory_xact_lock(7417272730)");
+// Rollouts are ordered by their identity column (migration 0003).
+store_impl!(
+    PgStore,
+    "BEGIN",
+    "SELECT pg_advisory_xact_lock(7417272730)",
+    "seq"
+);
 
 /// A store chosen at run time from a URL: `sqlite://PATH` (or `sqlite:PATH`) or
 /// `postgres://...` (`postgresql://...`; add `?schema=NAME` to keep the tables in schema NAME).
@@ -1103,6 +1167,13 @@ impl Store for AnyStore {
     }
     async fn candidates(&self, f: &TaskFilter) -> Result<Vec<String>, StoreError> {
         delegate!(self, s => s.candidates(f))
+    }
+    async fn outcomes(
+        &self,
+        policy: &str,
+        recent: Option<u32>,
+    ) -> Result<Vec<(String, curriculum::Outcomes)>, StoreError> {
+        delegate!(self, s => s.outcomes(policy, recent))
     }
     async fn revision(&self) -> Result<u64, StoreError> {
         delegate!(self, s => s.revision())

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use envsynth_core::chat::submitted_answer;
 use envsynth_core::model::ToolErrorCode;
 use envsynth_core::{FailureKind, ToolResult, Verdict, extract_submission};
+use envsynth_registry::curriculum::{Outcomes, Prior, weighted_sample};
 use envsynth_registry::{
     Difficulty, EnvironmentQuery, EnvironmentRecord, Put, RolloutRecord, Store,
 };
@@ -224,6 +225,41 @@ pub struct SampleRequest {
     n: u32,
     #[serde(default)]
     exclude: Vec<String>,
+    curriculum: Option<CurriculumFields>,
+}
+
+/// Weight the draw toward tasks whose next group of rollouts is likely to be mixed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurriculumFields {
+    /// Whose recorded outcomes count.
+    policy: String,
+    /// Rollouts per task in one training step (GRPO's group size).
+    #[serde(default = "default_group")]
+    group: u32,
+    /// Count only each task's latest `recent` outcomes (all when absent).
+    recent: Option<u32>,
+}
+
+fn default_group() -> u32 {
+    8
+}
+
+const MAX_GROUP: u32 = 1024;
+const MAX_RECENT: u32 = 1_000_000;
+
+#[derive(Serialize)]
+pub struct CurriculumReport {
+    policy: String,
+    group: u32,
+    /// The Beta prior fitted to the population's outcomes.
+    prior: envsynth_registry::curriculum::Prior,
+    /// Tasks of the population with at least one outcome.
+    tried: usize,
+    /// The mean weight over the population (what a uniform draw would expect) ...
+    population_mixed: f64,
+    /// ... and each drawn task's weight, in the order of `task_ids`.
+    mixed: Vec<f64>,
 }
 
 #[derive(Serialize)]
@@ -235,6 +271,8 @@ pub struct Sample {
     /// How many tasks the filter selects, before exclusions.
     population: usize,
     task_ids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    curriculum: Option<CurriculumReport>,
 }
 
 pub async fn sample_tasks(
@@ -262,16 +300,69 @@ pub async fn sample_tasks(
         }
     };
     let exclude: HashSet<&str> = req.exclude.iter().map(String::as_str).collect();
-    let task_ids =
-        envsynth_registry::seeded_sample(&population, req.seed, req.n as usize, &exclude)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+    let Some(c) = req.curriculum else {
+        let task_ids =
+            envsynth_registry::seeded_sample(&population, req.seed, req.n as usize, &exclude)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+        return Ok(Json(Sample {
+            seed: req.seed,
+            revision,
+            population: population.len(),
+            task_ids,
+            curriculum: None,
+        }));
+    };
+    if c.policy.is_empty() || c.policy.len() > 256 {
+        return Err(ApiError::invalid(
+            "curriculum.policy: must be 1 to 256 bytes",
+        ));
+    }
+    if !(2..=MAX_GROUP).contains(&c.group) {
+        return Err(ApiError::invalid(format!(
+            "curriculum.group: must be 2 to {MAX_GROUP} (a group of one is never mixed)"
+        )));
+    }
+    if c.recent.is_some_and(|r| !(1..=MAX_RECENT).contains(&r)) {
+        return Err(ApiError::invalid(format!(
+            "curriculum.recent: must be 1 to {MAX_RECENT}"
+        )));
+    }
+    let known: std::collections::HashMap<String, Outcomes> = app
+        .store
+        .outcomes(&c.policy, c.recent)
+        .await?
+        .into_iter()
+        .collect();
+    let outcomes: Vec<Outcomes> = population
+        .iter()
+        .map(|id| known.get(id).copied().unwrap_or_default())
+        .collect();
+    let prior = Prior::fit(&outcomes);
+    let weights: Vec<f64> = outcomes
+        .iter()
+        .map(|&o| prior.mixed_group(o, c.group))
+        .collect();
+    let drawn = weighted_sample(&population, &weights, req.seed, req.n as usize, &exclude);
+    let population_mixed = if weights.is_empty() {
+        0.0
+    } else {
+        weights.iter().sum::<f64>() / weights.len() as f64
+    };
     Ok(Json(Sample {
         seed: req.seed,
         revision,
         population: population.len(),
-        task_ids,
+        task_ids: drawn.iter().map(|&i| population[i].clone()).collect(),
+        curriculum: Some(CurriculumReport {
+            policy: c.policy,
+            group: c.group,
+            prior,
+            tried: outcomes.iter().filter(|o| o.attempts > 0).count(),
+            population_mixed,
+            mixed: drawn.iter().map(|&i| weights[i]).collect(),
+        }),
     }))
 }
 

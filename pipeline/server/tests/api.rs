@@ -368,6 +368,158 @@ async fn sampling(s: &Server) {
     }
 }
 
+/// Curriculum sampling: outcomes recorded through the API steer the draw toward tasks whose
+/// next group is likely to be mixed.
+async fn curriculum(s: &Server) {
+    let route = "/v1/tasks/sample";
+    let verdict = |i: usize, passed: bool, mask: bool| {
+        let kind = match (passed, mask) {
+            (true, _) => "none",
+            (false, true) => "sandbox_timeout",
+            (false, false) => "wrong_answer",
+        };
+        json!({"task_id": s.tasks[i].id, "reward": if passed { 1.0 } else { 0.0 }, "passed": passed,
+               "failure_kind": kind, "mask": mask, "checks": []})
+    };
+    // Policy `cur` on the train split: task 0 always passed, task 1 never, task 2 half the time,
+    // task 3 only masked (so untried), task 4 failed 16 times and then passed 8 of 16, task 5
+    // untried.
+    let mut plan: Vec<(usize, bool, bool)> = Vec::new();
+    for k in 0..16 {
+        plan.extend([(0, true, false), (1, false, false), (2, k % 2 == 0, false)]);
+        plan.extend([(3, false, true), (4, false, false)]);
+    }
+    plan.extend((0..16).map(|k| (4, k % 2 == 1, false)));
+    let rollouts: Vec<Value> = plan
+        .iter()
+        .enumerate()
+        .map(|(n, &(i, passed, mask))| {
+            json!({"rollout_id": format!("cur-{n}"), "task_id": s.tasks[i].id, "policy": "cur",
+                   "sample_seed": n, "verdict": verdict(i, passed, mask)})
+        })
+        .collect();
+    let (st, v) = s
+        .call(
+            "POST",
+            "/v1/rollouts",
+            "/v1/rollouts",
+            Some(Body::Json(json!({ "rollouts": rollouts }))),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let body = |seed: u64, n: u32, curriculum: Value| json!({"filter": {"set": "trips@1", "split": "train"}, "seed": seed, "n": n, "curriculum": curriculum});
+    // Every task's weight, by task index.
+    let weights = |v: &Value| -> Vec<f64> {
+        let c = &v["curriculum"];
+        let mut w = vec![f64::NAN; 6];
+        for (id, m) in v["task_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["mixed"].as_array().unwrap())
+        {
+            let i = s
+                .tasks
+                .iter()
+                .position(|t| t.id == id.as_str().unwrap())
+                .unwrap();
+            w[i] = m.as_f64().unwrap();
+        }
+        w
+    };
+    let (st, all) = s
+        .post(route, route, body(1, 6, json!({"policy": "cur"})))
+        .await;
+    assert_eq!(st, 200, "{all}");
+    let c = &all["curriculum"];
+    assert_eq!(
+        (c["group"].as_u64(), c["tried"].as_u64()),
+        (Some(8), Some(4)),
+        "{c}"
+    );
+    let w = weights(&all);
+    assert!(w[2] > w[3] && w[3] > w[0] && w[3] > w[1], "{w:?}");
+    assert_eq!(w[3], w[5], "masked outcomes count for nothing");
+    assert!(w[4] > w[0] && w[4] < w[2], "{w:?}: task 4 passed 8 of 32");
+    let mean = c["population_mixed"].as_f64().unwrap();
+    assert!((mean - w.iter().sum::<f64>() / 6.0).abs() < 1e-12);
+    let (_, again) = s
+        .post(route, route, body(1, 6, json!({"policy": "cur"})))
+        .await;
+    assert_eq!(all, again, "same revision and seed, same draw");
+    // Only the latest 16: task 4 now looks exactly like task 2.
+    let (_, recent) = s
+        .post(
+            route,
+            route,
+            body(1, 6, json!({"policy": "cur", "recent": 16})),
+        )
+        .await;
+    let w = weights(&recent);
+    assert_eq!(w[4], w[2], "{w:?}");
+    // Drawn in proportion: the mixed task first far more often than the always-passed one.
+    let mut firsts = [0u32; 6];
+    for seed in 0..200 {
+        let (_, v) = s
+            .post(
+                route,
+                route,
+                body(seed, 1, json!({"policy": "cur", "group": 4})),
+            )
+            .await;
+        let id = v["task_ids"][0].as_str().unwrap();
+        firsts[s.tasks.iter().position(|t| t.id == id).unwrap()] += 1;
+    }
+    assert!(
+        firsts[2] > 2 * firsts[0] && firsts[2] > 2 * firsts[1],
+        "{firsts:?}"
+    );
+    // A policy with no outcomes: a uniform prior, every weight 1 - 2 / (G + 1).
+    let (_, fresh) = s
+        .post(
+            route,
+            route,
+            body(3, 6, json!({"policy": "nobody", "group": 8})),
+        )
+        .await;
+    assert_eq!(
+        fresh["curriculum"]["prior"],
+        json!({"alpha": 1.0, "beta": 1.0})
+    );
+    assert!(
+        weights(&fresh)
+            .iter()
+            .all(|m| (m - 7.0 / 9.0).abs() < 1e-12),
+        "{fresh}"
+    );
+    // Exclusions hold.
+    let mut b = body(1, 6, json!({"policy": "cur"}));
+    b["exclude"] = json!([s.tasks[2].id]);
+    let (_, v) = s.post(route, route, b).await;
+    assert_eq!(v["task_ids"].as_array().unwrap().len(), 5);
+    assert!(
+        !v["task_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(s.tasks[2].id))
+    );
+    // A uniform draw reports no curriculum.
+    let (_, v) = s.post(route, route, json!({"seed": 1, "n": 2})).await;
+    assert!(v.get("curriculum").is_none(), "{v}");
+    for (c, needle) in [
+        (json!({"policy": "cur", "group": 1}), "curriculum.group"),
+        (json!({"policy": "cur", "recent": 0}), "curriculum.recent"),
+        (json!({"policy": ""}), "curriculum.policy"),
+        (json!({"policy": "cur", "temperature": 2}), "temperature"),
+        (json!({"group": 8}), "policy"),
+    ] {
+        let (st, v) = s.post(route, route, body(1, 2, c.clone())).await;
+        assert!(st == 422 || st == 400, "{c}: {st} {v}");
+        assert!(message(&v).contains(needle), "{c}: {v}");
+    }
+}
+
 async fn verification(s: &Server) {
     let route = "/v1/verify";
     let id = &s.tasks[0].id;
@@ -976,6 +1128,7 @@ async fn all(url: Option<String>) {
     verification(&s).await;
     tool_calls(&s).await;
     rollouts_and_writes(&s).await;
+    curriculum(&s).await;
     hostile_requests(&s).await;
     early_refusals_close_their_connection(&s).await;
 }

@@ -14,7 +14,7 @@ api = os.environ["ENVSYNTH_URL"]
 text = open(readme, encoding="utf-8").read()
 blocks = {m.group(1): m.group(0)[len("```python\n"):-3]
           for m in re.finditer(r"```python\n# envsynth-example: (\w+)\n.*?```", text, re.S)}
-assert set(blocks) == {"verl", "trl", "agent"}, f"README examples found: {sorted(blocks)}"
+assert set(blocks) == {"verl", "trl", "agent", "curriculum"}, f"README examples found: {sorted(blocks)}"
 
 verl, trl = {}, {}
 exec(compile(blocks["verl"], "README.md (verl)", "exec"), verl)
@@ -77,4 +77,39 @@ r = requests.post(f"{api}/v1/rollouts", json={"rollouts": rollouts}, headers=aut
 expect((r.status_code, r.json()["created"]), (200, 4), "rollouts recorded")
 d = requests.get(f"{api}/v1/tasks/{ids[0]}/difficulty", params={"policy": "readme", "k": "1,2"}).json()
 expect(d["policies"][0]["pass_at"], {"1": 0.5, "2": 1.0}, "pass@k of the recorded group")
+
+# The curriculum: compute_score records as it scores; the sampler draws each batch from the
+# registry, as verl's dataloader asks it for indices.
+os.environ["ENVSYNTH_RUN"] = "readme-run"
+curriculum = {}
+exec(compile(blocks["curriculum"], "README.md (curriculum)", "exec"), curriculum)
+train = requests.get(f"{api}/v1/tasks", params={"set": task_set, "split": "train", "limit": 1000}).json()["task_ids"]
+expect(len(train) >= 4, True, "a train split to draw from")
+
+
+class Dataset:  # what the sampler reads of verl's RLHFDataset
+    dataframe = {"extra_info": [{"task_id": i, "index": k} for k, i in enumerate(train)]}
+
+
+config = {"train_batch_size": 2, "seed": 5}
+sampler = curriculum["CurriculumSampler"](Dataset(), config)
+epoch = list(sampler)
+expect(len(epoch), len(train) // 2 * 2, "one epoch's indices")
+expect(all(0 <= k < len(train) for k in epoch), True, "indices into the dataset")
+expect(all(epoch[j] != epoch[j + 1] for j in range(0, len(epoch), 2)), True, "distinct tasks in a batch")
+expect(list(curriculum["CurriculumSampler"](Dataset(), config)), epoch, "the same seed, the same epoch")
+# A group on the first task, half passed; then the sampler's draws carry the recorded outcomes.
+first = train[0]
+answer = json.dumps(requests.get(f"{api}/v1/tasks/{first}").json()["reference_solution"])
+scores = [curriculum["compute_score"]("envsynth", answer if g % 2 else "no plan", None, {"task_id": first})
+          for g in range(8)]
+expect(scores, [0.0, 1.0] * 4, "compute_score verifies")
+d = requests.get(f"{api}/v1/tasks/{first}/difficulty", params={"policy": "readme-run"}).json()
+expect((d["policies"][0]["attempts"], d["policies"][0]["passes"]), (8, 4), "compute_score records")
+draw = requests.post(f"{api}/v1/tasks/sample", json={"filter": {"set": task_set, "split": "train"}, "seed": 1,
+                     "n": len(train), "curriculum": {"policy": "readme-run"}}).json()
+weight = dict(zip(draw["task_ids"], draw["curriculum"]["mixed"]))
+expect(draw["curriculum"]["tried"], 1, "the curriculum sees the recorded group")
+expect(weight[first] > 0.95 and all(abs(w - 7 / 9) < 1e-9 for t, w in weight.items() if t != first), True,
+       f"a half-passed task outweighs untried ones: {weight}")
 print(f"ok: {checks} checks")
