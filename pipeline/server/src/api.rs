@@ -529,7 +529,11 @@ fn content_text(content: &Value) -> String {
 
 /// The prepared task to verify against, from the cache or the store. A task the store has but
 /// its environment cannot read yields a masked `invalid_task` verdict, not an error.
-async fn ready(app: &Arc<App>, task_id: &str, at: &str) -> ApiResult<Result<Ready, Verdict>> {
+pub(crate) async fn ready(
+    app: &Arc<App>,
+    task_id: &str,
+    at: &str,
+) -> ApiResult<Result<Ready, Verdict>> {
     if let Some(r) = app.prepared.get(task_id) {
         return Ok(Ok(r));
     }

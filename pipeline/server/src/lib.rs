@@ -10,6 +10,7 @@
 mod api;
 mod error;
 pub mod loadgen;
+mod mcp;
 mod params;
 pub mod simulated;
 
@@ -149,6 +150,7 @@ pub fn router(store: AnyStore, verifiers: Arc<dyn Verifiers>, config: Config) ->
         .route("/v1/tasks/{task_id}", get(api::get_task))
         .route("/v1/tasks/{task_id}/difficulty", get(api::difficulty))
         .route("/v1/tasks/{task_id}/tools/{name}", post(api::call_tool))
+        .route("/v1/tasks/{task_id}/mcp", post(mcp::post))
         .route("/v1/verify", post(api::verify_one))
         .route("/v1/verify/batch", post(api::verify_batch))
         .route("/v1/rollouts", post(api::post_rollouts))

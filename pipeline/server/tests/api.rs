@@ -520,6 +520,248 @@ async fn curriculum(s: &Server) {
     }
 }
 
+/// The task's tools over MCP (Streamable HTTP, one JSON body a request).
+async fn mcp(s: &Server) {
+    let route = "/v1/tasks/{task_id}/mcp";
+    let t = &s.tasks[0];
+    let path = format!("/v1/tasks/{}/mcp", urlencode(&t.id));
+    let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let (st, v) = s
+        .post(
+            route,
+            &path,
+            rpc(
+                1,
+                "initialize",
+                json!({"protocolVersion": "2025-06-18",
+            "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["id"], 1);
+    let r = &v["result"];
+    assert_eq!(r["protocolVersion"], "2025-06-18");
+    assert_eq!(r["capabilities"]["tools"]["listChanged"], false);
+    let user = &t.prompt.iter().find(|m| m.role == "user").unwrap().content;
+    assert!(r["instructions"].as_str().unwrap().contains(user.as_str()));
+    let (_, v) = s
+        .post(
+            route,
+            &path,
+            rpc(2, "initialize", json!({"protocolVersion": "2099-01-01"})),
+        )
+        .await;
+    assert_eq!(
+        v["result"]["protocolVersion"], "2025-11-25",
+        "the newest, for the client to judge"
+    );
+    // Notifications and client responses: 202, no body.
+    for msg in [
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 9, "result": {}}),
+    ] {
+        let resp = s
+            .http
+            .post(format!("{}{path}", s.base))
+            .json(&msg)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "{msg}");
+        assert!(resp.text().await.unwrap().is_empty());
+    }
+    let (_, v) = s.post(route, &path, rpc(3, "ping", Value::Null)).await;
+    assert_eq!(v["result"], json!({}));
+    let (_, v) = s.post(route, &path, rpc(4, "tools/list", json!({}))).await;
+    let tools = v["result"]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), t.tools.len());
+    for (got, want) in tools.iter().zip(t.tools.iter()) {
+        assert_eq!(
+            (&got["name"], &got["description"], &got["inputSchema"]),
+            (
+                &json!(want.name),
+                &json!(want.description),
+                &want.parameters
+            )
+        );
+    }
+    // Every probe with an arguments object: the text is the tool message a rollout records.
+    let env = TravelPlanning::new();
+    let prepared = env.prepare(t).unwrap();
+    let (mut ok, mut errors) = (0, 0);
+    for (k, call) in env.tool_probes(t).unwrap().into_iter().enumerate() {
+        if !call.arguments.is_object() {
+            continue;
+        }
+        let want = prepared.call_tool(&call);
+        let (st, v) = s
+            .post(
+                route,
+                &path,
+                rpc(
+                    10 + k as u64,
+                    "tools/call",
+                    json!({"name": call.name, "arguments": call.arguments}),
+                ),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        if let envsynth_core::ToolResult::Error {
+            code: envsynth_core::model::ToolErrorCode::UnknownTool,
+            ..
+        } = want
+        {
+            assert_eq!(v["error"]["code"], -32602, "{v}");
+            continue;
+        }
+        let r = &v["result"];
+        assert_eq!(r["content"][0]["type"], "text");
+        assert_eq!(
+            r["content"][0]["text"],
+            json!(serde_json::to_string(&want).unwrap()),
+            "{}",
+            call.name
+        );
+        let is_error = matches!(want, envsynth_core::ToolResult::Error { .. });
+        assert_eq!(r["isError"], is_error);
+        if is_error { errors += 1 } else { ok += 1 }
+    }
+    assert!(ok >= 3 && errors >= 3, "{ok} ok, {errors} errors");
+    let (st, v) = s
+        .post(
+            route,
+            &path,
+            rpc(
+                5,
+                "tools/call",
+                json!({"name": "teleport", "arguments": {}}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_i64()),
+        (200, Some(-32602)),
+        "{v}"
+    );
+    assert!(message(&v).contains("teleport"), "{v}");
+    let (_, v) = s
+        .post(
+            route,
+            &path,
+            rpc(
+                6,
+                "tools/call",
+                json!({"name": t.tools[0].name, "arguments": [1]}),
+            ),
+        )
+        .await;
+    assert!(message(&v).contains("params.arguments"), "{v}");
+    let (st, v) = s
+        .post(route, &path, rpc(7, "server/discover", json!({})))
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_i64()),
+        (200, Some(-32601)),
+        "{v}"
+    );
+    // Malformed messages and requests.
+    let bad = [
+        (json!([rpc(1, "ping", Value::Null)]), 400, -32600, "batches"),
+        (
+            json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}),
+            400,
+            -32600,
+            "jsonrpc",
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}),
+            400,
+            -32600,
+            "id",
+        ),
+        (json!({"jsonrpc": "2.0", "id": 1}), 400, -32600, "method"),
+        (
+            rpc(1, "initialize", json!({})),
+            200,
+            -32602,
+            "protocolVersion",
+        ),
+    ];
+    for (msg, status, code, needle) in bad {
+        let (st, v) = s.post(route, &path, msg.clone()).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_i64()),
+            (status, Some(code)),
+            "{msg}: {v}"
+        );
+        assert!(message(&v).contains(needle), "{msg}: {v}");
+    }
+    let raw = Body::Raw("application/json", b"{not json".to_vec());
+    let (st, v) = s.call("POST", route, &path, Some(raw), None).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{v}"
+    );
+    let (st, v) = s
+        .post(
+            route,
+            "/v1/tasks/sha256:nope/mcp",
+            rpc(1, "tools/list", json!({})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_i64()),
+        (404, Some(-32602)),
+        "{v}"
+    );
+    let (st, v) = s
+        .post(
+            route,
+            "/v1/tasks/sha256:nope/mcp",
+            rpc(1, "tools/call", json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    // A page elsewhere may not drive it (DNS rebinding), nor a revision not spoken here.
+    for (name, value, status, needle) in [
+        ("origin", "http://evil.example", 403, "Origin"),
+        (
+            "mcp-protocol-version",
+            "2026-07-28",
+            400,
+            "MCP-Protocol-Version",
+        ),
+    ] {
+        let resp = s
+            .http
+            .post(format!("{}{path}", s.base))
+            .header(name, value)
+            .json(&rpc(1, "ping", Value::Null))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let v: Value = resp.json().await.unwrap();
+        s.conforms("POST", route, status, &v);
+        assert!(message(&v).contains(needle), "{v}");
+    }
+    let same_origin = s.base.clone();
+    let resp = s
+        .http
+        .post(format!("{}{path}", s.base))
+        .header("origin", same_origin)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&rpc(1, "ping", Value::Null))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (st, _) = s.call("GET", "", &path, None, None).await;
+    assert_eq!(st, 405);
+}
+
 async fn verification(s: &Server) {
     let route = "/v1/verify";
     let id = &s.tasks[0].id;
@@ -1129,6 +1371,7 @@ async fn all(url: Option<String>) {
     tool_calls(&s).await;
     rollouts_and_writes(&s).await;
     curriculum(&s).await;
+    mcp(&s).await;
     hostile_requests(&s).await;
     early_refusals_close_their_connection(&s).await;
 }
@@ -1180,8 +1423,14 @@ async fn openapi_matches_the_router() {
     verdict.as_object_mut().unwrap().remove("$schema");
     verdict.as_object_mut().unwrap().remove("$id");
     assert_eq!(s.doc["components"]["schemas"]["Verdict"], verdict);
-    // Every operation documents its errors with the Error schema.
+    // Every operation documents its errors with the Error schema, except the MCP endpoint,
+    // which answers in JSON-RPC as its clients expect.
     for (path, item) in s.doc["paths"].as_object().unwrap() {
+        let schema = if path.ends_with("/mcp") {
+            "#/components/schemas/JsonRpcResponse"
+        } else {
+            "#/components/schemas/Error"
+        };
         for (method, op) in item.as_object().unwrap() {
             if method == "parameters" {
                 continue;
@@ -1189,8 +1438,7 @@ async fn openapi_matches_the_router() {
             for (status, r) in op["responses"].as_object().unwrap() {
                 if status.starts_with('4') || status.starts_with('5') {
                     assert_eq!(
-                        r["content"]["application/json"]["schema"]["$ref"],
-                        "#/components/schemas/Error",
+                        r["content"]["application/json"]["schema"]["$ref"], schema,
                         "{method} {path} {status}"
                     );
                 }

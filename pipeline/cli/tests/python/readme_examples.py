@@ -14,7 +14,7 @@ api = os.environ["ENVSYNTH_URL"]
 text = open(readme, encoding="utf-8").read()
 blocks = {m.group(1): m.group(0)[len("```python\n"):-3]
           for m in re.finditer(r"```python\n# envsynth-example: (\w+)\n.*?```", text, re.S)}
-assert set(blocks) == {"verl", "trl", "agent", "curriculum"}, f"README examples found: {sorted(blocks)}"
+assert set(blocks) == {"verl", "trl", "agent", "curriculum", "mcp"}, f"README examples found: {sorted(blocks)}"
 
 verl, trl = {}, {}
 exec(compile(blocks["verl"], "README.md (verl)", "exec"), verl)
@@ -64,6 +64,35 @@ for i in ids[:2]:
     expect("submit_plan" in [c["function"]["name"] for c in messages[last]["tool_calls"]], True,
            "the episode ends at the submission")
     expect(agent["reward"](i, messages[:last]), 0.0, "the transcript before the submission")
+# MCP: the official SDK client replays the oracle's tool calls and reads the same tool messages.
+mcp_example = {}
+exec(compile(blocks["mcp"], "README.md (mcp)", "exec"), mcp_example)
+import asyncio
+from mcp import Client
+
+task = requests.get(f"{api}/v1/tasks/{ids[0]}").json()
+transcript = agent["play"](ids[0])
+answers = {m["tool_call_id"]: m["content"] for m in transcript if m["role"] == "tool"}
+calls = [c for m in transcript for c in m.get("tool_calls") or []][:3]
+expect(len(calls), 3, "the oracle's first tool calls")
+for c in calls:
+    instructions, names, text, is_error = asyncio.run(
+        mcp_example["call_tool"](ids[0], c["function"]["name"], json.loads(c["function"]["arguments"])))
+    expect(text, answers[c["id"]], f"MCP tool message of {c['function']['name']}")
+    expect(is_error, json.loads(text)["status"] == "error", "MCP isError")
+expect(names, [t["name"] for t in task["tools"]], "MCP tools/list")
+expect(all(p["content"] in instructions for p in task["prompt"]), True, "MCP instructions are the prompt")
+_, _, text, is_error = asyncio.run(mcp_example["call_tool"](ids[0], task["tools"][0]["name"], {"bogus": 1}))
+expect((is_error, json.loads(text)["status"]), (True, "error"), "an MCP call with bad arguments")
+
+
+async def legacy_ping():
+    async with Client(f"{api}/v1/tasks/{ids[0]}/mcp", mode="legacy") as client:
+        await client.send_ping()
+        return client.server_info.name
+
+
+expect(asyncio.run(legacy_ping()), "envsynth", "the MCP initialize handshake alone")
 bad = agent["env"].post(f"/v1/tasks/{ids[0]}/tools/no_such_tool", content="{}").json()
 expect((bad["status"], bad["code"]), ("error", "unknown_tool"), "an unknown tool is the agent's error")
 
