@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use envsynth_core::{Environment, Task, TaskRequest, env::generate};
-use envsynth_registry::curriculum::{Outcomes, Prior, weighted_sample};
+use envsynth_registry::curriculum;
 use envsynth_registry::{
     AnyStore, EnvironmentMetadata, EnvironmentRecord, RolloutRecord, Store, TaskFilter,
 };
@@ -268,17 +268,15 @@ pub fn run(a: Args) -> Result<()> {
         let start = Instant::now();
         let mut draws = 0u64;
         while start.elapsed() < duration {
-            let known: std::collections::HashMap<String, Outcomes> = server
-                .block_on(store.outcomes("bench", recent))?
-                .into_iter()
-                .collect();
-            let outcomes: Vec<Outcomes> = population
-                .iter()
-                .map(|id| known.get(id).copied().unwrap_or_default())
-                .collect();
-            let prior = Prior::fit(&outcomes);
-            let weights: Vec<f64> = outcomes.iter().map(|&o| prior.mixed_group(o, 8)).collect();
-            std::hint::black_box(weighted_sample(&population, &weights, draws, 16, &none));
+            let outcomes = server.block_on(store.outcomes("bench", recent))?;
+            std::hint::black_box(curriculum::draw(
+                &population,
+                &outcomes,
+                8,
+                draws,
+                16,
+                &none,
+            ));
             draws += 1;
         }
         *rate = draws as f64 / start.elapsed().as_secs_f64();

@@ -142,6 +142,54 @@ pub fn weighted_sample(
     keys.into_iter().take(n).map(|(_, i)| i).collect()
 }
 
+/// A curriculum draw and what it was drawn from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draw {
+    /// The prior fitted to the population's outcomes.
+    pub prior: Prior,
+    /// Members of the population with at least one outcome.
+    pub tried: usize,
+    /// The mean weight over the population: the share of mixed groups a uniform draw expects.
+    pub population_mixed: f64,
+    /// The drawn positions of the population, in order, each with its weight.
+    pub drawn: Vec<(usize, f64)>,
+}
+
+/// Draw `n` members of `population` for groups of `group` rollouts, given the outcomes known
+/// by task id (tasks absent from `outcomes` are untried): fit the prior, weigh every member,
+/// and draw with [`weighted_sample`].
+pub fn draw(
+    population: &[String],
+    outcomes: &[(String, Outcomes)],
+    group: u32,
+    seed: u64,
+    n: usize,
+    exclude: &HashSet<&str>,
+) -> Draw {
+    let known: std::collections::HashMap<&str, Outcomes> =
+        outcomes.iter().map(|(id, o)| (id.as_str(), *o)).collect();
+    let seen: Vec<Outcomes> = population
+        .iter()
+        .map(|id| known.get(id.as_str()).copied().unwrap_or_default())
+        .collect();
+    let prior = Prior::fit(&seen);
+    let weights: Vec<f64> = seen.iter().map(|&o| prior.mixed_group(o, group)).collect();
+    let population_mixed = if weights.is_empty() {
+        0.0
+    } else {
+        weights.iter().sum::<f64>() / weights.len() as f64
+    };
+    Draw {
+        prior,
+        tried: seen.iter().filter(|o| o.attempts > 0).count(),
+        population_mixed,
+        drawn: weighted_sample(population, &weights, seed, n, exclude)
+            .into_iter()
+            .map(|i| (i, weights[i]))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use envsynth_core::chat::submitted_answer;
 use envsynth_core::model::ToolErrorCode;
 use envsynth_core::{FailureKind, ToolResult, Verdict, extract_submission};
-use envsynth_registry::curriculum::{Outcomes, Prior, weighted_sample};
+use envsynth_registry::curriculum;
 use envsynth_registry::{
     Difficulty, EnvironmentQuery, EnvironmentRecord, Put, RolloutRecord, Store,
 };
@@ -253,7 +253,7 @@ pub struct CurriculumReport {
     policy: String,
     group: u32,
     /// The Beta prior fitted to the population's outcomes.
-    prior: envsynth_registry::curriculum::Prior,
+    prior: curriculum::Prior,
     /// Tasks of the population with at least one outcome.
     tried: usize,
     /// The mean weight over the population (what a uniform draw would expect) ...
@@ -329,39 +329,31 @@ pub async fn sample_tasks(
             "curriculum.recent: must be 1 to {MAX_RECENT}"
         )));
     }
-    let known: std::collections::HashMap<String, Outcomes> = app
-        .store
-        .outcomes(&c.policy, c.recent)
-        .await?
-        .into_iter()
-        .collect();
-    let outcomes: Vec<Outcomes> = population
-        .iter()
-        .map(|id| known.get(id).copied().unwrap_or_default())
-        .collect();
-    let prior = Prior::fit(&outcomes);
-    let weights: Vec<f64> = outcomes
-        .iter()
-        .map(|&o| prior.mixed_group(o, c.group))
-        .collect();
-    let drawn = weighted_sample(&population, &weights, req.seed, req.n as usize, &exclude);
-    let population_mixed = if weights.is_empty() {
-        0.0
-    } else {
-        weights.iter().sum::<f64>() / weights.len() as f64
-    };
+    let outcomes = app.store.outcomes(&c.policy, c.recent).await?;
+    let d = curriculum::draw(
+        &population,
+        &outcomes,
+        c.group,
+        req.seed,
+        req.n as usize,
+        &exclude,
+    );
     Ok(Json(Sample {
         seed: req.seed,
         revision,
         population: population.len(),
-        task_ids: drawn.iter().map(|&i| population[i].clone()).collect(),
+        task_ids: d
+            .drawn
+            .iter()
+            .map(|&(i, _)| population[i].clone())
+            .collect(),
         curriculum: Some(CurriculumReport {
             policy: c.policy,
             group: c.group,
-            prior,
-            tried: outcomes.iter().filter(|o| o.attempts > 0).count(),
-            population_mixed,
-            mixed: drawn.iter().map(|&i| weights[i]).collect(),
+            prior: d.prior,
+            tried: d.tried,
+            population_mixed: d.population_mixed,
+            mixed: d.drawn.iter().map(|&(_, w)| w).collect(),
         }),
     }))
 }
