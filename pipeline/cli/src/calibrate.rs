@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.pass_at == 0 {
         bail!("--pass-at must be at least 1");
     }
-    let tasks: Vec<Task> = crate::rollout::read_all_tasks(&a.tasks)?;
+    let tasks: Vec<Task> = crate::rollout::read_all_tasks(&a.tasks, "--tasks")?;
     let rollouts = crate::rollout::read_finished(&a.rollouts, &tasks)?;
     let policies: std::collections::BTreeSet<&str> =
         rollouts.iter().map(|r| r.policy.as_str()).collect();

@@ -1,7 +1,7 @@
 //! `envsynth generate`: certified tasks into shards, split across workers by
 //! `--shard-index/--num-shards`, resumable after a crash, byte-identical on re-run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,7 +54,16 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// A dataset whose problems this one must not hold (an eval or test set; repeatable). A
+    /// task whose problem, as `envsynth duplicates` fingerprints it, is in one of them is drawn
+    /// again at index `i + k·count` (k = 1, 2, ...) with index i's level, so the dataset still
+    /// holds `--count` tasks and every row still regenerates from its seed and index.
+    #[arg(long)]
+    pub exclude: Vec<PathBuf>,
 }
+
+/// Draws for one index before giving up on finding a problem outside `--exclude`.
+const MAX_REDRAWS: u64 = 64;
 
 /// Parsed `--mix`: levels with cumulative weights.
 struct Mix(Vec<(String, f64)>);
@@ -164,11 +173,26 @@ pub fn run(a: Args) -> Result<()> {
     }
     let formats = formats(&a.format)?;
     let parts = a.count.div_ceil(a.shard_size);
-    let request = json!({
+    let mut request = json!({
         "env": format!("{}@{}", env.spec().id, env.spec().version),
         "count": a.count, "seed": a.seed, "mix": a.mix, "overrides": overrides,
         "shard_size": a.shard_size, "split": a.split, "formats": formats,
     });
+    let excluded: BTreeSet<String> = if a.exclude.is_empty() {
+        BTreeSet::new()
+    } else {
+        crate::rollout::read_all_tasks(&a.exclude, "--exclude")?
+            .iter()
+            .map(Task::problem_hash)
+            .collect()
+    };
+    if !a.exclude.is_empty() {
+        // What was excluded, by content: the same problems give the same request.
+        request["exclude"] = json!({
+            "problems": excluded.len(),
+            "hash": hash::sha256_parts(excluded.iter().map(|h| ("problem", h.as_bytes()))),
+        });
+    }
     let request_hash = hash::sha256_parts([
         ("content", env.spec().content_hash.as_bytes()),
         ("generator", env!("CARGO_PKG_VERSION").as_bytes()),
@@ -231,6 +255,7 @@ pub fn run(a: Args) -> Result<()> {
                         &mix,
                         &overrides,
                         &formats,
+                        &excluded,
                         &request_hash,
                         part,
                         parts,
@@ -282,17 +307,20 @@ pub fn run(a: Args) -> Result<()> {
             files: metas.iter().flat_map(|m| m.files.iter().cloned()).collect(),
             rejected_attempts: rejections.values().sum(),
             rejections,
+            replaced: metas.iter().map(|m| m.replaced).sum(),
         };
         let path = a.out.join("manifest.json");
         let mut bytes = serde_json::to_vec_pretty(&manifest)?;
         bytes.push(b'\n');
         envsynth_shards::atomic_write(&path, &bytes)?;
         eprintln!(
-            "dataset complete: {} tasks in {} part(s); {} generation attempt(s) rejected {:?}; manifest {}",
+            "dataset complete: {} tasks in {} part(s); {} generation attempt(s) rejected {:?}; \
+             {} task(s) drawn again for --exclude; manifest {}",
             manifest.rows,
             parts,
             manifest.rejected_attempts,
             manifest.rejections,
+            manifest.replaced,
             path.display()
         );
     } else {
@@ -315,6 +343,7 @@ fn write_part(
     mix: &Mix,
     overrides: &Value,
     formats: &[Format],
+    excluded: &BTreeSet<String>,
     request_hash: &str,
     part: u64,
     parts: u64,
@@ -324,18 +353,37 @@ fn write_part(
     let range = part_range(part, a.shard_size, a.count);
     let mut tasks: Vec<Task> = Vec::with_capacity(range.clone().count());
     let mut rejections: BTreeMap<String, u64> = BTreeMap::new();
+    let mut replaced = 0;
     for index in range.clone() {
-        let req = TaskRequest {
-            seed: a.seed,
-            index,
-            level: mix.level(env, a.seed, index).to_string(),
-            overrides: overrides.clone(),
+        let level = mix.level(env, a.seed, index);
+        let mut draw: u64 = 0;
+        let task = loop {
+            let req = TaskRequest {
+                seed: a.seed,
+                index: draw
+                    .checked_mul(a.count)
+                    .and_then(|d| d.checked_add(index))
+                    .with_context(|| format!("index {index}: redraw index overflows u64"))?,
+                level: level.to_string(),
+                overrides: overrides.clone(),
+            };
+            let g = generate(env, &req)?;
+            for r in &g.rejections {
+                *rejections.entry(r.key()).or_default() += 1;
+            }
+            if excluded.is_empty() || !excluded.contains(&g.task.problem_hash()) {
+                break g.task;
+            }
+            replaced += 1;
+            draw += 1;
+            if draw >= MAX_REDRAWS {
+                bail!(
+                    "index {index}: {MAX_REDRAWS} draws in a row at level `{level}` were problems of --exclude; \
+                     the excluded datasets cover this level's problems"
+                );
+            }
         };
-        let g = generate(env, &req)?;
-        for r in &g.rejections {
-            *rejections.entry(r.key()).or_default() += 1;
-        }
-        tasks.push(g.task);
+        tasks.push(task);
         bar.inc(1);
     }
     let mut files = Vec::new();
@@ -355,6 +403,7 @@ fn write_part(
         rows: tasks.len() as u64,
         files,
         rejections,
+        replaced,
     };
     let meta_path: &Path = &ShardMeta::path(&a.out, part, parts);
     remove_stale_tmp(meta_path)?;

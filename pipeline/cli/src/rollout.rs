@@ -102,12 +102,12 @@ pub struct SimArgs {
 }
 
 /// Every task of the datasets (shard files or directories), in the order given and part order,
-/// each once.
-pub fn read_all_tasks(paths: &[PathBuf]) -> Result<Vec<Task>> {
+/// each once. `flag` names the option the paths came from, for errors.
+pub fn read_all_tasks(paths: &[PathBuf], flag: &str) -> Result<Vec<Task>> {
     let mut tasks = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for path in paths {
-        crate::existing(path, "--tasks")?;
+        crate::existing(path, flag)?;
         let mut read = 0;
         for file in envsynth_shards::shard_files(path)? {
             for t in envsynth_shards::read_tasks(&file)? {
@@ -153,7 +153,7 @@ async fn start_sim(
 }
 
 pub fn simulate(a: SimArgs) -> Result<()> {
-    let tasks = read_all_tasks(&a.tasks)?;
+    let tasks = read_all_tasks(&a.tasks, "--tasks")?;
     let agent: Agent = a
         .agent
         .parse()
@@ -280,7 +280,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.k == 0 {
         bail!("--k must be at least 1");
     }
-    let tasks = read_all_tasks(&a.tasks)?;
+    let tasks = read_all_tasks(&a.tasks, "--tasks")?;
     let ks = pass_at_ks(&a.pass_at, u64::from(a.k));
     let parts = a.out.join("parts");
     let mut done = journaled(&parts)?;
@@ -502,7 +502,7 @@ pub struct RescoreArgs {
 /// recorded (why it stopped and its messages), without the policy; writes the same files as
 /// `rollout` into another directory and says how many verdicts changed.
 pub fn rescore(a: RescoreArgs) -> Result<()> {
-    let tasks = read_all_tasks(&a.tasks)?;
+    let tasks = read_all_tasks(&a.tasks, "--tasks")?;
     let stored = read_finished(&a.rollouts, &tasks)?;
     let same = |p: &Path| std::fs::canonicalize(p).ok();
     if a.out.exists() && same(&a.out) == same(&a.rollouts) {

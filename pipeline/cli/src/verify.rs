@@ -25,7 +25,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     crate::existing(&a.submissions, "--submissions")?;
-    let tasks: BTreeMap<String, Task> = crate::rollout::read_all_tasks(&a.tasks)?
+    let tasks: BTreeMap<String, Task> = crate::rollout::read_all_tasks(&a.tasks, "--tasks")?
         .into_iter()
         .map(|t| (t.id.clone(), t))
         .collect();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -808,4 +808,100 @@ fn the_python_travel_verifier_matches_the_native_one_on_1000_tasks() {
         .unwrap();
     assert!(passed >= 1002 * 15, "{stdout}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+#[test]
+fn generate_exclude_keeps_held_out_problems_out_of_a_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (eval, train, again, plain) = (p("eval"), p("train"), p("again"), p("plain"));
+    let make = |out: &str, count: &str, split: &str, exclude: Option<&str>| {
+        let mut args = vec![
+            "generate",
+            "--count",
+            count,
+            "--seed",
+            "3",
+            "--split",
+            split,
+            "--mix",
+            "easy=1,hard=1",
+            "--shard-size",
+            "5",
+            "--out",
+            out,
+        ];
+        if let Some(e) = exclude {
+            args.extend(["--exclude", e]);
+        }
+        ok(&args)
+    };
+    // The footgun: the same seed under another split name gives the same problems again.
+    make(&eval, "6", "test", None);
+    make(&train, "15", "train", Some(&eval));
+    make(&plain, "15", "train", None);
+    let (held, kept, base) = (
+        read_back(Path::new(&eval)),
+        read_back(Path::new(&train)),
+        read_back(Path::new(&plain)),
+    );
+    assert_eq!(kept.len(), 15, "still --count tasks");
+    let held: BTreeSet<String> = held.iter().map(|t| t.problem_hash()).collect();
+    assert_eq!(held.len(), 6);
+    assert!(kept.iter().all(|t| !held.contains(&t.problem_hash())));
+    assert!(base[..6].iter().all(|t| held.contains(&t.problem_hash())));
+    // Only the colliding rows were drawn again: at index i + k·15, with index i's level.
+    for (i, (k, b)) in kept.iter().zip(&base).enumerate() {
+        if i < 6 {
+            assert!(
+                k.index >= 15 && k.index % 15 == i as u64,
+                "{i}: {}",
+                k.index
+            );
+            assert_eq!(k.difficulty.level, b.difficulty.level, "{i}");
+            assert_eq!(k.seed, 3);
+        } else {
+            assert_eq!(k.id, b.id, "{i}");
+        }
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&train).join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["replaced"], 6);
+    assert_eq!(manifest["request"]["exclude"]["problems"], 6);
+    let plain_manifest = std::fs::read_to_string(Path::new(&plain).join("manifest.json")).unwrap();
+    assert!(!plain_manifest.contains("replaced") && !plain_manifest.contains("exclude"));
+    // The same command, the same bytes.
+    make(&again, "15", "train", Some(&eval));
+    assert_eq!(files(Path::new(&train)), files(Path::new(&again)));
+    // A directory of another request is refused, and so is a missing exclusion.
+    let args = [
+        "generate",
+        "--count",
+        "15",
+        "--seed",
+        "3",
+        "--split",
+        "train",
+        "--mix",
+        "easy=1,hard=1",
+        "--shard-size",
+        "5",
+        "--out",
+        &plain,
+        "--exclude",
+        &eval,
+    ];
+    fails(&args, "different request");
+    let missing = p("nowhere");
+    let args = [
+        "generate",
+        "--count",
+        "2",
+        "--out",
+        &p("x"),
+        "--exclude",
+        &missing,
+    ];
+    fails(&args, "--exclude");
 }

@@ -269,6 +269,13 @@ pub struct ShardMeta {
     pub files: Vec<FileEntry>,
     /// Rejected generation attempts by `stage/code`.
     pub rejections: std::collections::BTreeMap<String, u64>,
+    /// Tasks drawn again because their problem was in an excluded dataset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replaced: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ShardMeta {
@@ -313,4 +320,7 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     pub rejections: std::collections::BTreeMap<String, u64>,
     pub rejected_attempts: u64,
+    /// Tasks drawn again because their problem was in an excluded dataset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replaced: u64,
 }

@@ -122,6 +122,7 @@ fn sidecars_detect_missing_or_changed_files() {
         rows: 2,
         files: vec![f],
         rejections: Default::default(),
+        replaced: 0,
     };
     let path = ShardMeta::path(dir.path(), 0, 1);
     atomic_write(&path, &serde_json::to_vec(&meta).unwrap()).unwrap();
