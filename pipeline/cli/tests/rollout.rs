@@ -489,3 +489,45 @@ fn a_killed_rollout_run_resumes_without_repeats_or_gaps() {
         "no repeats, no gaps"
     );
 }
+
+/// Prompt twins, one request over two worlds (the meeting plugin's easy level has them), are
+/// told apart by the tool results a conversation has seen: the simulated oracle passes both.
+#[test]
+fn the_simulated_oracle_tells_prompt_twins_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    run(&[
+        "generate",
+        "--count",
+        "2",
+        "--mix",
+        "easy",
+        "--format",
+        "jsonl",
+        "--out",
+        tasks.to_str().unwrap(),
+    ]);
+    let read: Vec<envsynth_core::Task> = envsynth_shards::shard_files(&tasks)
+        .unwrap()
+        .iter()
+        .flat_map(|f| envsynth_shards::read_tasks(f).unwrap())
+        .collect();
+    // The second task's world, constraints and plan under the first task's prompt and tools.
+    let mut twin = read[1].clone();
+    twin.prompt = read[0].prompt.clone();
+    twin.tools = read[0].tools.clone();
+    twin.id = twin.compute_id();
+    let twins = tmp.path().join("twins");
+    std::fs::create_dir(&twins).unwrap();
+    std::fs::write(
+        twins.join("part-00000-of-00001.jsonl"),
+        envsynth_shards::jsonl_bytes(&[read[0].clone(), twin], "train"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    rollout(&twins, &out, "sim:oracle");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["rollouts"], 6);
+    assert_eq!(s["overall"]["pass_at"]["1"], 1.0, "{s}");
+}

@@ -1,6 +1,7 @@
 //! A simulated policy that speaks the OpenAI chat-completions protocol over real HTTP, so
 //! rollout pipelines and their tests run without a GPU or a remote model. It recognises a task
-//! by its first user message and plays a configurable agent:
+//! by its first user message (tasks that share one by the tool results the conversation has
+//! seen) and plays a configurable agent:
 //!
 //! - `oracle`: calls up to three of the task's tools with valid arguments, then submits the
 //!   planted solution (through the task's `submit…` tool, or else as a JSON code block in its
@@ -101,10 +102,13 @@ struct Script {
     calls: Vec<ToolCall>,
     /// The planted solution, as JSON text.
     planted: String,
+    /// The task, to tell prompt twins apart by the tool results a conversation has seen.
+    prepared: Arc<dyn envsynth_core::PreparedTask>,
 }
 
 struct Sim {
-    scripts: HashMap<String, Script>,
+    /// By first user message; more than one when tasks share it (prompt twins).
+    scripts: HashMap<String, Vec<Script>>,
     agent: Agent,
     faults: Faults,
     requests: AtomicU64,
@@ -131,6 +135,7 @@ fn script(task: &Task, verifiers: &dyn Verifiers) -> Result<Script, String> {
     Ok(Script {
         calls,
         planted: task.reference_solution.get().to_string(),
+        prepared: Arc::from(prepared),
     })
 }
 
@@ -157,7 +162,10 @@ pub fn router(
                 .map(|m| (m.role.as_str(), Some(m.content.as_str()))),
         )
         .ok_or_else(|| format!("task {} has no user message", t.id))?;
-        scripts.insert(key, script(t, verifiers)?);
+        scripts
+            .entry(key)
+            .or_insert_with(Vec::new)
+            .push(script(t, verifiers)?);
     }
     let sim = Arc::new(Sim {
         scripts,
@@ -266,12 +274,13 @@ async fn complete(State(sim): State<Arc<Sim>>, body: axum::body::Bytes) -> Respo
     ) else {
         return ApiError::invalid("messages: no user message").into_response();
     };
-    let Some(script) = sim.scripts.get(&key) else {
+    let Some(candidates) = sim.scripts.get(&key) else {
         return ApiError::invalid(
             "messages: the first user message is not a task this simulated policy knows",
         )
         .into_response();
     };
+    let script = pick(candidates, &req.messages);
     let turn = req
         .messages
         .iter()
@@ -389,6 +398,39 @@ fn call(turn: usize, name: &str, arguments: String) -> ChatMessage {
 
 fn answer(text: String) -> ChatMessage {
     ChatMessage::text("assistant", text)
+}
+
+/// The script of the task a conversation is about. Tasks that share their first user message
+/// (prompt twins: the same request over different worlds) are told apart by the tool results
+/// the conversation has seen so far: the first task whose tools give every one of them. Until
+/// a result tells them apart, the first task's script is played; its calls are valid for the
+/// twin too, and the answer comes once the world is known.
+fn pick<'a>(candidates: &'a [Script], messages: &[ChatMessage]) -> &'a Script {
+    if candidates.len() > 1 {
+        let calls: HashMap<&str, &WireFunction> = messages
+            .iter()
+            .flat_map(|m| &m.tool_calls)
+            .map(|c| (c.id.as_str(), &c.function))
+            .collect();
+        let seen: Vec<(&WireFunction, &str)> = messages
+            .iter()
+            .filter(|m| m.role == "tool")
+            .filter_map(|m| {
+                let f = calls.get(m.tool_call_id.as_deref()?)?;
+                Some((*f, m.content.as_deref().unwrap_or_default()))
+            })
+            .collect();
+        let agrees = |s: &&Script| {
+            seen.iter().all(|(f, text)| {
+                let result = s.prepared.call_tool_text(&f.name, &f.arguments);
+                serde_json::to_string(&result).is_ok_and(|t| t == *text)
+            })
+        };
+        if let Some(s) = candidates.iter().find(agrees) {
+            return s;
+        }
+    }
+    &candidates[0]
 }
 
 fn decide(
