@@ -365,6 +365,18 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
         (&serde_json::json!("error"), &serde_json::json!("not_found")),
         "{missing}"
     );
+    // The same tool over MCP: the component answers, and the text is the same tool message.
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "list_rooms", "arguments": {}}})
+    .to_string();
+    let path = format!("/v1/tasks/{}/mcp", tasks[0].id);
+    let (status, text) = server.request("POST", &path, Some(&call));
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    let message: serde_json::Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(message, rooms);
     drop(server);
 
     // Rollouts on the plugin's tasks: the simulated oracle's answers are scored by the
