@@ -648,19 +648,27 @@ pub async fn call_tool(
 ) -> ApiResult<Json<ToolResult>> {
     let Path((task_id, name)) = path?;
     let arguments = body?;
-    let result = match ready(&app, &task_id, "").await? {
+    let result = run_tool(&app, &task_id, move |p| p.call_tool_text(&name, &arguments)).await?;
+    Ok(Json(result))
+}
+
+/// Run a tool of a task, the one way every route does: a task its environment cannot prepare
+/// answers `environment_error`; native tools run in place, sandboxed ones on the blocking pool.
+pub(crate) async fn run_tool(
+    app: &Arc<App>,
+    task_id: &str,
+    call: impl FnOnce(&dyn envsynth_core::PreparedTask) -> ToolResult + Send + 'static,
+) -> ApiResult<ToolResult> {
+    Ok(match ready(app, task_id, "").await? {
         Err(v) => ToolResult::Error {
             code: ToolErrorCode::EnvironmentError,
             message: v.error.unwrap_or_default(),
         },
-        Ok(r) if r.sandboxed => {
-            tokio::task::spawn_blocking(move || r.prepared.call_tool_text(&name, &arguments))
-                .await
-                .map_err(|e| ApiError::internal(format!("the tool failed: {e}")))?
-        }
-        Ok(r) => r.prepared.call_tool_text(&name, &arguments),
-    };
-    Ok(Json(result))
+        Ok(r) if r.sandboxed => tokio::task::spawn_blocking(move || call(r.prepared.as_ref()))
+            .await
+            .map_err(|e| ApiError::internal(format!("the tool failed: {e}")))?,
+        Ok(r) => call(r.prepared.as_ref()),
+    })
 }
 
 #[derive(Deserialize)]

@@ -312,29 +312,15 @@ async fn call(
     name: String,
     arguments: Value,
 ) -> Result<ToolResult, RpcError> {
-    let ready = crate::api::ready(app, task_id, "").await.map_err(|e| {
-        let code = if e.status == StatusCode::NOT_FOUND {
-            INVALID_PARAMS
-        } else {
-            INTERNAL_ERROR
-        };
-        rpc_error(e.status, code, e.message)
-    })?;
     let call = ToolCall { name, arguments };
-    Ok(match ready {
-        Err(v) => ToolResult::Error {
-            code: ToolErrorCode::EnvironmentError,
-            message: v.error.unwrap_or_default(),
-        },
-        Ok(r) if r.sandboxed => tokio::task::spawn_blocking(move || r.prepared.call_tool(&call))
-            .await
-            .map_err(|e| {
-                rpc_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    INTERNAL_ERROR,
-                    format!("the tool failed: {e}"),
-                )
-            })?,
-        Ok(r) => r.prepared.call_tool(&call),
-    })
+    crate::api::run_tool(app, task_id, move |p| p.call_tool(&call))
+        .await
+        .map_err(|e| {
+            let code = if e.status == StatusCode::NOT_FOUND {
+                INVALID_PARAMS
+            } else {
+                INTERNAL_ERROR
+            };
+            rpc_error(e.status, code, e.message)
+        })
 }
