@@ -15,6 +15,7 @@ mod rollout;
 mod serve;
 mod show;
 mod verify;
+mod view;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     Verify(verify::Args),
     /// Print one task readably.
     Show(show::Args),
+    /// Look at a finished rollout run: its rollouts listed and filtered, one in full (the
+    /// conversation and every check), or all of them as a self-contained HTML page.
+    View(view::Args),
     /// Find rows that pose the same problem (or show the same prompt), within each dataset and
     /// in the datasets named before it: duplicates, and held-out rows that training has seen.
     Duplicates(duplicates::Args),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Show(a) => show::run(a),
         Command::Duplicates(a) => duplicates::run(a),
+        Command::View(a) => view::run(a),
         Command::Envs => envs::print(),
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),

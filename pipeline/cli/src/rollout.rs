@@ -447,9 +447,9 @@ fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// The rollouts of a finished `envsynth rollout` directory (its `rollouts.jsonl`), each of a
-/// task among `tasks`; a bad line is refused naming the file and line.
-pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
+/// The rollouts of a finished `envsynth rollout` (or `rescore`) directory, in the order of its
+/// `rollouts.jsonl`; a bad line is refused naming the file and line.
+pub fn read_run(dir: &Path) -> Result<Vec<Rollout>> {
     let path = dir.join("rollouts.jsonl");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -457,18 +457,28 @@ pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
             path.display()
         )
     })?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not a rollout", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The rollouts of a finished `envsynth rollout` directory (its `rollouts.jsonl`), each of a
+/// task among `tasks`; a bad line is refused naming the file and line.
+pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
     let envs: HashMap<&str, &envsynth_core::EnvRef> = tasks
         .iter()
         .map(|t| (t.id.as_str(), &t.environment))
         .collect();
-    let mut rollouts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut r: Rollout = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: not a rollout", path.display(), i + 1))?;
+    let mut rollouts = read_run(dir)?;
+    for (i, r) in rollouts.iter_mut().enumerate() {
         let Some(env) = envs.get(r.task_id.as_str()) else {
             bail!(
                 "{} line {}: task {} is not among --tasks",
-                path.display(),
+                dir.join("rollouts.jsonl").display(),
                 i + 1,
                 r.task_id
             );
@@ -477,7 +487,6 @@ pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
         if r.environment.is_empty() {
             r.environment = env.to_string();
         }
-        rollouts.push(r);
     }
     Ok(rollouts)
 }

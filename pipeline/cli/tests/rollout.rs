@@ -531,3 +531,279 @@ fn the_simulated_oracle_tells_prompt_twins_apart() {
     assert_eq!(s["rollouts"], 6);
     assert_eq!(s["overall"]["pass_at"]["1"], 1.0, "{s}");
 }
+
+fn view(args: &[&str]) -> Output {
+    let mut all = vec!["view"];
+    all.extend_from_slice(args);
+    Command::new(BIN).args(&all).output().unwrap()
+}
+
+/// The rollout numbers (lines of rollouts.jsonl) a `view` listing shows.
+fn listed(out: &Output) -> Vec<usize> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `envsynth view`: its list, each filter and one rollout in full agree with the run read here
+/// on its own; the HTML page is the same bytes every time and, in jsdom, holds every rollout,
+/// filters as it should and runs nothing but its own script; what a policy wrote (markup,
+/// terminal escape sequences) stays text everywhere; every bad argument is refused by name.
+#[test]
+fn a_run_is_viewed_as_a_list_one_rollout_and_a_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = tmp.path().join("tasks");
+    run(&[
+        "generate",
+        "--count",
+        "6",
+        "--mix",
+        "easy=1,medium=1,hard=1",
+        "--out",
+        tasks.to_str().unwrap(),
+    ]);
+    let played = tmp.path().join("played");
+    rollout(&tasks, &played, "sim:noisy:0.3");
+    // The run as played, with two rollouts changed: in one the policy wrote markup and
+    // terminal escapes (and a level and a check reason carry some), the other was masked.
+    let mut rows: Vec<serde_json::Value> = std::fs::read_to_string(played.join("rollouts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 18);
+    let hostile = "</pre><script>alert(1)</script><img src=x onerror=alert(2)>\u{1b}[2J\u{202e}!";
+    rows[0]["messages"][1]["content"] = hostile.into();
+    rows[0]["level"] = "easy\" onmouseover=\"alert(3)".into();
+    rows[0]["verdict"]["checks"][0]["reason"] = "<b onclick=alert(4)>x</b>".into();
+    rows[1]["verdict"]["mask"] = true.into();
+    rows[1]["verdict"]["passed"] = false.into();
+    rows[1]["verdict"]["reward"] = 0.0.into();
+    rows[1]["verdict"]["failure_kind"] = "policy_error".into();
+    rows[1]["stop"] = serde_json::json!({"kind": "policy_error", "detail": "connection refused"});
+    // The simulated policies fail by malformed answers; half the later passing rollouts are
+    // made to fail one of two checks, as a real policy's wrong plans do.
+    let passing: Vec<usize> = (2..rows.len())
+        .filter(|&i| rows[i]["verdict"]["passed"] == true)
+        .collect();
+    assert!(passing.len() >= 2, "noisy play should pass some tasks");
+    for (n, &i) in passing[..passing.len() / 2].iter().enumerate() {
+        let v = &mut rows[i]["verdict"];
+        v["passed"] = false.into();
+        v["reward"] = 0.0.into();
+        v["failure_kind"] = "wrong_answer".into();
+        v["checks"][n % 2]["status"] = "failed".into();
+        v["checks"][n % 2]["reason"] = "made to fail by the test".into();
+    }
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let jsonl: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(run_dir.join("rollouts.jsonl"), &jsonl).unwrap();
+    let dir = run_dir.to_str().unwrap();
+
+    let status = |r: &serde_json::Value| {
+        if r["verdict"]["mask"] == true {
+            "masked"
+        } else if r["verdict"]["passed"] == true {
+            "passed"
+        } else {
+            "failed"
+        }
+    };
+    let lines = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<usize> {
+        (1..=rows.len()).filter(|&n| keep(&rows[n - 1])).collect()
+    };
+    let count = |s: &str| rows.iter().filter(|r| status(r) == s).count();
+    let (passed, failed) = (count("passed"), count("failed"));
+    assert!(passed > 0 && failed > 0, "noisy play should mix outcomes");
+
+    // The list.
+    let all = view(&[dir]);
+    assert_eq!(listed(&all), lines(&|_| true));
+    let head = String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        head.contains(&format!(
+            "18 rollouts of 6 tasks, {passed} passed, {failed} failed, 1 masked"
+        )),
+        "{head}"
+    );
+    assert!(!String::from_utf8_lossy(&all.stdout).contains('\u{1b}'));
+    for s in ["passed", "failed", "masked"] {
+        assert_eq!(
+            listed(&view(&[dir, "--status", s])),
+            lines(&|r| status(r) == s),
+            "--status {s}"
+        );
+    }
+    let failed_check = |r: &serde_json::Value, id: &str| {
+        r["verdict"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id && c["status"] == "failed")
+    };
+    let check = rows
+        .iter()
+        .flat_map(|r| r["verdict"]["checks"].as_array().unwrap())
+        .find(|c| c["status"] == "failed")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        listed(&view(&[dir, "--check", &check])),
+        lines(&|r| failed_check(r, &check))
+    );
+    let task = rows[4]["task_id"].as_str().unwrap();
+    let prefix = &task["sha256:".len().."sha256:".len() + 10];
+    assert_eq!(
+        listed(&view(&[dir, "--task", prefix])),
+        lines(&|r| r["task_id"] == task)
+    );
+    assert_eq!(
+        listed(&view(&[dir, "--level", "medium", "--status", "failed"])),
+        lines(&|r| r["level"] == "medium" && status(r) == "failed")
+    );
+    let env = rows[2]["environment"].as_str().unwrap();
+    let env_id = env.split('@').next().unwrap();
+    assert_eq!(listed(&view(&[dir, "--environment", env_id])).len(), 18);
+
+    // One rollout in full: the conversation as text, escapes made visible, every check.
+    let one = view(&[dir, "--rollout", "1"]);
+    assert!(one.status.success());
+    let text = String::from_utf8(one.stdout).unwrap();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+    assert!(text.contains("\\u{1b}[2J\\u{202e}!"), "{text}");
+    for c in rows[0]["verdict"]["checks"].as_array().unwrap() {
+        assert!(text.contains(c["id"].as_str().unwrap()), "{c} in {text}");
+    }
+    for m in rows[0]["messages"].as_array().unwrap().iter().skip(2) {
+        if let Some(calls) = m["tool_calls"].as_array() {
+            for call in calls {
+                assert!(text.contains(call["function"]["name"].as_str().unwrap()));
+            }
+        }
+    }
+    let masked = String::from_utf8(view(&[dir, "--rollout", "2"]).stdout).unwrap();
+    assert!(
+        masked.contains("stop policy_error: connection refused")
+            && masked.contains("masked (policy_error)"),
+        "{masked}"
+    );
+
+    // The page: same bytes every time; nothing the policy wrote becomes markup.
+    let page = tmp.path().join("page.html");
+    let again = tmp.path().join("again.html");
+    for p in [&page, &again] {
+        let out = view(&[dir, "--html", p.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.as_bytes(),
+        std::fs::read(&again).unwrap(),
+        "same bytes"
+    );
+    for bad in [
+        "<script>alert",
+        "<img",
+        "onmouseover=\"",
+        "<b onclick",
+        "\u{1b}",
+    ] {
+        assert!(!html.contains(bad), "{bad:?} in the page");
+    }
+    assert_eq!(html.matches("<details class=\"rollout\"").count(), 18);
+    let filtered = tmp.path().join("failed.html");
+    assert!(
+        view(&[
+            dir,
+            "--status",
+            "failed",
+            "--html",
+            filtered.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&filtered)
+            .unwrap()
+            .matches("<details class=\"rollout\"")
+            .count(),
+        failed
+    );
+    // In jsdom: the CSP's hashes, every rollout and message read back, the filters.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("node_modules/jsdom").exists(),
+        "the page test needs jsdom: run `npm ci` at the repository root"
+    );
+    let js = Command::new("node")
+        .arg(root.join("pipeline/cli/tests/js/view_page.mjs"))
+        .arg(&page)
+        .arg(run_dir.join("rollouts.jsonl"))
+        .output()
+        .expect("node (the page test runs the page's script in jsdom)");
+    assert!(
+        js.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&js.stdout),
+        String::from_utf8_lossy(&js.stderr)
+    );
+
+    // Bad arguments, each refused by name.
+    let refused = |args: &[&str], says: &[&str]| {
+        let out = view(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        for s in says {
+            assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
+        }
+    };
+    refused(
+        &[dir, "--check", "no.such_check"],
+        &["--check \"no.such_check\"", "its checks are", &check],
+    );
+    refused(&[dir, "--level", "impossible"], &["--level", "easy"]);
+    refused(&[dir, "--environment", "nope"], &["--environment", env]);
+    refused(&[dir, "--task", "zz"], &["--task", "hexadecimal"]);
+    refused(
+        &[dir, "--task", "0000000000000"],
+        &["no rollout of this run"],
+    );
+    refused(&[dir, "--rollout", "0"], &["has rollouts 1 to 18"]);
+    refused(&[dir, "--rollout", "19"], &["has rollouts 1 to 18"]);
+    refused(
+        &[dir, "--rollout", "1", "--status", "failed"],
+        &["--status"],
+    );
+    let tasks_dir = tasks.to_str().unwrap();
+    refused(&[tasks_dir], &["no rollouts.jsonl"]);
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let mut damaged: Vec<&str> = jsonl.lines().collect();
+    damaged[2] = "{\"rollout_id\": 3}";
+    std::fs::write(broken.join("rollouts.jsonl"), damaged.join("\n")).unwrap();
+    refused(
+        &[broken.to_str().unwrap()],
+        &["rollouts.jsonl line 3: not a rollout"],
+    );
+}

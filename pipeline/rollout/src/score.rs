@@ -126,7 +126,8 @@ fn group(tasks: &[&TaskScore]) -> Group {
     }
 }
 
-fn kind_name(v: &Verdict) -> String {
+/// The verdict's failure kind as it is spelled in JSON (`wrong_answer`, `policy_error`, ...).
+pub fn kind_name(v: &Verdict) -> String {
     serde_json::to_value(v.failure_kind)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
