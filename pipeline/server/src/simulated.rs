@@ -8,7 +8,10 @@
 //!   reply). Passes every certified task.
 //! - `noisy:P`: the oracle, but each decision (each tool call and the final answer) goes wrong
 //!   with probability P: a wrong tool call has malformed arguments, and after any mistake the
-//!   final answer is a refusal. A task with `d` decisions passes with probability `(1 - P)^d`.
+//!   final answer is wrong. Half the time it is a refusal; otherwise it is a well-formed
+//!   answer that breaks checks: the planted solution with one of its string values swapped for
+//!   another of its own (a restaurant twice, a city out of route), a swap the task's verifier
+//!   rejects as a wrong answer. A task with `d` decisions passes with probability `(1 - P)^d`.
 //! - `random`: calls random tools with empty arguments for a few turns, then answers nonsense.
 //!
 //! Decisions are drawn from ChaCha8 seeded by (request `seed`, task, turn), so a conversation
@@ -433,6 +436,49 @@ fn pick<'a>(candidates: &'a [Script], messages: &[ChatMessage]) -> &'a Script {
     &candidates[0]
 }
 
+/// The planted solution with one string value replaced by another of its own string values,
+/// such that the task's verifier calls it a wrong answer (well-formed, breaking checks); `None`
+/// when 16 draws find no such swap.
+fn wrong_solution(script: &Script, r: &mut rand_chacha::ChaCha8Rng) -> Option<String> {
+    fn strings(v: &Value, at: String, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::String(s) => out.push((at, s.clone())),
+            Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    strings(x, format!("{at}/{i}"), out);
+                }
+            }
+            Value::Object(fields) => {
+                for (k, x) in fields {
+                    let k = k.replace('~', "~0").replace('/', "~1");
+                    strings(x, format!("{at}/{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let planted: Value = serde_json::from_str(&script.planted).ok()?;
+    let mut leaves = Vec::new();
+    strings(&planted, String::new(), &mut leaves);
+    if leaves.len() < 2 {
+        return None;
+    }
+    for _ in 0..16 {
+        let (at, old) = &leaves[r.random_range(0..leaves.len())];
+        let (_, new) = &leaves[r.random_range(0..leaves.len())];
+        if new == old {
+            continue;
+        }
+        let mut wrong = planted.clone();
+        *wrong.pointer_mut(at)? = Value::String(new.clone());
+        let verdict = script.prepared.verify(&wrong);
+        if verdict.failure_kind == envsynth_core::FailureKind::WrongAnswer {
+            return Some(wrong.to_string());
+        }
+    }
+    None
+}
+
 fn decide(
     agent: Agent,
     script: &Script,
@@ -442,7 +488,7 @@ fn decide(
     turn: usize,
 ) -> ChatMessage {
     // Submit through the task's submit tool when it has one, else answer in text.
-    let planted = || match req
+    let submit = |solution: &str| match req
         .tools
         .iter()
         .find(|t| t.function.name.starts_with("submit"))
@@ -455,14 +501,12 @@ fn decide(
             call(
                 turn,
                 &t.function.name,
-                format!("{{\"{field}\": {}}}", script.planted),
+                format!("{{\"{field}\": {solution}}}"),
             )
         }
-        None => answer(format!(
-            "Here is the plan.\n```json\n{}\n```",
-            script.planted
-        )),
+        None => answer(format!("Here is the plan.\n```json\n{solution}\n```")),
     };
+    let planted = || submit(&script.planted);
     match agent {
         Agent::Oracle => match script.calls.get(turn) {
             Some(c) => call(turn, &c.name, c.arguments.to_string()),
@@ -475,7 +519,17 @@ fn decide(
                 Some(c) if errs(turn) => call(turn, &c.name, "{\"oops\": ".into()),
                 Some(c) => call(turn, &c.name, c.arguments.to_string()),
                 None if lost => {
-                    answer("I could not find a plan that meets every constraint.".into())
+                    let mut r = rng(seed, key, turn, 3);
+                    match r
+                        .random_bool(0.5)
+                        .then(|| wrong_solution(script, &mut r))
+                        .flatten()
+                    {
+                        Some(wrong) => submit(&wrong),
+                        None => {
+                            answer("I could not find a plan that meets every constraint.".into())
+                        }
+                    }
                 }
                 None => planted(),
             }
