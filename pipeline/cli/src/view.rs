@@ -8,7 +8,7 @@
 //! escapes, and the page escapes every text and allows only its own style and script (by
 //! hash, in its Content-Security-Policy), no network and no other script.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -47,6 +47,11 @@ pub struct Args {
     /// summary, filters, a text search and every conversation; it loads nothing).
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Compare with another finished run (a baseline, another policy, the run before a
+    /// `rescore`): pass@k, each check's failure share, the tasks whose pass rate changed and
+    /// the rollouts (same rollout ids) whose verdict changed. Filters apply to both runs.
+    #[arg(long, conflicts_with_all = ["html", "rollout"])]
+    pub against: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -88,6 +93,29 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         print!("{}", rollout_text(n, &rollouts[n - 1]));
+        return Ok(());
+    }
+    if let Some(base_dir) = &a.against {
+        crate::existing(base_dir, "--against run")?;
+        let base = crate::rollout::read_run(base_dir)?;
+        let filter = Filter::new(&a, &[rollouts.as_slice(), base.as_slice()].concat())?;
+        let keep = |rs: &[Rollout]| -> Vec<Numbered> {
+            rs.iter()
+                .enumerate()
+                .filter(|(_, r)| filter.keeps(r))
+                .map(|(i, r)| (i + 1, r.clone()))
+                .collect()
+        };
+        print!(
+            "{}",
+            compare_text(
+                &title,
+                &keep(&rollouts),
+                &base_dir.display().to_string(),
+                &keep(&base),
+                &filter.describe()
+            )
+        );
         return Ok(());
     }
     let filter = Filter::new(&a, &rollouts)?;
@@ -375,6 +403,221 @@ pub fn list_text(
     }
     if kept.is_empty() {
         let _ = writeln!(out, "(no rollout matches)");
+    }
+    out
+}
+
+/// A rollout and its number (its line in rollouts.jsonl).
+type Numbered = (usize, Rollout);
+
+/// Scored (unmasked) attempts and passes per task, with the task's level.
+fn per_task(rollouts: &[Numbered]) -> BTreeMap<&str, (&str, u64, u64)> {
+    let mut out: BTreeMap<&str, (&str, u64, u64)> = BTreeMap::new();
+    for (_, r) in rollouts.iter().filter(|(_, r)| !r.verdict.mask) {
+        let e = out.entry(&r.task_id).or_insert((&r.level, 0, 0));
+        e.1 += 1;
+        e.2 += u64::from(r.verdict.passed);
+    }
+    out
+}
+
+/// Each check's share of the scored rollouts that failed it.
+fn check_shares(rollouts: &[Numbered]) -> BTreeMap<String, f64> {
+    let scored: Vec<&Rollout> = rollouts
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| !r.verdict.mask)
+        .collect();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &scored {
+        for id in failed_checks(r) {
+            *counts.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(id, n)| (id, n as f64 / scored.len() as f64))
+        .collect()
+}
+
+/// A run against a baseline: the headline side by side, each check's failure share, the tasks
+/// whose pass rate changed, and the rollouts both runs hold (same id) whose verdict changed.
+pub fn compare_text(
+    title: &str,
+    run: &[Numbered],
+    base_title: &str,
+    base: &[Numbered],
+    filters: &str,
+) -> String {
+    let owned = |rs: &[Numbered]| rs.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>();
+    let (ra, rb) = (owned(run), owned(base));
+    let ks: Vec<u64> = {
+        let mut ks = pass_ks(&ra);
+        ks.extend(pass_ks(&rb));
+        ks.sort_unstable();
+        ks.dedup();
+        ks
+    };
+    let (sa, sb) = (summarize(&ra, &ks), summarize(&rb, &ks));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} against {}{}",
+        term(title, false),
+        term(base_title, false),
+        if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", term(filters, false))
+        }
+    );
+    let _ = writeln!(
+        out,
+        "
+{:<24} {:>12} {:>12} {:>9}",
+        "", "baseline", "run", "change"
+    );
+    let outcome = |s: &Summary| {
+        let (p, f) = counts(s);
+        format!("{p}/{f}/{}", s.masked)
+    };
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>12}",
+        "rollouts", sb.rollouts, sa.rollouts
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>12}",
+        "passed/failed/masked",
+        outcome(&sb),
+        outcome(&sa)
+    );
+    let num = |v: Option<&f64>| v.map(|p| format!("{p:.3}")).unwrap_or_else(|| "-".into());
+    let change = |a: Option<&f64>, b: Option<&f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.3}", a - b),
+        _ => String::new(),
+    };
+    for k in &ks {
+        for (name, of) in [
+            (
+                "pass@",
+                (|g: &Group| g.pass_at.clone()) as fn(&Group) -> BTreeMap<u64, f64>,
+            ),
+            ("pass^", |g: &Group| g.pass_hat.clone()),
+        ] {
+            let (a, b) = (of(&sa.overall), of(&sb.overall));
+            let _ = writeln!(
+                out,
+                "{:<24} {:>12} {:>12} {:>9}",
+                format!("{name}{k}"),
+                num(b.get(k)),
+                num(a.get(k)),
+                change(a.get(k), b.get(k))
+            );
+        }
+    }
+
+    let (ca, cb) = (check_shares(run), check_shares(base));
+    let mut checks: Vec<(&String, f64, f64)> = ca
+        .keys()
+        .chain(cb.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|id| {
+            (
+                id,
+                cb.get(id).copied().unwrap_or(0.0),
+                ca.get(id).copied().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    checks.sort_by(|x, y| {
+        (y.2 - y.1)
+            .abs()
+            .total_cmp(&(x.2 - x.1).abs())
+            .then_with(|| x.0.cmp(y.0))
+    });
+    let _ = writeln!(
+        out,
+        "
+checks failed, share of scored rollouts"
+    );
+    if checks.is_empty() {
+        let _ = writeln!(out, "(no check failed in either run)");
+    }
+    let width = checks
+        .iter()
+        .map(|c| c.0.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (id, b, a) in &checks {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>6.1}%  {:>6.1}%  {:>+7.1}",
+            term(id, false),
+            100.0 * b,
+            100.0 * a,
+            100.0 * (a - b)
+        );
+    }
+
+    let (ta, tb) = (per_task(run), per_task(base));
+    let both: Vec<&str> = ta.keys().filter(|t| tb.contains_key(*t)).copied().collect();
+    let rate = |(_, n, c): (&str, u64, u64)| c as f64 / n as f64;
+    let mut moved: Vec<(&str, f64)> = both
+        .iter()
+        .map(|t| (*t, rate(ta[t]) - rate(tb[t])))
+        .filter(|(_, d)| *d != 0.0)
+        .collect();
+    moved.sort_by(|x, y| y.1.abs().total_cmp(&x.1.abs()).then_with(|| x.0.cmp(y.0)));
+    let _ = writeln!(
+        out,
+        "
+tasks whose pass rate changed: {} of the {} both runs scored ({} only in the run, {} only in the baseline)",
+        moved.len(),
+        both.len(),
+        ta.len() - both.len(),
+        tb.len() - both.len()
+    );
+    for (t, d) in &moved {
+        let ((level, n, c), (_, bn, bc)) = (ta[t], tb[t]);
+        let _ = writeln!(
+            out,
+            "  {:<19}  {:<8}  {bc}/{bn} -> {c}/{n}  {d:+.2}",
+            short_id(t),
+            term(level, false)
+        );
+    }
+
+    let base_by_id: BTreeMap<&str, &Numbered> =
+        base.iter().map(|x| (x.1.rollout_id.as_str(), x)).collect();
+    let shared: Vec<(&Numbered, &Numbered)> = run
+        .iter()
+        .filter_map(|x| base_by_id.get(x.1.rollout_id.as_str()).map(|b| (x, *b)))
+        .collect();
+    let verdict_of = |r: &Rollout| (Status::of(r), why(r));
+    let changed: Vec<_> = shared
+        .iter()
+        .filter(|(x, b)| verdict_of(&x.1) != verdict_of(&b.1))
+        .collect();
+    let _ = writeln!(
+        out,
+        "
+rollouts whose verdict changed: {} of the {} both runs hold (same rollout id)",
+        changed.len(),
+        shared.len()
+    );
+    for ((n, r), (bn, b)) in changed {
+        let say = |r: &Rollout| {
+            let w = why(r);
+            if w.is_empty() {
+                Status::of(r).name().to_string()
+            } else {
+                format!("{}: {}", Status::of(r).name(), term(&w, false))
+            }
+        };
+        let _ = writeln!(out, "  #{n} (baseline #{bn})  {} -> {}", say(b), say(r));
     }
     out
 }

@@ -765,6 +765,81 @@ fn a_run_is_viewed_as_a_list_one_rollout_and_a_page() {
         String::from_utf8_lossy(&js.stderr)
     );
 
+    // Against a baseline: the crafted run against the run as played holds the same 18
+    // rollout ids, of which only the masked one changed its verdict; a run with another seed
+    // shares no rollout, and its tasks' pass rates move as counted here.
+    let compared = view(&[dir, "--against", played.to_str().unwrap()]);
+    let text = String::from_utf8(compared.stdout).unwrap();
+    assert!(compared.status.success(), "{text}");
+    assert!(
+        text.contains("rollouts whose verdict changed: 1 of the 18 both runs hold")
+            && text.contains("  #2 (baseline #2)  "),
+        "{text}"
+    );
+    let reseeded = tmp.path().join("reseeded");
+    run(&[
+        "rollout",
+        "--tasks",
+        tasks.to_str().unwrap(),
+        "--policy",
+        "sim:noisy:0.3",
+        "--k",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        reseeded.to_str().unwrap(),
+    ]);
+    let rates = |dir: &Path| {
+        let mut per: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for l in std::fs::read_to_string(dir.join("rollouts.jsonl"))
+            .unwrap()
+            .lines()
+        {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            if r["verdict"]["mask"] == false {
+                let e = per
+                    .entry(r["task_id"].as_str().unwrap()[..19].to_string())
+                    .or_default();
+                e.0 += 1;
+                e.1 += u64::from(r["verdict"]["passed"] == true);
+            }
+        }
+        per
+    };
+    let (before, after) = (rates(&played), rates(&reseeded));
+    let want: std::collections::BTreeSet<String> = before
+        .iter()
+        .filter(|(t, (n, c))| {
+            let (an, ac) = after[*t];
+            ac * n != c * an
+        })
+        .map(|(t, (n, c))| {
+            let (an, ac) = after[t];
+            format!("{t} {c}/{n} -> {ac}/{an}")
+        })
+        .collect();
+    let compared = view(&[
+        reseeded.to_str().unwrap(),
+        "--against",
+        played.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(compared.stdout).unwrap();
+    let got: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with("  sha256:"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} -> {}", f[0], f[2], f[4])
+        })
+        .collect();
+    assert!(!want.is_empty(), "another seed should move some task");
+    assert_eq!(got, want, "{text}");
+    assert!(
+        text.contains("rollouts whose verdict changed: 0 of the 0"),
+        "{text}"
+    );
+
     // Bad arguments, each refused by name.
     let refused = |args: &[&str], says: &[&str]| {
         let out = view(args);
@@ -774,6 +849,11 @@ fn a_run_is_viewed_as_a_list_one_rollout_and_a_page() {
             assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
         }
     };
+    refused(
+        &[dir, "--against", tasks.to_str().unwrap()],
+        &["no rollouts.jsonl"],
+    );
+    refused(&[dir, "--against", dir, "--html", "x.html"], &["--html"]);
     refused(
         &[dir, "--check", "no.such_check"],
         &["--check \"no.such_check\"", "its checks are", &check],
