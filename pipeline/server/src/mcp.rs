@@ -7,7 +7,10 @@
 //! task's world. Methods: `initialize` (the task's prompt as `instructions`), `ping`,
 //! `tools/list` and `tools/call`; notifications and client responses are accepted with 202.
 //! A tool's answer is the same text `POST /v1/tasks/{id}/tools/{name}` returns and `envsynth
-//! rollout` records, with `isError` set for an error result.
+//! rollout` records, with `isError` set for an error result. To clients of 2025-06-18 and later
+//! (by their `MCP-Protocol-Version` header) each tool also lists an `outputSchema`, the result
+//! envelope `{"status": "ok", "result": ...}` around the tool's own result schema, and a
+//! successful call returns that envelope as `structuredContent` beside the text.
 
 use std::sync::Arc;
 
@@ -26,6 +29,9 @@ use crate::App;
 
 /// The revisions this endpoint speaks, newest first.
 pub const PROTOCOL_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// The revisions with structured tool output (`outputSchema`, `structuredContent`).
+const STRUCTURED: [&str; 2] = ["2025-11-25", "2025-06-18"];
 
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
@@ -164,7 +170,57 @@ pub async fn post(
         );
     };
     let params = fields.get("params").unwrap_or(&none);
-    answer(id, dispatch(&app, &task_id, method, params).await)
+    // A client announces its revision on every request after the handshake; one that does
+    // not is taken to speak 2025-03-26, as the transport specification says.
+    let structured = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| STRUCTURED.contains(&v));
+    answer(
+        id,
+        dispatch(&app, &task_id, method, params, structured).await,
+    )
+}
+
+/// A tool's `outputSchema`: the envelope of a successful result around the tool's result
+/// schema. `None` when that schema cannot be nested as it is: a reference other than into its
+/// own `$defs` or `definitions` (which move to the envelope's root with it), or an `$id` that
+/// would change what references resolve against.
+fn output_schema(result: &Value) -> Option<Value> {
+    fn nests(v: &Value, root: bool) -> bool {
+        match v {
+            Value::Object(fields) => fields.iter().all(|(k, x)| match k.as_str() {
+                "$ref" => x
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("#/$defs/") || r.starts_with("#/definitions/")),
+                "$id" | "$anchor" | "$dynamicAnchor" | "$dynamicRef" => false,
+                "$schema" => root,
+                _ => nests(x, false),
+            }),
+            Value::Array(items) => items.iter().all(|x| nests(x, false)),
+            _ => true,
+        }
+    }
+    if !nests(result, true) {
+        return None;
+    }
+    let mut inner = result.clone();
+    let mut envelope = serde_json::Map::new();
+    envelope.insert("type".into(), json!("object"));
+    if let Value::Object(fields) = &mut inner {
+        fields.remove("$schema");
+        for defs in ["$defs", "definitions"] {
+            if let Some(d) = fields.remove(defs) {
+                envelope.insert(defs.into(), d);
+            }
+        }
+    }
+    envelope.insert(
+        "properties".into(),
+        json!({"status": {"const": "ok"}, "result": inner}),
+    );
+    envelope.insert("required".into(), json!(["status", "result"]));
+    Some(Value::Object(envelope))
 }
 
 /// DNS rebinding protection (a page in a browser posting to a local server): an `Origin`
@@ -231,6 +287,7 @@ async fn dispatch(
     task_id: &str,
     method: &str,
     params: &Value,
+    structured: bool,
 ) -> Result<Value, RpcError> {
     let invalid = |m: String| rpc_error(StatusCode::OK, INVALID_PARAMS, m);
     match method {
@@ -259,7 +316,14 @@ async fn dispatch(
             let tools: Vec<Value> = task
                 .tools
                 .iter()
-                .map(|t| json!({"name": t.name, "description": t.description, "inputSchema": t.parameters}))
+                .map(|t| {
+                    let mut tool = json!({"name": t.name, "description": t.description,
+                                          "inputSchema": t.parameters});
+                    if let Some(schema) = output_schema(&t.result).filter(|_| structured) {
+                        tool["outputSchema"] = schema;
+                    }
+                    tool
+                })
                 .collect();
             Ok(json!({ "tools": tools }))
         }
@@ -289,10 +353,21 @@ async fn dispatch(
                     e.to_string(),
                 )
             })?;
-            Ok(json!({
+            let is_error = matches!(result, ToolResult::Error { .. });
+            let mut answer = json!({
                 "content": [{"type": "text", "text": text}],
-                "isError": matches!(result, ToolResult::Error { .. }),
-            }))
+                "isError": is_error,
+            });
+            if structured && !is_error {
+                answer["structuredContent"] = serde_json::to_value(&result).map_err(|e| {
+                    rpc_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        INTERNAL_ERROR,
+                        e.to_string(),
+                    )
+                })?;
+            }
+            Ok(answer)
         }
         other => Err(rpc_error(
             StatusCode::OK,
@@ -323,4 +398,37 @@ async fn call(
             };
             rpc_error(e.status, code, e.message)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_schemas_nest_the_result_schema_and_keep_its_references_resolvable() {
+        let plain = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let schema = output_schema(&plain).unwrap();
+        assert_eq!(schema["properties"]["result"], plain);
+        assert_eq!(schema["required"], json!(["status", "result"]));
+        let with_defs = json!({"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "array", "items": {"$ref": "#/$defs/city"},
+            "$defs": {"city": {"type": "string"}}});
+        let schema = output_schema(&with_defs).unwrap();
+        assert_eq!(schema["$defs"]["city"], json!({"type": "string"}));
+        assert_eq!(
+            schema["properties"]["result"],
+            json!({"type": "array", "items": {"$ref": "#/$defs/city"}})
+        );
+        let ok = json!({"status": "ok", "result": ["C01", "C02"]});
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        assert!(validator.is_valid(&ok));
+        assert!(!validator.is_valid(&json!({"status": "ok", "result": [1]})));
+        for unnestable in [
+            json!({"$ref": "#/properties/x"}),
+            json!({"$id": "https://example.com/s", "type": "object"}),
+            json!({"items": {"$schema": "https://json-schema.org/draft/2020-12/schema"}}),
+        ] {
+            assert_eq!(output_schema(&unnestable), None, "{unnestable}");
+        }
+    }
 }

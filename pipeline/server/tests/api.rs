@@ -628,6 +628,84 @@ async fn mcp(s: &Server) {
         if is_error { errors += 1 } else { ok += 1 }
     }
     assert!(ok >= 3 && errors >= 3, "{ok} ok, {errors} errors");
+    // Clients of 2025-06-18 and later (by their header) get each tool's output schema, and a
+    // successful call's envelope as structured content that the schema accepts.
+    let versioned = |version: &'static str, msg: Value| {
+        let req = s
+            .http
+            .post(format!("{}{path}", s.base))
+            .header("mcp-protocol-version", version)
+            .json(&msg);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            s.conforms("POST", route, 200, &v);
+            v
+        }
+    };
+    let v = versioned("2025-03-26", rpc(4, "tools/list", json!({}))).await;
+    assert!(
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("outputSchema").is_none()),
+        "{v}"
+    );
+    for version in ["2025-06-18", "2025-11-25"] {
+        let v = versioned(version, rpc(4, "tools/list", json!({}))).await;
+        let mut schemas = std::collections::BTreeMap::new();
+        for (got, want) in v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(t.tools.iter())
+        {
+            assert_eq!(
+                got["outputSchema"],
+                json!({"type": "object",
+                       "properties": {"status": {"const": "ok"}, "result": want.result},
+                       "required": ["status", "result"]}),
+                "{}",
+                want.name
+            );
+            schemas.insert(
+                want.name.clone(),
+                jsonschema::validator_for(&got["outputSchema"]).unwrap(),
+            );
+        }
+        let (mut structured, mut plain) = (0, 0);
+        for (k, call) in env.tool_probes(t).unwrap().into_iter().enumerate() {
+            if !call.arguments.is_object() || !schemas.contains_key(&call.name) {
+                continue;
+            }
+            let msg = rpc(
+                100 + k as u64,
+                "tools/call",
+                json!({"name": call.name, "arguments": call.arguments}),
+            );
+            let r = versioned(version, msg).await["result"].clone();
+            let text: Value =
+                serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).unwrap();
+            if r["isError"] == true {
+                assert!(r.get("structuredContent").is_none(), "{r}");
+                plain += 1;
+            } else {
+                assert_eq!(r["structuredContent"], text, "{}", call.name);
+                assert!(
+                    schemas[&call.name].is_valid(&r["structuredContent"]),
+                    "{}: {r}",
+                    call.name
+                );
+                structured += 1;
+            }
+        }
+        assert!(
+            structured >= 3 && plain >= 3,
+            "{structured} structured, {plain} plain"
+        );
+    }
     let (st, v) = s
         .post(
             route,

@@ -76,13 +76,14 @@ answers = {m["tool_call_id"]: m["content"] for m in transcript if m["role"] == "
 calls = [c for m in transcript for c in m.get("tool_calls") or []][:3]
 expect(len(calls), 3, "the oracle's first tool calls")
 for c in calls:
-    instructions, names, text, is_error = asyncio.run(
+    instructions, names, text, is_error, structured = asyncio.run(
         mcp_example["call_tool"](ids[0], c["function"]["name"], json.loads(c["function"]["arguments"])))
     expect(text, answers[c["id"]], f"MCP tool message of {c['function']['name']}")
     expect(is_error, json.loads(text)["status"] == "error", "MCP isError")
+    expect(structured, None if is_error else json.loads(text), "MCP structured content")
 expect(names, [t["name"] for t in task["tools"]], "MCP tools/list")
 expect(all(p["content"] in instructions for p in task["prompt"]), True, "MCP instructions are the prompt")
-_, _, text, is_error = asyncio.run(mcp_example["call_tool"](ids[0], task["tools"][0]["name"], {"bogus": 1}))
+_, _, text, is_error, _ = asyncio.run(mcp_example["call_tool"](ids[0], task["tools"][0]["name"], {"bogus": 1}))
 expect((is_error, json.loads(text)["status"]), (True, "error"), "an MCP call with bad arguments")
 
 
