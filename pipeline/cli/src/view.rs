@@ -86,6 +86,9 @@ pub fn run(a: Args) -> Result<()> {
     let rollouts = crate::rollout::read_run(&a.run)?;
     let title = a.run.display().to_string();
     if let Some(n) = a.rollout {
+        if rollouts.is_empty() {
+            bail!("--rollout {n}: {title} has no rollouts");
+        }
         if n == 0 || n > rollouts.len() {
             bail!(
                 "--rollout {n}: {title} has rollouts 1 to {} (lines of rollouts.jsonl)",
@@ -947,7 +950,11 @@ pub fn html_page(
         &mut out,
         "f-check",
         "failed check",
-        &set(&|r| failed_checks(r).into_iter().map(str::to_string).collect()),
+        // The summary's links set this filter, and the summary counts the whole run.
+        &set(&|r| failed_checks(r).into_iter().map(str::to_string).collect())
+            .into_iter()
+            .chain(summary.failed_checks.iter().map(|(id, _)| id.clone()))
+            .collect(),
     );
     out.push_str("<label>search <input id=\"f-text\" type=\"search\"></label> <span id=\"shown\"></span>\n</form>\n<main>\n");
     for (n, r) in kept {

@@ -752,18 +752,38 @@ fn a_run_is_viewed_as_a_list_one_rollout_and_a_page() {
         root.join("node_modules/jsdom").exists(),
         "the page test needs jsdom: run `npm ci` at the repository root"
     );
-    let js = Command::new("node")
-        .arg(root.join("pipeline/cli/tests/js/view_page.mjs"))
-        .arg(&page)
-        .arg(run_dir.join("rollouts.jsonl"))
-        .output()
-        .expect("node (the page test runs the page's script in jsdom)");
+    // A page of passed rollouts still links the run's failed checks to its filter.
+    let passed_page = tmp.path().join("passed.html");
     assert!(
-        js.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&js.stdout),
-        String::from_utf8_lossy(&js.stderr)
+        view(&[
+            dir,
+            "--status",
+            "passed",
+            "--html",
+            passed_page.to_str().unwrap()
+        ])
+        .status
+        .success()
     );
+    for (html, only) in [
+        (&page, None),
+        (&filtered, Some("failed")),
+        (&passed_page, Some("passed")),
+    ] {
+        let js = Command::new("node")
+            .arg(root.join("pipeline/cli/tests/js/view_page.mjs"))
+            .arg(html)
+            .arg(run_dir.join("rollouts.jsonl"))
+            .args(only)
+            .output()
+            .expect("node (the page test runs the page's script in jsdom)");
+        assert!(
+            js.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&js.stdout),
+            String::from_utf8_lossy(&js.stderr)
+        );
+    }
 
     // Against a baseline: the crafted run against the run as played holds the same 18
     // rollout ids, of which only the masked one changed its verdict; a run with another seed

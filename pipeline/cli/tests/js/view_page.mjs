@@ -1,5 +1,6 @@
 // Exercises the page `envsynth view --html` writes, in jsdom, against the run's rollouts.jsonl
-// read here on its own: node view_page.mjs PAGE ROLLOUTS_JSONL.
+// read here on its own: node view_page.mjs PAGE ROLLOUTS_JSONL [STATUS], STATUS when the page
+// was written with `--status STATUS`.
 //
 // Checks: the Content-Security-Policy names the hashes of the page's one style and one script;
 // nothing else can run or load (no other script, no event-handler attribute, no external
@@ -10,7 +11,7 @@ import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { JSDOM } from "jsdom";
 
-const [page, jsonl] = process.argv.slice(2);
+const [page, jsonl, only] = process.argv.slice(2);
 const html = readFileSync(page, "utf8");
 const rollouts = readFileSync(jsonl, "utf8").split("\n").filter((l) => l).map((l) => JSON.parse(l));
 const dom = new JSDOM(html, { runScripts: "dangerously" });
@@ -48,33 +49,34 @@ const visible = (s) => s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c
 // Every rollout, in order, with its status and messages.
 const rows = Array.from(doc.querySelectorAll("details.rollout"));
 const status = (r) => (r.verdict.mask ? "masked" : r.verdict.passed ? "passed" : "failed");
-same(rows.map((row) => row.id), rollouts.map((_, i) => "r" + (i + 1)), "rollout rows");
-same(rows.map((row) => row.dataset.status), rollouts.map(status), "statuses");
-rollouts.forEach((r, i) => {
+const onPage = rollouts.flatMap((r, i) => (!only || status(r) === only ? [[r, i + 1]] : []));
+same(rows.map((row) => row.id), onPage.map(([, n]) => "r" + n), "rollout rows");
+same(rows.map((row) => row.dataset.status), onPage.map(([r]) => status(r)), "statuses");
+onPage.forEach(([r, n], i) => {
   const texts = Array.from(rows[i].querySelectorAll(".msg")).map((m) => {
     const pre = m.querySelector(":scope > pre, :scope > details:not(.reasoning) > pre");
     return pre ? pre.textContent : null;
   });
   r.messages.forEach((m, j) => {
-    if (m.content && m.role !== "tool" && texts[j] !== visible(m.content)) fail(`rollout ${i + 1} message ${j}: ${JSON.stringify(texts[j])} != ${JSON.stringify(m.content)}`);
+    if (m.content && m.role !== "tool" && texts[j] !== visible(m.content)) fail(`rollout ${n} message ${j}: ${JSON.stringify(texts[j])} != ${JSON.stringify(m.content)}`);
   });
   r.verdict.checks.forEach((c, j) => {
     const cells = rows[i].querySelectorAll("table.checks tr")[j].querySelectorAll("td");
-    same([cells[1].textContent, cells[2].textContent], [visible(c.id), visible(c.reason)], `rollout ${i + 1} check ${j}`);
+    same([cells[1].textContent, cells[2].textContent], [visible(c.id), visible(c.reason)], `rollout ${n} check ${j}`);
   });
 });
 
 // The filters.
 const byId = (id) => doc.getElementById(id);
 const shown = () => rows.filter((row) => !row.hidden).map((row) => row.id);
-const lines = (keep) => rollouts.flatMap((r, i) => (keep(r) ? ["r" + (i + 1)] : []));
+const lines = (keep) => onPage.flatMap(([r, n]) => (keep(r) ? ["r" + n] : []));
 function set(id, value, event) {
   byId(id).value = value;
   byId(id).dispatchEvent(new dom.window.Event(event));
 }
 same(shown(), lines(() => true), "nothing filtered");
 same(byId("shown").textContent, `${rows.length} of ${rows.length} shown`, "count");
-for (const s of ["passed", "failed", "masked"]) {
+for (const s of only ? [only] : ["passed", "failed", "masked"]) {
   set("f-status", s, "change");
   same(shown(), lines((r) => status(r) === s), `status ${s}`);
 }
@@ -87,7 +89,7 @@ for (const a of links) {
   same(shown(), lines((r) => failedCheck(r, a.dataset.check)), `check ${a.dataset.check}`);
 }
 set("f-check", "", "change");
-const task = rollouts[rollouts.length - 1].task_id;
+const task = onPage[onPage.length - 1][0].task_id;
 set("f-text", task.toUpperCase(), "input");
 same(shown(), lines((r) => r.task_id === task), "search for a task id");
 set("f-text", "", "input");
