@@ -448,9 +448,10 @@ fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
 }
 
 /// The rollouts of a finished `envsynth rollout` (or `rescore`) directory, in the order of its
-/// `rollouts.jsonl`; a bad line is refused naming the file and line.
+/// `rollouts.jsonl` (which may also be named itself); a bad line is refused naming the file and
+/// line.
 pub fn read_run(dir: &Path) -> Result<Vec<Rollout>> {
-    let path = dir.join("rollouts.jsonl");
+    let path = run_file(dir);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "{}: no rollouts.jsonl (is the rollout run finished?)",
@@ -466,6 +467,15 @@ pub fn read_run(dir: &Path) -> Result<Vec<Rollout>> {
         .collect()
 }
 
+/// A run's `rollouts.jsonl`: in the directory, or the file itself.
+fn run_file(dir: &Path) -> PathBuf {
+    if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join("rollouts.jsonl")
+    }
+}
+
 /// The rollouts of a finished `envsynth rollout` directory (its `rollouts.jsonl`), each of a
 /// task among `tasks`; a bad line is refused naming the file and line.
 pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
@@ -478,7 +488,7 @@ pub fn read_finished(dir: &Path, tasks: &[Task]) -> Result<Vec<Rollout>> {
         let Some(env) = envs.get(r.task_id.as_str()) else {
             bail!(
                 "{} line {}: task {} is not among --tasks",
-                dir.join("rollouts.jsonl").display(),
+                run_file(dir).display(),
                 i + 1,
                 r.task_id
             );

@@ -22,7 +22,7 @@ use envsynth_rollout::{Rollout, Stop};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A finished `envsynth rollout` or `rescore` output directory (its rollouts.jsonl).
+    /// A finished `envsynth rollout` or `rescore` output directory (or its rollouts.jsonl).
     pub run: PathBuf,
     /// Only rollouts with this outcome (failed: scored and not passed; masked: left out of
     /// pass@k).

@@ -622,6 +622,12 @@ fn a_run_is_viewed_as_a_list_one_rollout_and_a_page() {
     // The list.
     let all = view(&[dir]);
     assert_eq!(listed(&all), lines(&|_| true));
+    let file = run_dir.join("rollouts.jsonl");
+    assert_eq!(
+        listed(&view(&[file.to_str().unwrap(), "--status", "failed"])),
+        lines(&|r| status(r) == "failed"),
+        "the run's rollouts.jsonl named itself"
+    );
     let head = String::from_utf8_lossy(&all.stdout)
         .lines()
         .next()
