@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use envsynth_core::CheckStatus;
 use envsynth_core::chat::ChatMessage;
-use envsynth_rollout::score::{Group, Summary, kind_name, summarize};
+use envsynth_rollout::score::{Group, Summary, kind_name, score_tasks, summarize};
 use envsynth_rollout::{Rollout, Stop};
 
 #[derive(clap::Args)]
@@ -148,8 +148,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// pass@1 and pass@k for the most scored attempts any task has.
 fn pass_ks(rollouts: &[Rollout]) -> Vec<u64> {
-    let most = summarize(rollouts, &[])
-        .tasks
+    let most = score_tasks(rollouts, &[])
         .iter()
         .map(|t| t.attempts)
         .max()
