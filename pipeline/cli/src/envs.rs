@@ -161,20 +161,42 @@ pub fn print() -> Result<()> {
 /// refused.
 pub fn register(path: &Path) -> Result<PathBuf> {
     let env = load_plugin(path)?;
+    if let Some(why) = registration_conflict(env.spec(), path) {
+        bail!("{why}");
+    }
     crate::plugin::check_environment(&env, 2, 0)?;
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let dir = plugin_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let dest = dir.join(format!("{}.wasm", env.spec().env_ref()));
-    if let Ok(existing) = std::fs::read(&dest) {
-        if existing == bytes {
-            return Ok(dest);
-        }
-        bail!(
-            "{} is already registered with different content; bump the version in spec()",
-            env.spec().env_ref()
-        );
+    if std::fs::read(&dest).is_ok_and(|existing| existing == bytes) {
+        return Ok(dest);
     }
     envsynth_shards::atomic_write(&dest, &bytes)?;
     Ok(dest)
+}
+
+/// Whether `id` is a built-in environment's.
+pub fn is_native(id: &str) -> bool {
+    native().iter().any(|e| e.spec().id == id)
+}
+
+/// Why the component at `path`, whose spec is `spec`, cannot be registered: its id is a
+/// built-in environment's, or its `id@version` is registered with other bytes.
+pub fn registration_conflict(spec: &envsynth_core::EnvironmentSpec, path: &Path) -> Option<String> {
+    if is_native(&spec.id) {
+        return Some(format!(
+            "`{}` is a built-in environment's id; choose another",
+            spec.id
+        ));
+    }
+    let dest = plugin_dir().join(format!("{}.wasm", spec.env_ref()));
+    let existing = std::fs::read(&dest).ok()?;
+    if std::fs::read(path).is_ok_and(|bytes| bytes == existing) {
+        return None;
+    }
+    Some(format!(
+        "{} is already registered with different content; bump the version in spec()",
+        spec.env_ref()
+    ))
 }

@@ -14,6 +14,7 @@ mod registry;
 mod rollout;
 mod serve;
 mod show;
+mod synthesize;
 mod verify;
 mod view;
 
@@ -45,6 +46,9 @@ enum Command {
     Verify(verify::Args),
     /// Print one task readably.
     Show(show::Args),
+    /// Have a model write whole environments from briefs: each attempt is built, loaded in the
+    /// sandbox and put through the integrity suite, and what failed goes back to the model.
+    Synthesize(synthesize::Args),
     /// Look at a finished rollout run: its rollouts listed and filtered, one in full (the
     /// conversation and every check), or all of them as a self-contained HTML page.
     View(view::Args),
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Show(a) => show::run(a),
         Command::Duplicates(a) => duplicates::run(a),
         Command::View(a) => view::run(a),
+        Command::Synthesize(a) => synthesize::run(a),
         Command::Envs => envs::print(),
         Command::Bench(a) => bench::run(a),
         Command::Plugin(c) => plugin::run(c),

@@ -2,7 +2,7 @@
 //! against an environment's integrity suite.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -13,7 +13,7 @@ use envsynth_sandbox::{
 };
 
 /// The WIT contract, compiled into the binary so that builds need no checkout.
-const WIT: &str = include_str!("../../../verifiers/wit/envsynth.wit");
+pub(crate) const WIT: &str = include_str!("../../../verifiers/wit/envsynth.wit");
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
@@ -137,60 +137,11 @@ fn componentizer(lang: &str, source: &Path) -> Result<(PathBuf, &'static str)> {
 
 fn build(a: BuildArgs) -> Result<()> {
     crate::existing(&a.source, "source")?;
-    let ext = a.source.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let (tool, hint) = componentizer(ext, &a.source)?;
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| a.source.with_extension("wasm"));
-    let out = std::path::absolute(&out).with_context(|| format!("{}", out.display()))?;
-    let dir = a
-        .source
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file = a
-        .source
-        .file_name()
-        .and_then(|s| s.to_str())
-        .context("source has no file name")?;
-    let wit_dir = std::env::temp_dir().join(format!("envsynth-wit-{}", std::process::id()));
-    std::fs::create_dir_all(&wit_dir)?;
-    std::fs::write(wit_dir.join("envsynth.wit"), WIT)?;
-    let mut cmd = Command::new(&tool);
-    if ext == "py" {
-        let module = file.trim_end_matches(".py");
-        cmd.arg("-d")
-            .arg(&wit_dir)
-            .args(["-w", &a.world, "componentize", module, "-o"])
-            .arg(&out);
-    } else {
-        // No HTTP: the sandbox does not provide wasi:http.
-        cmd.arg(file)
-            .arg("--wit")
-            .arg(&wit_dir)
-            .args([
-                "--world-name",
-                &a.world,
-                "--disable",
-                "http",
-                "fetch-event",
-                "-o",
-            ])
-            .arg(&out);
-    }
-    let status = cmd.current_dir(dir).status();
-    let _ = std::fs::remove_dir_all(&wit_dir);
-    match status {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{hint}"),
-        Err(e) => return Err(e).with_context(|| format!("running {}", tool.display())),
-        Ok(s) if !s.success() => bail!(
-            "{} failed ({s}) building {}",
-            tool.display(),
-            a.source.display()
-        ),
-        Ok(_) => {}
-    }
+    componentize(&a.source, &a.world, &out, None)?;
     // Prove the result loads as the world it claims.
     let sandbox = Sandbox::new(Some(&cache_dir())).map_err(|e| anyhow::anyhow!("{e}"))?;
     sandbox
@@ -198,6 +149,128 @@ fn build(a: BuildArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     eprintln!("built {} (world {})", out.display(), a.world);
     Ok(())
+}
+
+/// Build `source` (Python or JavaScript) into a component of `world` at `out`. A failed build's
+/// error holds the tool's own report (a Python traceback, a JavaScript syntax error), without
+/// the tool's Rust backtrace. With `timeout`, a build still running then is killed: Python
+/// runs the module's top-level code while it builds, so a module can loop forever.
+pub fn componentize(
+    source: &Path,
+    world: &str,
+    out: &Path,
+    timeout: Option<std::time::Duration>,
+) -> Result<()> {
+    let ext = source.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let (tool, hint) = componentizer(ext, source)?;
+    let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
+    let dir = source
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = source
+        .file_name()
+        .and_then(|s| s.to_str())
+        .context("source has no file name")?;
+    let wit_dir = tempfile::Builder::new()
+        .prefix("envsynth-wit-")
+        .tempdir()
+        .context("creating a directory for the WIT contract")?;
+    std::fs::write(wit_dir.path().join("envsynth.wit"), WIT)?;
+    let mut cmd = Command::new(&tool);
+    if ext == "py" {
+        let module = file.trim_end_matches(".py");
+        cmd.arg("-d")
+            .arg(wit_dir.path())
+            .args(["-w", world, "componentize", module, "-o"])
+            .arg(&out);
+    } else {
+        // No HTTP: the sandbox does not provide wasi:http.
+        cmd.arg(file)
+            .arg("--wit")
+            .arg(wit_dir.path())
+            .args([
+                "--world-name",
+                world,
+                "--disable",
+                "http",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&out);
+    }
+    cmd.current_dir(dir)
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = match cmd.spawn() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{hint}"),
+        Err(e) => return Err(e).with_context(|| format!("running {}", tool.display())),
+        Ok(c) => c,
+    };
+    let (status, output) =
+        wait_with_output(child, timeout).with_context(|| format!("running {}", tool.display()))?;
+    match status {
+        None => bail!(
+            "{} did not finish building {} within {} s (does the module loop forever at import?)",
+            tool.display(),
+            source.display(),
+            timeout.map_or(0, |t| t.as_secs())
+        ),
+        Some(s) if !s.success() => bail!(
+            "{} failed ({s}) building {}:\n{}",
+            tool.display(),
+            source.display(),
+            build_report(&output)
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Wait for `child`, reading its output as it comes; `None` for the status when `timeout`
+/// passed first (the child is then killed).
+fn wait_with_output(
+    mut child: std::process::Child,
+    timeout: Option<std::time::Duration>,
+) -> std::io::Result<(Option<std::process::ExitStatus>, String)> {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
+    text.push_str(&String::from_utf8_lossy(&err.join().unwrap_or_default()));
+    Ok((status, text))
+}
+
+/// What a failed build said, as a person (or a model) needs it: the tool's Rust backtrace
+/// dropped, at most the last 60 lines.
+pub fn build_report(output: &str) -> String {
+    let output = output.split("\nStack backtrace:").next().unwrap_or(output);
+    let lines: Vec<&str> = output.trim_end().lines().collect();
+    let keep = &lines[lines.len().saturating_sub(60)..];
+    keep.join("\n")
 }
 
 /// Where compiled components are cached: `$ENVSYNTH_CACHE`, else `$XDG_CACHE_HOME/envsynth`,
@@ -231,9 +304,10 @@ fn detect_world(sandbox: &Sandbox, path: &Path) -> Result<envsynth_sandbox::Plug
 
 /// Tallies probes and reports the failures.
 #[derive(Default)]
-struct Report {
-    passed: usize,
-    failed: Vec<String>,
+pub struct Report {
+    pub passed: usize,
+    /// Each failed probe: what it was, then what went wrong.
+    pub failed: Vec<String>,
 }
 
 impl Report {
@@ -422,14 +496,38 @@ fn report_all(outcomes: Vec<Result<Outcomes>>) -> Result<Report> {
 /// The integrity suite of an environment (native or plugin): tasks generate and certify at every
 /// level, and every task's probes get the verdicts they must.
 pub fn check_environment(env: &dyn Environment, count: u64, seed: u64) -> Result<()> {
+    environment_report(env, count, seed)?.finish(&env.spec().env_ref().to_string(), "environment")
+}
+
+/// [`check_environment`]'s probes, tallied: a task that fails to generate or certify is an
+/// error; a probe with the wrong verdict, or a level whose tasks all pose the same problem (a
+/// generator that ignores its seed and index), is a failure in the report.
+pub fn environment_report(env: &dyn Environment, count: u64, seed: u64) -> Result<Report> {
     let mut report = Report::default();
-    for task in tasks(env, count, seed)? {
-        let prepared = env.prepare(&task)?;
-        for probe in env.probes(&task)? {
+    let tasks = tasks(env, count, seed)?;
+    for task in &tasks {
+        let prepared = env.prepare(task)?;
+        for probe in env.probes(task)? {
             let got = prepared.verify(&probe.submission);
             let problems = probe.expect.check(&got).err().into_iter().collect();
-            report.record(format!("{} {}", task_label(&task), probe.name), problems);
+            report.record(format!("{} {}", task_label(task), probe.name), problems);
         }
     }
-    report.finish(&env.spec().env_ref().to_string(), "environment")
+    for level in &env.spec().levels {
+        let problems: std::collections::BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| &t.difficulty.level == level)
+            .map(|t| t.problem_hash())
+            .collect();
+        if count >= 2 {
+            let same = (problems.len() < 2).then(|| {
+                format!(
+                    "all {count} tasks pose the same problem (world, constraints and prompt); \
+                     the generator must draw them from the request's seed and index"
+                )
+            });
+            report.record(format!("{level} variety"), same.into_iter().collect());
+        }
+    }
+    Ok(report)
 }

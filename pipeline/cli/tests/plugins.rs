@@ -197,7 +197,9 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     payloads_match_the_published_schemas(&wasm);
     let out = env.ok(&["plugin", "check", w, "--count", "3"]);
     let (passed, failed) = tally(&out);
-    assert_eq!((passed, failed), (3 * 3 * 4, 0), "{out}");
+    // 4 probes per task (planted, empty, garbage, nested lists), 3 tasks at each of 3 levels,
+    // and one variety probe per level.
+    assert_eq!((passed, failed), (3 * 3 * 4 + 3, 0), "{out}");
 
     env.fails(
         &[
@@ -527,4 +529,391 @@ fn payloads_match_the_published_schemas(wasm: &Path) {
         json!({"seed": 1, "index": 2, "level": "impossible", "overrides": null, "attempt": 0});
     let rejection = p.generate(&limits, &bad.to_string()).unwrap().unwrap_err();
     conforms("generate-rejection.schema.json", &parse(&rejection));
+}
+
+/// A chat-completions server on loopback that answers from a script: `reply(brief, attempt)`
+/// gives the reply's text (`None`: a 503). It records every request's body.
+struct ScriptedModel {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ScriptedModel {
+    fn start(reply: impl Fn(&str, usize) -> Option<String> + Send + 'static) -> ScriptedModel {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                let mut line = String::new();
+                let mut first = true;
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if first {
+                        assert!(line.starts_with("POST /v1/chat/completions "), "{line}");
+                        first = false;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let messages = request["messages"].as_array().unwrap();
+                let brief = messages[1]["content"].as_str().unwrap();
+                let name = brief.split('`').nth(1).unwrap().to_string();
+                let attempt = messages.len() / 2;
+                seen.lock().unwrap().push(request.clone());
+                let (status, body) = match reply(&name, attempt) {
+                    Some(text) => (
+                        "200 OK",
+                        serde_json::json!({
+                            "id": "x", "object": "chat.completion", "model": request["model"],
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": text}}],
+                            "usage": {"prompt_tokens": 1000 * attempt, "completion_tokens": 10}
+                        })
+                        .to_string(),
+                    ),
+                    None => ("503 Service Unavailable", "{}".to_string()),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        ScriptedModel { addr, requests }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The requests made for `name`, in order.
+    fn requests_for(&self, name: &str) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["messages"][1]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("`{name}`"))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn last_message(request: &serde_json::Value) -> String {
+    let m = request["messages"].as_array().unwrap();
+    m[m.len() - 1]["content"].as_str().unwrap().to_string()
+}
+
+fn outcomes(record: &serde_json::Value) -> Vec<String> {
+    record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// DeepSeek-V3.2's environment synthesis through `envsynth synthesize`: a model (a scripted
+/// server) writes whole environments; each attempt is built, loaded and checked, its problems go
+/// back to the model, and what passes is registered and generates like any environment.
+#[test]
+fn a_model_writes_environments_and_is_told_what_failed() {
+    let env = Env::new();
+    let meeting =
+        std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();
+    let named = {
+        let meeting = meeting.clone();
+        move |id: &str| {
+            meeting.replace(
+                "ENV_ID = \"meeting-scheduling\"",
+                &format!("ENV_ID = \"{id}\""),
+            )
+        }
+    };
+    let block = |code: &str| format!("Here is the module.\n\n```python\n{code}```\n");
+    let second_run = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = second_run.clone();
+    let script_named = named.clone();
+    let model = ScriptedModel::start(move |name, attempt| {
+        let named = &script_named;
+        let rooms = named("rooms");
+        let clone = named("clone");
+        match (name, attempt) {
+            ("rooms", 1) => Some("I would start by modelling the rooms.".into()),
+            ("rooms", 2) => Some(block(&rooms.replace("def hhmm(slot):", "def hhmm(slot)"))),
+            // The verifier never fails the capacity check, so its mutant is not caught.
+            ("rooms", 3) => Some(block(&rooms.replace(
+                "checks.append(check(\"schedule.room_capacity\", bad,",
+                "checks.append(check(\"schedule.room_capacity\", [],",
+            ))),
+            ("rooms", 4) => Some(format!(
+                "<think>```python\nnot this\n```</think>{}",
+                block(&rooms)
+            )),
+            ("clone", 1) => Some(block(&meeting)),
+            // Every task the same, whatever the seed and index.
+            ("clone", 2) => Some(block(&clone.replace(
+                "request[\"seed\"], request[\"index\"], level, attempt))",
+                "0, 0, level, attempt))",
+            ))),
+            ("loop", _) => Some(block(&format!("while True:\n    pass\n{}", named("loop")))),
+            ("clone", _) => Some("Sorry, I cannot.".into()),
+            ("flaky", _) if !flag.load(std::sync::atomic::Ordering::SeqCst) => None,
+            ("flaky", _) => Some("No code today.".into()),
+            _ => panic!("unexpected request for {name} attempt {attempt}"),
+        }
+    });
+    let briefs = env.path("briefs.jsonl");
+    std::fs::write(
+        &briefs,
+        [
+            r#"{"name": "rooms", "brief": "Book meeting rooms around calendars."}"#,
+            r#"{"name": "clone", "brief": "Another scheduler."}"#,
+            r#"{"name": "flaky", "brief": "A brief the server fails on."}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = env.path("synth");
+    let url = model.url();
+    let args = [
+        "synthesize",
+        "--briefs",
+        briefs.to_str().unwrap(),
+        "--policy",
+        &url,
+        "--model",
+        "writer",
+        "--retries",
+        "0",
+        "--register",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let text = env.fails(&args, "1 brief(s) unfinished because the server failed");
+    assert!(
+        text.contains("3 brief(s): 1 passed, 1 failed, 1 unfinished (8 attempts)"),
+        "{text}"
+    );
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name).join("synthesis.json")).unwrap())
+            .unwrap()
+    };
+
+    // rooms: no code, a syntax error, a mutant its verifier misses, then a module that passes.
+    let rooms = read("rooms");
+    assert_eq!(
+        outcomes(&rooms),
+        ["no_code", "build_failed", "check_failed", "passed"]
+    );
+    assert_eq!(rooms["passed"], true);
+    assert_eq!(rooms["environment"], "rooms@0.1.0");
+    assert_eq!(rooms["registered"], true);
+    assert_eq!(rooms["probes_passed"], 3 * 3 * 4 + 3);
+    assert!(
+        rooms["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "find_free_slots")
+    );
+    assert_eq!(rooms["messages"].as_array().unwrap().len(), 2 + 4 + 3);
+    let asked = model.requests_for("rooms");
+    assert_eq!(asked.len(), 4);
+    let system = asked[0]["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("world environment {") && system.contains("class WitWorld"),
+        "{system}"
+    );
+    assert_eq!(asked[0]["model"], "writer");
+    assert!(last_message(&asked[1]).contains("no ```python block"));
+    let syntax = last_message(&asked[2]);
+    assert!(
+        syntax.contains("did not build") && syntax.contains("SyntaxError"),
+        "{syntax}"
+    );
+    assert!(!syntax.contains("Stack backtrace"), "{syntax}");
+    let missed = last_message(&asked[3]);
+    assert!(
+        missed.contains("mutant for schedule.room_capacity was not rejected"),
+        "{missed}"
+    );
+    // Each reply and its feedback stay in the conversation; each request has its own seed.
+    assert_eq!(asked[3]["messages"].as_array().unwrap().len(), 2 + 3 * 2);
+    let seeds: std::collections::BTreeSet<u64> =
+        asked.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds.len(), 4);
+    assert_eq!(
+        std::fs::read(out.join("rooms/environment.py")).unwrap(),
+        named("rooms").into_bytes()
+    );
+    let listed = env.ok(&["envs"]);
+    assert!(listed.contains("rooms@0.1.0"), "{listed}");
+    let tasks = env.path("rooms-tasks");
+    env.ok(&[
+        "generate",
+        "--env",
+        "rooms",
+        "--count",
+        "6",
+        "--out",
+        tasks.to_str().unwrap(),
+    ]);
+    let generated =
+        envsynth_shards::read_tasks(&tasks.join("part-00000-of-00001.parquet")).unwrap();
+    assert_eq!(generated.len(), 6);
+    assert!(
+        generated
+            .iter()
+            .all(|t| t.environment.to_string() == "rooms@0.1.0")
+    );
+
+    // clone: the wrong id, tasks that ignore their seed, then no code.
+    let clone = read("clone");
+    assert_eq!(
+        outcomes(&clone),
+        ["load_failed", "check_failed", "no_code", "no_code"]
+    );
+    assert_eq!(clone["passed"], false);
+    assert_eq!(clone["environment"], serde_json::Value::Null);
+    assert!(!out.join("clone/environment.wasm").exists());
+    let asked = model.requests_for("clone");
+    let wrong_id = last_message(&asked[1]);
+    assert!(
+        wrong_id.contains("spec() gives the id `meeting-scheduling`; it must be `clone`"),
+        "{wrong_id}"
+    );
+    let same = last_message(&asked[2]);
+    assert!(
+        same.contains("easy variety: all 3 tasks pose the same problem"),
+        "{same}"
+    );
+    assert!(!listed.contains("clone@"), "{listed}");
+
+    // flaky: the server failed, so nothing final was written and the summary says so.
+    assert!(!out.join("flaky/synthesis.json").exists());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["unfinished"], 1);
+    assert_eq!(summary["environments"][2]["outcome"], "unfinished");
+
+    // The same command again finishes only what was left: no request for rooms or clone.
+    second_run.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = model.requests.lock().unwrap().len();
+    let again = env.ok(&args);
+    assert!(
+        again.contains("3 brief(s): 1 passed, 2 failed, 0 unfinished (12 attempts)"),
+        "{again}"
+    );
+    assert!(
+        again.contains("rooms: finished in an earlier run"),
+        "{again}"
+    );
+    assert_eq!(model.requests.lock().unwrap().len(), before + 4);
+    assert_eq!(model.requests_for("flaky").len(), 1 + 4);
+    assert_eq!(outcomes(&read("flaky")), ["no_code"; 4]);
+
+    // A module that loops forever at import is killed at the build's time limit.
+    let looped = env.fails(
+        &[
+            "synthesize",
+            "--brief",
+            "Loop.",
+            "--name",
+            "loop",
+            "--attempts",
+            "1",
+            "--build-timeout",
+            "5",
+            "--policy",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "no environment passed",
+    );
+    assert!(
+        looped.contains("loop: failed after 1 attempt(s); the last: build_failed"),
+        "{looped}"
+    );
+    let problem = read("loop")["attempts"][0]["problems"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        problem.contains("did not finish building") && problem.contains("within 5 s"),
+        "{problem}"
+    );
+    let before = model.requests.lock().unwrap().len();
+
+    // Bad input is refused by name before any request.
+    let bad = env.path("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"name\": \"ok\", \"brief\": \"x\"}\n{\"name\": \"travel-planning\", \"brief\": \"x\"}\n",
+    )
+    .unwrap();
+    env.fails(
+        &[
+            "synthesize",
+            "--briefs",
+            bad.to_str().unwrap(),
+            "--policy",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "line 2: name `travel-planning` is a built-in environment's id",
+    );
+    env.fails(
+        &[
+            "synthesize",
+            "--brief",
+            "x",
+            "--name",
+            "a b",
+            "--policy",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "--name: name `a b` must be 1 to 64 characters",
+    );
+    env.fails(
+        &[
+            "synthesize",
+            "--brief",
+            "x",
+            "--name",
+            "ab",
+            "--policy",
+            "127.0.0.1:1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "must start with http://",
+    );
+    assert_eq!(model.requests.lock().unwrap().len(), before);
 }
