@@ -525,17 +525,15 @@ async fn synthesize(a: &Args, policy: &OpenAiPolicy, brief: &Brief) -> Result<Re
         ),
         Ok(rec) => {
             let last = rec.attempts.last();
+            let why = last
+                .and_then(|l| l.problems.first())
+                .and_then(|p| p.lines().last())
+                .map_or(String::new(), |line| format!(": {line}"));
             println!(
-                "{}: failed after {} attempt(s); the last: {} ({})",
+                "{}: failed after {} attempt(s); the last: {}{why}",
                 brief.name,
                 rec.attempts.len(),
                 last.map_or("", |l| l.outcome.name()),
-                last.and_then(|l| l.problems.first())
-                    .map_or(String::new(), |p| p
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .to_string())
             );
         }
         Err(e) => eprintln!("{}: unfinished: {e}", brief.name),
