@@ -241,6 +241,19 @@ pub fn run(a: Args) -> Result<()> {
     };
     let policy = OpenAiPolicy::new(&a.policy, &a.model, options)
         .map_err(|e| anyhow::anyhow!("--policy: {e}"))?;
+    for b in &briefs {
+        let path = a.out.join(&b.name).join("synthesis.json");
+        if let Some(rec) = read_record(&path)?
+            && rec.brief != b.brief
+        {
+            bail!(
+                "{} was written for another brief of `{}`; delete {} to synthesize it anew",
+                path.display(),
+                b.name,
+                a.out.join(&b.name).display()
+            );
+        }
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -369,6 +382,18 @@ fn read_briefs(path: &Path) -> Result<Vec<Brief>> {
         bail!("{}: no briefs", path.display());
     }
     Ok(briefs)
+}
+
+/// A finished brief's record, if there is one.
+fn read_record(path: &Path) -> Result<Option<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let rec = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a synthesis record", path.display()))?;
+    Ok(Some(rec))
 }
 
 fn templates() -> Result<Templates> {
@@ -505,14 +530,14 @@ struct Passed {
 /// the brief is unfinished (nothing final was written for it).
 async fn synthesize(a: &Args, policy: &OpenAiPolicy, brief: &Brief) -> Result<Record, String> {
     let dir = a.out.join(&brief.name);
-    let record_path = dir.join("synthesis.json");
-    if record_path.exists() {
-        let text = std::fs::read_to_string(&record_path)
-            .map_err(|e| format!("{}: {e}", record_path.display()))?;
-        let rec: Record =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", record_path.display()))?;
+    if let Some(rec) = read_record(&dir.join("synthesis.json")).map_err(|e| format!("{e:#}"))? {
         println!("{}: finished in an earlier run", brief.name);
         return Ok(rec);
+    }
+    // Attempts of a run the server cut short are replaced, not mixed with this run's.
+    let attempts = dir.join("attempts");
+    if attempts.exists() {
+        std::fs::remove_dir_all(&attempts).map_err(|e| format!("{}: {e}", attempts.display()))?;
     }
     let r = play(a, policy, brief, &dir).await;
     match &r {

@@ -680,6 +680,10 @@ fn a_model_writes_environments_and_is_told_what_failed() {
             ))),
             ("loop", _) => Some(block(&format!("while True:\n    pass\n{}", named("loop")))),
             ("clone", _) => Some("Sorry, I cannot.".into()),
+            // The first run gets one reply, then the server fails.
+            ("flaky", 1) if !flag.load(std::sync::atomic::Ordering::SeqCst) => {
+                Some("Not yet.".into())
+            }
             ("flaky", _) if !flag.load(std::sync::atomic::Ordering::SeqCst) => None,
             ("flaky", _) => Some("No code today.".into()),
             _ => panic!("unexpected request for {name} attempt {attempt}"),
@@ -832,7 +836,7 @@ fn a_model_writes_environments_and_is_told_what_failed() {
         "{again}"
     );
     assert_eq!(model.requests.lock().unwrap().len(), before + 4);
-    assert_eq!(model.requests_for("flaky").len(), 1 + 4);
+    assert_eq!(model.requests_for("flaky").len(), 2 + 4);
     assert_eq!(outcomes(&read("flaky")), ["no_code"; 4]);
 
     // A module that loops forever at import is killed at the build's time limit.
@@ -868,7 +872,22 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     );
     let before = model.requests.lock().unwrap().len();
 
-    // Bad input is refused by name before any request.
+    // Bad input is refused by name before any request: a finished brief whose text changed,
+    // a bad name, a policy that is not a URL.
+    let edited = env.path("edited.jsonl");
+    std::fs::write(&edited, r#"{"name": "rooms", "brief": "Something else."}"#).unwrap();
+    env.fails(
+        &[
+            "synthesize",
+            "--briefs",
+            edited.to_str().unwrap(),
+            "--policy",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "was written for another brief of `rooms`",
+    );
     let bad = env.path("bad.jsonl");
     std::fs::write(
         &bad,
