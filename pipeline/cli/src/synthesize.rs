@@ -201,6 +201,8 @@ struct Summary {
     unfinished: usize,
     /// Replies asked for, over the finished briefs.
     attempts: usize,
+    /// Tokens the server reported, over the finished briefs.
+    usage: Usage,
     environments: Vec<SummaryRow>,
 }
 
@@ -287,12 +289,17 @@ pub fn run(a: Args) -> Result<()> {
         failed: 0,
         unfinished: 0,
         attempts: 0,
+        usage: Usage::default(),
         environments: Vec::new(),
     };
     for (brief, r) in &results {
         let row = match r {
             Ok(rec) => {
                 summary.attempts += rec.attempts.len();
+                for at in &rec.attempts {
+                    summary.usage.prompt_tokens += at.usage.prompt_tokens;
+                    summary.usage.completion_tokens += at.usage.completion_tokens;
+                }
                 if rec.passed {
                     summary.passed += 1;
                 } else {
@@ -321,8 +328,15 @@ pub fn run(a: Args) -> Result<()> {
     bytes.push(b'\n');
     envsynth_shards::atomic_write(&a.out.join("summary.json"), &bytes)?;
     println!(
-        "{} brief(s): {} passed, {} failed, {} unfinished ({} attempts)",
-        summary.briefs, summary.passed, summary.failed, summary.unfinished, summary.attempts
+        "{} brief(s): {} passed, {} failed, {} unfinished ({} attempts; {} prompt and {} completion \
+         tokens)",
+        summary.briefs,
+        summary.passed,
+        summary.failed,
+        summary.unfinished,
+        summary.attempts,
+        summary.usage.prompt_tokens,
+        summary.usage.completion_tokens
     );
     if summary.unfinished > 0 {
         bail!(

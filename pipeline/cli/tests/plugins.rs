@@ -718,7 +718,7 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     ];
     let text = env.fails(&args, "1 brief(s) unfinished because the server failed");
     assert!(
-        text.contains("3 brief(s): 1 passed, 1 failed, 1 unfinished (8 attempts)"),
+        text.contains("3 brief(s): 1 passed, 1 failed, 1 unfinished (8 attempts; 20000 prompt and 80 completion tokens)"),
         "{text}"
     );
     let read = |name: &str| -> serde_json::Value {
@@ -761,7 +761,9 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     assert!(!syntax.contains("Stack backtrace"), "{syntax}");
     let missed = last_message(&asked[3]);
     assert!(
-        missed.contains("mutant for schedule.room_capacity was not rejected"),
+        missed.contains("mutant for schedule.room_capacity was not rejected")
+            && missed.contains("at level easy")
+            && missed.contains("disagrees with the verifier every time"),
         "{missed}"
     );
     // Each reply and its feedback stay in the conversation; each request has its own seed.
@@ -828,7 +830,7 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     let before = model.requests.lock().unwrap().len();
     let again = env.ok(&args);
     assert!(
-        again.contains("3 brief(s): 1 passed, 2 failed, 0 unfinished (12 attempts)"),
+        again.contains("3 brief(s): 1 passed, 2 failed, 0 unfinished (12 attempts; 30000 prompt and 120 completion tokens)"),
         "{again}"
     );
     assert!(

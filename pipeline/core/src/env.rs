@@ -272,10 +272,20 @@ pub fn generate(env: &dyn Environment, request: &TaskRequest) -> Result<Generate
             Err(r) => rejections.push(r),
         }
     }
-    let last = rejections.last().map(|r| r.to_string()).unwrap_or_default();
+    let last = rejections.last();
+    // Certification failing every time is a disagreement between the generator's plans and the
+    // verifier, which no choice of parameters fixes.
+    let hint = if last.is_some_and(|r| r.stage == Stage::Certify) {
+        "the planted solution or a mutant disagrees with the verifier every time: a bug in the \
+         generator, the mutants or the verifier"
+    } else {
+        "the difficulty parameters are probably unsatisfiable"
+    };
     Err(TaskError::InvalidRequest(format!(
-        "no certified task after {MAX_ATTEMPTS} attempts for index {} (last rejection: {last}); \
-         the difficulty parameters are probably unsatisfiable",
-        request.index
+        "no certified task after {MAX_ATTEMPTS} attempts for index {} at level {} (last \
+         rejection: {}); {hint}",
+        request.index,
+        request.level,
+        last.map(|r| r.to_string()).unwrap_or_default()
     )))
 }
