@@ -795,6 +795,27 @@ fn a_model_writes_environments_and_is_told_what_failed() {
             .iter()
             .all(|t| t.environment.to_string() == "rooms@0.1.0")
     );
+    // ... and plays like one: the oracle's rollouts pass its verifier.
+    let played = env.path("rooms-play");
+    env.ok(&[
+        "rollout",
+        "--tasks",
+        tasks.to_str().unwrap(),
+        "--policy",
+        "sim:oracle",
+        "--k",
+        "1",
+        "--out",
+        played.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(played.join("summary.json")).unwrap()).unwrap();
+    let group = &summary["by_environment"]["rooms@0.1.0"];
+    assert_eq!(
+        (&group["tasks"], &group["pass_at"]["1"]),
+        (&6.into(), &1.0.into()),
+        "{summary}"
+    );
 
     // clone: the wrong id, tasks that ignore their seed, then no code.
     let clone = read("clone");
