@@ -24,7 +24,8 @@ pub enum PluginCommand {
     /// single-constraint mutant must fail naming its constraint, empty, garbage and adversarial
     /// submissions must score 0, and verdicts must equal the native verifier's. A toolset: results
     /// of valid, invalid and adversarial calls must equal the native tools'. An environment: it
-    /// must generate certified tasks at every level that pass their probes.
+    /// must generate certified tasks at every level that pass their probes, differ within a
+    /// level, and whose tools answer wrong arguments and unknown tools with error results.
     Check(CheckArgs),
     /// Register an environment component so that `envsynth generate --env <id>` uses it.
     Register(RegisterArgs),
@@ -500,17 +501,27 @@ pub fn check_environment(env: &dyn Environment, count: u64, seed: u64) -> Result
 }
 
 /// [`check_environment`]'s probes, tallied: a task that fails to generate or certify is an
-/// error; a probe with the wrong verdict, or a level whose tasks all pose the same problem (a
-/// generator that ignores its seed and index), is a failure in the report.
+/// error; a probe with the wrong verdict, a tool that fails on arguments it should refuse, or a
+/// level whose tasks all pose the same problem (a generator that ignores its seed and index),
+/// is a failure in the report.
 pub fn environment_report(env: &dyn Environment, count: u64, seed: u64) -> Result<Report> {
     let mut report = Report::default();
     let tasks = tasks(env, count, seed)?;
-    for task in &tasks {
+    for (i, task) in tasks.iter().enumerate() {
         let prepared = env.prepare(task)?;
         for probe in env.probes(task)? {
             let got = prepared.verify(&probe.submission);
             let problems = probe.expect.check(&got).err().into_iter().collect();
             report.record(format!("{} {}", task_label(task), probe.name), problems);
+        }
+        // The tools of each level's first task, with arguments an agent gets wrong.
+        if (i as u64).is_multiple_of(count) {
+            for (what, problem) in tool_robustness(env, prepared.as_ref()) {
+                report.record(
+                    format!("{} {what}", task_label(task)),
+                    problem.into_iter().collect(),
+                );
+            }
         }
     }
     for level in &env.spec().levels {
@@ -530,4 +541,53 @@ pub fn environment_report(env: &dyn Environment, count: u64, seed: u64) -> Resul
         }
     }
     Ok(report)
+}
+
+/// Calls an agent gets wrong, for every tool: no arguments, arguments of the wrong shape, and a
+/// tool that does not exist. Each must come back as a tool result the agent can read (`ok`, or
+/// an error such as `invalid_arguments`), never as the environment's failure; the unknown tool
+/// as `unknown_tool`. Returns (what was called, the problem if any).
+fn tool_robustness(
+    env: &dyn Environment,
+    prepared: &dyn envsynth_core::PreparedTask,
+) -> Vec<(String, Option<String>)> {
+    use envsynth_core::model::{ToolCall, ToolErrorCode, ToolResult};
+    let mut out = Vec::new();
+    let call = |name: &str, arguments: Value| {
+        prepared.call_tool(&ToolCall {
+            name: name.to_string(),
+            arguments,
+        })
+    };
+    for spec in env.tool_specs() {
+        for (label, arguments) in [
+            ("{}", serde_json::json!({})),
+            ("{\"probe\": [[[]]]}", serde_json::json!({"probe": [[[]]]})),
+        ] {
+            let problem = match call(&spec.name, arguments) {
+                ToolResult::Error {
+                    code: ToolErrorCode::EnvironmentError,
+                    message,
+                } => Some(format!(
+                    "failed instead of answering with an error result: {}",
+                    clip(&message, 600)
+                )),
+                _ => None,
+            };
+            out.push((format!("tool {}({label})", spec.name), problem));
+        }
+    }
+    let unknown = "no_such_tool";
+    let problem = match call(unknown, serde_json::json!({})) {
+        ToolResult::Error {
+            code: ToolErrorCode::UnknownTool,
+            ..
+        } => None,
+        other => Some(format!(
+            "should be an error result with code unknown_tool, got {}",
+            clip(&serde_json::to_string(&other).unwrap_or_default(), 300)
+        )),
+    };
+    out.push((format!("tool {unknown}({{}})"), problem));
+    out
 }

@@ -197,9 +197,7 @@ fn an_environment_written_in_python_is_registered_and_used_like_a_native_one() {
     payloads_match_the_published_schemas(&wasm);
     let out = env.ok(&["plugin", "check", w, "--count", "3"]);
     let (passed, failed) = tally(&out);
-    // 4 probes per task (planted, empty, garbage, nested lists), 3 tasks at each of 3 levels,
-    // and one variety probe per level.
-    assert_eq!((passed, failed), (3 * 3 * 4 + 3, 0), "{out}");
+    assert_eq!((passed, failed), (MEETING_PROBES, 0), "{out}");
 
     env.fails(
         &[
@@ -531,6 +529,12 @@ fn payloads_match_the_published_schemas(wasm: &Path) {
     conforms("generate-rejection.schema.json", &parse(&rejection));
 }
 
+/// The environment suite's probes of the meeting environment at `--count 3`: 4 per task
+/// (planted, empty, garbage, nested lists) for 3 tasks at each of 3 levels, one variety probe
+/// per level, and on each level's first task its 5 tools called with two kinds of wrong
+/// arguments plus an unknown tool.
+const MEETING_PROBES: usize = 3 * 3 * 4 + 3 + 3 * (5 * 2 + 1);
+
 /// A chat-completions server on loopback that answers from a script: `reply(brief, attempt)`
 /// gives the reply's text (`None`: a 503). It records every request's body.
 struct ScriptedModel {
@@ -679,6 +683,11 @@ fn a_model_writes_environments_and_is_told_what_failed() {
                 "0, 0, level, attempt))",
             ))),
             ("loop", _) => Some(block(&format!("while True:\n    pass\n{}", named("loop")))),
+            // Its tools crash on arguments they do not know.
+            ("clone", 3) => Some(block(&clone.replace(
+                "        if k not in schema[\"properties\"]:\n            raise ToolError(\"invalid_arguments\", \"%s: arguments: unexpected property %s\" % (name, k))\n",
+                "        pass\n",
+            ))),
             ("clone", _) => Some("Sorry, I cannot.".into()),
             // The first run gets one reply, then the server fails.
             ("flaky", 1) if !flag.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -735,7 +744,7 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     assert_eq!(rooms["passed"], true);
     assert_eq!(rooms["environment"], "rooms@0.1.0");
     assert_eq!(rooms["registered"], true);
-    assert_eq!(rooms["probes_passed"], 3 * 3 * 4 + 3);
+    assert_eq!(rooms["probes_passed"], MEETING_PROBES);
     assert!(
         rooms["tools"]
             .as_array()
@@ -817,11 +826,11 @@ fn a_model_writes_environments_and_is_told_what_failed() {
         "{summary}"
     );
 
-    // clone: the wrong id, tasks that ignore their seed, then no code.
+    // clone: the wrong id, tasks that ignore their seed, tools that crash, then no code.
     let clone = read("clone");
     assert_eq!(
         outcomes(&clone),
-        ["load_failed", "check_failed", "no_code", "no_code"]
+        ["load_failed", "check_failed", "check_failed", "no_code"]
     );
     assert_eq!(clone["passed"], false);
     assert_eq!(clone["environment"], serde_json::Value::Null);
@@ -837,6 +846,12 @@ fn a_model_writes_environments_and_is_told_what_failed() {
         same.contains("easy variety: all 3 tasks pose the same problem"),
         "{same}"
     );
+    let crash = last_message(&asked[3]);
+    assert!(
+        crash.contains("easy/0 tool list_people({\"probe\": [[[]]]}): failed instead of answering with an error result"),
+        "{crash}"
+    );
+    assert!(!crash.contains("tool list_people({})"), "{crash}");
     assert!(!listed.contains("clone@"), "{listed}");
 
     // flaky: the server failed, so nothing final was written and the summary says so.
