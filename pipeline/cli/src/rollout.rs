@@ -124,7 +124,7 @@ pub fn read_all_tasks(paths: &[PathBuf], flag: &str) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -257,10 +257,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::rollout::runtime()?;
     let a = Arc::new(a);
     let policy = Arc::new(policy);
     let results: Vec<(Brief, Result<Record, String>)> = rt.block_on(async {
