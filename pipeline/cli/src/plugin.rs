@@ -343,7 +343,7 @@ impl Report {
     }
 }
 
-fn tasks(env: &dyn Environment, count: u64, seed: u64) -> Result<Vec<Task>> {
+pub(crate) fn tasks(env: &dyn Environment, count: u64, seed: u64) -> Result<Vec<Task>> {
     let mut out = Vec::new();
     for level in env.spec().levels.clone() {
         for index in 0..count {

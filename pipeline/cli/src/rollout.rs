@@ -21,11 +21,12 @@ use envsynth_core::chat::ChatRequest;
 use envsynth_core::{PreparedTask, Task};
 use envsynth_policy::local::LocalOptions;
 use envsynth_policy::{LocalPolicy, SamplingParams};
-use envsynth_rollout::score::summarize;
+use envsynth_rollout::score::{Summary, summarize};
 use envsynth_rollout::{
     ClientOptions, Limits, OpenAiPolicy, Policy, PolicyError, Reply, Rollout, rollout_id,
     sample_seeds,
 };
+use envsynth_server::Verifiers;
 use envsynth_server::simulated::{self, Agent, FaultKind, Faults};
 
 #[derive(clap::Args)]
@@ -133,13 +134,13 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 async fn start_sim(
     tasks: &[Task],
+    verifiers: &dyn Verifiers,
     agent: Agent,
     faults: Faults,
     addr: SocketAddr,
 ) -> Result<SocketAddr> {
-    let verifiers = crate::serve::BinaryVerifiers::default();
     let router =
-        simulated::router(tasks, &verifiers, agent, faults).map_err(|e| anyhow::anyhow!(e))?;
+        simulated::router(tasks, verifiers, agent, faults).map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -166,6 +167,7 @@ pub fn simulate(a: SimArgs) -> Result<()> {
     rt.block_on(async {
         let addr = start_sim(
             &tasks,
+            &crate::serve::BinaryVerifiers::default(),
             agent,
             Faults {
                 every: a.fault_every,
@@ -208,7 +210,7 @@ fn journaled(parts: &Path) -> Result<HashMap<String, Rollout>> {
 }
 
 /// The policies `--policy` names. (The `Policy` trait is static, so one enum holds them.)
-enum Backend {
+pub(crate) enum Backend {
     OpenAi(OpenAiPolicy),
     Local(LocalPolicy),
 }
@@ -229,10 +231,52 @@ impl Policy for Backend {
     }
 }
 
-async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
+/// What a command's policy flag and its options say (`rollout --policy`, `synthesize
+/// --solver`).
+pub(crate) struct PolicyChoice<'a> {
+    /// The flag it came from, for errors.
+    pub flag: &'a str,
+    pub policy: &'a str,
+    pub model: &'a str,
+    pub device: envsynth_policy::local::Device,
+    pub temperature: f64,
+    pub concurrency: usize,
+    pub timeout: u64,
+    pub retries: u32,
+    pub token_ids: bool,
+}
+
+impl PolicyChoice<'_> {
+    /// Refuses a policy that cannot be started, before any work: an unknown simulated agent,
+    /// a missing checkpoint folder, a malformed URL.
+    pub fn check(&self) -> Result<()> {
+        let flag = self.flag;
+        if let Some(dir) = self.policy.strip_prefix("local:") {
+            return crate::existing(Path::new(dir), &format!("{flag} local:"));
+        }
+        if let Some(agent) = self.policy.strip_prefix("sim:") {
+            return agent
+                .parse::<Agent>()
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"));
+        }
+        OpenAiPolicy::new(self.policy, self.model, ClientOptions::default())
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+    }
+}
+
+/// The policy to play `tasks` with; a simulated one resolves their environments in
+/// `verifiers`.
+pub(crate) async fn backend(
+    a: &PolicyChoice<'_>,
+    tasks: &[Task],
+    verifiers: &dyn Verifiers,
+) -> Result<Backend> {
+    let flag = a.flag;
     if let Some(dir) = a.policy.strip_prefix("local:") {
         let dir = PathBuf::from(dir);
-        crate::existing(&dir, "--policy local:")?;
+        crate::existing(&dir, &format!("{flag} local:"))?;
         let options = LocalOptions {
             sampling: SamplingParams {
                 temperature: a.temperature as f32,
@@ -245,21 +289,28 @@ async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
         };
         let local = tokio::task::spawn_blocking(move || LocalPolicy::load(&dir, options))
             .await?
-            .context("--policy local:")?;
+            .with_context(|| format!("{flag} local:"))?;
         return Ok(Backend::Local(local));
     }
     let (url, name) = match a.policy.strip_prefix("sim:") {
         Some(agent) => {
             let agent: Agent = agent
                 .parse()
-                .map_err(|e: String| anyhow::anyhow!("--policy: {e}"))?;
-            let addr = start_sim(tasks, agent, Faults::default(), "127.0.0.1:0".parse()?).await?;
+                .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
+            let addr = start_sim(
+                tasks,
+                verifiers,
+                agent,
+                Faults::default(),
+                "127.0.0.1:0".parse()?,
+            )
+            .await?;
             (
                 format!("http://{addr}/v1"),
                 format!("sim-{}", &a.policy[4..]),
             )
         }
-        None => (a.policy.clone(), a.model.clone()),
+        None => (a.policy.to_string(), a.model.to_string()),
     };
     let options = ClientOptions {
         concurrency: a.concurrency,
@@ -269,7 +320,8 @@ async fn backend(a: &Args, tasks: &[Task]) -> Result<Backend> {
         api_key: std::env::var("OPENAI_API_KEY").ok(),
         token_ids: a.token_ids,
     };
-    let mut policy = OpenAiPolicy::new(&url, &a.model, options).map_err(|e| anyhow::anyhow!(e))?;
+    let mut policy =
+        OpenAiPolicy::new(&url, a.model, options).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     if a.policy.starts_with("sim:") {
         policy = policy.named(&name);
     }
@@ -286,7 +338,19 @@ pub fn run(a: Args) -> Result<()> {
     let mut done = journaled(&parts)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let policy = Arc::new(backend(&a, &tasks).await?);
+        let choice = PolicyChoice {
+            flag: "--policy",
+            policy: &a.policy,
+            model: &a.model,
+            device: a.device,
+            temperature: a.temperature,
+            concurrency: a.concurrency,
+            timeout: a.timeout,
+            retries: a.retries,
+            token_ids: a.token_ids,
+        };
+        let verifiers = crate::serve::BinaryVerifiers::default();
+        let policy = Arc::new(backend(&choice, &tasks, &verifiers).await?);
         let limits = Arc::new(Limits {
             max_turns: a.max_turns,
             temperature: Some(a.temperature),
@@ -296,7 +360,6 @@ pub fn run(a: Args) -> Result<()> {
         // Every rollout of the run, in output order; the ones not yet journaled get played.
         let mut order = Vec::new();
         let mut todo = Vec::new();
-        let verifiers = crate::serve::BinaryVerifiers::default();
         for task in &tasks {
             let seeds = sample_seeds(a.seed, &task.id, a.k);
             let ids: Vec<String> = seeds
@@ -401,25 +464,9 @@ fn pass_at_ks(asked: &[u64], k: u64) -> Vec<u64> {
     ks
 }
 
-/// Writes a run's results into `out`, each file atomically: `rollouts.jsonl`,
-/// `rollouts.parquet` and `summary.json`; prints the summary's headline.
+/// Writes a run's results into `out` ([`write_run`]) and prints the summary's headline.
 fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
-    let mut bytes = Vec::new();
-    for r in all {
-        serde_json::to_writer(&mut bytes, r)?;
-        bytes.push(b'\n');
-    }
-    envsynth_shards::atomic_write(&out.join("rollouts.jsonl"), &bytes)?;
-    let rows: Vec<serde_json::Value> = all
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?;
-    envsynth_shards::write_trajectories(&out.join("rollouts.parquet"), &rows)?;
-    let summary = summarize(all, ks);
-    let mut text = serde_json::to_vec_pretty(&summary)?;
-    text.push(b'\n');
-    envsynth_shards::atomic_write(&out.join("summary.json"), &text)?;
+    let summary = write_run(out, all, ks)?;
     let mut brief: BTreeMap<&str, serde_json::Value> = [
         ("rollouts", serde_json::json!(summary.rollouts)),
         ("masked", serde_json::json!(summary.masked)),
@@ -445,6 +492,28 @@ fn write_results(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&brief)?);
     Ok(())
+}
+
+/// Writes a run's results into `out`, each file atomically: `rollouts.jsonl`,
+/// `rollouts.parquet` and `summary.json` (returned).
+pub(crate) fn write_run(out: &Path, all: &[Rollout], ks: &[u64]) -> Result<Summary> {
+    std::fs::create_dir_all(out).with_context(|| format!("{}", out.display()))?;
+    let mut bytes = Vec::new();
+    for r in all {
+        serde_json::to_writer(&mut bytes, r)?;
+        bytes.push(b'\n');
+    }
+    envsynth_shards::atomic_write(&out.join("rollouts.jsonl"), &bytes)?;
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    envsynth_shards::write_trajectories(&out.join("rollouts.parquet"), &rows)?;
+    let summary = summarize(all, ks);
+    let mut text = serde_json::to_vec_pretty(&summary)?;
+    text.push(b'\n');
+    envsynth_shards::atomic_write(&out.join("summary.json"), &text)?;
+    Ok(summary)
 }
 
 /// The rollouts of a finished `envsynth rollout` (or `rescore`) directory, in the order of its

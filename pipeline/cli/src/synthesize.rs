@@ -7,7 +7,12 @@
 //! The model's code never runs natively on this machine: it is compiled to WebAssembly (Python
 //! executes the module's top-level code during that build, inside componentize-py's own
 //! WebAssembly runtime, under a time limit) and then runs only in the sandbox.
+//!
+//! With `--solver`, an environment that passes the suite is then played by a solver policy, as
+//! DeepSeek-V3.2 kept only what is hard to solve: one that the solver passes too often, or
+//! never, goes back to the model with its pass rates and the checks the answers broke.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +20,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use envsynth_core::Environment;
 use envsynth_core::chat::{ChatMessage, ChatRequest, Usage};
+use envsynth_core::{EnvRef, Environment, PreparedTask};
 use envsynth_prompts::Templates;
-use envsynth_rollout::{ClientOptions, OpenAiPolicy, Policy};
+use envsynth_rollout::score::Summary as PlaySummary;
+use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Policy, Rollout, Stop, sample_seeds};
+use envsynth_server::{Resolved, Verifiers};
 
 const SYSTEM: &str = include_str!("../../../prompts/synthesize/system.j2");
 const USER: &str = include_str!("../../../prompts/synthesize/user.j2");
@@ -66,6 +73,8 @@ const FEEDBACK_PROBLEMS: usize = 20;
 const PROBLEM_CHARS: usize = 4000;
 /// The module's file name in each attempt's folder (componentize-py imports it by this name).
 const MODULE: &str = "environment.py";
+/// The seed of the tasks a solver plays (the integrity suite checks seed 0's).
+const SOLVE_SEED: u64 = 1;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -118,6 +127,25 @@ pub struct Args {
     /// goes back to the model as a problem to fix.
     #[arg(long)]
     pub register: bool,
+    /// Play each environment that passes the suite before accepting it: an OpenAI-compatible
+    /// API root, `sim:oracle`, `sim:noisy:P`, `sim:random` or `local:DIR`, as for `rollout
+    /// --policy`. An environment whose tasks it passes too often (--max-pass), or never, goes
+    /// back to the model with the pass rates and the checks its answers broke.
+    #[arg(long)]
+    pub solver: Option<String>,
+    /// The model name sent to the solver's server.
+    #[arg(long, default_value = "default")]
+    pub solver_model: String,
+    /// Tasks per level the solver plays (seed 1: not the suite's).
+    #[arg(long, default_value_t = 4)]
+    pub solve_count: u64,
+    /// Rollouts per task the solver plays.
+    #[arg(long, default_value_t = 4)]
+    pub solve_k: u32,
+    /// The largest share of the solver's scored rollouts that may pass; above it the
+    /// environment is too easy.
+    #[arg(long, default_value_t = 0.75)]
+    pub max_pass: f64,
     /// Output directory: one folder per brief.
     #[arg(long)]
     pub out: PathBuf,
@@ -142,8 +170,12 @@ enum Outcome {
     /// its id was not the brief's name.
     LoadFailed,
     /// Tasks failed to generate or certify, a probe got the wrong verdict, a level's tasks were
-    /// all the same, or the version was taken.
+    /// all the same, the version was taken, or a tool failed while the solver played.
     CheckFailed,
+    /// The solver passed more than `--max-pass` of its scored rollouts.
+    TooEasy,
+    /// The solver passed none of its scored rollouts.
+    Unsolved,
     Passed,
 }
 
@@ -154,6 +186,8 @@ impl Outcome {
             Outcome::BuildFailed => "build_failed",
             Outcome::LoadFailed => "load_failed",
             Outcome::CheckFailed => "check_failed",
+            Outcome::TooEasy => "too_easy",
+            Outcome::Unsolved => "unsolved",
             Outcome::Passed => "passed",
         }
     }
@@ -168,6 +202,29 @@ struct Attempt {
     /// Problems beyond those listed.
     more_problems: usize,
     usage: Usage,
+    /// How the solver did, when the environment passed the suite and `--solver` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    solve: Option<Solve>,
+}
+
+/// A solver's play of an attempt's environment; its rollouts are in `attempts/N/solve/`
+/// (`envsynth view` reads them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Solve {
+    solver: String,
+    /// Tasks played (`--solve-count` per level) and rollouts per task.
+    tasks: usize,
+    k: u32,
+    rollouts: u64,
+    /// Rollouts the infrastructure failed (left out of every rate).
+    masked: u64,
+    passed: u64,
+    /// Passed over scored rollouts.
+    pass_rate: f64,
+    /// By level: (scored rollouts, passed).
+    by_level: BTreeMap<String, (u64, u64)>,
+    /// How often each check failed in the failed rollouts, most first.
+    failed_checks: Vec<(String, u64)>,
 }
 
 /// `<out>/<name>/synthesis.json`: one brief's whole synthesis. Written last, so its presence
@@ -212,6 +269,9 @@ struct SummaryRow {
     outcome: &'static str,
     attempts: usize,
     environment: Option<String>,
+    /// The solver's pass rate on the environment that passed (with `--solver`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass_rate: Option<f64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -220,6 +280,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.check_count == 0 {
         bail!("--check-count must be at least 1");
+    }
+    if a.solve_count == 0 || a.solve_k == 0 {
+        bail!("--solve-count and --solve-k must be at least 1");
+    }
+    if !(0.0..1.0).contains(&a.max_pass) {
+        bail!("--max-pass must be at least 0 and below 1 (the share of rollouts that may pass)");
+    }
+    if a.solver.is_some() {
+        solver_choice(&a).check()?;
     }
     let briefs = match (&a.brief, &a.name, &a.briefs) {
         (Some(brief), Some(name), None) => {
@@ -307,6 +376,12 @@ pub fn run(a: Args) -> Result<()> {
                     outcome: if rec.passed { "passed" } else { "failed" },
                     attempts: rec.attempts.len(),
                     environment: rec.environment.clone(),
+                    pass_rate: rec
+                        .attempts
+                        .last()
+                        .filter(|_| rec.passed)
+                        .and_then(|at| at.solve.as_ref())
+                        .map(|s| s.pass_rate),
                 }
             }
             Err(_) => {
@@ -316,6 +391,7 @@ pub fn run(a: Args) -> Result<()> {
                     outcome: "unfinished",
                     attempts: 0,
                     environment: None,
+                    pass_rate: None,
                 }
             }
         };
@@ -531,6 +607,7 @@ fn request_seed(run: u64, name: &str, attempt: u32) -> u64 {
 
 /// An environment that passed, as the record names it.
 struct Passed {
+    env: Arc<dyn Environment>,
     environment: String,
     content_hash: String,
     tools: Vec<String>,
@@ -620,6 +697,15 @@ async fn play(
                 .map_err(|e| e.to_string())?
             }
         };
+        // What passed the suite is played by the solver, when there is one.
+        let (outcome, problems, ok, solve) = match (ok, &a.solver) {
+            (Some(p), Some(_)) => {
+                let (solve, outcome, problems) = play_solver(a, &p, &work).await?;
+                let ok = (outcome == Outcome::Passed).then_some(p);
+                (outcome, problems, ok, solve)
+            }
+            (ok, _) => (outcome, problems, ok, None),
+        };
         let more = problems.len().saturating_sub(FEEDBACK_PROBLEMS);
         let attempt = Attempt {
             attempt: n,
@@ -631,6 +717,7 @@ async fn play(
                 .collect(),
             more_problems: more,
             usage: reply.usage,
+            solve,
         };
         // Reasoning stays out of the history: a new user message follows.
         messages.push(ChatMessage::text("assistant", content));
@@ -728,12 +815,235 @@ fn examine(
         return (Outcome::CheckFailed, report.failed, None);
     }
     let passed = Passed {
+        tools: env.tool_specs().iter().map(|t| t.name.clone()).collect(),
+        env: Arc::new(env),
         environment: spec.env_ref().to_string(),
         content_hash: spec.content_hash.clone(),
-        tools: env.tool_specs().iter().map(|t| t.name.clone()).collect(),
         probes: report.passed,
     };
     (Outcome::Passed, Vec::new(), Some(passed))
+}
+
+/// The `--solver` flags as a policy choice.
+fn solver_choice(a: &Args) -> crate::rollout::PolicyChoice<'_> {
+    crate::rollout::PolicyChoice {
+        flag: "--solver",
+        policy: a.solver.as_deref().unwrap_or_default(),
+        model: &a.solver_model,
+        device: envsynth_policy::local::Device::Cpu,
+        temperature: Limits::default().temperature.unwrap_or(1.0),
+        concurrency: 16,
+        timeout: a.timeout,
+        retries: a.retries,
+        token_ids: false,
+    }
+}
+
+/// The candidate environment, the only one a simulated solver resolves (it is not registered
+/// yet).
+struct Candidate(Arc<dyn Environment>);
+
+impl Verifiers for Candidate {
+    fn environment(&self, env: &EnvRef) -> Result<Resolved, String> {
+        if *env != self.0.spec().env_ref() {
+            return Err(format!("{env} is not the environment being synthesized"));
+        }
+        Ok(Resolved {
+            env: self.0.clone(),
+            sandboxed: true,
+        })
+    }
+}
+
+/// Plays an environment that passed the suite with the solver: `--solve-count` tasks per
+/// level (seed [`SOLVE_SEED`]), `--solve-k` rollouts each, written to `<work>/solve/`. `Err`
+/// means the solver's server failed (the brief is left unfinished).
+async fn play_solver(
+    a: &Args,
+    passed: &Passed,
+    work: &Path,
+) -> Result<(Option<Solve>, Outcome, Vec<String>), String> {
+    let env = passed.env.clone();
+    let count = a.solve_count;
+    let generated = tokio::task::spawn_blocking(move || {
+        crate::plugin::tasks(env.as_ref(), count, SOLVE_SEED).map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let tasks = match generated {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("generating the tasks a solver plays (seed {SOLVE_SEED}): {e}");
+            return Ok((None, Outcome::CheckFailed, vec![why]));
+        }
+    };
+    let mut prepared = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        match passed.env.prepare(t) {
+            Ok(p) => prepared.push(Arc::<dyn PreparedTask>::from(p)),
+            Err(e) => {
+                let why = format!("preparing a {} task: {e}", t.difficulty.level);
+                return Ok((None, Outcome::CheckFailed, vec![why]));
+            }
+        }
+    }
+    let choice = solver_choice(a);
+    let verifiers = Candidate(passed.env.clone());
+    let policy = crate::rollout::backend(&choice, &tasks, &verifiers)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let policy = Arc::new(policy);
+    let limits = Arc::new(Limits::default());
+    let mut jobs = tokio::task::JoinSet::new();
+    let mut n = 0;
+    for (task, prepared) in tasks.into_iter().zip(prepared) {
+        let task = Arc::new(task);
+        for seed in sample_seeds(a.seed, &task.id, a.solve_k) {
+            let (policy, limits, task, prepared) = (
+                policy.clone(),
+                limits.clone(),
+                task.clone(),
+                prepared.clone(),
+            );
+            jobs.spawn(async move {
+                let r =
+                    envsynth_rollout::run(policy.as_ref(), &task, prepared.as_ref(), seed, &limits)
+                        .await;
+                (n, r)
+            });
+            n += 1;
+        }
+    }
+    let mut rollouts: Vec<Option<Rollout>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = jobs.join_next().await {
+        let (i, r) = joined.map_err(|e| e.to_string())?;
+        rollouts[i] = Some(r);
+    }
+    let rollouts: Vec<Rollout> = rollouts.into_iter().flatten().collect();
+    let ks = [1, u64::from(a.solve_k)];
+    let summary = crate::rollout::write_run(&work.join("solve"), &rollouts, &ks)
+        .map_err(|e| format!("{e:#}"))?;
+    let solve = Solve {
+        solver: policy.name().to_string(),
+        tasks: n / a.solve_k as usize,
+        k: a.solve_k,
+        rollouts: summary.rollouts,
+        masked: summary.masked,
+        passed: rollouts.iter().filter(|r| r.verdict.passed).count() as u64,
+        pass_rate: 0.0,
+        by_level: BTreeMap::new(),
+        failed_checks: summary.failed_checks.clone(),
+    };
+    let (solve, outcome, problems) = judge(solve, &summary, &rollouts, a.max_pass)?;
+    Ok((Some(solve), outcome, problems))
+}
+
+/// The solver's rollouts against `--max-pass`: a tool that failed in the environment is a
+/// check failure; no scored rollout at all means the solver's server failed (`Err`); then too
+/// many passes is `too_easy` and none `unsolved`. The problems say so with the numbers.
+fn judge(
+    mut solve: Solve,
+    summary: &PlaySummary,
+    rollouts: &[Rollout],
+    max_pass: f64,
+) -> Result<(Solve, Outcome, Vec<String>), String> {
+    let mut broken = std::collections::BTreeSet::new();
+    for r in rollouts {
+        if let Stop::ToolError(m) = &r.stop {
+            broken.insert(format!(
+                "a tool failed while the solver played a {} task: {m}",
+                r.level
+            ));
+        }
+    }
+    let scored = summary.rollouts - summary.masked;
+    for t in &summary.tasks {
+        let e = solve.by_level.entry(t.level.clone()).or_default();
+        e.0 += t.attempts;
+        e.1 += t.passes;
+    }
+    solve.pass_rate = if scored == 0 {
+        0.0
+    } else {
+        solve.passed as f64 / scored as f64
+    };
+    if !broken.is_empty() {
+        return Ok((solve, Outcome::CheckFailed, broken.into_iter().collect()));
+    }
+    if scored == 0 {
+        let kinds: Vec<String> = summary
+            .masked_kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        return Err(format!(
+            "the solver {} scored no rollout (masked: {}); {}",
+            solve.solver,
+            kinds.join(", "),
+            rollouts
+                .iter()
+                .find_map(|r| r.verdict.error.clone())
+                .unwrap_or_default()
+        ));
+    }
+    let percent = |p: u64, of: u64| match of {
+        0 => "none scored".to_string(),
+        _ => format!("{p} passed ({:.0}%)", 100.0 * p as f64 / of as f64),
+    };
+    let mut lines = vec![format!(
+        "{} played {} tasks, {} times each; of its {scored} scored rollouts, {}",
+        solve.solver,
+        solve.tasks,
+        solve.k,
+        percent(solve.passed, scored),
+    )];
+    for (level, (n, p)) in &solve.by_level {
+        lines.push(format!(
+            "level {level}: of {n} scored rollouts, {}",
+            percent(*p, *n)
+        ));
+    }
+    if !solve.failed_checks.is_empty() {
+        let top: Vec<String> = solve
+            .failed_checks
+            .iter()
+            .take(8)
+            .map(|(c, n)| format!("{c} ({n})"))
+            .collect();
+        lines.push(format!(
+            "the checks its answers failed, most first: {}",
+            top.join(", ")
+        ));
+    }
+    let outcome = if solve.pass_rate > max_pass {
+        lines[0].push_str(&format!(", more than the share of {max_pass} allowed"));
+        Outcome::TooEasy
+    } else if solve.passed == 0 {
+        // What one failed answer broke, in the verifier's words.
+        if let Some(r) = rollouts.iter().find(|r| !r.verdict.mask) {
+            let mut why: Vec<String> = r
+                .verdict
+                .checks
+                .iter()
+                .filter(|c| c.status == envsynth_core::CheckStatus::Failed)
+                .map(|c| format!("{}: {}", c.id, c.reason))
+                .collect();
+            why.extend(r.verdict.error.clone());
+            lines.push(format!(
+                "one answer to a {} task failed with: {}",
+                r.level,
+                if why.is_empty() {
+                    "no answer".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ));
+        }
+        Outcome::Unsolved
+    } else {
+        return Ok((solve, Outcome::Passed, Vec::new()));
+    };
+    Ok((solve, outcome, lines))
 }
 
 /// The model does not need this machine's paths.
@@ -846,6 +1156,7 @@ mod tests {
             problems: problems.iter().map(|s| s.to_string()).collect(),
             more_problems: more,
             usage: Usage::default(),
+            solve: None,
         };
         let f = feedback(&attempt(Outcome::NoCode, &[], 0)).unwrap();
         assert!(f.contains("no ```python block"), "{f}");

@@ -974,3 +974,160 @@ fn a_model_writes_environments_and_is_told_what_failed() {
     );
     assert_eq!(model.requests.lock().unwrap().len(), before);
 }
+
+/// With `--solver`, an environment that passes the suite is played before it is accepted, as
+/// DeepSeek-V3.2 kept only what is hard to solve: one the solver passes too often or never goes
+/// back to the model with the numbers; one in between is kept with its pass rate.
+#[test]
+fn a_solver_plays_what_passes_and_the_model_hears_how_it_went() {
+    let env = Env::new();
+    let meeting =
+        std::fs::read_to_string(repo("environments/meeting/meeting_scheduling.py")).unwrap();
+    let model = ScriptedModel::start(move |name, _| {
+        let code = meeting.replace(
+            "ENV_ID = \"meeting-scheduling\"",
+            &format!("ENV_ID = \"{name}\""),
+        );
+        Some(format!("```python\n{code}```\n"))
+    });
+    let (url, out) = (model.url(), env.path("synth"));
+    let args = |name: &'static str, solver: &'static str, extra: &[&'static str]| {
+        let mut v: Vec<String> = [
+            "synthesize",
+            "--brief",
+            "Book meeting rooms.",
+            "--name",
+            name,
+            "--policy",
+            &url,
+            "--solver",
+            solver,
+            "--solve-count",
+            "2",
+            "--solve-k",
+            "2",
+            "--register",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    fn as_refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name).join("synthesis.json")).unwrap())
+            .unwrap()
+    };
+    let lines = |p: PathBuf| std::fs::read_to_string(p).unwrap().lines().count();
+
+    // The oracle solves everything: too easy, twice; the model is told the numbers.
+    let easy = args(
+        "easy",
+        "sim:oracle",
+        &["--max-pass", "0.5", "--attempts", "2"],
+    );
+    let text = env.fails(&as_refs(&easy), "no environment passed");
+    assert!(
+        text.contains("easy: failed after 2 attempt(s); the last: too_easy"),
+        "{text}"
+    );
+    let rec = read("easy");
+    assert_eq!(outcomes(&rec), ["too_easy", "too_easy"]);
+    assert_eq!(
+        (&rec["passed"], &rec["registered"]),
+        (&false.into(), &false.into())
+    );
+    let solve = &rec["attempts"][0]["solve"];
+    let tasks = solve["tasks"].as_u64().unwrap();
+    assert_eq!(
+        tasks,
+        2 * 3,
+        "two tasks at each of meeting's three levels: {solve}"
+    );
+    assert_eq!(
+        (
+            &solve["solver"],
+            &solve["rollouts"],
+            &solve["passed"],
+            &solve["pass_rate"]
+        ),
+        (
+            &"sim-oracle".into(),
+            &(2 * tasks).into(),
+            &(2 * tasks).into(),
+            &1.0.into()
+        )
+    );
+    assert_eq!(solve["by_level"]["hard"], serde_json::json!([4, 4]));
+    assert_eq!(lines(out.join("easy/attempts/1/solve/rollouts.jsonl")), 12);
+    let told = last_message(&model.requests_for("easy")[1]);
+    assert!(
+        told.contains("sim-oracle played 6 tasks, 2 times each; of its 12 scored rollouts, 12 passed (100%), more than the share of 0.5 allowed")
+            && told.contains("level medium: of 4 scored rollouts, 4 passed (100%)")
+            && told.contains("too easy to teach anything"),
+        "{told}"
+    );
+    // The solver's rollouts are a run like any other.
+    let viewed = env.ok(&["view", out.join("easy/attempts/2/solve").to_str().unwrap()]);
+    assert!(
+        viewed.contains("12 rollouts of 6 tasks, 12 passed"),
+        "{viewed}"
+    );
+
+    // Random answers never pass: unsolved, with what the verifier said about one of them.
+    let hard = args("hard", "sim:random", &["--attempts", "1"]);
+    env.fails(&as_refs(&hard), "no environment passed");
+    let rec = read("hard");
+    assert_eq!(outcomes(&rec), ["unsolved"]);
+    assert_eq!(rec["attempts"][0]["solve"]["passed"], 0);
+    let problems = rec["attempts"][0]["problems"].as_array().unwrap();
+    assert!(
+        problems[0].as_str().unwrap().contains("0 passed (0%)")
+            && problems
+                .last()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .contains("one answer to a"),
+        "{problems:?}"
+    );
+
+    // A solver that slips now and then: kept, registered, its pass rate in the summary.
+    let fair = args(
+        "fair",
+        "sim:noisy:0.4",
+        &["--attempts", "1", "--max-pass", "0.95"],
+    );
+    let text = env.ok(&as_refs(&fair));
+    assert!(text.contains("fair: passed at attempt 1"), "{text}");
+    let rec = read("fair");
+    assert_eq!(outcomes(&rec), ["passed"]);
+    assert_eq!(rec["registered"], true);
+    let rate = rec["attempts"][0]["solve"]["pass_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate <= 0.95, "{rate}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["environments"][0]["pass_rate"], rate, "{summary}");
+    assert!(env.ok(&["envs"]).contains("fair@0.1.0"));
+
+    // Bad solver settings are refused by name before any request.
+    let before = model.requests.lock().unwrap().len();
+    env.fails(
+        &as_refs(&args("x1", "sim:genius", &[])),
+        "--solver: unknown agent `genius`",
+    );
+    env.fails(
+        &as_refs(&args("x2", "sim:oracle", &["--max-pass", "1"])),
+        "--max-pass must be at least 0 and below 1",
+    );
+    env.fails(
+        &as_refs(&args("x3", "local:/nowhere", &[])),
+        "--solver local:",
+    );
+    assert_eq!(model.requests.lock().unwrap().len(), before);
+}
