@@ -923,18 +923,8 @@ async fn play_solver(
     let ks = [1, u64::from(a.solve_k)];
     let summary = crate::rollout::write_run(&work.join("solve"), &rollouts, &ks)
         .map_err(|e| format!("{e:#}"))?;
-    let solve = Solve {
-        solver: policy.name().to_string(),
-        tasks: n / a.solve_k as usize,
-        k: a.solve_k,
-        rollouts: summary.rollouts,
-        masked: summary.masked,
-        passed: rollouts.iter().filter(|r| r.verdict.passed).count() as u64,
-        pass_rate: 0.0,
-        by_level: BTreeMap::new(),
-        failed_checks: summary.failed_checks.clone(),
-    };
-    let (solve, outcome, problems) = judge(solve, &summary, &rollouts, a.max_pass)?;
+    let (solve, outcome, problems) =
+        judge(policy.name(), a.solve_k, &summary, &rollouts, a.max_pass)?;
     Ok((Some(solve), outcome, problems))
 }
 
@@ -942,11 +932,23 @@ async fn play_solver(
 /// check failure; no scored rollout at all means the solver's server failed (`Err`); then too
 /// many passes is `too_easy` and none `unsolved`. The problems say so with the numbers.
 fn judge(
-    mut solve: Solve,
+    solver: &str,
+    k: u32,
     summary: &PlaySummary,
     rollouts: &[Rollout],
     max_pass: f64,
 ) -> Result<(Solve, Outcome, Vec<String>), String> {
+    let mut solve = Solve {
+        solver: solver.to_string(),
+        tasks: summary.tasks.len(),
+        k,
+        rollouts: summary.rollouts,
+        masked: summary.masked,
+        passed: rollouts.iter().filter(|r| r.verdict.passed).count() as u64,
+        pass_rate: 0.0,
+        by_level: BTreeMap::new(),
+        failed_checks: summary.failed_checks.clone(),
+    };
     let mut broken = std::collections::BTreeSet::new();
     for r in rollouts {
         if let Stop::ToolError(m) = &r.stop {
@@ -1186,5 +1188,111 @@ mod tests {
             clip_tail(&"x".repeat(PROBLEM_CHARS + 5)).len(),
             PROBLEM_CHARS + 3
         );
+    }
+
+    /// A rollout of task `task` (level `level`) that passed, failed check `budget`, or stopped
+    /// as `stop` says.
+    fn played(task: &str, level: &str, seed: u64, pass: bool, stop: Stop) -> Rollout {
+        use envsynth_core::{Check, FailureKind, Verdict};
+        let verdict = match &stop {
+            Stop::Answered => Verdict::from_checks(
+                task,
+                vec![Check::new(
+                    "budget",
+                    pass,
+                    if pass { "within" } else { "over by 10" }.into(),
+                )],
+            ),
+            Stop::ToolError(m) | Stop::PolicyError(m) => {
+                Verdict::rejected(task, FailureKind::EnvironmentError, m.clone(), [])
+            }
+            _ => unreachable!(),
+        };
+        Rollout {
+            rollout_id: format!("{task}/{seed}"),
+            task_id: task.into(),
+            environment: "e@0.1.0".into(),
+            level: level.into(),
+            policy: "p".into(),
+            sample_seed: seed,
+            messages: Vec::new(),
+            turns: 1,
+            tool_steps: 0,
+            usage: Default::default(),
+            stop,
+            verdict,
+            tokens: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_solver_s_pass_rate_judges_the_environment() {
+        let judged = |rs: &[Rollout], max: f64| {
+            let summary = envsynth_rollout::score::summarize(rs, &[1, 2]);
+            judge("sim-oracle", 2, &summary, rs, max)
+        };
+        // Easy tasks pass, hard ones fail their budget: half pass.
+        let mixed = [
+            played("a", "easy", 1, true, Stop::Answered),
+            played("a", "easy", 2, true, Stop::Answered),
+            played("b", "hard", 1, false, Stop::Answered),
+            played("b", "hard", 2, false, Stop::Answered),
+        ];
+        let (solve, outcome, problems) = judged(&mixed, 0.75).unwrap();
+        assert_eq!(outcome, Outcome::Passed);
+        assert!(problems.is_empty());
+        assert_eq!((solve.tasks, solve.passed, solve.pass_rate), (2, 2, 0.5));
+        assert_eq!(solve.by_level["easy"], (2, 2));
+        assert_eq!(solve.by_level["hard"], (2, 0));
+        assert_eq!(solve.failed_checks, [("budget".to_string(), 2)]);
+
+        let (_, outcome, problems) = judged(&mixed, 0.4).unwrap();
+        assert_eq!(outcome, Outcome::TooEasy);
+        assert_eq!(
+            problems[0],
+            "sim-oracle played 2 tasks, 2 times each; of its 4 scored rollouts, 2 passed (50%), \
+             more than the share of 0.4 allowed"
+        );
+        assert_eq!(
+            problems[1],
+            "level easy: of 2 scored rollouts, 2 passed (100%)"
+        );
+        assert_eq!(
+            problems[2],
+            "level hard: of 2 scored rollouts, 0 passed (0%)"
+        );
+        assert_eq!(
+            problems[3],
+            "the checks its answers failed, most first: budget (2)"
+        );
+
+        // Nothing passes: unsolved, with what one answer broke.
+        let (_, outcome, problems) = judged(&mixed[2..], 0.75).unwrap();
+        assert_eq!(outcome, Outcome::Unsolved);
+        assert_eq!(
+            problems.last().unwrap(),
+            "one answer to a hard task failed with: budget: over by 10"
+        );
+
+        // A tool that fails in the environment is the environment's fault.
+        let mut broken = mixed.to_vec();
+        broken[3] = played("b", "hard", 2, false, Stop::ToolError("fuel".into()));
+        let (_, outcome, problems) = judged(&broken, 0.75).unwrap();
+        assert_eq!(outcome, Outcome::CheckFailed);
+        assert_eq!(
+            problems,
+            ["a tool failed while the solver played a hard task: fuel"]
+        );
+
+        // Every rollout masked: the solver, not the brief, failed.
+        let down = [played(
+            "a",
+            "easy",
+            1,
+            false,
+            Stop::PolicyError("503".into()),
+        )];
+        let e = judged(&down, 0.75).unwrap_err();
+        assert!(e.contains("scored no rollout") && e.contains("503"), "{e}");
     }
 }
