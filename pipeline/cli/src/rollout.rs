@@ -234,8 +234,9 @@ impl Policy for Backend {
 /// What a command's policy flag and its options say (`rollout --policy`, `synthesize
 /// --solver`).
 pub(crate) struct PolicyChoice<'a> {
-    /// The flag it came from, for errors.
+    /// The flag it came from, and the one that says the device, for errors.
     pub flag: &'a str,
+    pub device_flag: &'a str,
     pub policy: &'a str,
     pub model: &'a str,
     pub device: envsynth_policy::local::Device,
@@ -251,6 +252,14 @@ impl PolicyChoice<'_> {
     /// a missing checkpoint folder, a malformed URL.
     pub fn check(&self) -> Result<()> {
         let flag = self.flag;
+        let local = self.policy.starts_with("local:");
+        if !local && self.device != envsynth_policy::local::Device::Cpu {
+            bail!(
+                "{} applies to {flag} local:DIR only; {flag} {} runs where it is served",
+                self.device_flag,
+                self.policy
+            );
+        }
         if let Some(dir) = self.policy.strip_prefix("local:") {
             return crate::existing(Path::new(dir), &format!("{flag} local:"));
         }
@@ -274,9 +283,9 @@ pub(crate) async fn backend(
     verifiers: &dyn Verifiers,
 ) -> Result<Backend> {
     let flag = a.flag;
+    a.check()?;
     if let Some(dir) = a.policy.strip_prefix("local:") {
         let dir = PathBuf::from(dir);
-        crate::existing(&dir, &format!("{flag} local:"))?;
         let options = LocalOptions {
             sampling: SamplingParams {
                 temperature: a.temperature as f32,
@@ -340,6 +349,7 @@ pub fn run(a: Args) -> Result<()> {
     rt.block_on(async {
         let choice = PolicyChoice {
             flag: "--policy",
+            device_flag: "--device",
             policy: &a.policy,
             model: &a.model,
             device: a.device,

@@ -27,6 +27,8 @@ use envsynth_rollout::score::Summary as PlaySummary;
 use envsynth_rollout::{ClientOptions, Limits, OpenAiPolicy, Policy, Rollout, Stop, sample_seeds};
 use envsynth_server::{Resolved, Verifiers};
 
+use crate::rollout::Backend;
+
 const SYSTEM: &str = include_str!("../../../prompts/synthesize/system.j2");
 const USER: &str = include_str!("../../../prompts/synthesize/user.j2");
 const FEEDBACK: &str = include_str!("../../../prompts/synthesize/feedback.j2");
@@ -146,6 +148,15 @@ pub struct Args {
     /// environment is too easy.
     #[arg(long, default_value_t = 0.75)]
     pub max_pass: f64,
+    /// Where a `local:DIR` solver runs: cpu, gpu or gpu-fp8, as for `rollout --device`.
+    #[arg(long, default_value = "cpu")]
+    pub solver_device: envsynth_policy::local::Device,
+    /// Model turns per solver rollout.
+    #[arg(long, default_value_t = 24)]
+    pub solve_max_turns: u32,
+    /// Completion tokens per solver request (`max_tokens`; the local model's default is 256).
+    #[arg(long)]
+    pub solve_max_tokens: Option<u32>,
     /// Output directory: one folder per brief.
     #[arg(long)]
     pub out: PathBuf,
@@ -281,8 +292,11 @@ pub fn run(a: Args) -> Result<()> {
     if a.check_count == 0 {
         bail!("--check-count must be at least 1");
     }
-    if a.solve_count == 0 || a.solve_k == 0 {
-        bail!("--solve-count and --solve-k must be at least 1");
+    if a.solve_count == 0 || a.solve_k == 0 || a.solve_max_turns == 0 {
+        bail!("--solve-count, --solve-k and --solve-max-turns must be at least 1");
+    }
+    if a.solve_max_tokens == Some(0) {
+        bail!("--solve-max-tokens must be at least 1");
     }
     if !(0.0..1.0).contains(&a.max_pass) {
         bail!("--max-pass must be at least 0 and below 1 (the share of rollouts that may pass)");
@@ -330,13 +344,25 @@ pub fn run(a: Args) -> Result<()> {
     let a = Arc::new(a);
     let policy = Arc::new(policy);
     let results: Vec<(Brief, Result<Record, String>)> = rt.block_on(async {
+        // A solver that is not simulated is started once, before any request: a local model
+        // is loaded (and its device checked) here, not at each environment that passes.
+        let solver = match a.solver.as_deref() {
+            Some(s) if !s.starts_with("sim:") => {
+                let (choice, none) = (solver_choice(&a), crate::serve::BinaryVerifiers::default());
+                Some(Arc::new(
+                    crate::rollout::backend(&choice, &[], &none).await?,
+                ))
+            }
+            _ => None,
+        };
         let permits = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1)));
         let mut jobs = tokio::task::JoinSet::new();
         for (i, brief) in briefs.iter().cloned().enumerate() {
-            let (a, policy, permits) = (a.clone(), policy.clone(), permits.clone());
+            let (a, policy, solver, permits) =
+                (a.clone(), policy.clone(), solver.clone(), permits.clone());
             jobs.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let r = synthesize(&a, policy.as_ref(), &brief).await;
+                let r = synthesize(&a, policy.as_ref(), solver.as_ref(), &brief).await;
                 (i, brief, r)
             });
         }
@@ -616,7 +642,12 @@ struct Passed {
 
 /// One brief, from the first request to its record on disk. `Err` means the server failed and
 /// the brief is unfinished (nothing final was written for it).
-async fn synthesize(a: &Args, policy: &OpenAiPolicy, brief: &Brief) -> Result<Record, String> {
+async fn synthesize(
+    a: &Args,
+    policy: &OpenAiPolicy,
+    solver: Option<&Arc<Backend>>,
+    brief: &Brief,
+) -> Result<Record, String> {
     let dir = a.out.join(&brief.name);
     if let Some(rec) = read_record(&dir.join("synthesis.json")).map_err(|e| format!("{e:#}"))? {
         println!("{}: finished in an earlier run", brief.name);
@@ -627,7 +658,7 @@ async fn synthesize(a: &Args, policy: &OpenAiPolicy, brief: &Brief) -> Result<Re
     if attempts.exists() {
         std::fs::remove_dir_all(&attempts).map_err(|e| format!("{}: {e}", attempts.display()))?;
     }
-    let r = play(a, policy, brief, &dir).await;
+    let r = play(a, policy, solver, brief, &dir).await;
     match &r {
         Ok(rec) if rec.passed => println!(
             "{}: passed at attempt {} ({}, {} probes)",
@@ -657,6 +688,7 @@ async fn synthesize(a: &Args, policy: &OpenAiPolicy, brief: &Brief) -> Result<Re
 async fn play(
     a: &Args,
     policy: &OpenAiPolicy,
+    solver: Option<&Arc<Backend>>,
     brief: &Brief,
     dir: &Path,
 ) -> Result<Record, String> {
@@ -700,7 +732,7 @@ async fn play(
         // What passed the suite is played by the solver, when there is one.
         let (outcome, problems, ok, solve) = match (ok, &a.solver) {
             (Some(p), Some(_)) => {
-                let (solve, outcome, problems) = play_solver(a, &p, &work).await?;
+                let (solve, outcome, problems) = play_solver(a, solver, &p, &work).await?;
                 let ok = (outcome == Outcome::Passed).then_some(p);
                 (outcome, problems, ok, solve)
             }
@@ -828,14 +860,24 @@ fn examine(
 fn solver_choice(a: &Args) -> crate::rollout::PolicyChoice<'_> {
     crate::rollout::PolicyChoice {
         flag: "--solver",
+        device_flag: "--solver-device",
         policy: a.solver.as_deref().unwrap_or_default(),
         model: &a.solver_model,
-        device: envsynth_policy::local::Device::Cpu,
-        temperature: Limits::default().temperature.unwrap_or(1.0),
+        device: a.solver_device,
+        temperature: solve_limits(a).temperature.unwrap_or(1.0),
         concurrency: 16,
         timeout: a.timeout,
         retries: a.retries,
         token_ids: false,
+    }
+}
+
+/// The limits of each solver rollout.
+fn solve_limits(a: &Args) -> Limits {
+    Limits {
+        max_turns: a.solve_max_turns,
+        max_completion_tokens: a.solve_max_tokens,
+        ..Limits::default()
     }
 }
 
@@ -856,10 +898,13 @@ impl Verifiers for Candidate {
 }
 
 /// Plays an environment that passed the suite with the solver: `--solve-count` tasks per
-/// level (seed [`SOLVE_SEED`]), `--solve-k` rollouts each, written to `<work>/solve/`. `Err`
-/// means the solver's server failed (the brief is left unfinished).
+/// level (seed [`SOLVE_SEED`]), `--solve-k` rollouts each, written to `<work>/solve/`.
+/// `solver` is the policy started once for the run; a simulated solver (`None`) is started
+/// here, as it resolves this environment. `Err` means the solver's server failed (the brief is
+/// left unfinished).
 async fn play_solver(
     a: &Args,
+    solver: Option<&Arc<Backend>>,
     passed: &Passed,
     work: &Path,
 ) -> Result<(Option<Solve>, Outcome, Vec<String>), String> {
@@ -887,13 +932,15 @@ async fn play_solver(
             }
         }
     }
-    let choice = solver_choice(a);
-    let verifiers = Candidate(passed.env.clone());
-    let policy = crate::rollout::backend(&choice, &tasks, &verifiers)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    let policy = Arc::new(policy);
-    let limits = Arc::new(Limits::default());
+    let policy = match solver {
+        Some(shared) => shared.clone(),
+        None => {
+            let verifiers = Candidate(passed.env.clone());
+            let started = crate::rollout::backend(&solver_choice(a), &tasks, &verifiers).await;
+            Arc::new(started.map_err(|e| format!("{e:#}"))?)
+        }
+    };
+    let limits = Arc::new(solve_limits(a));
     let mut jobs = tokio::task::JoinSet::new();
     let mut n = 0;
     for (task, prepared) in tasks.into_iter().zip(prepared) {

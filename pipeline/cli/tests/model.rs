@@ -304,6 +304,24 @@ print("ok", t.num_rows)
         );
         assert!(!tmp.path().join("gpu").join("rollouts.jsonl").exists());
     }
+    // A device only means something for the local model: asking for one with a policy served
+    // elsewhere is a mistake, not something to ignore.
+    let err = refused(&[
+        "rollout",
+        "--tasks",
+        &p("tasks"),
+        "--policy",
+        "sim:oracle",
+        "--device",
+        "gpu-fp8",
+        "--out",
+        &p("sim"),
+    ]);
+    assert!(
+        err.contains("--device applies to --policy local:DIR only"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("sim").join("rollouts.jsonl").exists());
 }
 
 /// `model bench-turns` plays the same conversations both ways and reports what each prefilled;

@@ -991,7 +991,7 @@ fn a_solver_plays_what_passes_and_the_model_hears_how_it_went() {
         Some(format!("```python\n{code}```\n"))
     });
     let (url, out) = (model.url(), env.path("synth"));
-    let args = |name: &'static str, solver: &'static str, extra: &[&'static str]| {
+    let args = |name: &'static str, solver: &str, extra: &[&'static str]| {
         let mut v: Vec<String> = [
             "synthesize",
             "--brief",
@@ -1129,5 +1129,67 @@ fn a_solver_plays_what_passes_and_the_model_hears_how_it_went() {
         &as_refs(&args("x3", "local:/nowhere", &[])),
         "--solver local:",
     );
+    env.fails(
+        &as_refs(&args("x4", "sim:oracle", &["--solve-max-turns", "0"])),
+        "--solve-max-turns must be at least 1",
+    );
+    env.fails(
+        &as_refs(&args("x5", "sim:oracle", &["--solve-max-tokens", "0"])),
+        "--solve-max-tokens must be at least 1",
+    );
+    env.fails(
+        &as_refs(&args("x7", "sim:oracle", &["--solver-device", "gpu"])),
+        "--solver-device applies to --solver local:DIR only",
+    );
+    // A local solver is loaded once, before any request: one that cannot run on the device
+    // asked for (no GPU here, or the tiny preset's shapes) is refused with the reason.
+    let tiny = env.path("tiny");
+    env.ok(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        tiny.to_str().unwrap(),
+    ]);
+    let local = format!("local:{}", tiny.display());
+    let gpu = args("x6", &local, &["--solver-device", "gpu"]);
+    let text = env.fails(&as_refs(&gpu), "--solver local:");
+    assert!(
+        text.contains("no CUDA driver") || text.contains("FlashMLA shapes"),
+        "{text}"
+    );
     assert_eq!(model.requests.lock().unwrap().len(), before);
+    assert!(!out.join("x6").exists());
+
+    // The solver's limits are the rollouts' limits. Random answers call tools for several
+    // turns (the `hard` brief above); held to one turn, every rollout stops there.
+    let turns = |dir: &str| -> Vec<(u64, String)> {
+        std::fs::read_to_string(out.join(dir).join("rollouts.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                (r["turns"].as_u64().unwrap(), r["stop"]["kind"].to_string())
+            })
+            .collect()
+    };
+    assert!(
+        turns("hard/attempts/1/solve").iter().any(|(t, _)| *t > 1),
+        "{:?}",
+        turns("hard/attempts/1/solve")
+    );
+    let short = args(
+        "short",
+        "sim:random",
+        &["--attempts", "1", "--solve-max-turns", "1"],
+    );
+    env.fails(&as_refs(&short), "no environment passed");
+    assert_eq!(outcomes(&read("short")), ["unsolved"]);
+    let played = turns("short/attempts/1/solve");
+    assert!(played.iter().all(|(t, _)| *t == 1), "{played:?}");
+    assert!(
+        played.iter().any(|(_, stop)| stop == "\"turn_limit\""),
+        "{played:?}"
+    );
 }
