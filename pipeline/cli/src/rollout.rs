@@ -249,19 +249,18 @@ pub(crate) struct PolicyChoice<'a> {
 
 impl PolicyChoice<'_> {
     /// Refuses a policy that cannot be started, before any work: an unknown simulated agent,
-    /// a missing checkpoint folder, a malformed URL.
+    /// a missing checkpoint folder, a malformed URL, a device for a policy that is not local.
     pub fn check(&self) -> Result<()> {
         let flag = self.flag;
-        let local = self.policy.starts_with("local:");
-        if !local && self.device != envsynth_policy::local::Device::Cpu {
+        if let Some(dir) = self.policy.strip_prefix("local:") {
+            return crate::existing(Path::new(dir), &format!("{flag} local:"));
+        }
+        if self.device != envsynth_policy::local::Device::Cpu {
             bail!(
                 "{} applies to {flag} local:DIR only; {flag} {} runs where it is served",
                 self.device_flag,
                 self.policy
             );
-        }
-        if let Some(dir) = self.policy.strip_prefix("local:") {
-            return crate::existing(Path::new(dir), &format!("{flag} local:"));
         }
         if let Some(agent) = self.policy.strip_prefix("sim:") {
             return agent
