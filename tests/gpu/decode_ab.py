@@ -122,7 +122,7 @@ def main():
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
         def attention(sp=splits, rows=idx, n=TOPK):
-            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0]
+            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0, 1]
             if vsplit and 2 * sp <= sm_count():
                 launch(vsplit, (sp, 1, 2), 256, MLA_SMEM, args)
             else:
@@ -146,7 +146,7 @@ def main():
                    ("floor4", lambda: [launch(hold, (1, 1), 1, 0, [None]) for _ in range(4)])]
         if os.environ.get("MLA_ALONE"):
             stages.append(("mla", lambda: launch(mla, (splits, 1), 256, MLA_SMEM,
-                                                 [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0])))
+                                                 [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0, 1])))
         if path == paths[-1]:
             for sp in [int(x) for x in os.environ.get("SPLITS", "").split(",") if x]:
                 stages.append((f"attention/{sp}", lambda sp=sp: attention(sp)))

@@ -3,10 +3,10 @@
 run as `envsynth model gpu-check`:
 
 - prefill: causal `scaled_dot_product_attention` in bf16 at the small preset's MHA shapes
-  (64 heads, d_qk 192, d_v 128), every backend PyTorch offers, and the fastest kept; also the
-  671B model's 128 heads for comparison with published figures;
-- decode: dense absorbed-MQA attention for one query over the whole cache (64 heads, d_qk 576,
-  d_v 512), eager PyTorch.
+  (64 heads, d_qk 192, d_v 128), every backend PyTorch offers, and the fastest kept; the same at
+  DeepSeek-V3.2's 128 heads, which `gpu-check` also runs its sparse attention at;
+- decode: dense absorbed-MQA attention for one query over the whole cache (64 and 128 heads,
+  d_qk 576, d_v 512), eager PyTorch.
 
 usage: dense_baseline.py OUT.json [CONTEXTS (comma-separated)]
 """
@@ -56,9 +56,9 @@ def prefill(L, heads, reps):
     return out
 
 
-def dense_decode(L, reps):
-    g = torch.Generator(device="cuda").manual_seed(L)
-    q = torch.randn(64, 576, device="cuda", dtype=torch.bfloat16, generator=g)
+def dense_decode(L, heads, reps):
+    g = torch.Generator(device="cuda").manual_seed(L + heads)
+    q = torch.randn(heads, 576, device="cuda", dtype=torch.bfloat16, generator=g)
     kv = torch.randn(L, 576, device="cuda", dtype=torch.bfloat16, generator=g)
     scale = 192 ** -0.5
 
@@ -78,18 +78,22 @@ def main():
         reps = 5 if L >= 65536 else 10
         p64 = prefill(L, 64, reps)
         best = min((v, k) for k, v in p64.items() if isinstance(v, float))
+        p128 = prefill(L, 128, 3 if L >= 65536 else reps)
+        best128 = min((v, k) for k, v in p128.items() if isinstance(v, float))
         row = {
             "context": L,
             "prefill_64_heads_ms": p64,
             "prefill_best_ms": best[0],
             "prefill_best_backend": best[1],
-            "decode_dense_torch_ms": dense_decode(L, 20),
+            "decode_dense_torch_ms": dense_decode(L, 64, 20),
+            "prefill_128_heads_ms": p128,
+            "prefill_best_h128_ms": best128[0],
+            "prefill_best_h128_backend": best128[1],
+            "decode_dense_torch_h128_ms": dense_decode(L, 128, 20),
         }
-        if L == 131072:
-            p128 = prefill(L, 128, 3)
-            row["prefill_128_heads_ms"] = p128
         flop = 2 * 64 * (192 + 128) * L * L / 2  # causal: half the score matrix
         row["prefill_best_tflops"] = flop / (best[0] * 1e-3) / 1e12
+        row["prefill_best_h128_tflops"] = 2 * flop / (best128[0] * 1e-3) / 1e12
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(path, "w") as f:

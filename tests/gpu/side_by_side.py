@@ -26,6 +26,22 @@ for b in ours["bench"]:
         f"{b['decode_sparse_ms']:.3f} / {b['decode_sparse_fp8_ms']:.3f} | "
         f"{b['decode_dense_ms'] / b['decode_sparse_ms']:.2f}x / {b['decode_dense_ms'] / b['decode_sparse_fp8_ms']:.2f}x |"
     )
+print()
+print("At DeepSeek-V3.2's 128 query heads (the indexer and top-k as above; attention two blocks a query):")
+print("| context | dense prefill ms (backend) | ours prefill ms, bf16 / FP8 indexer | speed-up | ours attention TFLOP/s | dense decode ms (ours / torch) | ours decode ms, bf16 / FP8 indexer | speed-up vs ours dense |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for b in ours["bench"]:
+    d = dense.get(b["context"])
+    if d is None or "prefill_best_h128_ms" not in d:
+        continue
+    dp, dd = d["prefill_best_h128_ms"], b["decode_dense_h128_ms"]
+    print(
+        f"| {b['context']} | {dp:.1f} ({d['prefill_best_h128_backend']}) | {b['prefill_total_h128_ms']:.1f} / {b['prefill_total_fp8_h128_ms']:.1f} | "
+        f"{dp / b['prefill_total_h128_ms']:.2f}x / {dp / b['prefill_total_fp8_h128_ms']:.2f}x | {b['prefill_attention_h128_tflops']:.0f} | "
+        f"{dd:.3f} / {d['decode_dense_torch_h128_ms']:.3f} | {b['decode_sparse_h128_ms']:.3f} / {b['decode_sparse_fp8_h128_ms']:.3f} | "
+        f"{dd / b['decode_sparse_h128_ms']:.2f}x / {dd / b['decode_sparse_fp8_h128_ms']:.2f}x |"
+    )
+print()
 print(f"sparse decode, batch {ours['decode_batch']}: {ours['decode_batch_tflops']:.0f} TFLOP/s")
 
 if len(sys.argv) > 3 and ours.get("e2e"):

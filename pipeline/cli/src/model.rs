@@ -522,6 +522,27 @@ fn gpu_check(a: GpuCheckArgs) -> Result<()> {
             );
         }
     }
+    if !report.bench.is_empty() {
+        println!();
+        println!(
+            "| context, 128 heads | sparse attn ms | attn TFLOP/s | prefill ms, bf16 / FP8 indexer | decode sparse ms, bf16 / FP8 indexer (attention) | decode dense ms |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for b in &report.bench {
+            println!(
+                "| {} | {:.2} | {:.0} | {:.2} / {:.2} | {:.3} / {:.3} ({:.3}) | {:.3} |",
+                b.context,
+                b.prefill_attention_h128_ms,
+                b.prefill_attention_h128_tflops,
+                b.prefill_total_h128_ms,
+                b.prefill_total_fp8_h128_ms,
+                b.decode_sparse_h128_ms,
+                b.decode_sparse_fp8_h128_ms,
+                b.decode_attention_h128_ms,
+                b.decode_dense_h128_ms
+            );
+        }
+    }
     if let Some(tflops) = report.decode_batch_tflops {
         println!(
             "sparse decode, batch {} × 64 heads, top-k 2048: {tflops:.0} TFLOP/s",

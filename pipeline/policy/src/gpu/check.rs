@@ -64,6 +64,19 @@ pub struct Bench {
     pub decode_sparse_fp8_ms: f64,
     pub decode_indexer_fp8_ms: f64,
     pub decode_query_quant_ms: f64,
+    /// The same at DeepSeek-V3.2's 128 query heads (the shape of the dense figure): the
+    /// indexer and top-k do the same work (64 indexer heads either way), the attention runs two
+    /// blocks a query. Prefill totals add the 64-head run's indexer and top-k times.
+    pub prefill_attention_h128_ms: f64,
+    pub prefill_attention_h128_tflops: f64,
+    pub prefill_total_h128_ms: f64,
+    pub prefill_total_fp8_h128_ms: f64,
+    pub decode_sparse_h128_ms: f64,
+    pub decode_sparse_fp8_h128_ms: f64,
+    pub decode_attention_h128_ms: f64,
+    /// Dense decode over every row at 128 heads: the faster of two splittings (the model's rule
+    /// for two block rows, and the 64-head run's split count, twice the blocks).
+    pub decode_dense_h128_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -168,15 +181,17 @@ pub(crate) fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// CPU reference of sparse MLA for one query: f64 softmax over the valid selected rows.
+/// CPU reference of sparse MLA for one query (its heads are `q.len() / DQK`): f64 softmax over
+/// the valid selected rows.
 fn mla_reference(q: &[f32], kv: &[f32], idx: &[i32], s_len: usize, scale: f64) -> Vec<f64> {
-    let mut out = vec![0.0f64; H * DV];
+    let heads = q.len() / DQK;
+    let mut out = vec![0.0f64; heads * DV];
     let valid: Vec<usize> = idx
         .iter()
         .filter(|&&s| s >= 0 && (s as usize) < s_len)
         .map(|&s| s as usize)
         .collect();
-    for h in 0..H {
+    for h in 0..heads {
         let qh = &q[h * DQK..(h + 1) * DQK];
         let scores: Vec<f64> = valid
             .iter()
@@ -698,6 +713,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             &mut lse,
             &mut o,
             t,
+            H,
             s_len,
             TOPK,
             splits,
@@ -712,6 +728,55 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             format!(
                 "{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512, {}",
                 if super::value_halves(t, splits, gpu.multiprocessors as usize) {
+                    "value columns over 2 blocks"
+                } else {
+                    "one block a split"
+                }
+            ),
+        ));
+    }
+    // The same rows at DeepSeek-V3.2's 128 heads: two blocks a query and split, one for each
+    // group of 64 heads, both reading the query's one index list.
+    let wide = 2 * H;
+    let (qwb, qwv) = random_bf16(rng, t * wide * DQK);
+    let dqw = gpu.upload(&qwb)?;
+    let mut want_w = Vec::with_capacity(t * wide * DV);
+    for r in 0..t {
+        want_w.extend(mla_reference(
+            &qwv[r * wide * DQK..(r + 1) * wide * DQK],
+            &kvv,
+            &idx[r * TOPK..(r + 1) * TOPK],
+            s_len,
+            scale,
+        ));
+    }
+    for splits in [1usize, 32] {
+        let mut part = gpu.upload(&vec![f32::NAN; t * splits * wide * DV])?;
+        let mut lse = gpu.upload(&vec![f32::NAN; t * splits * wide])?;
+        let mut o = gpu.upload(&vec![f32::NAN; t * wide * DV])?;
+        gpu.sparse_mla(
+            &dqw,
+            &dkv,
+            &didx,
+            &mut part,
+            &mut lse,
+            &mut o,
+            t,
+            wide,
+            s_len,
+            TOPK,
+            splits,
+            scale as f32,
+        )?;
+        let got = gpu.download(&o)?;
+        out.push(check(
+            &format!("sparse_mla_128_heads_splits_{splits}"),
+            "bf16 in, f32 accumulate, bf16 P",
+            rel_err(&f64s(&got), &want_w),
+            1e-2,
+            format!(
+                "{t} queries, {s_len} cached rows, top-k {TOPK}, {wide} heads (2 blocks a query), d_qk 576, d_v 512, {}",
+                if super::value_halves(2 * t, splits, gpu.multiprocessors as usize) {
                     "value columns over 2 blocks"
                 } else {
                     "one block a split"
@@ -754,6 +819,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             &mut lse,
             &mut o,
             t,
+            H,
             s_len,
             TOPK,
             3,
@@ -868,13 +934,15 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
         .iter()
         .map(|v| v * (ID as f32).powf(-0.5))
         .collect();
-    let (qmb, _) = random_bf16(rng, chunk * H * DQK);
+    // MLA queries for 128 heads; the 64-head runs read the first half ([t, 64, 576]).
+    const WIDE: usize = 2 * H;
+    let (qmb, _) = random_bf16(rng, chunk * WIDE * DQK);
     let (dqi, dw, dqm) = (gpu.upload(&qib)?, gpu.upload(&w)?, gpu.upload(&qmb)?);
     let mut logits = gpu.zeros::<f32>(chunk * l)?;
     let mut idx = gpu.zeros::<i32>(chunk * TOPK)?;
-    let mut part = gpu.zeros::<f32>(chunk * H * DV)?;
-    let mut lse = gpu.zeros::<f32>(chunk * H)?;
-    let mut o = gpu.zeros::<f32>(chunk * H * DV)?;
+    let mut part = gpu.zeros::<f32>(chunk * WIDE * DV)?;
+    let mut lse = gpu.zeros::<f32>(chunk * WIDE)?;
+    let mut o = gpu.zeros::<f32>(chunk * WIDE * DV)?;
 
     let mut b = Bench {
         context: l,
@@ -903,7 +971,12 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
         b.prefill_topk_ms += timed(gpu, || gpu.topk(&logits, &mut idx, t, l, TOPK, c0))?;
         b.prefill_attention_ms += timed(gpu, || {
             gpu.sparse_mla(
-                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, l, TOPK, 1, scale,
+                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, H, l, TOPK, 1, scale,
+            )
+        })?;
+        b.prefill_attention_h128_ms += timed(gpu, || {
+            gpu.sparse_mla(
+                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, WIDE, l, TOPK, 1, scale,
             )
         })?;
         for r in 0..t {
@@ -917,6 +990,12 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     b.prefill_indexer_fp8_tflops = indexer_flop / (b.prefill_indexer_fp8_ms * 1e-3) / 1e12;
     b.prefill_total_fp8_ms = b.prefill_indexer_fp8_ms + b.prefill_topk_ms + b.prefill_attention_ms;
     b.prefill_attention_tflops = attention_flop / (b.prefill_attention_ms * 1e-3) / 1e12;
+    b.prefill_attention_h128_tflops =
+        2.0 * attention_flop / (b.prefill_attention_h128_ms * 1e-3) / 1e12;
+    b.prefill_total_h128_ms =
+        b.prefill_indexer_ms + b.prefill_topk_ms + b.prefill_attention_h128_ms;
+    b.prefill_total_fp8_h128_ms =
+        b.prefill_indexer_fp8_ms + b.prefill_topk_ms + b.prefill_attention_h128_ms;
 
     // Decode, batch 1, at the end of the context: sparse (indexer + top-k + 2048 rows) against
     // dense absorbed attention over every cached row (the same kernel, all indices). Both split
@@ -933,6 +1012,35 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     let mut lse_d = gpu.zeros::<f32>(splits_dense * H)?;
     let mut part_s = gpu.zeros::<f32>(splits_sparse * H * DV)?;
     let mut lse_s = gpu.zeros::<f32>(splits_sparse * H)?;
+    // At 128 heads: two block rows by the model's rule, or the 64-head split count.
+    let splits_sparse_w = super::model::attention_splits(2, sms, TOPK);
+    let mut part_sw = gpu.zeros::<f32>(splits_sparse_w * WIDE * DV)?;
+    let mut lse_sw = gpu.zeros::<f32>(splits_sparse_w * WIDE)?;
+    let mut o_w = gpu.zeros::<f32>(WIDE * DV)?;
+    let splits_dense_w = [super::model::attention_splits(2, sms, l), splits_dense];
+    let most = splits_dense_w[0].max(splits_dense_w[1]);
+    let mut part_dw = gpu.zeros::<f32>(most * WIDE * DV)?;
+    let mut lse_dw = gpu.zeros::<f32>(most * WIDE)?;
+    let mut o_dense_w = gpu.zeros::<f32>(WIDE * DV)?;
+    let mut dense_w = Vec::new();
+    for sp in splits_dense_w {
+        dense_w.push(gpu.capture(|| {
+            gpu.sparse_mla(
+                &dqm,
+                &dkv,
+                &dall,
+                &mut part_dw,
+                &mut lse_dw,
+                &mut o_dense_w,
+                1,
+                WIDE,
+                l,
+                l,
+                sp,
+                scale,
+            )
+        })?);
+    }
     // Each decode step is captured as a CUDA graph and replayed, as a serving engine would, so
     // the figures are GPU time rather than host launch overhead. The sparse step is its three
     // stages: 0 indexer, 1 top-k, 2 attention over the selected rows.
@@ -946,6 +1054,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             &mut lse_d,
             &mut o_dense,
             1,
+            H,
             l,
             l,
             splits_dense,
@@ -972,6 +1081,20 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             Some(&mut work),
         ),
         4 => gpu.hadamard_quant(&dqi, &mut q8, &mut qsc, IH),
+        5 => gpu.sparse_mla(
+            &dqm,
+            &dkv,
+            &idx,
+            &mut part_sw,
+            &mut lse_sw,
+            &mut o_w,
+            1,
+            WIDE,
+            l,
+            TOPK,
+            splits_sparse_w,
+            scale,
+        ),
         _ => gpu.sparse_mla(
             &dqm,
             &dkv,
@@ -980,6 +1103,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             &mut lse_s,
             &mut o,
             1,
+            H,
             l,
             TOPK,
             splits_sparse,
@@ -1002,6 +1126,16 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
     let g_q8 = gpu.capture(|| stage(4))?;
     let [ix, tk, at] = replay(gpu, [&g_ix, &g_tk, &g_at], 20)?;
     let [ix8, _, q8t] = replay(gpu, [&g_ix8, &g_tk, &g_q8], 20)?;
+    // 128 heads: the steps, each after a dense one, then its attention stage alone.
+    let sparse_w = gpu.capture(|| [0, 1, 5].into_iter().try_for_each(&mut stage))?;
+    let fp8_w = gpu.capture(|| [3, 1, 5].into_iter().try_for_each(&mut stage))?;
+    let [sw, dw0, sw8, dw1] = replay(gpu, [&sparse_w, &dense_w[0], &fp8_w, &dense_w[1]], 50)?;
+    let g_atw = gpu.capture(|| stage(5))?;
+    let [atw] = replay(gpu, [&g_atw], 20)?;
+    b.decode_sparse_h128_ms = sw;
+    b.decode_sparse_fp8_h128_ms = sw8;
+    b.decode_dense_h128_ms = dw0.min(dw1);
+    b.decode_attention_h128_ms = atw;
     b.decode_sparse_fp8_ms = sparse_fp8;
     b.decode_indexer_fp8_ms = ix8;
     b.decode_query_quant_ms = q8t;
@@ -1058,7 +1192,7 @@ fn decode_throughput(gpu: &Gpu, rng: &mut ChaCha8Rng, batch: usize) -> Result<f6
     for rep in 0..11 {
         let ms = timed(gpu, || {
             gpu.sparse_mla(
-                &dq, &dkv, &didx, &mut part, &mut lse, &mut o, batch, l, TOPK, 1, 0.07,
+                &dq, &dkv, &didx, &mut part, &mut lse, &mut o, batch, H, l, TOPK, 1, 0.07,
             )
         })?;
         if rep > 0 {

@@ -754,9 +754,11 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 
 // ---------------------------------------------------------------------------------------------
 // Sparse MLA, absorbed (MQA) form (the cache flat, or paged through a page table): for query
-// token t and each of H = 64 heads,
+// token t and each of its heads h,
 //   o[h] = softmax_j(scale * q[h] . kv[idx_j]) . kv[idx_j][:512]
-// over the token's selected positions. Grid (splits, T, value parts): split p takes a contiguous
+// over the token's selected positions. A block takes 64 heads; a model with 64·G heads (G = 2 for
+// DeepSeek-V3.2's 128) runs G blocks a query, each gathering the same rows, the later ones
+// mostly from L2. Grid (splits, T·G, value parts): split p takes a contiguous
 // share of the index list in tiles of 64 positions and writes its normalized partial output and
 // its log-sum-exp (log2); `mla_combine` merges the splits.
 //
@@ -812,7 +814,7 @@ __device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf
 template <int NV>
 __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, const int* indices, float* o_part,
                                                 float* lse_part, int topk, int S, int splits, float scale_log2,
-                                                const int* page_table, int page_size) {
+                                                const int* page_table, int page_size, int groups) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // 64 heads
     unsigned char* kvs = qs + MLA_TILE;                                  // 2 gather stages
@@ -823,12 +825,13 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
     int* idx_s = ok + 2 * MLA_BN;                                        // [2 stages][64]
 
     const float NEG_INF = -__int_as_float(0x7f800000);
+    // Row t of the grid is one group of 64 heads: query t / groups, heads 64 (t % groups)..
     int t = blockIdx.y, split = blockIdx.x;
     int wg = __shfl_sync(0xffffffffu, (int)(threadIdx.x >> 7), 0);  // uniform, as in the indexer
     int wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     int g = lane >> 2, tig = lane & 3;
     int r0 = 16 * wq + g;  // this thread's head rows: r0, r0 + 8
-    const int* idx = indices + (size_t)t * topk;
+    const int* idx = indices + (size_t)(t / groups) * topk;
     int blocks = (topk + MLA_BN - 1) / MLA_BN;
     int per = (blocks + splits - 1) / splits;
     int b_begin = split * per, b_end = min(blocks, b_begin + per);
@@ -1019,14 +1022,18 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
-                int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
-    sparse_mla_body<256>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size);
+                int topk, int S, int splits, float scale_log2, const int* page_table, int page_size,
+                int groups) {
+    sparse_mla_body<256>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size,
+                          groups);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16_vsplit(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
-                       int topk, int S, int splits, float scale_log2, const int* page_table, int page_size) {
-    sparse_mla_body<128>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size);
+                       int topk, int S, int splits, float scale_log2, const int* page_table, int page_size,
+                int groups) {
+    sparse_mla_body<128>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size,
+                          groups);
 }
 
 // out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). Block (t·H + h, y) takes

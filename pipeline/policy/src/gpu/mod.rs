@@ -1078,10 +1078,11 @@ impl Gpu {
         Ok(())
     }
 
-    /// Sparse MLA (absorbed, 64 heads, d_qk 576, d_v 512) of `t` queries over their `topk`
-    /// indices into `s` cache rows, in `splits` parts per query, then combined into `out`
-    /// ([t, 64, 512] f32). `part` holds t·splits·64·512 floats, `lse` t·splits·64; with one
-    /// split the kernel writes `out` itself and `part` is not touched.
+    /// Sparse MLA (absorbed, d_qk 576, d_v 512) of `t` queries of `heads` heads (a multiple of
+    /// 64: the small preset's 64, DeepSeek-V3.2's 128) over their `topk` indices into `s` cache
+    /// rows, in `splits` parts per query and group of 64 heads, then combined into `out`
+    /// ([t, heads, 512] f32). `part` holds t·splits·heads·512 floats, `lse` t·splits·heads; with
+    /// one split the kernel writes `out` itself and `part` is not touched.
     #[allow(clippy::too_many_arguments)]
     pub fn sparse_mla(
         &self,
@@ -1092,6 +1093,7 @@ impl Gpu {
         lse: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
         t: usize,
+        heads: usize,
         s: usize,
         topk: usize,
         splits: usize,
@@ -1106,6 +1108,7 @@ impl Gpu {
             lse,
             out,
             t,
+            heads,
             s,
             topk,
             splits,
@@ -1126,6 +1129,7 @@ impl Gpu {
         lse: &mut CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
         t: usize,
+        heads: usize,
         s: usize,
         topk: usize,
         splits: usize,
@@ -1141,6 +1145,7 @@ impl Gpu {
             idx,
             [part, lse, out],
             t,
+            heads,
             s,
             topk,
             splits,
@@ -1159,19 +1164,34 @@ impl Gpu {
         indices: u64,
         [part, lse, out]: [u64; 3],
         t: usize,
+        heads: usize,
         s: usize,
         topk: usize,
         splits: usize,
         softmax_scale: f32,
     ) -> Result<(), GpuError> {
+        if heads == 0 || !heads.is_multiple_of(64) {
+            return Err(GpuError::Cuda(format!(
+                "sparse MLA takes heads in groups of 64, not {heads}"
+            )));
+        }
+        let groups = heads / 64;
+        // One grid row a query and group of 64 heads; a grid's y extent is at most 65,535.
+        let rows = t * groups;
+        if rows > 65_535 {
+            return Err(GpuError::Cuda(format!(
+                "sparse MLA launches one block row per query and 64 heads: {t} queries × {groups} groups is over 65,535"
+            )));
+        }
         let scale_log2 = softmax_scale * std::f32::consts::LOG2_E;
         let (k32, s32, sp, page32) = (topk as i32, s as i32, splits as i32, page as i32);
-        let (kernel, parts) = if value_halves(t, splits, self.multiprocessors as usize) {
+        let g32 = groups as i32;
+        let (kernel, parts) = if value_halves(rows, splits, self.multiprocessors as usize) {
             ("sparse_mla_bf16_vsplit", 2)
         } else {
             ("sparse_mla_bf16", 1)
         };
-        let mut cfg = config(splits as u32, t as u32, 256, MLA_SMEM);
+        let mut cfg = config(splits as u32, rows as u32, 256, MLA_SMEM);
         cfg.grid_dim.2 = parts;
         // One split's normalized partial is the answer ([t, 1, h, dv] is [t, h, dv]): written
         // straight to `out`, with no combine pass.
@@ -1190,11 +1210,12 @@ impl Gpu {
             &sp,
             &scale_log2,
             &table,
-            &page32
+            &page32,
+            &g32
         );
         if splits > 1 {
             let (h, dv) = (64i32, 512i32);
-            let cfg = config((t * 64) as u32, 2, 256, 0);
+            let cfg = config((rows * 64) as u32, 2, 256, 0);
             launch!(self, "mla_combine", cfg, &part, &lse, &out, &h, &sp, &dv);
         }
         Ok(())

@@ -919,6 +919,7 @@ impl GpuModel {
                 s.idxp,
                 [s.part, s.lse, s.olat],
                 n,
+                64,
                 self.pool_rows,
                 k,
                 splits,
