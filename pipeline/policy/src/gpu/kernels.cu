@@ -1031,7 +1031,7 @@ sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16_vsplit(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
                        int topk, int S, int splits, float scale_log2, const int* page_table, int page_size,
-                int groups) {
+                       int groups) {
     sparse_mla_body<128>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size,
                           groups);
 }
