@@ -691,98 +691,65 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         idx.extend(row);
     }
     let (dq, dkv, didx) = (gpu.upload(&qb)?, gpu.upload(&kvb)?, gpu.upload(&idx)?);
-    let mut want = Vec::with_capacity(t * H * DV);
-    for r in 0..t {
-        want.extend(mla_reference(
-            &qv[r * H * DQK..(r + 1) * H * DQK],
-            &kvv,
-            &idx[r * TOPK..(r + 1) * TOPK],
-            s_len,
-            scale,
-        ));
-    }
-    for splits in [1usize, 3, 32] {
-        let mut part = gpu.upload(&vec![f32::NAN; t * splits * H * DV])?;
-        let mut lse = gpu.upload(&vec![f32::NAN; t * splits * H])?;
-        let mut o = gpu.upload(&vec![f32::NAN; t * H * DV])?;
-        gpu.sparse_mla(
-            &dq,
-            &dkv,
-            &didx,
-            &mut part,
-            &mut lse,
-            &mut o,
-            t,
-            H,
-            s_len,
-            TOPK,
-            splits,
-            scale as f32,
-        )?;
-        let got = gpu.download(&o)?;
-        out.push(check(
-            &format!("sparse_mla_splits_{splits}"),
-            "bf16 in, f32 accumulate, bf16 P",
-            rel_err(&f64s(&got), &want),
-            1e-2,
-            format!(
-                "{t} queries, {s_len} cached rows, top-k {TOPK}, 64 heads, d_qk 576, d_v 512, {}",
-                if super::value_halves(t, splits, gpu.multiprocessors as usize) {
-                    "value columns over 2 blocks"
-                } else {
-                    "one block a split"
-                }
-            ),
-        ));
-    }
-    // The same rows at DeepSeek-V3.2's 128 heads: two blocks a query and split, one for each
+    // The same rows at DeepSeek-V3.2's 128 heads too: two blocks a query and split, one for each
     // group of 64 heads, both reading the query's one index list.
-    let wide = 2 * H;
-    let (qwb, qwv) = random_bf16(rng, t * wide * DQK);
+    let (qwb, qwv) = random_bf16(rng, t * 2 * H * DQK);
     let dqw = gpu.upload(&qwb)?;
-    let mut want_w = Vec::with_capacity(t * wide * DV);
-    for r in 0..t {
-        want_w.extend(mla_reference(
-            &qwv[r * wide * DQK..(r + 1) * wide * DQK],
-            &kvv,
-            &idx[r * TOPK..(r + 1) * TOPK],
-            s_len,
-            scale,
-        ));
-    }
-    for splits in [1usize, 32] {
-        let mut part = gpu.upload(&vec![f32::NAN; t * splits * wide * DV])?;
-        let mut lse = gpu.upload(&vec![f32::NAN; t * splits * wide])?;
-        let mut o = gpu.upload(&vec![f32::NAN; t * wide * DV])?;
-        gpu.sparse_mla(
-            &dqw,
-            &dkv,
-            &didx,
-            &mut part,
-            &mut lse,
-            &mut o,
-            t,
-            wide,
-            s_len,
-            TOPK,
-            splits,
-            scale as f32,
-        )?;
-        let got = gpu.download(&o)?;
-        out.push(check(
-            &format!("sparse_mla_128_heads_splits_{splits}"),
-            "bf16 in, f32 accumulate, bf16 P",
-            rel_err(&f64s(&got), &want_w),
-            1e-2,
-            format!(
-                "{t} queries, {s_len} cached rows, top-k {TOPK}, {wide} heads (2 blocks a query), d_qk 576, d_v 512, {}",
-                if super::value_halves(2 * t, splits, gpu.multiprocessors as usize) {
-                    "value columns over 2 blocks"
-                } else {
-                    "one block a split"
-                }
-            ),
-        ));
+    for (heads, dqh, qh, all_splits) in [
+        (H, &dq, &qv, &[1usize, 3, 32][..]),
+        (2 * H, &dqw, &qwv, &[1, 32][..]),
+    ] {
+        let mut want = Vec::with_capacity(t * heads * DV);
+        for r in 0..t {
+            want.extend(mla_reference(
+                &qh[r * heads * DQK..(r + 1) * heads * DQK],
+                &kvv,
+                &idx[r * TOPK..(r + 1) * TOPK],
+                s_len,
+                scale,
+            ));
+        }
+        for &splits in all_splits {
+            let mut part = gpu.upload(&vec![f32::NAN; t * splits * heads * DV])?;
+            let mut lse = gpu.upload(&vec![f32::NAN; t * splits * heads])?;
+            let mut o = gpu.upload(&vec![f32::NAN; t * heads * DV])?;
+            gpu.sparse_mla(
+                dqh,
+                &dkv,
+                &didx,
+                &mut part,
+                &mut lse,
+                &mut o,
+                t,
+                heads,
+                s_len,
+                TOPK,
+                splits,
+                scale as f32,
+            )?;
+            let got = gpu.download(&o)?;
+            let name = if heads == H {
+                format!("sparse_mla_splits_{splits}")
+            } else {
+                format!("sparse_mla_{heads}_heads_splits_{splits}")
+            };
+            let rows = t * heads / H;
+            out.push(check(
+                &name,
+                "bf16 in, f32 accumulate, bf16 P",
+                rel_err(&f64s(&got), &want),
+                1e-2,
+                format!(
+                    "{t} queries, {s_len} cached rows, top-k {TOPK}, {heads} heads ({} block a query and split), d_qk 576, d_v 512, {}",
+                    heads / H,
+                    if super::value_halves(rows, splits, gpu.multiprocessors as usize) {
+                        "value columns over 2 blocks"
+                    } else {
+                        "one block a split"
+                    }
+                ),
+            ));
+        }
     }
     // The same sparse attention over a paged cache (pages of 64 rows in shuffled order) gives
     // the same bits as over the flat cache.
