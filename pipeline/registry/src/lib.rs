@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
+use sqlx::{Connection, Row};
 
 use envsynth_core::Task;
 
@@ -948,10 +950,19 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(SQLITE_BUSY_WAIT)
             .foreign_keys(true);
+        // Switching a file into WAL takes an exclusive lock that SQLite's busy timeout does not
+        // wait for, so processes opening a new registry together can see `database is locked`
+        // at connect. Switch once, on one connection, retrying only that; WAL then persists in
+        // the file and the pool's connections never ask for it.
+        let wal = options.clone().journal_mode(SqliteJournalMode::Wal);
+        retry_while_locked(|| async {
+            let conn = SqliteConnection::connect_with(&wal).await?;
+            conn.close().await
+        })
+        .await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -1013,6 +1024,43 @@ impl PgStore {
         let migrator = sqlx::migrate!("migrations/postgres");
         settle(|| migrator.run(&pool)).await?;
         Ok(PgStore { pool })
+    }
+}
+
+/// How long a SQLite connection waits on another's lock, and how long opening retries the
+/// journal-mode switch that SQLite's own wait does not cover.
+const SQLITE_BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// SQLite's primary result codes for contention: another connection holds the lock
+/// (`SQLITE_BUSY`, 5) or a table in a shared cache (`SQLITE_LOCKED`, 6). The driver reports the
+/// extended code, whose low byte is the primary one.
+fn is_lock_contention(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Run a SQLite step until it stops failing on lock contention, for at most
+/// [`SQLITE_BUSY_WAIT`]; any other error returns at once.
+async fn retry_while_locked<T, F, Fut>(mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_WAIT;
+    let mut attempt = 0u64;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if is_lock_contention(&e) && tokio::time::Instant::now() < deadline => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 * attempt.min(20))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -525,3 +525,62 @@ both!(search_and_pagination);
 both!(rollouts_and_difficulty);
 both!(concurrent_writers_lose_nothing);
 both!(sampling_bands_and_revision);
+
+/// Opening a registry while another connection writes to the file must wait for it, not fail.
+/// Switching the file into WAL needs an exclusive lock, and a connection that holds a shared
+/// lock while another holds the write lock gets `database is locked` at once (SQLite skips the
+/// busy timeout where waiting could deadlock), so the store retries that switch. This is what
+/// several `envsynth registry import` processes starting on a new file together hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_open_waits_out_a_writer_of_a_new_file() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let mut writer = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE held (x INTEGER)")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    // A write transaction: the file's write lock, held until COMMIT.
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO held VALUES (1)")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+
+    let file = path.clone();
+    let opening = tokio::spawn(async move { SqliteStore::open(&path).await });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !opening.is_finished(),
+        "open returned while another connection held the write lock: {:?}",
+        opening.await.unwrap().err()
+    );
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    let store = opening.await.unwrap().unwrap();
+    // The file is in WAL mode: its header's read and write versions (bytes 18 and 19) are 2.
+    let header = std::fs::read(&file).unwrap();
+    assert_eq!(
+        &header[18..20],
+        &[2, 2],
+        "the registry file is not in WAL mode"
+    );
+    // The opened store works.
+    let page = store
+        .environments(&EnvironmentQuery {
+            limit: 10,
+            ..EnvironmentQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.environments.is_empty());
+}
