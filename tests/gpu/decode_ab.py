@@ -2,7 +2,7 @@
 """A/B timing of the batch-1 sparse decode step between versions of kernels.cu, in one process.
 
 The step at the end of a CONTEXT-long cache (131072 by default): indexer logits of one query,
-top-k 2048 of them, sparse MLA over the chosen rows. Each stage is captured as a CUDA graph and
+top-k 2048 of them, sparse MLA over the chosen rows for $HEADS query heads (64 by default). Each stage is captured as a CUDA graph and
 replayed behind a 200 µs `hold`, as `envsynth model gpu-check` does, so the figures are GPU
 time (the cache stays in L2 here, unlike there). "dense" is the same attention over all CONTEXT
 rows, split as the model splits it (min(multiprocessors, CONTEXT / 64)); "floor" is a graph of
@@ -14,7 +14,8 @@ kernel (after an indexer that builds its first histogram, if the indexer takes `
 otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. A version that defines
 `sparse_mla_bf16_vsplit` has its attention's value columns split over two blocks where the splits
 leave room, as the model does. $SPLITS (e.g. "32,16,8")
-also times the last version's attention with those split counts. A version that defines
+also times the last version's attention with those split counts, and $WHOLE_VALUES without the
+value split. A version that defines
 `__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
 of a kernel) has their median offsets from mark 0 printed.
 
@@ -30,7 +31,11 @@ import torch
 from kernel_ab import Module, check, cuda, decode_tiles_per_block, define, launch, sm_count
 
 
-H, DQK, DV, IH, ID, TOPK = 64, 576, 512, 64, 128, 2048
+DQK, DV, IH, ID, TOPK = 576, 512, 64, 128, 2048
+# Query heads of the attention ($HEADS, a multiple of 64: 128 is DeepSeek-V3.2's); the kernels
+# take them in groups of 64, one block row each.
+H = int(os.environ.get("HEADS", "64"))
+G = H // 64
 TK_CAP = 8192
 MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
@@ -49,7 +54,7 @@ def main():
     kv = torch.randn(l, DQK, device="cuda", generator=gen).to(torch.bfloat16)
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     splits = TOPK // 64
-    dense_splits = min(sm_count(), l // 64)
+    dense_splits = min(sm_count() // G, l // 64)
     every = torch.arange(l, dtype=torch.int32, device="cuda")
     scale_log2 = (192**-0.5) * 1.4426950408889634
 
@@ -121,13 +126,16 @@ def main():
             launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
-        def attention(sp=splits, rows=idx, n=TOPK):
-            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0, 1]
-            if vsplit and 2 * sp <= sm_count():
-                launch(vsplit, (sp, 1, 2), 256, MLA_SMEM, args)
+        def attention(sp=splits, rows=idx, n=TOPK, halves=None):
+            """halves: split the value columns over two blocks (None: where the model would)."""
+            if halves is None:
+                halves = 2 * G * sp <= sm_count()
+            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0, G]
+            if vsplit and halves:
+                launch(vsplit, (sp, G, 2), 256, MLA_SMEM, args)
             else:
-                launch(mla, (sp, 1), 256, MLA_SMEM, args)
-            launch(comb, (H, comb_parts), 512 // comb_parts, 0, [part, lse, out, H, sp, DV])
+                launch(mla, (sp, G), 256, MLA_SMEM, args)
+            launch(comb, (G * 64, comb_parts), 512 // comb_parts, 0, [part, lse, out, 64, sp, DV])
 
         def step():
             indexer()
@@ -145,11 +153,13 @@ def main():
         stages += [("floor1", lambda: launch(hold, (1, 1), 1, 0, [None])),
                    ("floor4", lambda: [launch(hold, (1, 1), 1, 0, [None]) for _ in range(4)])]
         if os.environ.get("MLA_ALONE"):
-            stages.append(("mla", lambda: launch(mla, (splits, 1), 256, MLA_SMEM,
-                                                 [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0, 1])))
+            stages.append(("mla", lambda: launch(mla, (splits, G), 256, MLA_SMEM,
+                                                 [qm, kv, idx, part, lse, TOPK, l, splits, scale_log2, None, 0, G])))
         if path == paths[-1]:
             for sp in [int(x) for x in os.environ.get("SPLITS", "").split(",") if x]:
                 stages.append((f"attention/{sp}", lambda sp=sp: attention(sp)))
+            if os.environ.get("WHOLE_VALUES"):
+                stages.append(("attention/whole", lambda: attention(halves=False)))
 
         def capture(f):
             """A graph of f, after one plain run of it (with its histogram's producer or consumer)."""
@@ -225,7 +235,9 @@ def main():
             )
             print(f"    graph of 1 empty kernel {t['floor1']:.1f} us, of 4 {t['floor4']:.1f} us")
             for name, v in t.items():
-                if name.startswith("attention/"):
+                if name == "attention/whole":
+                    print(f"    attention without the value split: {v:.1f} us")
+                elif name.startswith("attention/"):
                     print(f"    {name} splits: {v:.1f} us")
                 if name == "mla":
                     print(f"    sparse_mla_bf16 alone: {v:.1f} us")
