@@ -116,10 +116,30 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes joined by ": ", leaving out a cause whose text ends the message
+/// before it (libraries that print their source in their own message, as sqlx does, would
+/// otherwise say it twice or three times).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }
 
 /// A path argument that must exist.
@@ -128,4 +148,49 @@ pub fn existing(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
         anyhow::bail!("{what} {} does not exist", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[derive(Debug)]
+    struct Leaf;
+    impl std::fmt::Display for Leaf {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("(code: 5) database is locked")
+        }
+    }
+    impl std::error::Error for Leaf {}
+
+    /// Prints its source in its own message, as sqlx's errors do.
+    #[derive(Debug)]
+    struct Wrapper(Leaf);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error returned from database: {}", self.0)
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let e = anyhow::Error::new(Wrapper(Leaf)).context("opening the registry at sqlite:///x.db");
+        assert_eq!(
+            report(&e),
+            "opening the registry at sqlite:///x.db: error returned from database: (code: 5) database is locked"
+        );
+        // Causes that add something are all kept.
+        let e = anyhow::Error::new(Leaf)
+            .context("importing")
+            .context("step 2");
+        assert_eq!(
+            report(&e),
+            "step 2: importing: (code: 5) database is locked"
+        );
+    }
 }
