@@ -958,7 +958,7 @@ impl SqliteStore {
         // at connect. Switch once, on one connection, retrying only that; WAL then persists in
         // the file and the pool's connections never ask for it.
         let wal = options.clone().journal_mode(SqliteJournalMode::Wal);
-        retry_while_locked(|| async {
+        settle(SQLITE_BUSY_WAIT, is_lock_contention, || async {
             let conn = SqliteConnection::connect_with(&wal).await?;
             conn.close().await
         })
@@ -968,7 +968,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let migrator = sqlx::migrate!("migrations/sqlite");
-        settle(|| migrator.run(&pool)).await?;
+        settle(STARTUP_RACE, |_| true, || migrator.run(&pool)).await?;
         Ok(SqliteStore { pool })
     }
 }
@@ -994,7 +994,7 @@ impl PgStore {
             .connect_with(options)
             .await?;
         let migrator = sqlx::migrate!("migrations/postgres");
-        settle(|| migrator.run(&pool)).await?;
+        settle(STARTUP_RACE, |_| true, || migrator.run(&pool)).await?;
         Ok(PgStore { pool })
     }
 
@@ -1012,7 +1012,12 @@ impl PgStore {
             .connect_with(sqlx::postgres::PgConnectOptions::from_str(url)?)
             .await?;
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-        settle(|| sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&admin)).await?;
+        settle(
+            STARTUP_RACE,
+            |_| true,
+            || sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(&admin),
+        )
+        .await?;
         admin.close().await;
         let options =
             sqlx::postgres::PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
@@ -1022,13 +1027,13 @@ impl PgStore {
             .connect_with(options)
             .await?;
         let migrator = sqlx::migrate!("migrations/postgres");
-        settle(|| migrator.run(&pool)).await?;
+        settle(STARTUP_RACE, |_| true, || migrator.run(&pool)).await?;
         Ok(PgStore { pool })
     }
 }
 
 /// How long a SQLite connection waits on another's lock, and how long opening retries the
-/// journal-mode switch that SQLite's own wait does not cover.
+/// journal-mode switch that SQLite's own wait does not cover (`settle`).
 const SQLITE_BUSY_WAIT: Duration = Duration::from_secs(30);
 
 /// SQLite's primary result codes for contention: another connection holds the lock
@@ -1043,48 +1048,38 @@ fn is_lock_contention(e: &sqlx::Error) -> bool {
         .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }
 
-/// Run a SQLite step until it stops failing on lock contention, for at most
-/// [`SQLITE_BUSY_WAIT`]; any other error returns at once.
-async fn retry_while_locked<T, F, Fut>(mut step: F) -> Result<T, StoreError>
+/// Run a start-up step that several processes may race on (creating a schema, migrating a
+/// fresh database: SQLite's migrator takes no lock, and concurrent `CREATE SCHEMA IF NOT EXISTS`
+/// can collide in PostgreSQL; switching a SQLite file into WAL), retrying the errors `transient`
+/// accepts while the winner finishes, for at most `budget`; any other error returns at once. The
+/// step is idempotent.
+async fn settle<T, E, F, Fut>(
+    budget: Duration,
+    transient: impl Fn(&E) -> bool,
+    mut step: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
+    Fut: Future<Output = Result<T, E>>,
+    StoreError: From<E>,
 {
-    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_WAIT;
+    let deadline = tokio::time::Instant::now() + budget;
     let mut attempt = 0u64;
     loop {
         match step().await {
             Ok(v) => return Ok(v),
-            Err(e) if is_lock_contention(&e) && tokio::time::Instant::now() < deadline => {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < deadline => {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(5 * attempt.min(20))).await;
+                tokio::time::sleep(Duration::from_millis(25 * attempt.min(8))).await;
             }
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Run a start-up step that several processes may race on (creating a schema, migrating a
-/// fresh database: SQLite's migrator takes no lock, and concurrent `CREATE SCHEMA IF NOT EXISTS`
-/// can collide in PostgreSQL), retrying while the winner finishes. The step is idempotent.
-async fn settle<T, E, F, Fut>(mut step: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    StoreError: From<E>,
-{
-    let mut attempt = 0u64;
-    loop {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt >= 40 => return Err(e.into()),
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(25 * attempt.min(8))).await;
-            }
-        }
-    }
-}
+/// How long opening a store retries a step that races with other processes' start-up
+/// (`settle`): another process's migrations or schema creation take well under this.
+const STARTUP_RACE: Duration = Duration::from_secs(8);
 
 // Registrations (check, then insert) hold a transaction-scoped advisory lock, the counterpart of
 // SQLite's write lock: two writers of one version never both see it absent. Rollouts need no
