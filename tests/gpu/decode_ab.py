@@ -2,10 +2,11 @@
 """A/B timing of the batch-1 sparse decode step between versions of kernels.cu, in one process.
 
 The step at the end of a CONTEXT-long cache (131072 by default): indexer logits of one query,
-top-k 2048 of them, sparse MLA over the chosen rows for $HEADS query heads (64 by default). Each stage is captured as a CUDA graph and
-replayed behind a 200 µs `hold`, as `envsynth model gpu-check` does, so the figures are GPU
-time (the cache stays in L2 here, unlike there). "dense" is the same attention over all CONTEXT
-rows, split as the model splits it (min(multiprocessors, CONTEXT / 64)); "floor" is a graph of
+top-k 2048 of them, sparse MLA over the chosen rows for $HEADS query heads (64 by default, in
+groups of 64). Each stage is captured as a CUDA graph and replayed behind a 200 µs `hold`, as
+`envsynth model gpu-check` does, so the figures are GPU time (the cache stays in L2 here,
+unlike there). "dense" is the same attention over all CONTEXT rows, split as the model splits
+it (min(multiprocessors / groups, CONTEXT / 64)); "floor" is a graph of
 one, and of four, kernels that do nothing. Each version's chosen indices are checked against
 torch.topk of its own logits, and its output compared with the first version's. Versions are
 timed in ROUNDS (2 by default) alternating rounds, so drift in the GPU's clocks falls on every

@@ -543,19 +543,14 @@ async fn sqlite_open_waits_out_a_writer_of_a_new_file() {
     )
     .await
     .unwrap();
-    sqlx::query("CREATE TABLE held (x INTEGER)")
-        .execute(&mut writer)
-        .await
-        .unwrap();
-    // A write transaction: the file's write lock, held until COMMIT.
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut writer)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO held VALUES (1)")
-        .execute(&mut writer)
-        .await
-        .unwrap();
+    // Then a write transaction: the file's write lock, held until COMMIT.
+    for sql in [
+        "CREATE TABLE held (x INTEGER)",
+        "BEGIN IMMEDIATE",
+        "INSERT INTO held VALUES (1)",
+    ] {
+        sqlx::query(sql).execute(&mut writer).await.unwrap();
+    }
 
     let file = path.clone();
     let opening = tokio::spawn(async move { SqliteStore::open(&path).await });
