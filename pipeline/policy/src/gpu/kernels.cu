@@ -677,6 +677,60 @@ __device__ int find_bin_block(const int* hist, int bins, int want, int* above_ou
     return b;
 }
 
+// find_bin_block over TK_BINS bins of shared memory by one warp, no barriers, for a block whose
+// other warps can only wait for the answer (the decode top-k's head and finish): lane l sums the
+// 64 bins of its run (the highest run first), a warp scan and a ballot pick the run holding the
+// answer, and the same over that run's 64 bins, two a lane, picks the bin. A lane's 16 loads
+// start at a rotated offset ((i + l) mod 16), so the eight lanes of each 16-byte load phase hit
+// eight different bank quads where the plain order put all eight on one. find_bin_block's
+// scan and search behind six barriers took about 2,100 cycles of the 128K decode top-k's finish.
+__device__ int find_bin_warp(const int* hist, int want, int* above_out) {
+    static_assert(TK_BINS == 32 * 64, "32 runs of 64 bins");
+    const unsigned all = 0xffffffffu;
+    int lane = threadIdx.x & 31;
+    if (want <= 0) {  // as find_bin_block: the highest bin, nothing above it
+        *above_out = 0;
+        return TK_BINS - 1;
+    }
+    int hi = TK_BINS - 64 * lane;  // this lane's run: bins [hi - 64, hi)
+    const int4* run = reinterpret_cast<const int4*>(hist + hi - 64);
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        int4 v = run[(i + lane) & 15];
+        sum += v.x + v.y + v.z + v.w;
+    }
+    int inc = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int n = __shfl_up_sync(all, inc, o);
+        if (lane >= o) inc += n;
+    }
+    unsigned hit = __ballot_sync(all, inc - sum < want && want <= inc);
+    if (!hit) {  // beyond the total: bin 0, everything above it
+        *above_out = __shfl_sync(all, inc, 31);
+        return 0;
+    }
+    int r = __ffs(hit) - 1;
+    int base = __shfl_sync(all, inc - sum, r), top = TK_BINS - 64 * r;
+    int ca = hist[top - 2 * lane - 1], cb = hist[top - 2 * lane - 2];
+    int pair = ca + cb, inc2 = pair;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int n = __shfl_up_sync(all, inc2, o);
+        if (lane >= o) inc2 += n;
+    }
+    unsigned hit2 = __ballot_sync(all, base + inc2 - pair < want && want <= base + inc2);
+    int q = __ffs(hit2) - 1;
+    int above = base + __shfl_sync(all, inc2 - pair, q), first = __shfl_sync(all, ca, q);
+    if (above + first >= want) {
+        *above_out = above;
+        return top - 2 * q - 1;
+    }
+    *above_out = above + first;
+    return top - 2 * q - 2;
+}
+
 // find_bin_block for two searches at once, in `ha` for `want_a` and in `hb` for `want_b` (the
 // same histogram or two; at most 2^31 keys each): one block scan of both counts, packed, where
 // two calls took two. Bins and counts above them land in bin[0..1] and above[0..1].
@@ -1348,15 +1402,19 @@ __device__ __forceinline__ void tk_hist_to_smem(int* dst, const int* src) {
 
 // Whether row t is collected on its top 11 bits: its threshold bin of phase 1 (`*b1`, the bin
 // holding its k-th key) holds at most `cap` keys. The block reads the histogram into `h` (TK_BINS
-// ints of shared memory) in one coalesced pass and scans it there.
+// ints of shared memory) in one coalesced pass and one warp searches it there (find_bin_warp).
 __device__ bool tk_fits(const int* hist, int k, int cap, int t, int* h, unsigned* b1) {
-    __shared__ int warp_tot[33];
+    __shared__ int found;
     tk_hist_to_smem<TK_BINS>(h, hist + (size_t)t * 2 * TK_BINS);
     __syncthreads();
-    int above;
-    *b1 = (unsigned)find_bin_block(h, TK_BINS, k, &above, warp_tot);
+    if (threadIdx.x < 32) {
+        int above, b = find_bin_warp(h, k, &above);
+        if (threadIdx.x == 0) found = b;
+    }
+    __syncthreads();
+    *b1 = (unsigned)found;
     bool fits = h[*b1] <= cap;
-    __syncthreads();  // `h` is free for the caller
+    __syncthreads();  // `h` and `found` are free for the caller
     return fits;
 }
 
@@ -1557,8 +1615,62 @@ __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties
 // empty prefix), find the exact threshold key: every candidate above it is marked in `sel`,
 // every one equal to it in `tie`. Returns how many ties join (for emit_selected). `hist` holds
 // 2,048 ints of shared memory and `warp_tot` 33.
+//
+// `n_share` is how many candidates share the prefix, as the caller's histograms counted them.
+// When at most 32 do (one or two near the threshold of a 128K decode row, after 22 bits), one
+// pass moves them into shared memory and one warp ranks them by their full keys, where each
+// histogram round zeroes 1,024 or 2,048 bins and searches them behind eight barriers. A count
+// the pass finds above 32 falls through to the rounds (marks are idempotent).
 __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigned prefix, int shift, int need,
-                                  unsigned* sel, unsigned* tie, int* hist, int* warp_tot) {
+                                  int n_share, unsigned* sel, unsigned* tie, int* hist, int* warp_tot) {
+    if (n_share <= 32) {
+        __shared__ unsigned long long few[32];
+        __shared__ int n_few, joined;
+        auto top = [shift](unsigned key) { return shift < 32 ? key >> shift : 0u; };
+        if (threadIdx.x == 0) n_few = 0;  // free: the previous call read it before its last barrier
+        __syncthreads();                  // and `sel` and `cand` are written
+        for (int c = threadIdx.x; c < n; c += blockDim.x) {
+            unsigned long long ci = cand[c];
+            unsigned key = (unsigned)(ci >> 32), tk = top(key);
+            int i = (int)(unsigned)(ci & 0xffffffffull);
+            if (tk == prefix) {
+                int at = atomicAdd(&n_few, 1);
+                if (at < 32) few[at] = ci;
+            } else if (tk > prefix) {
+                atomicOr(&sel[i >> 5], 1u << (i & 31));
+            }
+        }
+        __syncthreads();
+        int m = n_few;
+        if (m <= 32) {
+            if (threadIdx.x < 32) {
+                int lane = threadIdx.x;
+                unsigned long long ci = lane < m ? few[lane] : 0ull;
+                unsigned key = (unsigned)(ci >> 32);
+                int i = (int)(unsigned)(ci & 0xffffffffull), gt = 0, ge = 0;
+                for (int j = 0; j < m; j++) {
+                    unsigned kj = (unsigned)(few[j] >> 32);
+                    gt += kj > key;
+                    ge += kj >= key;
+                }
+                // The threshold is the key with fewer than `need` above it and `need` or more at
+                // or above it; with none (need beyond m, or none wanted) every key or none is taken.
+                unsigned at_t = __ballot_sync(0xffffffffu, lane < m && gt < need && need <= ge);
+                int src = at_t ? __ffs(at_t) - 1 : 0;
+                unsigned t_key = __shfl_sync(0xffffffffu, key, src);
+                int above = __shfl_sync(0xffffffffu, gt, src);
+                if (!at_t) above = need > 0 ? m : 0;
+                if (lane < m) {
+                    bool take = at_t ? key > t_key : need > 0;
+                    if (take) atomicOr(&sel[i >> 5], 1u << (i & 31));
+                    else if (at_t && key == t_key) atomicOr(&tie[i >> 5], 1u << (i & 31));
+                }
+                if (lane == 0) joined = need - above;
+            }
+            __syncthreads();  // every mark is in place, and `joined` written
+            return joined;
+        }
+    }
     unsigned cur = prefix;  // the threshold key's bits above `hi`, found so far
     for (int hi = shift; hi > 0;) {
         const bool first = hi == shift;
@@ -1752,7 +1864,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         int n_cand = n_cand_s, need = k - n_above_s;
         if (need >= 0 && need <= n_cand && n_cand <= TKR_CAP) {
             // The k-th key is a candidate, found among them from their full keys.
-            int ties = need > 0 ? resolve_candidates(cand, n_cand, 0u, 32, need, sel, tie, hist, warp_tot) : 0;
+            int ties = need > 0 ? resolve_candidates(cand, n_cand, 0u, 32, need, n_cand, sel, tie, hist, warp_tot) : 0;
             emit_selected(sel, tie, ties, words, o);
             return;
         }
@@ -1802,7 +1914,7 @@ __device__ void topk_row_fast(const float* row, int len, int k, int* o, unsigned
         topk_row_block(row, len, k, o);
         return;
     }
-    need = resolve_candidates(cand, n_cand, prefix, shift, need, sel, tie, hist, warp_tot);
+    need = resolve_candidates(cand, n_cand, prefix, shift, need, n_cand, sel, tie, hist, warp_tot);
     emit_selected(sel, tie, need, words, o);
 }
 
@@ -1886,15 +1998,22 @@ __device__ void tk_finish(const float* logits, int len, int ld, int k, int* hist
     // Every candidate shares the threshold prefix (a row of more than k keys has at least one).
     // Collected on 11 bits, the second histogram extends it to 22 first.
     unsigned prefix = (unsigned)(cs[0] >> 32) >> shift;
-    int need = k - n_taken;
+    int need = k - n_taken, n_share = n_cand;
     if (shift == 21) {
-        int above;
-        unsigned b2 = (unsigned)find_bin_block(hb, TK_BINS, need, &above, warp_tot);
+        __shared__ int found[2];
+        if (threadIdx.x < 32) {
+            int above, b = find_bin_warp(hb, need, &above);
+            if (threadIdx.x == 0) found[0] = b, found[1] = above;
+        }
+        __syncthreads();
+        unsigned b2 = (unsigned)found[0];
+        int above = found[1];
         need -= above;
+        n_share = hb[b2];
         prefix = (prefix << 11) | b2;
         shift = 10;
     }
-    need = resolve_candidates(cs, n_cand, prefix, shift, need, sel, tie, hb, warp_tot);
+    need = resolve_candidates(cs, n_cand, prefix, shift, need, n_share, sel, tie, hb, warp_tot);
     emit_selected(sel, tie, need, words, o);
 }
 
