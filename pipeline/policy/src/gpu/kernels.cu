@@ -597,25 +597,29 @@ __device__ __forceinline__ unsigned order_key(float f) {
     return u ^ ((unsigned)((int)u >> 31) | 0x80000000u);  // negative: ~u; else u | 2^31
 }
 
+// The inclusive sum of `v` over the warp's lanes 0..lane (every lane of the warp calls it).
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_sum(T v) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        T n = __shfl_up_sync(0xffffffffu, v, d);
+        if (lane >= d) v += n;
+    }
+    return v;
+}
+
 // Exclusive prefix sum of `v` over the block in thread order (at most 1024 threads); returns
 // the block's total. `warp_tot` is 33 values of shared memory.
 template <typename T>
 __device__ __forceinline__ T block_exclusive_sum(T v, T* prefix, T* warp_tot) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    T incl = v;
-    for (int d = 1; d < 32; d <<= 1) {
-        T n = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += n;
-    }
+    T incl = warp_inclusive_sum(v);
     if (lane == 31) warp_tot[warp] = incl;
     __syncthreads();
     if (warp == 0) {
         T w = lane < (int)(blockDim.x >> 5) ? warp_tot[lane] : T(0);
-        T x = w;
-        for (int d = 1; d < 32; d <<= 1) {
-            T n = __shfl_up_sync(0xffffffffu, x, d);
-            if (lane >= d) x += n;
-        }
+        T x = warp_inclusive_sum(w);
         warp_tot[lane] = x - w;  // exclusive
         if (lane == 31) warp_tot[32] = x;
     }
@@ -700,12 +704,7 @@ __device__ int find_bin_warp(const int* hist, int want, int* above_out) {
         int4 v = run[(i + lane) & 15];
         sum += v.x + v.y + v.z + v.w;
     }
-    int inc = sum;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        int n = __shfl_up_sync(all, inc, o);
-        if (lane >= o) inc += n;
-    }
+    int inc = warp_inclusive_sum(sum);
     unsigned hit = __ballot_sync(all, inc - sum < want && want <= inc);
     if (!hit) {  // beyond the total: bin 0, everything above it
         *above_out = __shfl_sync(all, inc, 31);
@@ -714,12 +713,7 @@ __device__ int find_bin_warp(const int* hist, int want, int* above_out) {
     int r = __ffs(hit) - 1;
     int base = __shfl_sync(all, inc - sum, r), top = TK_BINS - 64 * r;
     int ca = hist[top - 2 * lane - 1], cb = hist[top - 2 * lane - 2];
-    int pair = ca + cb, inc2 = pair;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        int n = __shfl_up_sync(all, inc2, o);
-        if (lane >= o) inc2 += n;
-    }
+    int pair = ca + cb, inc2 = warp_inclusive_sum(pair);
     unsigned hit2 = __ballot_sync(all, base + inc2 - pair < want && want <= base + inc2);
     int q = __ffs(hit2) - 1;
     int above = base + __shfl_sync(all, inc2 - pair, q), first = __shfl_sync(all, ca, q);
@@ -1502,12 +1496,7 @@ __device__ __forceinline__ int tk_collect(const float* logits, int len, int ld, 
     }
     __syncthreads();
     if (threadIdx.x < 32) {  // the taken count, and the candidates' offsets: a scan, one atomic
-        int a = slot_t[lane], b = slot_c[lane], ib = b;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            int nb = __shfl_up_sync(0xffffffffu, ib, d);
-            if (lane >= d) ib += nb;
-        }
+        int a = slot_t[lane], b = slot_c[lane], ib = warp_inclusive_sum(b);
         a = __reduce_add_sync(0xffffffffu, a);
         int base_c = 0;
         if (lane == 31) {
