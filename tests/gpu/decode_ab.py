@@ -14,7 +14,9 @@ version alike. A version that defines `topk_decode_fused` has its top-k launched
 kernel (after an indexer that builds its first histogram, if the indexer takes `hist_k`);
 otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. A version that defines
 `sparse_mla_bf16_vsplit` has its attention's value columns split over two blocks where the splits
-leave room, as the model does. $SPLITS (e.g. "32,16,8")
+leave room, as the model does. A version whose attention takes `after_indices` has it launched in
+the step with programmatic stream serialization after the top-k, as gpu-check's step does (the
+attention timed alone, and the dense one, launch plainly). $SPLITS (e.g. "32,16,8")
 also times the last version's attention with those split counts, and $WHOLE_VALUES without the
 value split. A version that defines
 `__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
@@ -127,21 +129,25 @@ def main():
             launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
                    [q, k, w, logits, lens, l, l, None, 0] + extra)
 
-        def attention(sp=splits, rows=idx, n=TOPK, halves=None):
+        # A version whose attention takes `after_indices` is launched in the step with programmatic
+        # stream serialization after the top-k (its query copied before it waits for the indices).
+        pdl = "int after_indices" in open(path).read()
+
+        def attention(sp=splits, rows=idx, n=TOPK, halves=None, after_indices=False):
             """halves: split the value columns over two blocks (None: where the model would)."""
             if halves is None:
                 halves = 2 * G * sp <= sm_count()
-            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0, G]
+            args = [qm, kv, rows, part, lse, n, l, sp, scale_log2, None, 0, G] + ([int(after_indices)] if pdl else [])
             if vsplit and halves:
-                launch(vsplit, (sp, G, 2), 256, MLA_SMEM, args)
+                launch(vsplit, (sp, G, 2), 256, MLA_SMEM, args, pdl=after_indices)
             else:
-                launch(mla, (sp, G), 256, MLA_SMEM, args)
+                launch(mla, (sp, G), 256, MLA_SMEM, args, pdl=after_indices)
             launch(comb, (G * 64, comb_parts), 512 // comb_parts, 0, [part, lse, out, 64, sp, DV])
 
         def step():
             indexer()
             topk()
-            attention()
+            attention(after_indices=pdl)
 
         # The indexer feeds top-k's histogram, which top-k consumes and zeroes: "topk" is timed
         # as the difference of indexer + top-k and the indexer alone, and every replay of the

@@ -111,7 +111,20 @@ def decode_tiles_per_block(path, f, smem, keys, cap):
     return min(cap, max(1, -(-tiles // resident(f, 128, smem))))
 
 
-def launch(f, grid, block, smem, args):
+class _LaunchAttr(ctypes.Structure):
+    """CUlaunchAttribute: an id, padding, a 64-byte value (an int here)."""
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int), ("rest", ctypes.c_char * 60)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttr)), ("n_attrs", ctypes.c_uint)]
+
+
+def launch(f, grid, block, smem, args, pdl=False):
+    """With `pdl`, launched with programmatic stream serialization (cuLaunchKernelEx): the kernel
+    may start once the previous one has triggered its dependents, and waits for it with
+    griddepcontrol.wait."""
     holders = []
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -128,6 +141,12 @@ def launch(f, grid, block, smem, args):
             raise TypeError(a)
     ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
     stream = torch.cuda.current_stream().cuda_stream
+    if pdl:
+        attr = _LaunchAttr(id=6, value=1)  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        cfg = _LaunchConfig((grid[0], grid[1], grid[2] if len(grid) > 2 else 1), (block, 1, 1), smem,
+                            ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
+        check(cuda.cuLaunchKernelEx(ctypes.byref(cfg), f, ptrs, None), "cuLaunchKernelEx")
+        return
     check(
         cuda.cuLaunchKernel(f, grid[0], grid[1], grid[2] if len(grid) > 2 else 1, block, 1, 1, smem,
                           ctypes.c_void_p(stream), ptrs, None),

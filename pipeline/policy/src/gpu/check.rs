@@ -726,6 +726,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
                 TOPK,
                 splits,
                 scale as f32,
+                false,
             )?;
             let got = gpu.download(&o)?;
             let name = if heads == H {
@@ -751,6 +752,62 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             ));
         }
     }
+    // Launched right after the decode top-k that writes its indices, with programmatic stream
+    // serialization (the query copied while the top-k finishes, the indices read after
+    // griddepcontrol.wait): the same bits as a plain launch, and within the bound of the f64
+    // reference. One query at 128 heads over 32 splits, the batch-1 step's shape; the top-k
+    // over random logits of the 3,001 cached rows.
+    let logits: Vec<f32> = (0..s_len).map(|_| rng.random::<f32>()).collect();
+    let (dlg, dlen) = (gpu.upload(&logits)?, gpu.upload(&[s_len as i32])?);
+    let mut work = gpu.topk_work(1, TOPK)?;
+    let mut sel = gpu.upload(&vec![i32::MIN; TOPK])?;
+    let splits = 32;
+    let mut got = Vec::new();
+    for after_indices in [false, true] {
+        let mut part = gpu.upload(&vec![f32::NAN; splits * 2 * H * DV])?;
+        let mut lse = gpu.upload(&vec![f32::NAN; splits * 2 * H])?;
+        let mut o = gpu.upload(&vec![f32::NAN; 2 * H * DV])?;
+        gpu.topk_decode(&dlg, &dlen, 1, s_len, &mut work, &mut sel)?;
+        gpu.sparse_mla(
+            &dqw,
+            &dkv,
+            &sel,
+            &mut part,
+            &mut lse,
+            &mut o,
+            1,
+            2 * H,
+            s_len,
+            TOPK,
+            splits,
+            scale as f32,
+            after_indices,
+        )?;
+        got.push(gpu.download(&o)?);
+    }
+    let want = mla_reference(
+        &qwv[..2 * H * DQK],
+        &kvv,
+        &topk_padded(&logits, TOPK),
+        s_len,
+        scale,
+    );
+    let same_bits = got[0]
+        .iter()
+        .map(|v| v.to_bits())
+        .eq(got[1].iter().map(|v| v.to_bits()));
+    let err = rel_err(&f64s(&got[1]), &want);
+    out.push(Check {
+        passed: same_bits && err <= 1e-2,
+        ..check(
+            "sparse_mla_after_topk",
+            "bf16 in, f32 accumulate, bf16 P",
+            err,
+            1e-2,
+            format!("1 query, {s_len} cached rows, top-k {TOPK} chosen by topk_decode just before, {} heads, {splits} splits, launched to start while the top-k finishes; the same bits as a plain launch: {same_bits}", 2 * H),
+        )
+    });
+
     // The same sparse attention over a paged cache (pages of 64 rows in shuffled order) gives
     // the same bits as over the flat cache.
     let page = 64usize;
@@ -791,6 +848,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
             TOPK,
             3,
             scale as f32,
+            false,
         )?;
         results.push(gpu.download(&o)?);
     }
@@ -938,12 +996,12 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
         b.prefill_topk_ms += timed(gpu, || gpu.topk(&logits, &mut idx, t, l, TOPK, c0))?;
         b.prefill_attention_ms += timed(gpu, || {
             gpu.sparse_mla(
-                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, H, l, TOPK, 1, scale,
+                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, H, l, TOPK, 1, scale, false,
             )
         })?;
         b.prefill_attention_h128_ms += timed(gpu, || {
             gpu.sparse_mla(
-                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, WIDE, l, TOPK, 1, scale,
+                &dqm, &dkv, &idx, &mut part, &mut lse, &mut o, t, WIDE, l, TOPK, 1, scale, false,
             )
         })?;
         for r in 0..t {
@@ -1005,6 +1063,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
                 l,
                 sp,
                 scale,
+                false,
             )
         })?);
     }
@@ -1026,6 +1085,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             l,
             splits_dense,
             scale,
+            false,
         )
     })?;
     // Stage 3 is the FP8 indexer, in place of stage 0, on the query quantized here once (the
@@ -1061,6 +1121,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             TOPK,
             splits_sparse_w,
             scale,
+            true,
         ),
         _ => gpu.sparse_mla(
             &dqm,
@@ -1075,6 +1136,7 @@ fn bench_context(gpu: &Gpu, rng: &mut ChaCha8Rng, l: usize) -> Result<Bench, Gpu
             TOPK,
             splits_sparse,
             scale,
+            true,
         ),
     };
     let sparse_graph = gpu.capture(|| (0..3).try_for_each(&mut stage))?;
@@ -1159,7 +1221,7 @@ fn decode_throughput(gpu: &Gpu, rng: &mut ChaCha8Rng, batch: usize) -> Result<f6
     for rep in 0..11 {
         let ms = timed(gpu, || {
             gpu.sparse_mla(
-                &dq, &dkv, &didx, &mut part, &mut lse, &mut o, batch, H, l, TOPK, 1, 0.07,
+                &dq, &dkv, &didx, &mut part, &mut lse, &mut o, batch, H, l, TOPK, 1, 0.07, false,
             )
         })?;
         if rep > 0 {

@@ -862,7 +862,7 @@ __device__ __forceinline__ void mla_gather(unsigned char* dst, int* ok, const bf
 template <int NV>
 __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, const int* indices, float* o_part,
                                                 float* lse_part, int topk, int S, int splits, float scale_log2,
-                                                const int* page_table, int page_size, int groups) {
+                                                const int* page_table, int page_size, int groups, int after_indices) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     unsigned char* qs = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // 64 heads
     unsigned char* kvs = qs + MLA_TILE;                                  // 2 gather stages
@@ -891,17 +891,29 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
     // from shared memory.
     int j_end = min(b_end * MLA_BN, topk), last = j_end - 1;
     int s_last = 0;
+    // With `after_indices` the kernel was launched with programmatic stream serialization after
+    // the kernel that writes its indices (the decode top-k, or map_pages), which lets dependents
+    // start early: the query, written before that kernel started, is copied while it finishes,
+    // and only then does the block wait for the indices (griddepcontrol.wait). 1.1 us of the
+    // 128K batch-1 step (BENCHMARKS.md).
+    auto copy_query = [&]() {
+        for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
+            int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
+            cp_async16(qs + swz(MLA_H, r, c * 16),
+                       reinterpret_cast<const unsigned char*>(q + ((size_t)t * MLA_H + r) * MLA_DQK) + c * 16, true);
+        }
+        cp_async_commit();
+    };
+    if (after_indices) {
+        copy_query();
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+    }
     if (b_begin < b_end) {
         mla_fetch_indices(idx_s, idx, b_begin * MLA_BN, topk);
         s_last = idx[last];
     }
     cp_async_commit();
-    for (int i = threadIdx.x; i < MLA_H * (MLA_DQK / 8); i += blockDim.x) {
-        int r = i / (MLA_DQK / 8), c = i % (MLA_DQK / 8);
-        cp_async16(qs + swz(MLA_H, r, c * 16),
-                   reinterpret_cast<const unsigned char*>(q + ((size_t)t * MLA_H + r) * MLA_DQK) + c * 16, true);
-    }
-    cp_async_commit();
+    if (!after_indices) copy_query();
     if (b_begin < b_end) {
         // Tiles after the split's last valid entry add nothing: a row shorter than top-k (a
         // short prompt, an early position) is padded with -1 at its end. When the share's last
@@ -917,7 +929,9 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
             last = __reduce_max_sync(0xffffffffu, last);
             if (lane == 0) ok[MLA_BN + (threadIdx.x >> 5)] = last;
         }
-        cp_async_wait<1>();  // the indices; the query may still be in flight
+        // The indices; the query may still be in flight (copied first after the top-k: both).
+        if (after_indices) cp_async_wait<0>();
+        else cp_async_wait<1>();
         __syncthreads();
         if (scan) {
 #pragma unroll
@@ -1071,17 +1085,17 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
                 int topk, int S, int splits, float scale_log2, const int* page_table, int page_size,
-                int groups) {
+                int groups, int after_indices) {
     sparse_mla_body<256>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size,
-                          groups);
+                          groups, after_indices);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
 sparse_mla_bf16_vsplit(const bf16* q, const bf16* kv, const int* indices, float* o_part, float* lse_part,
                        int topk, int S, int splits, float scale_log2, const int* page_table, int page_size,
-                       int groups) {
+                       int groups, int after_indices) {
     sparse_mla_body<128>(q, kv, indices, o_part, lse_part, topk, S, splits, scale_log2, page_table, page_size,
-                          groups);
+                          groups, after_indices);
 }
 
 // out[t, h, :] = sum_p 2^(lse_p - M) o_p / sum_p 2^(lse_p - M). Block (t·H + h, y) takes
@@ -2018,6 +2032,10 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
     __shared__ int last;
     __shared__ unsigned long long done, total;  // this unit's report (tk_done), the row's after it
     int* h = reinterpret_cast<int*>(tk_smem);
+    // The attention launched after it may start placing blocks (each waits for this grid's end
+    // before reading the indices; see sparse_mla_body); they take the multiprocessors this
+    // grid's blocks leave.
+    asm volatile("griddepcontrol.launch_dependents;");
     int chunks = (ld + TK_CHUNK - 1) / TK_CHUNK, units = rows * chunks;
     if (!hist_ready) {
         for (int u = blockIdx.x; u < units; u += gridDim.x) {
@@ -2426,6 +2444,7 @@ extern "C" __global__ void q_rope_pack(const float* q, const int* positions, con
 // table (rows `stride` ints apart; pages of 128).
 extern "C" __global__ void map_pages(const int* idx, int* out, const int* pages, int stride, int k,
                                      int n) {
+    asm volatile("griddepcontrol.launch_dependents;");  // the attention after it: see sparse_mla_body
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * k) return;
     int r = (int)(i / k), s = idx[i];

@@ -398,6 +398,57 @@ impl Gpu {
         self.module.load_function(name).map_err(cuda)
     }
 
+    /// Launches kernel `name` on the stream with programmatic stream serialization (cudarc's
+    /// builder has no launch attributes): it may start once the kernel before it has let its
+    /// dependents go (`griddepcontrol.launch_dependents`), and must wait for that kernel
+    /// (`griddepcontrol.wait`) before reading what it writes. Captured into a graph, the
+    /// dependency becomes a programmatic edge.
+    ///
+    /// # Safety
+    /// `params` holds the addresses of the kernel's arguments, in the order and of the types
+    /// of its parameters.
+    unsafe fn launch_programmatic(
+        &self,
+        name: &str,
+        cfg: LaunchConfig,
+        params: &[*const std::ffi::c_void],
+    ) -> Result<(), GpuError> {
+        use cudarc::driver::sys;
+        let f = self.function(name)?;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let launch = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut params = params.to_vec();
+        // SAFETY: the caller vouches for `params`; the function belongs to this context's
+        // module and `launch` and `attr` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &launch,
+                f.cu_function(),
+                params.as_mut_ptr().cast(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(|e| GpuError::Cuda(format!("{name}: {e:?}")))
+    }
+
     pub fn upload<T: cudarc::driver::DeviceRepr>(
         &self,
         host: &[T],
@@ -1083,6 +1134,12 @@ impl Gpu {
     /// rows, in `splits` parts per query and group of 64 heads, then combined into `out`
     /// ([t, heads, 512] f32). `part` holds t·splits·heads·512 floats, `lse` t·splits·heads; with
     /// one split the kernel writes `out` itself and `part` is not touched.
+    ///
+    /// `after_indices`: the kernel just before this on the stream wrote `indices` and lets its
+    /// dependents start early (the decode top-k and `map_pages` do), and `q` was written before
+    /// that kernel started. The attention is then launched with programmatic stream
+    /// serialization: its blocks copy the query while that kernel finishes and wait for it
+    /// (`griddepcontrol.wait`) before reading the indices.
     #[allow(clippy::too_many_arguments)]
     pub fn sparse_mla(
         &self,
@@ -1098,6 +1155,7 @@ impl Gpu {
         topk: usize,
         splits: usize,
         softmax_scale: f32,
+        after_indices: bool,
     ) -> Result<(), GpuError> {
         self.sparse_mla_paged(
             q,
@@ -1113,6 +1171,7 @@ impl Gpu {
             topk,
             splits,
             softmax_scale,
+            after_indices,
         )
     }
 
@@ -1134,6 +1193,7 @@ impl Gpu {
         topk: usize,
         splits: usize,
         softmax_scale: f32,
+        after_indices: bool,
     ) -> Result<(), GpuError> {
         let (table, page) = paging.map_or((NULL, 0), |(tb, p)| (self.ptr(tb), p));
         let (q, kv, idx) = (self.ptr(q), self.ptr(kv), self.ptr(indices));
@@ -1150,6 +1210,7 @@ impl Gpu {
             topk,
             splits,
             softmax_scale,
+            after_indices,
         )
     }
 
@@ -1169,6 +1230,7 @@ impl Gpu {
         topk: usize,
         splits: usize,
         softmax_scale: f32,
+        after_indices: bool,
     ) -> Result<(), GpuError> {
         if heads == 0 || !heads.is_multiple_of(64) {
             return Err(GpuError::Cuda(format!(
@@ -1196,23 +1258,46 @@ impl Gpu {
         // One split's normalized partial is the answer ([t, 1, h, dv] is [t, h, dv]): written
         // straight to `out`, with no combine pass.
         let first = if splits == 1 { out } else { part };
-        launch!(
-            self,
-            kernel,
-            cfg,
-            &q,
-            &kv,
-            &indices,
-            &first,
-            &lse,
-            &k32,
-            &s32,
-            &sp,
-            &scale_log2,
-            &table,
-            &page32,
-            &g32
-        );
+        let after = i32::from(after_indices);
+        if after_indices {
+            let params = [
+                (&q as *const u64).cast(),
+                (&kv as *const u64).cast(),
+                (&indices as *const u64).cast(),
+                (&first as *const u64).cast(),
+                (&lse as *const u64).cast(),
+                (&k32 as *const i32).cast(),
+                (&s32 as *const i32).cast(),
+                (&sp as *const i32).cast(),
+                (&scale_log2 as *const f32).cast(),
+                (&table as *const u64).cast(),
+                (&page32 as *const i32).cast(),
+                (&g32 as *const i32).cast(),
+                (&after as *const i32).cast(),
+            ];
+            // SAFETY: the addresses are of this frame's values, in the order and types of the
+            // kernel's parameters in kernels.cu; the driver copies them during the call.
+            unsafe { self.launch_programmatic(kernel, cfg, &params) }?;
+        } else {
+            launch!(
+                self,
+                kernel,
+                cfg,
+                &q,
+                &kv,
+                &indices,
+                &first,
+                &lse,
+                &k32,
+                &s32,
+                &sp,
+                &scale_log2,
+                &table,
+                &page32,
+                &g32,
+                &after
+            );
+        }
         if splits > 1 {
             let (h, dv) = (64i32, 512i32);
             let cfg = config((rows * 64) as u32, 2, 256, 0);

@@ -924,6 +924,7 @@ impl GpuModel {
                 k,
                 splits,
                 cfg.softmax_scale(),
+                true, // after map_pages, which wrote s.idxp; the query came before the indexer
             )?;
             let on = (n * 64 * 512) as i64;
             launch!(g, "to_bf16", elems(on as usize), &s.olat, &s.olatb, &on);
