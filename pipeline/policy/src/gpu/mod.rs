@@ -398,23 +398,27 @@ impl Gpu {
         self.module.load_function(name).map_err(cuda)
     }
 
-    /// Launches kernel `name` on the stream with programmatic stream serialization (cudarc's
-    /// builder has no launch attributes): it may start once the kernel before it has let its
-    /// dependents go (`griddepcontrol.launch_dependents`), and must wait for that kernel
+    /// Launches kernel `name` on the stream through `cuLaunchKernelEx` (cudarc's builder has no
+    /// launch attributes). With `programmatic`, under programmatic stream serialization: it
+    /// may start once the kernel before it has let its dependents go
+    /// (`griddepcontrol.launch_dependents`), and must wait for that kernel
     /// (`griddepcontrol.wait`) before reading what it writes. Captured into a graph, the
     /// dependency becomes a programmatic edge.
     ///
     /// # Safety
     /// `params` holds the addresses of the kernel's arguments, in the order and of the types
     /// of its parameters.
-    unsafe fn launch_programmatic(
+    unsafe fn launch_ex(
         &self,
         name: &str,
         cfg: LaunchConfig,
         params: &[*const std::ffi::c_void],
+        programmatic: bool,
     ) -> Result<(), GpuError> {
         use cudarc::driver::sys;
         let f = self.function(name)?;
+        // As cudarc's builder does before it launches: the context current on this thread.
+        self.ctx.bind_to_thread().map_err(cuda)?;
         let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
@@ -432,7 +436,7 @@ impl Gpu {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: 1,
+            numAttrs: u32::from(programmatic),
         };
         let mut params = params.to_vec();
         // SAFETY: the caller vouches for `params`; the function belongs to this context's
@@ -1259,45 +1263,24 @@ impl Gpu {
         // straight to `out`, with no combine pass.
         let first = if splits == 1 { out } else { part };
         let after = i32::from(after_indices);
-        if after_indices {
-            let params = [
-                (&q as *const u64).cast(),
-                (&kv as *const u64).cast(),
-                (&indices as *const u64).cast(),
-                (&first as *const u64).cast(),
-                (&lse as *const u64).cast(),
-                (&k32 as *const i32).cast(),
-                (&s32 as *const i32).cast(),
-                (&sp as *const i32).cast(),
-                (&scale_log2 as *const f32).cast(),
-                (&table as *const u64).cast(),
-                (&page32 as *const i32).cast(),
-                (&g32 as *const i32).cast(),
-                (&after as *const i32).cast(),
-            ];
-            // SAFETY: the addresses are of this frame's values, in the order and types of the
-            // kernel's parameters in kernels.cu; the driver copies them during the call.
-            unsafe { self.launch_programmatic(kernel, cfg, &params) }?;
-        } else {
-            launch!(
-                self,
-                kernel,
-                cfg,
-                &q,
-                &kv,
-                &indices,
-                &first,
-                &lse,
-                &k32,
-                &s32,
-                &sp,
-                &scale_log2,
-                &table,
-                &page32,
-                &g32,
-                &after
-            );
-        }
+        let params = [
+            (&q as *const u64).cast(),
+            (&kv as *const u64).cast(),
+            (&indices as *const u64).cast(),
+            (&first as *const u64).cast(),
+            (&lse as *const u64).cast(),
+            (&k32 as *const i32).cast(),
+            (&s32 as *const i32).cast(),
+            (&sp as *const i32).cast(),
+            (&scale_log2 as *const f32).cast(),
+            (&table as *const u64).cast(),
+            (&page32 as *const i32).cast(),
+            (&g32 as *const i32).cast(),
+            (&after as *const i32).cast(),
+        ];
+        // SAFETY: the addresses are of this frame's values, in the order and types of the
+        // kernel's parameters in kernels.cu; the driver copies them during the call.
+        unsafe { self.launch_ex(kernel, cfg, &params, after_indices) }?;
         if splits > 1 {
             let (h, dv) = (64i32, 512i32);
             let cfg = config((rows * 64) as u32, 2, 256, 0);
