@@ -1263,20 +1263,24 @@ impl Gpu {
         // straight to `out`, with no combine pass.
         let first = if splits == 1 { out } else { part };
         let after = i32::from(after_indices);
+        // The kernel's arguments, by address (for launch_ex).
+        fn at<T>(v: &T) -> *const std::ffi::c_void {
+            (v as *const T).cast()
+        }
         let params = [
-            (&q as *const u64).cast(),
-            (&kv as *const u64).cast(),
-            (&indices as *const u64).cast(),
-            (&first as *const u64).cast(),
-            (&lse as *const u64).cast(),
-            (&k32 as *const i32).cast(),
-            (&s32 as *const i32).cast(),
-            (&sp as *const i32).cast(),
-            (&scale_log2 as *const f32).cast(),
-            (&table as *const u64).cast(),
-            (&page32 as *const i32).cast(),
-            (&g32 as *const i32).cast(),
-            (&after as *const i32).cast(),
+            at(&q),
+            at(&kv),
+            at(&indices),
+            at(&first),
+            at(&lse),
+            at(&k32),
+            at(&s32),
+            at(&sp),
+            at(&scale_log2),
+            at(&table),
+            at(&page32),
+            at(&g32),
+            at(&after),
         ];
         // SAFETY: the addresses are of this frame's values, in the order and types of the
         // kernel's parameters in kernels.cu; the driver copies them during the call.
