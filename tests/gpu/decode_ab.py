@@ -16,7 +16,9 @@ otherwise as topk_hist1, topk_hist2, topk_collect and topk_finish. A version tha
 `sparse_mla_bf16_vsplit` has its attention's value columns split over two blocks where the splits
 leave room, as the model does. A version whose attention takes `after_indices` has it launched in
 the step with programmatic stream serialization after the top-k, as gpu-check's step does (the
-attention timed alone, and the dense one, launch plainly). $SPLITS (e.g. "32,16,8")
+attention timed alone, and the dense one, launch plainly); likewise a version whose top-k waits
+for its indexer (`griddepcontrol.wait`) has it launched that way (and cooperatively), and one
+whose combine waits for the attention has the combine launched that way. $SPLITS (e.g. "32,16,8")
 also times the last version's attention with those split counts, and $WHOLE_VALUES without the
 value split. A version that defines
 `__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
@@ -93,6 +95,11 @@ def main():
         vsplit = m.function("sparse_mla_bf16_vsplit", MLA_SMEM) if has_vsplit else None
         comb_parts = 2 if "c_step" in open(path).read() else 1
         comb = m.function("mla_combine", 0)
+        # A version whose combine waits for the attention (griddepcontrol.wait) has it launched
+        # with programmatic stream serialization, as the model does.
+        comb_src = open(path).read()
+        comb_src = comb_src[comb_src.index("mla_combine("):]
+        comb_pdl = "griddepcontrol.wait" in comb_src[:comb_src.index("\n}\n")]
         logits = torch.zeros(1, l, device="cuda")
         hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
         counters = torch.zeros(4, dtype=torch.int32, device="cuda")  # 2 before the 11-bit collect
@@ -110,10 +117,16 @@ def main():
             fused = m.function("topk_decode_fused", fused_smem)
             grid = min(sm_count(), chunks)
 
+            # A version whose top-k waits for its indexer (griddepcontrol.wait) has it launched
+            # with programmatic stream serialization, as gpu-check's step does.
+            src = open(path).read()
+            body = src[src.index("topk_decode_fused("):]
+            tk_pdl = "griddepcontrol.wait" in body[:body.index("\n}\n")]
+
             def topk():
                 launch(fused, (grid, 1), tk_threads, fused_smem,
                        [logits, lens, l, TOPK, hist, counters, taken, cand, TK_CAP, idx, sync, 1,
-                        int(indexer_hist)])
+                        int(indexer_hist)], pdl=tk_pdl, cooperative=tk_pdl)
         else:
             fns = [m.function(n, 0) for n in ("topk_hist1", "topk_hist2", "topk_collect", "topk_finish")]
 
@@ -142,7 +155,7 @@ def main():
                 launch(vsplit, (sp, G, 2), 256, MLA_SMEM, args, pdl=after_indices)
             else:
                 launch(mla, (sp, G), 256, MLA_SMEM, args, pdl=after_indices)
-            launch(comb, (G * 64, comb_parts), 512 // comb_parts, 0, [part, lse, out, 64, sp, DV])
+            launch(comb, (G * 64, comb_parts), 512 // comb_parts, 0, [part, lse, out, 64, sp, DV], pdl=comb_pdl)
 
         def step():
             indexer()

@@ -121,10 +121,11 @@ class _LaunchConfig(ctypes.Structure):
                 ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttr)), ("n_attrs", ctypes.c_uint)]
 
 
-def launch(f, grid, block, smem, args, pdl=False):
+def launch(f, grid, block, smem, args, pdl=False, cooperative=False):
     """With `pdl`, launched with programmatic stream serialization (cuLaunchKernelEx): the kernel
     may start once the previous one has triggered its dependents, and waits for it with
-    griddepcontrol.wait."""
+    griddepcontrol.wait. With `cooperative` as well, its blocks must all be resident at once
+    (the driver refuses the launch otherwise)."""
     holders = []
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -142,9 +143,10 @@ def launch(f, grid, block, smem, args, pdl=False):
     ptrs = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
     stream = torch.cuda.current_stream().cuda_stream
     if pdl:
-        attr = _LaunchAttr(id=6, value=1)  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION (6), CU_LAUNCH_ATTRIBUTE_COOPERATIVE (2)
+        attrs = (_LaunchAttr * 2)(_LaunchAttr(id=6, value=1), _LaunchAttr(id=2, value=1))
         cfg = _LaunchConfig((grid[0], grid[1], grid[2] if len(grid) > 2 else 1), (block, 1, 1), smem,
-                            ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
+                            ctypes.c_void_p(stream), attrs, 2 if cooperative else 1)
         check(cuda.cuLaunchKernelEx(ctypes.byref(cfg), f, ptrs, None), "cuLaunchKernelEx")
         return
     check(

@@ -502,6 +502,9 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     );
     let mut dl = gpu.upload(&vec![f32::NAN; rows * s_len])?;
     let mut work = gpu.topk_work(rows, TOPK)?;
+    // The top-k right after the indexer, as the model launches them (the top-k may start while
+    // the indexer finishes, and waits for it).
+    let mut dsel = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
     gpu.indexer_decode(
         &dq,
         &dk,
@@ -513,7 +516,6 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         s_len,
         Some(&mut work),
     )?;
-    let mut dsel = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
     gpu.topk_decode(&dl, &dlens, rows, s_len, &mut work, &mut dsel)?;
     let got = gpu.download(&dl)?;
     let sel = gpu.download(&dsel)?;
@@ -567,6 +569,7 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         deq(&gpu.download(&k8)?, &gpu.download(&ksc)?),
     );
     let mut dl = gpu.upload(&vec![f32::NAN; rows * s_len])?;
+    let mut dsel = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
     gpu.indexer_decode_fp8(
         &q8,
         &qsc,
@@ -580,7 +583,6 @@ fn checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
         s_len,
         Some(&mut work),
     )?;
-    let mut dsel = gpu.upload(&vec![i32::MIN; rows * TOPK])?;
     gpu.topk_decode(&dl, &dlens, rows, s_len, &mut work, &mut dsel)?;
     let (got, sel) = (gpu.download(&dl)?, gpu.download(&dsel)?);
     let (mut g64, mut w64, mut sel_differ) = (Vec::new(), Vec::new(), Vec::new());

@@ -1231,6 +1231,8 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
     unsigned char* kbuf = qs + IX_HEADS * ROW;                                       // the ring
     float* ksc = reinterpret_cast<float*>(kbuf + STAGES * STAGE);  // e4m3: the tiles' scales
     int* hh = reinterpret_cast<int*>(ksc + (FP8 ? STAGES * IX_KEYS : 0));        // TK_BINS
+    // The top-k launched after it may start placing blocks; each waits for this grid's end.
+    asm volatile("griddepcontrol.launch_dependents;");
     int t = blockIdx.y, s_begin = blockIdx.x * IX_KEYS * tiles_per_block;
     int len = min(lens[t], S);
     if (s_begin >= len) return;
@@ -2037,6 +2039,8 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
     // grid's blocks leave.
     asm volatile("griddepcontrol.launch_dependents;");
     int chunks = (ld + TK_CHUNK - 1) / TK_CHUNK, units = rows * chunks;
+    // Launched after the indexer that writes its logits and histogram: wait for that grid's end.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
     if (!hist_ready) {
         for (int u = blockIdx.x; u < units; u += gridDim.x) {
             int t = u / chunks, chunk = u % chunks, len = min(lens[t], ld);

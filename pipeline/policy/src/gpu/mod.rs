@@ -200,16 +200,24 @@ macro_rules! launch {
         // SAFETY: the argument types and their order match the kernel's signature in kernels.cu.
         unsafe { b.launch($cfg) }.map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
     }};
-    // For kernels whose blocks meet at grid-wide barriers: the driver refuses the launch if the
-    // blocks cannot all be resident at once, rather than letting it hang.
-    (cooperative $gpu:expr, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $gpu.function($name)?;
-        let mut b = $gpu.stream.launch_builder(&f);
-        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
-        // SAFETY: as above.
-        unsafe { b.launch_cooperative($cfg) }
-            .map_err(|e| GpuError::Cuda(format!("{}: {e:?}", $name)))?;
-    }};
+}
+
+/// How [`Gpu::launch_ex`] launches a kernel.
+#[derive(Clone, Copy)]
+struct Launch {
+    /// Under programmatic stream serialization: the kernel may start once the kernel before it
+    /// has let its dependents go (`griddepcontrol.launch_dependents`), and must wait for that
+    /// kernel (`griddepcontrol.wait`) before it touches what that kernel reads or writes.
+    /// Captured into a graph, the dependency becomes a programmatic edge.
+    programmatic: bool,
+    /// For kernels whose blocks meet at grid-wide barriers: the driver refuses the launch if
+    /// the blocks cannot all be resident at once, rather than letting it hang.
+    cooperative: bool,
+}
+
+/// A kernel argument by address, as [`Gpu::launch_ex`] takes them.
+fn at<T>(v: &T) -> *const std::ffi::c_void {
+    (v as *const T).cast()
 }
 
 /// One GPU with the kernels loaded (clones share the context, stream and module).
@@ -398,12 +406,8 @@ impl Gpu {
         self.module.load_function(name).map_err(cuda)
     }
 
-    /// Launches kernel `name` on the stream through `cuLaunchKernelEx` (cudarc's builder has no
-    /// launch attributes). With `programmatic`, under programmatic stream serialization: it
-    /// may start once the kernel before it has let its dependents go
-    /// (`griddepcontrol.launch_dependents`), and must wait for that kernel
-    /// (`griddepcontrol.wait`) before reading what it writes. Captured into a graph, the
-    /// dependency becomes a programmatic edge.
+    /// Launches kernel `name` on the stream through `cuLaunchKernelEx`, with the attributes
+    /// `how` asks for (cudarc's builder takes none).
     ///
     /// # Safety
     /// `params` holds the addresses of the kernel's arguments, in the order and of the types
@@ -413,19 +417,29 @@ impl Gpu {
         name: &str,
         cfg: LaunchConfig,
         params: &[*const std::ffi::c_void],
-        programmatic: bool,
+        how: Launch,
     ) -> Result<(), GpuError> {
         use cudarc::driver::sys;
         let f = self.function(name)?;
         // As cudarc's builder does before it launches: the context current on this thread.
         self.ctx.bind_to_thread().map_err(cuda)?;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
-            },
-        };
+        let mut attrs = Vec::with_capacity(2);
+        if how.programmatic {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            });
+        }
+        if how.cooperative {
+            attrs.push(sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue { cooperative: 1 },
+            });
+        }
         let launch = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -435,12 +449,12 @@ impl Gpu {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(programmatic),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         let mut params = params.to_vec();
         // SAFETY: the caller vouches for `params`; the function belongs to this context's
-        // module and `launch` and `attr` outlive the call.
+        // module and `launch` and `attrs` outlive the call.
         unsafe {
             sys::cuLaunchKernelEx(
                 &launch,
@@ -1112,25 +1126,36 @@ impl Gpu {
         let units = (rows as u32) * (ld as u32).div_ceil(1024);
         let blocks = units.clamp(1, self.multiprocessors as u32);
         let cfg = config(blocks, 1, 512, TOPK_DECODE_SMEM);
-        launch!(
-            cooperative self,
-            "topk_decode_fused",
-            cfg,
-            &logits,
-            &lens,
-            &ld32,
-            &k32,
-            &work.hist,
-            &work.counters,
-            &work.taken,
-            &work.cand,
-            &cap,
-            &out,
-            &work.barrier,
-            &rows32,
-            &hist_ready
+        let (hist, counters) = (self.ptr(&work.hist), self.ptr(&work.counters));
+        let (taken, cand, barrier) = (
+            self.ptr(&work.taken),
+            self.ptr(&work.cand),
+            self.ptr(&work.barrier),
         );
-        Ok(())
+        let params = [
+            at(&logits),
+            at(&lens),
+            at(&ld32),
+            at(&k32),
+            at(&hist),
+            at(&counters),
+            at(&taken),
+            at(&cand),
+            at(&cap),
+            at(&out),
+            at(&barrier),
+            at(&rows32),
+            at(&hist_ready),
+        ];
+        // Programmatic: the kernel waits for the indexer before it (griddepcontrol.wait), whose
+        // blocks let it start placing its own while their last tiles finish.
+        let how = Launch {
+            programmatic: true,
+            cooperative: true,
+        };
+        // SAFETY: the addresses are of this frame's values, in the order and types of the
+        // kernel's parameters in kernels.cu; the driver copies them during the call.
+        unsafe { self.launch_ex("topk_decode_fused", cfg, &params, how) }
     }
 
     /// Sparse MLA (absorbed, d_qk 576, d_v 512) of `t` queries of `heads` heads (a multiple of
@@ -1263,10 +1288,6 @@ impl Gpu {
         // straight to `out`, with no combine pass.
         let first = if splits == 1 { out } else { part };
         let after = i32::from(after_indices);
-        // The kernel's arguments, by address (for launch_ex).
-        fn at<T>(v: &T) -> *const std::ffi::c_void {
-            (v as *const T).cast()
-        }
         let params = [
             at(&q),
             at(&kv),
@@ -1282,9 +1303,13 @@ impl Gpu {
             at(&g32),
             at(&after),
         ];
+        let how = Launch {
+            programmatic: after_indices,
+            cooperative: false,
+        };
         // SAFETY: the addresses are of this frame's values, in the order and types of the
         // kernel's parameters in kernels.cu; the driver copies them during the call.
-        unsafe { self.launch_ex(kernel, cfg, &params, after_indices) }?;
+        unsafe { self.launch_ex(kernel, cfg, &params, how) }?;
         if splits > 1 {
             let (h, dv) = (64i32, 512i32);
             let cfg = config((rows * 64) as u32, 2, 256, 0);
