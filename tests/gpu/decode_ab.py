@@ -46,6 +46,13 @@ MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
 
 
+def waits(src, kernel):
+    """Whether `kernel`'s body in `src` waits for the kernel before it (griddepcontrol.wait): then
+    it is launched with programmatic stream serialization."""
+    body = src[src.index(kernel + "("):]
+    return "griddepcontrol.wait" in body[:body.index("\n}\n")]
+
+
 def main():
     paths = sys.argv[1:]
     l = int(os.environ.get("CONTEXT", "131072"))
@@ -66,7 +73,8 @@ def main():
     def version(path):
         """One version's graphs, its step's check and its buffers (its own closures and names)."""
         m = Module(path)
-        indexer_hist = "int hist_k" in open(path).read()
+        src = open(path).read()
+        indexer_hist = "int hist_k" in src
         ix_keys = define(path, "IX_KEYS", 128)
         ixd_keys = ix_keys * define(path, "IXD_TILES", 4)
         # indexer_decode_bf16's shared memory: with IXD_STAGES (the wgmma version) the query and
@@ -93,13 +101,9 @@ def main():
         # columns from blockIdx.y runs it as 2 blocks of 256 a head (as the model does).
         has_vsplit = cuda.cuModuleGetFunction(ctypes.byref(probe), m.mod, b"sparse_mla_bf16_vsplit") == 0
         vsplit = m.function("sparse_mla_bf16_vsplit", MLA_SMEM) if has_vsplit else None
-        comb_parts = 2 if "c_step" in open(path).read() else 1
+        comb_parts = 2 if "c_step" in src else 1
         comb = m.function("mla_combine", 0)
-        # A version whose combine waits for the attention (griddepcontrol.wait) has it launched
-        # with programmatic stream serialization, as the model does.
-        comb_src = open(path).read()
-        comb_src = comb_src[comb_src.index("mla_combine("):]
-        comb_pdl = "griddepcontrol.wait" in comb_src[:comb_src.index("\n}\n")]
+        comb_pdl = waits(src, "mla_combine")
         logits = torch.zeros(1, l, device="cuda")
         hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
         counters = torch.zeros(4, dtype=torch.int32, device="cuda")  # 2 before the 11-bit collect
@@ -117,11 +121,7 @@ def main():
             fused = m.function("topk_decode_fused", fused_smem)
             grid = min(sm_count(), chunks)
 
-            # A version whose top-k waits for its indexer (griddepcontrol.wait) has it launched
-            # with programmatic stream serialization, as gpu-check's step does.
-            src = open(path).read()
-            body = src[src.index("topk_decode_fused("):]
-            tk_pdl = "griddepcontrol.wait" in body[:body.index("\n}\n")]
+            tk_pdl = waits(src, "topk_decode_fused")  # as gpu-check's step launches it
 
             def topk():
                 launch(fused, (grid, 1), tk_threads, fused_smem,
@@ -144,7 +144,7 @@ def main():
 
         # A version whose attention takes `after_indices` is launched in the step with programmatic
         # stream serialization after the top-k (its query copied before it waits for the indices).
-        pdl = "int after_indices" in open(path).read()
+        pdl = "int after_indices" in src
 
         def attention(sp=splits, rows=idx, n=TOPK, halves=None, after_indices=False):
             """halves: split the value columns over two blocks (None: where the model would)."""
