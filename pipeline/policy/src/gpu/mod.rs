@@ -423,22 +423,29 @@ impl Gpu {
         let f = self.function(name)?;
         // As cudarc's builder does before it launches: the context current on this thread.
         self.ctx.bind_to_thread().map_err(cuda)?;
-        let mut attrs = Vec::with_capacity(2);
-        if how.programmatic {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue {
-                    programmaticStreamSerializationAllowed: 1,
-                },
-            });
-        }
-        if how.cooperative {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue { cooperative: 1 },
-            });
+        let programmatic = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let cooperative = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { cooperative: 1 },
+        };
+        // The asked-for attributes first, on the stack (this runs for every decode step).
+        let mut attrs = [programmatic, cooperative];
+        let mut n = 0;
+        for (on, attr) in [
+            (how.programmatic, programmatic),
+            (how.cooperative, cooperative),
+        ] {
+            if on {
+                attrs[n] = attr;
+                n += 1;
+            }
         }
         let launch = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
@@ -450,7 +457,7 @@ impl Gpu {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            numAttrs: n as u32,
         };
         let mut params = params.to_vec();
         // SAFETY: the caller vouches for `params`; the function belongs to this context's
