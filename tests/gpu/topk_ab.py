@@ -16,7 +16,7 @@ import tempfile
 
 import torch
 
-from kernel_ab import Module, launch, median_ms
+from kernel_ab import Module, define, launch, median_ms
 
 T, TOPK = 4096, 2048
 TOPK_ROWS_SMEM = 2048 * 4 + 2 * 4096 * 4 + 4096 * 8
@@ -50,7 +50,8 @@ def main():
     logits = torch.randn(T, l, device="cuda", generator=gen)
     out = torch.zeros(T, TOPK, dtype=torch.int32, device="cuda")
     mods = [Module(path) for path in sys.argv[1:]]
-    fns = [(m.path, m.function("topk_rows", TOPK_ROWS_SMEM)) for m in mods]
+    # Each version launched with its own block size (TKR_THREADS, 1,024 before 2026-12-03).
+    fns = [(m.path, m.function("topk_rows", TOPK_ROWS_SMEM), define(m.path, "TKR_THREADS", 1024)) for m in mods]
     with tempfile.NamedTemporaryFile("w", suffix=".cu", delete=False) as f:
         f.write(FLOOR_SRC)
     floor = Module(f.name).function("read_rows", 0)
@@ -58,8 +59,8 @@ def main():
     args = [logits, out, l, TOPK, l - T]
     ref = None
     for _ in range(2):
-        for path, f in fns:
-            ms = median_ms(lambda: launch(f, (T, 1), 1024, TOPK_ROWS_SMEM, args), 7)
+        for path, f, threads in fns:
+            ms = median_ms(lambda: launch(f, (T, 1), threads, TOPK_ROWS_SMEM, args), 7)
             if ref is None:
                 ref = out.clone()
             same = torch.equal(out, ref)

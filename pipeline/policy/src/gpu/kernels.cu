@@ -1562,8 +1562,8 @@ __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties
     int w0 = threadIdx.x * per;
     // This thread's words w0 + 4h .. w0 + 4h + 3 (fewer when per < 4), zero past them and past
     // the row (stale words of an earlier use). Read twice, for the counts and for the output,
-    // rather than held in 16 registers: topk_rows runs two blocks of 1,024 threads a
-    // multiprocessor only at 32 registers.
+    // rather than held in 16 registers: topk_rows runs three blocks of 512 threads a
+    // multiprocessor only at 40 registers.
     auto quad = [&](const unsigned* bits, int h) {
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
         if (per >= 4) {
@@ -1725,7 +1725,13 @@ __device__ int resolve_candidates(const unsigned long long* cand, int n, unsigne
 // band is the prefix's keys. Rows longer than TK_MAX_LEN, or with more than TKR_CAP keys sharing
 // the exact prefix (e.g. many equal keys), take topk_row_block. `smem` is TKR_SMEM bytes.
 #define TKR_CAP 4096
-#define TKR_THREADS 1024  // threads of a topk_rows block (mod.rs launches this many)
+// Threads of a topk_rows block (mod.rs launches this many). Three blocks of 512 share a
+// multiprocessor (40 registers a thread), where two of 1,024 did (32): a row's light phases
+// (its sample, its threshold, its emit) then leave two other rows reading, not one. 0.94 ->
+// 0.86 ms for the last 4,096 rows of a 128K prefill (BENCHMARKS.md).
+#define TKR_THREADS 512
+#define TKR_BLOCKS 3
+static_assert(8 * TKR_THREADS >= TK_WORDS, "emit_selected: at most eight bitmap words a thread");
 #define TKR_SMEM (TK_BINS * 4 + 2 * TK_WORDS * 4 + TKR_CAP * 8)
 #define TKS_EVERY 16                   // one key in 16 is sampled
 #define TKS_RUNS 256                   // runs of 32 sampled keys, at most
@@ -1787,26 +1793,28 @@ __device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi
 // end widened to its whole 22-bit bin. A rank past the sample leaves that end open. Returns
 // false, with nothing read, when the expected band would not fit three quarters of TKR_CAP
 // (large k against len). The sample's keys are loaded together, then wait in `keys` (32 ·
-// TKS_RUNS) for the three loops over them: topk_rows runs two blocks a multiprocessor only at
-// 32 registers a thread. `h1` and `h2` are 2,048-int histograms.
+// TKS_RUNS) for the three loops over them: topk_rows runs three blocks a multiprocessor only
+// at 40 registers a thread. `h1` and `h2` are 2,048-int histograms.
 __device__ bool tk_sample_band(const float* row, int len, int k, unsigned* keys, int* h1, int* h2, unsigned* lo,
                                unsigned* hi) {
     int runs = min(TKS_RUNS, len / (32 * TKS_EVERY)), m = 32 * runs;
     float r = (float)k * (float)m / (float)len, d = 5.f * sqrtf(r) + 16.f;
     if (2.f * d * (float)len / (float)m > 0.75f * TKR_CAP) return false;
     int spacing = len / runs;  // at least 32 · TKS_EVERY, so a run stays inside its share
-    // Every thread's loads in flight together (at most eight: 32 · TKS_RUNS keys, TKR_THREADS threads).
-    static_assert(32 * TKS_RUNS <= 8 * TKR_THREADS, "eight sampled keys a thread at most");
-    float v[8];
+    // Eight loads a thread in flight together, in as many rounds as the sample needs (two of
+    // 32 · TKS_RUNS keys at TKR_THREADS 512).
+    for (int j0 = 0; j0 < m; j0 += 8 * TKR_THREADS) {
+        float v[8];
 #pragma unroll
-    for (int u = 0; u < 8; u++) {
-        int j = u * TKR_THREADS + threadIdx.x;
-        v[u] = j < m ? row[(j >> 5) * spacing + (j & 31)] : 0.f;
-    }
+        for (int u = 0; u < 8; u++) {
+            int j = j0 + u * TKR_THREADS + threadIdx.x;
+            v[u] = j < m ? row[(j >> 5) * spacing + (j & 31)] : 0.f;
+        }
 #pragma unroll
-    for (int u = 0; u < 8; u++) {
-        int j = u * TKR_THREADS + threadIdx.x;
-        if (j < m) keys[j] = order_key(v[u]);
+        for (int u = 0; u < 8; u++) {
+            int j = j0 + u * TKR_THREADS + threadIdx.x;
+            if (j < m) keys[j] = order_key(v[u]);
+        }
     }
     for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) h1[i] = h2[i] = 0;
     __syncthreads();
@@ -2594,7 +2602,7 @@ extern "C" __global__ void moe_combine_sorted(float* hidden, const float* y, con
 }
 
 // Top-k per row, one block per row (prefill: row t sees first_pos + t + 1 positions).
-extern "C" __global__ void __launch_bounds__(TKR_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TKR_THREADS, TKR_BLOCKS)
 topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int t = blockIdx.x;
@@ -2602,7 +2610,7 @@ topk_rows(const float* logits, int* out, int ld, int k, int first_pos) {
 }
 
 // Top-k of rows with their own lengths (decode with many sequences): one block per row.
-extern "C" __global__ void __launch_bounds__(TKR_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(TKR_THREADS, TKR_BLOCKS)
 topk_rows_lens(const float* logits, const int* lens, int* out, int ld, int k) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     int t = blockIdx.x;

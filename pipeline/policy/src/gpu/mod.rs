@@ -322,7 +322,7 @@ const TOPK_WORDS: usize = 131_072 / 32;
 /// positions and 4,096 candidates of 8 bytes.
 const TOPK_ROWS_SMEM: u32 = (2048 * 4 + 2 * TOPK_WORDS * 4 + 4096 * 8) as u32;
 /// Threads of a `topk_rows` block (TKR_THREADS): the kernel's loads use it as a fixed stride.
-const TOPK_ROWS_THREADS: u32 = 1024;
+const TOPK_ROWS_THREADS: u32 = 512;
 /// Shared memory of `sparse_mla_bf16`: the query and two gathered tiles (64 rows of 576 bf16
 /// each), P (64 × 64 bf16), row maxima of both warpgroups (their row sums at the end), two
 /// stages of valid flags and two of indices, and 1 KB to align the swizzled tiles.
