@@ -4,8 +4,8 @@
 The last chunk of a CONTEXT-long prefill (131072 by default): 4,096 rows of random logits, row t
 taking its first CONTEXT - 4096 + t + 1 values, top-2048 of each. Versions run alternately,
 twice; every version's indices must equal the first's. Beside them, "floor" is a kernel that
-only reads the same rows (same grid and block, eight loads a thread in flight, the values
-summed): the HBM floor a one-pass top-k could reach.
+only reads the same rows (a block of 1,024 threads a row, two a multiprocessor, eight loads a
+thread in flight, the values summed): the HBM floor a one-pass top-k could reach.
 
 usage: topk_ab.py A.cu [B.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
 """
@@ -55,6 +55,7 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".cu", delete=False) as f:
         f.write(FLOOR_SRC)
     floor = Module(f.name).function("read_rows", 0)
+    os.unlink(f.name)
     scratch = torch.zeros_like(out)
     args = [logits, out, l, TOPK, l - T]
     ref = None
