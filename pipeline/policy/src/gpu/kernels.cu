@@ -1741,14 +1741,19 @@ static_assert(8 * TKR_THREADS >= TK_WORDS, "emit_selected: at most eight bitmap 
 // marked in `sel` (every word of the row written), keys inside it are appended to `cand` (the
 // first TKR_CAP of them; `*n_cand` counts them all), in no particular order. Its first form was
 // bound by instruction issue (ncu: 0.8 warps issued a cycle per scheduler, about 55
-// instructions a key), so a round is kept short: each thread loads eight keys at fixed offsets from one address (bounds checked only
+// instructions a key), so a round is kept short: each thread loads R keys at fixed offsets from one address (bounds checked only
 // in the last round), two ballots a key give its bitmap word and its candidates, and one shared
 // atomic a warp a round places all of the round's candidates, where a lane-0 atomic per 32 keys
 // came with the compiler's warp-aggregation sequence each time. With the exact path alone this
 // took the last 4,096 rows of a 128K prefill from 1.48 to 1.30 ms (BENCHMARKS.md).
+//
+// R is 12, the most that fits 40 registers without spilling (13 spills). A block's reading rate
+// is its loads in flight over their latency, and while a third of the blocks are in a row's
+// light phases the others do not read faster unless each keeps more in flight: eight a thread
+// took 0.85-0.90 ms for those rows, twelve 0.79-0.82 (ten 0.86-0.88).
 __device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi, unsigned* sel,
                              unsigned long long* cand, int* n_cand) {
-    constexpr int R = 8, SPAN = R * TKR_THREADS;
+    constexpr int R = 12, SPAN = R * TKR_THREADS;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     unsigned below = (1u << lane) - 1u, width = hi - lo;  // in the band: key - lo <= width
     for (int base = 0; base < len; base += SPAN) {
