@@ -1750,7 +1750,7 @@ static_assert(8 * TKR_THREADS >= TK_WORDS, "emit_selected: at most eight bitmap 
 // R is 12, the most that fits 40 registers without spilling (13 spills). A block's reading rate
 // is its loads in flight over their latency, and while a third of the blocks are in a row's
 // light phases the others do not read faster unless each keeps more in flight: eight a thread
-// took 0.85-0.90 ms for those rows, twelve 0.79-0.82 (ten 0.86-0.88).
+// took 0.85-0.90 ms for those rows, twelve 0.76-0.82 (ten 0.86-0.88; BENCHMARKS.md).
 __device__ void tk_mark_band(const float* row, int len, unsigned lo, unsigned hi, unsigned* sel,
                              unsigned long long* cand, int* n_cand) {
     constexpr int R = 12, SPAN = R * TKR_THREADS;
