@@ -318,6 +318,22 @@ __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, u
         : "l"(a), "l"(b), "r"(accumulate));
 }
 
+// The same with A (64 x 16 bf16) from registers: a thread holds rows g and g + 8 of its warp's 16,
+// columns 2·tig, 2·tig + 1 and those + 8, two to a register (a[0..3]: row g, row g + 8, then the
+// same 8 columns on).
+__device__ __forceinline__ void wgmma_n32_bf16_rs(float* d, const unsigned* a, unsigned long long b,
+                                                  int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
+          "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
 // D (+)= A·B with A (64 x 16 f16) from registers in the accumulator-fragment layout, B (16 x 8)
 // from shared memory: the FP8 indexer's head sum.
 __device__ __forceinline__ void wgmma_n8_f16_rs(float* d, const unsigned* a, unsigned long long b,
@@ -816,8 +832,13 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 // P·V, reading V from the same gathered rows as an N-major operand. Query, both gather stages
 // and P are stored in the 128-byte-swizzled layout (see the indexer), so the next tile's gather
 // (cp.async) runs under the current tile's products, its indices already in shared memory.
-// Row sums stay per thread until the end. The kernel is bound by instruction issue (2 warps a
-// scheduler), not by the gather: keep per-tile work out of the loop (see BENCHMARKS.md). Data
+// Row sums stay per thread until the end. The query's first MLA_QREG score steps are held in
+// registers as A operands (loaded once a block): a step with A in registers reads only its
+// 1 KB of K from shared memory, not Q's 2 KB too, and the scores' m64n32 products, which read
+// their operands for half the work of an m64n64 one, finish sooner (3.8% of the kernel at
+// 16 steps, under ncu's locked clocks; 250 registers). The kernel is otherwise bound by the
+// latency of each tile's chain with 2 warps a scheduler, not by the gather or by instruction
+// issue: keep per-tile work out of the loop (see BENCHMARKS.md). Data
 // for a later tile must travel by cp.async: a plain load into registers is waited for at the
 // next bar.sync (its memory ordering covers loads), so it never overlaps a barrier.
 
@@ -827,6 +848,7 @@ __device__ void topk_row_block(const float* row, int len, int k, int* o) {
 #define MLA_BN 64
 #define MLA_TILE (MLA_BN * MLA_DQK * 2)  // 64 rows of 576 bf16: 9 slabs of 8 KB
 #define MLA_SLACK 8.f
+#define MLA_QREG 16  // score steps with the query in registers (of 36), where a block computes all 512 columns
 
 // Queue the copy of index-list entries j0..j0+63 into shared memory (`dst`, 64 ints), so the
 // gather that reads them a tile later never waits on a global load.
@@ -953,6 +975,20 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
     // Descriptors are computed once; a step adds its byte offset / 16 to the address field
     // (which cannot carry: shared memory is under 256 KB).
     const unsigned long long desc_q = wg_desc(qs), desc_p = wg_desc(ps);
+    // The value split (batch-1 decode, one tile a block) has no registers to spare and nothing
+    // to reuse them over.
+    constexpr int QREG = NV == 256 ? MLA_QREG : 0;
+    unsigned qa[QREG > 0 ? QREG : 1][4];
+    if constexpr (QREG > 0) {
+        cp_async_wait<0>();  // the query (the first tile's wait, a little early)
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < QREG; k++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                qa[k][e] = *reinterpret_cast<const unsigned*>(
+                    qs + swz(MLA_H, r0 + 8 * (e & 1), 2 * (16 * k + 2 * tig + 8 * (e >> 1))));
+    }
 
     for (int b = b_begin; b < b_end; b++) {
         int st = (b - b_begin) & 1;
@@ -967,9 +1003,11 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
         const unsigned long long desc_v = wg_desc(ks + (vcol / 64) * (MLA_BN * 128), MLA_BN * 128);
         wg_fence();
 #pragma unroll
-        for (int kb = 0; kb < MLA_DQK * 2; kb += 32)
-            wgmma_n32_bf16(s, desc_q + (((kb >> 7) * (MLA_H * 128) + (kb & 127)) >> 4),
-                           desc_k + (((kb >> 7) * (MLA_BN * 128) + (kb & 127)) >> 4), kb > 0);
+        for (int kb = 0; kb < MLA_DQK * 2; kb += 32) {
+            const unsigned long long dk = desc_k + (((kb >> 7) * (MLA_BN * 128) + (kb & 127)) >> 4);
+            if (kb / 32 < QREG) wgmma_n32_bf16_rs(s, qa[kb / 32], dk, kb > 0);
+            else wgmma_n32_bf16(s, desc_q + (((kb >> 7) * (MLA_H * 128) + (kb & 127)) >> 4), dk, kb > 0);
+        }
         wg_commit();
         // The next tile's gather is queued while the scores compute.
         if (b + 1 < b_end)
