@@ -305,17 +305,20 @@ WGMMA_N256(wgmma_n256_bf16_bt, "m64n256k16.f32.bf16.bf16", ", 1, 1, 0, 1")
 WGMMA_R64(wgmma_n128_bf16_bt, float, "+f", "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 1")
 WGMMA_R64(wgmma_n256_e4m3_f16, unsigned, "+r", "m64n256k32.f16.e4m3.e4m3", ", 1, 1")
 
+// The m64n32 bf16 product's opening and its 16 f32 accumulators (operands %0..%15), shared by the
+// forms with A in shared memory and in registers.
+#define WGMMA_N32_OP "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " \
+                     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+#define WGMMA_N32_D(d)                                                                             \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),    \
+        "+f"(d[15])
+
 __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, unsigned long long b,
                                                int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "%16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
-          "+f"(d[15])
-        : "l"(a), "l"(b), "r"(accumulate));
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n" WGMMA_N32_OP "%16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : WGMMA_N32_D(d)
+                 : "l"(a), "l"(b), "r"(accumulate));
 }
 
 // The same with A (64 x 16 bf16) from registers: a thread holds rows g and g + 8 of its warp's 16,
@@ -323,15 +326,9 @@ __device__ __forceinline__ void wgmma_n32_bf16(float* d, unsigned long long a, u
 // same 8 columns on).
 __device__ __forceinline__ void wgmma_n32_bf16_rs(float* d, const unsigned* a, unsigned long long b,
                                                   int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-        "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), \
-          "+f"(d[15])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" WGMMA_N32_OP "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+                 : WGMMA_N32_D(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
 // D (+)= A·B with A (64 x 16 f16) from registers in the accumulator-fragment layout, B (16 x 8)
