@@ -972,8 +972,8 @@ __device__ __forceinline__ void sparse_mla_body(const bf16* q, const bf16* kv, c
     // Descriptors are computed once; a step adds its byte offset / 16 to the address field
     // (which cannot carry: shared memory is under 256 KB).
     const unsigned long long desc_q = wg_desc(qs), desc_p = wg_desc(ps);
-    // The value split (batch-1 decode, one tile a block) has no registers to spare and nothing
-    // to reuse them over.
+    // Not in the value split: it computes one tile a block (a batch-1 decode), so there is
+    // nothing to reuse the registers over.
     constexpr int QREG = NV == 256 ? MLA_QREG : 0;
     unsigned qa[QREG > 0 ? QREG : 1][4];
     if constexpr (QREG > 0) {
