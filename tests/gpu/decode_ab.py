@@ -3,7 +3,10 @@
 
 The step at the end of a CONTEXT-long cache (131072 by default): indexer logits of one query,
 top-k 2048 of them, sparse MLA over the chosen rows for $HEADS query heads (64 by default, in
-groups of 64). Each stage is captured as a CUDA graph and replayed behind a 200 µs `hold`, as
+groups of 64). The indexer is the bf16 one, or with FP8=1 the e4m3 one (`indexer_decode_fp8`,
+as `gpu-check`'s headline step runs it) on random e4m3 query and keys with per-head and per-key
+scales. With EVICT=1 every replay follows a 64 MB write, so the step reads its keys and rows
+from HBM, as in `gpu-check`, where each step follows a dense one. Each stage is captured as a CUDA graph and replayed behind a 200 µs `hold`, as
 `envsynth model gpu-check` does, so the figures are GPU time (the cache stays in L2 here,
 unlike there). "dense" is the same attention over all CONTEXT rows, split as the model splits
 it (min(multiprocessors / groups, CONTEXT / 64)); "floor" is a graph of
@@ -64,6 +67,12 @@ def main():
     w = torch.randn(IH, device="cuda", generator=gen) * ID**-0.5
     qm = torch.randn(H, DQK, device="cuda", generator=gen).to(torch.bfloat16)
     kv = torch.randn(l, DQK, device="cuda", generator=gen).to(torch.bfloat16)
+    fp8 = os.environ.get("FP8") == "1"
+    q8 = q.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    k8 = k.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    qsc = torch.rand(IH, device="cuda", generator=gen) + 0.5
+    ksc = torch.rand(l, device="cuda", generator=gen) + 0.5
+    flush = torch.zeros(64 << 20, dtype=torch.uint8, device="cuda") if os.environ.get("EVICT") == "1" else None
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     splits = TOPK // 64
     dense_splits = min(sm_count() // G, l // 64)
@@ -91,8 +100,14 @@ def main():
         tk_cap = define(path, "TK_CAP", 0)
         fused_smem = tk_cap * 8 + 2 * 4096 * 4 + 2048 * 4 if tk_cap else TOPK_FUSED_SMEM
         tk_threads = define(path, "TK_THREADS", 512)
-        ix = m.function("indexer_decode_bf16", ix_smem)
-        tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES", 8))
+        if fp8:
+            stages8 = define(path, "IXD_STAGES_FP8", 3)
+            ix_smem = 1024 + (64 + stages8 * 64) * 128 + stages8 * 64 * 4 + 8192
+            ix = m.function("indexer_decode_fp8", ix_smem)
+            tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES_FP8", 4))
+        else:
+            ix = m.function("indexer_decode_bf16", ix_smem)
+            tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES", 8))
         if tpb:
             ixd_keys = ix_keys * tpb
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
@@ -139,8 +154,9 @@ def main():
         def indexer():
             extra = [hist, TOPK] if indexer_hist else []
             extra += [tpb] if tpb else []
+            operands = [q8, qsc, k8, ksc] if fp8 else [q, k]
             launch(ix, ((l + ixd_keys - 1) // ixd_keys, 1), 128, ix_smem,
-                   [q, k, w, logits, lens, l, l, None, 0] + extra)
+                   operands + [w, logits, lens, l, l, None, 0] + extra)
 
         # A version whose attention takes `after_indices` is launched in the step with programmatic
         # stream serialization after the top-k (its query copied before it waits for the indices).
@@ -206,13 +222,17 @@ def main():
 
         def marks():
             """With `__device__ long long marks[16]` in the source (timer values a throwaway copy
-            of a kernel records), the median over 21 steps of each mark after mark 0."""
+            of a kernel records), the median over 21 replays of the step's graph of each mark
+            after mark 0."""
             ptr, size = ctypes.c_uint64(), ctypes.c_size_t()
             if cuda.cuModuleGetGlobal_v2(ctypes.byref(ptr), ctypes.byref(size), m.mod, b"marks") != 0:
                 return None
             runs = []
+            g_step = graphs[0][1]  # the step's graph, so the marks show its kernels' overlap
             for _ in range(21):
-                step()
+                if flush is not None:
+                    flush.add_(1)
+                g_step.replay()
                 torch.cuda.synchronize()
                 buf = (ctypes.c_longlong * 16)()
                 check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(128)), "cuMemcpyDtoH")
@@ -233,6 +253,8 @@ def main():
                 reps = []
                 for _ in range(60):
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    if flush is not None:
+                        flush.add_(1)
                     # 200 us of GPU time queued first, so the graph is queued before the GPU
                     # reaches the first event: GPU time, not the host's launch latency.
                     launch(hold, (1, 1), 1, 0, [ctypes.c_int64(200_000)])
