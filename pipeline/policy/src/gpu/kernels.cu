@@ -1230,7 +1230,6 @@ extern "C" __global__ void mla_combine(const float* o_part, const float* lse_par
 // Side by side at 128K: 12.9 µs against 13.6 for 8 tiles a block (17.8 for bf16); see BENCHMARKS.
 #define IXD_TILES_FP8 4
 #define IXD_STAGES_FP8 3
-static_assert(IXD_TILES_FP8 <= IXD_TILES, "the touched-bin list holds IXD_TILES tiles' logits");
 
 #define WGMMA_N64(NAME, SHAPE_TYPES, TAIL)                                                        \
     __device__ __forceinline__ void NAME(float* d, unsigned long long a, unsigned long long b,    \
@@ -1275,15 +1274,8 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
     // With `hist`, the block also adds its logits to the row's top-11-bit histogram (phase 1 of
     // topk_decode_fused, which then skips it) for rows longer than hist_k.
     bool histogram = hist && len > hist_k;
-    // The bins this block's logits touched, listed as each is first hit, so that the flush
-    // visits those (a few dozen: logits crowd a few octaves) rather than all 2,048. Scanning
-    // every bin took 0.7 us of the 128K FP8 indexer's 12.5 (BENCHMARKS.md).
-    __shared__ unsigned short touched[IX_KEYS * IXD_TILES];
-    __shared__ int n_touched;
-    if (histogram) {
+    if (histogram)
         for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x) hh[i] = 0;
-        if (threadIdx.x == 0) n_touched = 0;
-    }
     int tiles = min(tiles_per_block, (len - s_begin + IX_KEYS - 1) / IX_KEYS);
     const int* row_pages = pages ? pages + (size_t)t * pages_stride : nullptr;
     const unsigned char* qrow = q + (size_t)t * IX_HEADS * ROW;
@@ -1353,19 +1345,14 @@ __device__ __forceinline__ void indexer_decode_tiles(const unsigned char* q, con
             if (FP8) v *= ksc[st * IX_KEYS + r];
             if (s < len) {
                 logits[(size_t)t * ld + s] = v;
-                if (histogram) {
-                    unsigned b = order_key(v) >> 21;
-                    if (atomicAdd(&hh[b], 1) == 0) touched[atomicAdd(&n_touched, 1)] = (unsigned short)b;
-                }
+                if (histogram) atomicAdd(&hh[order_key(v) >> 21], 1);
             }
         }
     }
     if (histogram) {
         __syncthreads();
-        for (int i = threadIdx.x; i < n_touched; i += blockDim.x) {
-            int b = touched[i];
-            atomicAdd(&hist[(size_t)t * 2 * TK_BINS + b], hh[b]);
-        }
+        for (int i = threadIdx.x; i < TK_BINS; i += blockDim.x)
+            if (hh[i]) atomicAdd(&hist[(size_t)t * 2 * TK_BINS + i], hh[i]);
     }
 }
 
@@ -1630,41 +1617,17 @@ __device__ void emit_selected(const unsigned* sel, const unsigned* tie, int ties
         return v;
     };
     int n_sel = 0, n_tie = 0;
-    unsigned nz = 0u;  // bit j: word w0 + j (within the row) has a chosen position
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         uint4 a = quad(sel, h), b = quad(tie, h);
         n_sel += __popc(a.x) + __popc(a.y) + __popc(a.z) + __popc(a.w);
         n_tie += __popc(b.x) + __popc(b.y) + __popc(b.z) + __popc(b.w);
-        nz |= (unsigned)(a.x != 0u) << (4 * h) | (unsigned)(a.y != 0u) << (4 * h + 1) |
-              (unsigned)(a.z != 0u) << (4 * h + 2) | (unsigned)(a.w != 0u) << (4 * h + 3);
     }
     unsigned long long before;
     block_exclusive_sum(((unsigned long long)n_sel << 32) | (unsigned)n_tie, &before, tot);
     int sel_before = (int)(before >> 32), ties_before = (int)(before & 0xffffffffull);
     int join = min(n_tie, max(0, ties_needed - ties_before));
     int at = sel_before + min(ties_needed, ties_before);
-    if (join == 0) {
-        // No ties of this thread join: one walk over its chosen positions, the next word taken
-        // from shared memory when one runs out. A loop per word cost each warp, for every one
-        // of its eight words, as many turns as its fullest lane had there (about 3 in a 128K
-        // decode row, whose words hold 0.5 on average); the walk costs the fullest lane's total.
-        // The decode finish's emit went from 2.6 to 2.1 us (BENCHMARKS.md).
-        int* p = o + at;
-        unsigned cur = 0u;
-        int wb = 0;
-        for (int r = 0; r < n_sel; r++) {
-            if (!cur) {
-                int j = __ffs(nz) - 1;
-                nz &= nz - 1u;
-                cur = sel[w0 + j];
-                wb = (w0 + j) * 32 - 1;
-            }
-            p[r] = wb + __ffs(cur);
-            cur &= cur - 1u;
-        }
-        return;
-    }
     for (int h = 0; h < 2; h++) {
         uint4 a = quad(sel, h), b = quad(tie, h);
         unsigned sa[4] = {a.x, a.y, a.z, a.w}, tb[4] = {b.x, b.y, b.z, b.w};
@@ -2169,23 +2132,16 @@ topk_decode_fused(const float* logits, const int* lens, int ld, int k, int* hist
                                skip2 ? (int)b1 : -1, rows == 1 && u == (int)blockIdx.x, pre, done);
         else if (threadIdx.x == 0)
             done = tk_done(0, 0);
-        // The last block to finish collecting a unit of the row finishes it (no grid-wide wait).
-        // The report is one acquire-release atomic at GPU scope by thread 0 after a block
-        // barrier (the pattern of CUTLASS's semaphore): it releases every write of the block
-        // that the barrier ordered before it, and the finisher's acquire, passed on to its
-        // threads by the next barrier, makes every reporting block's writes visible. Two full
-        // fences around a plain atomic did the same, 0.35 us later at batch 1 (BENCHMARKS.md).
-        // Rows of up to 2^24 keys are counted exactly; longer ones are not selected from candidates.
+        // The last block to finish collecting a unit of the row finishes it (no grid-wide wait):
+        // each block's fence-then-report orders its writes before the finisher's reads. Rows
+        // of up to 2^24 keys are counted exactly; longer ones are not selected from candidates.
         __syncthreads();
         if (threadIdx.x == 0) {
+            __threadfence();
             unsigned long long* report = reinterpret_cast<unsigned long long*>(counters + 4 * t + 2);
-            unsigned long long before;
-            asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], %2;"
-                         : "=l"(before)
-                         : "l"(report), "l"(done)
-                         : "memory");
-            total = before + done;
+            total = atomicAdd(report, done) + done;
             last = (int)(total >> 48) == row_units;
+            __threadfence();
         }
         __syncthreads();
         if (last) {
