@@ -24,8 +24,8 @@ for its indexer (`griddepcontrol.wait`) has it launched that way (and cooperativ
 whose combine waits for the attention has the combine launched that way. $SPLITS (e.g. "32,16,8")
 also times the last version's attention with those split counts, and $WHOLE_VALUES without the
 value split. A version that defines
-`__device__ long long marks[16]` (%globaltimer or clock64 values written by a throwaway copy
-of a kernel) has their median offsets from mark 0 printed.
+`__device__ long long marks[16]` (%globaltimer values written by a throwaway copy of the
+kernels, e.g. one `step_marks.py` writes) has their median offsets from mark 0 printed.
 
 usage: decode_ab.py A.cu B.cu [C.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
 """
@@ -287,7 +287,8 @@ def main():
     for path, *_, marks in versions:
         offsets = marks()
         if offsets:
-            print(f"{path} marks (after mark 0, median of 21 steps): {[c for c in offsets if c]}")
+            shown = ", ".join(f"{i}: {c / 1000:.2f}" for i, c in enumerate(offsets) if c)
+            print(f"{path} marks, us after mark 0 (median of 21 steps): {shown}")
 
 
 if __name__ == "__main__":
