@@ -36,7 +36,8 @@ import sys
 
 import torch
 
-from kernel_ab import Module, check, cuda, decode_tiles_per_block, define, launch, sm_count
+from kernel_ab import (Module, check, cuda, decode_fp8_smem, decode_tiles_per_block, define, e4m3_decode_operands,
+                       launch, sm_count)
 
 
 DQK, DV, IH, ID, TOPK = 576, 512, 64, 128, 2048
@@ -68,10 +69,7 @@ def main():
     qm = torch.randn(H, DQK, device="cuda", generator=gen).to(torch.bfloat16)
     kv = torch.randn(l, DQK, device="cuda", generator=gen).to(torch.bfloat16)
     fp8 = os.environ.get("FP8") == "1"
-    q8 = q.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
-    k8 = k.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
-    qsc = torch.rand(IH, device="cuda", generator=gen) + 0.5
-    ksc = torch.rand(l, device="cuda", generator=gen) + 0.5
+    q8, qsc, k8, ksc = e4m3_decode_operands(q, k, gen)
     flush = torch.zeros(64 << 20, dtype=torch.uint8, device="cuda") if os.environ.get("EVICT") == "1" else None
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     splits = TOPK // 64
@@ -101,8 +99,7 @@ def main():
         fused_smem = tk_cap * 8 + 2 * 4096 * 4 + 2048 * 4 if tk_cap else TOPK_FUSED_SMEM
         tk_threads = define(path, "TK_THREADS", 512)
         if fp8:
-            stages8 = define(path, "IXD_STAGES_FP8", 3)
-            ix_smem = 1024 + (64 + stages8 * 64) * 128 + stages8 * 64 * 4 + 8192
+            ix_smem = decode_fp8_smem(path)
             ix = m.function("indexer_decode_fp8", ix_smem)
             tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES_FP8", 4))
         else:

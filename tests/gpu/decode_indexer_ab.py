@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from kernel_ab import Module, decode_tiles_per_block, define, launch
+from kernel_ab import Module, decode_fp8_smem, decode_tiles_per_block, define, e4m3_decode_operands, launch
 
 IH, ID = 64, 128
 
@@ -30,10 +30,7 @@ def main():
     q = torch.randn(IH, ID, device="cuda", generator=gen).to(torch.bfloat16)
     k = torch.randn(l, ID, device="cuda", generator=gen).to(torch.bfloat16)
     w = torch.randn(IH, device="cuda", generator=gen) * ID**-0.5
-    q8 = q.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
-    k8 = k.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
-    qsc = torch.rand(IH, device="cuda", generator=gen) + 0.5
-    ksc = torch.rand(l, device="cuda", generator=gen) + 0.5
+    q8, qsc, k8, ksc = e4m3_decode_operands(q, k, gen)
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     hist = torch.zeros(2 * 2048, dtype=torch.int32, device="cuda")
     flush = torch.zeros(64 << 20, dtype=torch.uint8, device="cuda")
@@ -42,7 +39,7 @@ def main():
     for path in paths:
         m = Module(path)
         tiles, stages = define(path, "IXD_TILES_FP8", 8), define(path, "IXD_STAGES_FP8", 3)
-        smem8 = 1024 + (64 + stages * 64) * 128 + stages * 64 * 4 + 8192
+        smem8 = decode_fp8_smem(path)
         f8 = m.function("indexer_decode_fp8", smem8)
         tpb8 = decode_tiles_per_block(path, f8, smem8, l, tiles)
         tiles = tpb8 or tiles

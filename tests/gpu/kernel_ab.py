@@ -111,6 +111,24 @@ def decode_tiles_per_block(path, f, smem, keys, cap):
     return min(cap, max(1, -(-tiles // resident(f, 128, smem))))
 
 
+def e4m3_decode_operands(q, k, gen):
+    """The FP8 decode indexer's operands from bf16 query `q` [64, 128] and keys `k` [L, 128]:
+    both as e4m3 codes, with random per-head and per-key scales in [0.5, 1.5)."""
+    q8 = q.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    k8 = k.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    qsc = torch.rand(q.shape[0], device="cuda", generator=gen) + 0.5
+    ksc = torch.rand(k.shape[0], device="cuda", generator=gen) + 0.5
+    return q8, qsc, k8, ksc
+
+
+def decode_fp8_smem(path):
+    """`indexer_decode_fp8`'s dynamic shared memory in version `path`: 1 KB for alignment, the
+    query and a ring of IXD_STAGES_FP8 key tiles (rows of 128 bytes), the tiles' key scales and
+    the 2,048-bin histogram."""
+    stages = define(path, "IXD_STAGES_FP8", 3)
+    return 1024 + (64 + stages * 64) * 128 + stages * 64 * 4 + 8192
+
+
 class _LaunchAttr(ctypes.Structure):
     """CUlaunchAttribute: an id, padding, a 64-byte value (an int here)."""
     _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int), ("rest", ctypes.c_char * 60)]
