@@ -5,10 +5,10 @@ The step at the end of a CONTEXT-long cache (131072 by default): indexer logits 
 top-k 2048 of them, sparse MLA over the chosen rows for $HEADS query heads (64 by default, in
 groups of 64). The indexer is the bf16 one, or with FP8=1 the e4m3 one (`indexer_decode_fp8`,
 as `gpu-check`'s headline step runs it) on random e4m3 query and keys with per-head and per-key
-scales. With EVICT=1 every replay follows a 64 MB write, so the step reads its keys and rows
-from HBM, as in `gpu-check`, where each step follows a dense one. Each stage is captured as a CUDA graph and replayed behind a 200 µs `hold`, as
-`envsynth model gpu-check` does, so the figures are GPU time (the cache stays in L2 here,
-unlike there). "dense" is the same attention over all CONTEXT rows, split as the model splits
+scales. Each stage is captured as a CUDA graph and replayed behind a 200 µs `hold`, as
+`envsynth model gpu-check` does, so the figures are GPU time. The cache stays in L2 between
+replays unless EVICT=1, which writes 64 MB before every replay, so the step reads its keys and
+rows from HBM, as in `gpu-check`, where each step follows a dense one. "dense" is the same attention over all CONTEXT rows, split as the model splits
 it (min(multiprocessors / groups, CONTEXT / 64)); "floor" is a graph of
 one, and of four, kernels that do nothing. Each version's chosen indices are checked against
 torch.topk of its own logits, and its output compared with the first version's. Versions are
@@ -71,6 +71,11 @@ def main():
     fp8 = os.environ.get("FP8") == "1"
     q8, qsc, k8, ksc = e4m3_decode_operands(q, k, gen)
     flush = torch.zeros(64 << 20, dtype=torch.uint8, device="cuda") if os.environ.get("EVICT") == "1" else None
+
+    def evict():
+        """With EVICT=1, pushes the step's data out of L2 (a 64 MB write)."""
+        if flush is not None:
+            flush.add_(1)
     lens = torch.tensor([l], dtype=torch.int32, device="cuda")
     splits = TOPK // 64
     dense_splits = min(sm_count() // G, l // 64)
@@ -100,11 +105,9 @@ def main():
         tk_threads = define(path, "TK_THREADS", 512)
         if fp8:
             ix_smem = decode_fp8_smem(path)
-            ix = m.function("indexer_decode_fp8", ix_smem)
-            tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES_FP8", 4))
-        else:
-            ix = m.function("indexer_decode_bf16", ix_smem)
-            tpb = decode_tiles_per_block(path, ix, ix_smem, l, define(path, "IXD_TILES", 8))
+        ix = m.function("indexer_decode_fp8" if fp8 else "indexer_decode_bf16", ix_smem)
+        cap = define(path, "IXD_TILES_FP8", 4) if fp8 else define(path, "IXD_TILES", 8)
+        tpb = decode_tiles_per_block(path, ix, ix_smem, l, cap)
         if tpb:
             ixd_keys = ix_keys * tpb
         mla = m.function("sparse_mla_bf16", MLA_SMEM)
@@ -227,8 +230,7 @@ def main():
             runs = []
             g_step = graphs[0][1]  # the step's graph, so the marks show its kernels' overlap
             for _ in range(21):
-                if flush is not None:
-                    flush.add_(1)
+                evict()
                 g_step.replay()
                 torch.cuda.synchronize()
                 buf = (ctypes.c_longlong * 16)()
@@ -250,8 +252,7 @@ def main():
                 reps = []
                 for _ in range(60):
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    if flush is not None:
-                        flush.add_(1)
+                    evict()
                     # 200 us of GPU time queued first, so the graph is queued before the GPU
                     # reaches the first event: GPU time, not the host's launch latency.
                     launch(hold, (1, 1), 1, 0, [ctypes.c_int64(200_000)])
