@@ -24,7 +24,7 @@ for its indexer (`griddepcontrol.wait`) has it launched that way (and cooperativ
 whose combine waits for the attention has the combine launched that way. $SPLITS (e.g. "32,16,8")
 also times the last version's attention with those split counts, and $WHOLE_VALUES without the
 value split. A version that defines
-`__device__ long long marks[16]` (%globaltimer values written by a throwaway copy of the
+`__device__ long long marks[24]` (%globaltimer values written by a throwaway copy of the
 kernels, e.g. one `step_marks.py` writes) has their median offsets from mark 0 printed.
 
 usage: decode_ab.py A.cu B.cu [C.cu ...]    (needs torch and the NVRTC wheel on LD_LIBRARY_PATH)
@@ -221,7 +221,7 @@ def main():
             return idx.clone(), out.clone(), torch.equal(torch.sort(idx)[0], want)
 
         def marks():
-            """With `__device__ long long marks[16]` in the source (timer values a throwaway copy
+            """With `__device__ long long marks[24]` in the source (timer values a throwaway copy
             of a kernel records), the median over 21 replays of the step's graph of each mark
             after mark 0."""
             ptr, size = ctypes.c_uint64(), ctypes.c_size_t()
@@ -233,10 +233,10 @@ def main():
                 evict()
                 g_step.replay()
                 torch.cuda.synchronize()
-                buf = (ctypes.c_longlong * 16)()
-                check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(128)), "cuMemcpyDtoH")
+                buf = (ctypes.c_longlong * 24)()
+                check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(192)), "cuMemcpyDtoH")
                 runs.append([v - buf[0] if v else 0 for v in buf])
-            return [sorted(r[i] for r in runs)[10] for i in range(16)]
+            return [sorted(r[i] for r in runs)[10] for i in range(24)]
 
         # The graphs hold raw pointers: the version's buffers must live as long as they do.
         buffers = [logits, hist, counters, taken, cand, sync, idx, part, lse, out]

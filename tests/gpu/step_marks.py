@@ -11,6 +11,11 @@ mark 0 over 21 replays of the step's graph, in ns).
     5  top-k: last unit collected             12  combine: block 0 starts
     6  top-k: finishing block starts          13  combine: last block done
 
+    attention, block 0 (a batch-1 step has one tile a block):
+   14  its indices in shared memory           17  P·V done
+   15  its tile gathered                      18  its partial and log-sum-exp written
+   16  scores done                            19  the last block's tile gathered
+
 Marks are `%globaltimer` reads by thread 0 of a block ("last" ones an atomicMax over blocks).
 The copy is for timing only; each insertion point is found by its exact text, and the script
 stops with the text it could not find when kernels.cu has moved on.
@@ -22,7 +27,7 @@ usage: step_marks.py kernels.cu marked.cu
 import sys
 
 HELPERS = r"""
-__device__ unsigned long long marks[16];
+__device__ unsigned long long marks[24];
 __device__ __forceinline__ unsigned long long mark_now() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -92,11 +97,31 @@ EDITS = [
         asm volatile("griddepcontrol.wait;" ::: "memory");
     }
     MARK_FIRST(10);'''),
+    ('''        else cp_async_wait<1>();
+        __syncthreads();''',
+     '''        else cp_async_wait<1>();
+        __syncthreads();
+        MARK_FIRST(14);'''),
+    ('''        __syncthreads();  // tile b landed; both warpgroups are done with tile b - 1''',
+     '''        __syncthreads();  // tile b landed; both warpgroups are done with tile b - 1
+        MARK_FIRST(15);
+        if (b == b_begin) MARK_LAST(19);'''),
+    ('''        wg_wait0();
+        reg_fence<16>(s);''',
+     '''        wg_wait0();
+        reg_fence<16>(s);
+        MARK_FIRST(16);'''),
+    ('''        reg_fence<NV / 2>(o);
+    }''',
+     '''        reg_fence<NV / 2>(o);
+    }
+    MARK_FIRST(17);'''),
     ('''        lse_part[base + r0 + 8] = l1 > 0.f ? m[1] + log2f(l1) : NEG_INF;
     }
 }''',
      '''        lse_part[base + r0 + 8] = l1 > 0.f ? m[1] + log2f(l1) : NEG_INF;
     }
+    MARK_FIRST(18);
     MARK_LAST(11);
 }'''),
     # mla_combine
