@@ -48,6 +48,7 @@ G = H // 64
 TK_CAP = 8192
 MLA_SMEM = 3 * 64 * 576 * 2 + 64 * 64 * 2 + 2 * 2 * 64 * 4 + 2 * 64 * 4 + 1024
 TOPK_FUSED_SMEM = 48 * 1024
+MARKS = 24  # `marks[MARKS]`, as step_marks.py declares it
 
 
 def waits(src, kernel):
@@ -233,10 +234,10 @@ def main():
                 evict()
                 g_step.replay()
                 torch.cuda.synchronize()
-                buf = (ctypes.c_longlong * 24)()
-                check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(192)), "cuMemcpyDtoH")
+                buf = (ctypes.c_longlong * MARKS)()
+                check(cuda.cuMemcpyDtoH_v2(buf, ptr, ctypes.c_size_t(8 * MARKS)), "cuMemcpyDtoH")
                 runs.append([v - buf[0] if v else 0 for v in buf])
-            return [sorted(r[i] for r in runs)[10] for i in range(24)]
+            return [sorted(r[i] for r in runs)[10] for i in range(MARKS)]
 
         # The graphs hold raw pointers: the version's buffers must live as long as they do.
         buffers = [logits, hist, counters, taken, cand, sync, idx, part, lse, out]
