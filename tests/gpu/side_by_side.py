@@ -11,9 +11,23 @@ usage: side_by_side.py GPU_CHECK.json DENSE.json [EAGER.json]
 import json
 import sys
 
+import os
+
+
+def host():
+    """The host's CPU model and core count: the end-to-end figures spend part of every step on the
+    host, so runs on different hosts differ there (BENCHMARKS.md, 2026-12-04)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown CPU")
+    except OSError:
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
 ours = json.load(open(sys.argv[1]))
 dense = {r["context"]: r for r in json.load(open(sys.argv[2]))["rows"]}
-print(f"device: {ours['device']} ({ours['multiprocessors']} SMs), seed {ours['seed']}")
+print(f"device: {ours['device']} ({ours['multiprocessors']} SMs), seed {ours['seed']}; host: {host()}")
 print("| context | dense prefill ms (backend) | ours prefill ms, bf16 / FP8 indexer | speed-up | dense decode ms (ours / torch) | ours decode ms, bf16 / FP8 indexer | speed-up vs ours dense |")
 print("|---:|---:|---:|---:|---:|---:|---:|")
 for b in ours["bench"]:
