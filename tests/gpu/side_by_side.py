@@ -9,15 +9,14 @@ usage: side_by_side.py GPU_CHECK.json DENSE.json [EAGER.json]
 """
 
 import json
-import sys
-
 import os
+import sys
 import time
 
 
 def host():
-    """The host's CPU model and core count: the end-to-end figures spend part of every step on the
-    host, so runs on different hosts differ there (BENCHMARKS.md, 2026-12-04)."""
+    """The host's CPU model, its cores and a timing of it: both end-to-end columns spend part of
+    every step on the host, so a run's host is part of its figures (BENCHMARKS.md, 2026-12-04)."""
     try:
         with open("/proc/cpuinfo") as f:
             model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown CPU")
@@ -27,8 +26,8 @@ def host():
 
 
 def probe_ms():
-    """The host's single-core speed where PyTorch eager spends its launches: the best of five
-    timings of a fixed Python loop (a slower host shows here and in both end-to-end columns)."""
+    """The host's single-core speed at what PyTorch eager's launches cost: the best of five
+    timings of a fixed Python loop, comparable between runs."""
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
