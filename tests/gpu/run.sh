@@ -38,6 +38,11 @@ for line in open(sys.argv[1]):
 print("  token traces: ok")
 PY
 done
+# DeepSeek-V3.2's 128 query heads: a checkpoint with them plays the same tasks on the GPU.
+"$BIN" model init --preset small --num-attention-heads 128 --dtype bf16 --seed 7 --out "$MODEL-128" > /dev/null
+"$BIN" rollout --tasks "$(dirname "$MODEL")/tasks" --policy "local:$MODEL-128" --device gpu-fp8 --k 2 \
+  --max-turns 2 --max-tokens 64 --seed 3 --out "$OUT/rollouts-128-heads" > "$OUT/rollouts-128-heads.log"
+echo "rollouts with 128 query heads on --device gpu-fp8: $(wc -l < "$OUT/rollouts-128-heads/rollouts.jsonl") written"
 # Twice more on the GPU with 3 in flight, fewer than the 8 rollouts, so requests join the batch
 # as others leave it, at moments that vary from run to run: the bytes must not.
 for RUN in a b; do

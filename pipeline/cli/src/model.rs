@@ -82,6 +82,10 @@ pub struct InitArgs {
     /// Override the preset's max_position_embeddings (the context the model accepts).
     #[arg(long)]
     pub max_position_embeddings: Option<usize>,
+    /// Override the preset's num_attention_heads (the GPU runs 64, the small preset's, or
+    /// DeepSeek-V3.2's 128).
+    #[arg(long)]
+    pub num_attention_heads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -216,6 +220,9 @@ fn init(a: InitArgs) -> Result<()> {
     let mut cfg = preset.config();
     if let Some(n) = a.max_position_embeddings {
         cfg.max_position_embeddings = n;
+    }
+    if let Some(n) = a.num_attention_heads {
+        cfg.num_attention_heads = n;
     }
     cfg.validate()?;
     let started = Instant::now();

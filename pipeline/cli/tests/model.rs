@@ -123,6 +123,34 @@ fn init_is_deterministic_and_generation_is_seeded() {
     assert_eq!(first, std::fs::read(&tok).expect("tokenizer.json"));
     let t: serde_json::Value = serde_json::from_slice(&first).expect("JSON");
     assert_eq!(t["model"]["type"], "BPE");
+
+    // The head count can be set (the GPU runs the small preset with 64 or DeepSeek-V3.2's 128),
+    // and the checkpoint it writes loads and generates.
+    let heads = tmp.path().join("heads");
+    ok(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--num-attention-heads",
+        "8",
+        "--out",
+        heads.to_str().expect("utf-8"),
+    ]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(heads.join("config.json")).expect("config.json"))
+            .expect("JSON");
+    assert_eq!(config["num_attention_heads"], 8);
+    ok(&[
+        "model",
+        "generate",
+        "--model",
+        heads.to_str().expect("utf-8"),
+        "--prompt",
+        "Plan a trip to",
+        "--max-new-tokens",
+        "4",
+    ]);
 }
 
 #[test]
@@ -140,6 +168,17 @@ fn bad_model_arguments_are_named() {
         ])
         .contains("unknown dtype \"int4\"")
     );
+    let e = refused(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--num-attention-heads",
+        "0",
+        "--out",
+        o,
+    ]);
+    assert!(e.contains("num_attention_heads"), "{e}");
     assert!(!out.exists(), "nothing is written for refused arguments");
     assert!(
         refused(&["model", "generate", "--model", o, "--prompt", "x"]).contains("does not exist")

@@ -170,7 +170,6 @@ fn ptr<T>(s: &CudaSlice<T>, gpu: &Gpu) -> u64 {
 
 fn unsupported(cfg: &Config) -> Option<String> {
     let want = [
-        ("num_attention_heads", cfg.num_attention_heads, 64),
         ("kv_lora_rank", cfg.kv_lora_rank, 512),
         ("qk_rope_head_dim", cfg.qk_rope_head_dim, 64),
         ("qk_nope_head_dim", cfg.qk_nope_head_dim, 128),
@@ -178,6 +177,12 @@ fn unsupported(cfg: &Config) -> Option<String> {
         ("index_n_heads", cfg.index_n_heads, 64),
         ("index_head_dim", cfg.index_head_dim, 128),
     ];
+    if cfg.num_attention_heads != 64 && cfg.num_attention_heads != 128 {
+        return Some(format!(
+            "the GPU kernels run the FlashMLA shapes (num_attention_heads = 64 or 128, DeepSeek-V3.2's); the config has {}",
+            cfg.num_attention_heads
+        ));
+    }
     for (name, got, need) in want {
         if got != need {
             return Some(format!(
@@ -708,6 +713,7 @@ impl GpuModel {
         let (n, splits) = (shape.n, shape.splits);
         let k = cfg.index_topk;
         let d = cfg.hidden_size;
+        let h = cfg.num_attention_heads; // query heads: 64 or 128 (the indexer's stay 64)
         let eps = cfg.rms_norm_eps as f32;
         let (n32, d32) = (n as i32, d as i32);
         let embed = ptr(&self.embed, g);
@@ -752,7 +758,7 @@ impl GpuModel {
             self.linear(&layer.q_a, s.xb, n, s.qa, false, 1.0, 0.0)?;
             self.norm_bf16(s.qa, &layer.q_a_norm, s.qrb, n, layer.q_a.out, eps)?;
             self.linear(&layer.q_b, s.qrb, n, s.q, false, 1.0, 0.0)?;
-            let qn = (n * 64 * 192) as i64;
+            let qn = (n * h * 192) as i64;
             launch!(g, "to_bf16", elems(qn as usize), &s.q, &s.qb, &qn);
             // Absorb W_UK: per head, q_nope [n, 128] · W_UK [128, 512] into the MLA query.
             self.gemm(
@@ -765,20 +771,20 @@ impl GpuModel {
                 512,
                 256 * 512,
                 s.qb,
-                64 * 192,
+                h * 192,
                 192,
                 0.0,
                 s.mlaq,
                 true,
-                64 * 576,
+                h * 576,
                 576,
-                64,
+                h,
             )?;
-            let heads = 64i32;
+            let heads = h as i32;
             launch!(
                 g,
                 "q_rope_pack",
-                warps(n * 64),
+                warps(n * h),
                 &s.q,
                 &d_pos,
                 &cos,
@@ -919,14 +925,14 @@ impl GpuModel {
                 s.idxp,
                 [s.part, s.lse, s.olat],
                 n,
-                64,
+                h,
                 self.pool_rows,
                 k,
                 splits,
                 cfg.softmax_scale(),
                 true, // after map_pages, which wrote s.idxp; the query came before the indexer
             )?;
-            let on = (n * 64 * 512) as i64;
+            let on = (n * h * 512) as i64;
             launch!(g, "to_bf16", elems(on as usize), &s.olat, &s.olatb, &on);
             self.gemm(
                 true,
@@ -938,14 +944,14 @@ impl GpuModel {
                 512,
                 256 * 512,
                 s.olatb,
-                64 * 512,
+                h * 512,
                 512,
                 0.0,
                 s.ob,
                 true,
-                64 * 128,
+                h * 128,
                 128,
-                64,
+                h,
             )?;
             self.linear(&layer.o, s.ob, n, s.hidden, false, 1.0, 1.0)?;
             // Feed-forward.
@@ -1040,15 +1046,16 @@ impl GpuModel {
                 .intermediate_size
                 .max(cfg.moe_intermediate_size * cfg.n_shared_experts);
             let k = cfg.index_topk;
+            let h = cfg.num_attention_heads;
             let pairs = n * cfg.num_experts_per_tok.max(1);
             let s = Scratch {
                 hidden: c.take::<f32>(n * d),
                 xb: c.take::<u16>(n * d),
                 qa: c.take::<f32>(n * ql),
                 qrb: c.take::<u16>(n * ql),
-                q: c.take::<f32>(n * 64 * 192),
-                qb: c.take::<u16>(n * 64 * 192),
-                mlaq: c.take::<u16>(n * 64 * 576),
+                q: c.take::<f32>(n * h * 192),
+                qb: c.take::<u16>(n * h * 192),
+                mlaq: c.take::<u16>(n * h * 576),
                 kv: c.take::<f32>(n * 576),
                 ikf: c.take::<f32>(n * 128),
                 iqf: c.take::<f32>(n * 64 * 128),
@@ -1059,11 +1066,11 @@ impl GpuModel {
                 logits: c.take::<f32>(sh.logit_rows * sh.ld),
                 idx: c.take::<i32>(n * k),
                 idxp: c.take::<i32>(n * k),
-                part: c.take::<f32>(n * sh.splits * 64 * 512),
-                lse: c.take::<f32>(n * sh.splits * 64),
-                olat: c.take::<f32>(n * 64 * 512),
-                olatb: c.take::<u16>(n * 64 * 512),
-                ob: c.take::<u16>(n * 64 * 128),
+                part: c.take::<f32>(n * sh.splits * h * 512),
+                lse: c.take::<f32>(n * sh.splits * h),
+                olat: c.take::<f32>(n * h * 512),
+                olatb: c.take::<u16>(n * h * 512),
+                ob: c.take::<u16>(n * h * 128),
                 gu: c.take::<f32>(n * 2 * dense),
                 act: c.take::<u16>(n * dense),
                 rl: c.take::<f32>(n * e),
@@ -1422,6 +1429,15 @@ mod tests {
         assert_eq!(unsupported(&Preset::Small.config()), None);
         let tiny = unsupported(&Preset::Tiny.config()).expect("tiny has 4 heads");
         assert!(tiny.contains("num_attention_heads"), "{tiny}");
+        let mut cfg = Preset::Small.config();
+        cfg.num_attention_heads = 128;
+        assert_eq!(unsupported(&cfg), None, "DeepSeek-V3.2's 128 query heads");
+        cfg.num_attention_heads = 192;
+        let why = unsupported(&cfg).expect("192 heads");
+        assert!(
+            why.contains("num_attention_heads") && why.contains("192"),
+            "{why}"
+        );
         let mut cfg = Preset::Small.config();
         cfg.index_topk = 4096;
         let why = unsupported(&cfg).expect("top-k above 2048");

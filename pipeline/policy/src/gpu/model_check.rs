@@ -26,10 +26,16 @@ fn model_err(e: crate::ModelError) -> GpuError {
 }
 
 /// Random bf16-exact weights at the small preset's shapes with `index_topk` lowered, so both
-/// sides hold the same numbers and top-k < context in most rows.
-pub fn check_model(seed: u64, index_topk: usize, positions: usize) -> Result<Model, GpuError> {
+/// sides hold the same numbers and top-k < context in most rows, and `heads` query heads.
+pub fn check_model(
+    seed: u64,
+    index_topk: usize,
+    positions: usize,
+    heads: usize,
+) -> Result<Model, GpuError> {
     let mut cfg = Preset::Small.config();
     cfg.index_topk = index_topk;
+    cfg.num_attention_heads = heads;
     cfg.max_position_embeddings = positions;
     let tensors = random_tensors(&cfg, seed)
         .into_iter()
@@ -51,7 +57,7 @@ pub fn check_model(seed: u64, index_topk: usize, positions: usize) -> Result<Mod
 /// looser one e4m3 rounding allows.
 pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuError> {
     let topk = 256;
-    let model = check_model(rng.random(), topk, 2048)?;
+    let model = check_model(rng.random(), topk, 2048, 64)?;
     let vocab = model.cfg.vocab_size as u32;
     let lens = [600usize, 333];
     let prompts: Vec<Vec<u32>> = lens
@@ -272,6 +278,37 @@ pub fn model_checks(gpu: &Gpu, rng: &mut ChaCha8Rng) -> Result<Vec<Check>, GpuEr
         ),
     ));
     drop(gm8);
+
+    // DeepSeek-V3.2's 128 query heads (the attention runs two blocks a query; the indexer keeps
+    // its 64): the same prefill, decode and extend against the CPU.
+    let model128 = check_model(rng.random(), topk, 2048, 128)?;
+    let mut gm128 = GpuModel::new(gpu.clone(), &model128, options(false)).map_err(model_err)?;
+    let run128 = against_cpu(&mut gm128, &model128, &prompts, &fed)?;
+    for (name, (got, want), detail) in [
+        (
+            "model_128_heads_prefill_logits",
+            &run128.prefill,
+            &prefill_detail,
+        ),
+        (
+            "model_128_heads_decode_logits",
+            &run128.decode,
+            &decode_detail,
+        ),
+        (
+            "model_128_heads_extend_logits",
+            &run128.extend,
+            &extend_detail,
+        ),
+    ] {
+        out.push(logits_check(
+            name,
+            got,
+            want,
+            format!("{detail}; 128 query heads"),
+        ));
+    }
+    drop(gm128);
     out.push(grouped_gemm_check(gpu, rng)?);
     Ok(out)
 }
