@@ -38,7 +38,7 @@ pub enum ModelCommand {
 
 #[derive(clap::Args)]
 pub struct GpuCheckArgs {
-    /// Context lengths to benchmark (comma-separated); none runs only the checks.
+    /// Context lengths to benchmark (comma-separated); `--checks-only` runs none.
     #[arg(long, value_delimiter = ',', default_value = "8192,32768,65536,131072")]
     pub contexts: Vec<usize>,
     /// Run the correctness checks only, no benchmarks.
